@@ -1,0 +1,61 @@
+"""Atomic publication of files that another process may be reading.
+
+A file is written under a temporary name in its final directory, flushed, fsynced, renamed
+over its final name with `os.replace`, and the directory is fsynced, so a reader sees either
+the old file or the whole new one, and a crash leaves at worst a temporary file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+TMP_MARKER = ".tmp-"
+
+
+def temp_path_for(path: Path) -> Path:
+    """A temporary name beside `path` that no reader's glob for the final name matches."""
+    return path.with_name(f"{path.name}{TMP_MARKER}{os.getpid()}")
+
+
+def is_temp(path: Path) -> bool:
+    return TMP_MARKER in path.name
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Make the fully written `tmp` visible as `final`, durably."""
+    fsync_file(tmp)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: object) -> None:
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())

@@ -1,0 +1,301 @@
+"""The `rtml` command line: parse options, call one library function, render the result.
+
+Heavy libraries (polars, duckdb, river) are imported inside the commands that use them,
+so `rtml --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from threading import Event
+
+import click
+
+from rtml_cli import __version__
+from rtml_cli.errors import ConfigError, RtmlError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class RtmlGroup(click.Group):
+    """Turns rtml's own errors into `Error: ...` and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except RtmlError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=RtmlGroup, context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="rtml")
+def cli() -> None:
+    """rtml: real-time machine learning on market ticks with incremental re-training.
+
+    Stages talk through Parquet logs in a data directory (default ./data, or
+    $RTML_DATA_DIR, or data_dir in ./rtml.toml).
+
+    \b
+    Example:
+        rtml ingest --source synthetic --max-ticks 100000
+    """
+
+
+# -- shared options ----------------------------------------------------------------------------
+
+
+def data_dir_option(f):
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("data"),
+        envvar="RTML_DATA_DIR",
+        show_default=True,
+        show_envvar=True,
+        help="Where the logs live.",
+    )(f)
+
+
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of tables.")(f)
+
+
+def symbols_option(help_text: str):
+    def decorate(f):
+        return click.option("--symbols", metavar="A,B", default=None, help=help_text)(f)
+
+    return decorate
+
+
+def parse_symbols(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    from rtml_cli.log import check_symbol
+
+    names = [s.strip() for s in value.split(",")]
+    if any(n == "" for n in names):
+        raise ConfigError(f"--symbols {value!r} has an empty name; write them like BTC/USD,ETH/USD")
+    return [check_symbol(n) for n in names]
+
+
+def parse_speed(value: str) -> float | None:
+    """'max' -> None (as fast as possible), else a positive factor."""
+    if value.strip().lower() == "max":
+        return None
+    try:
+        speed = float(value)
+    except ValueError:
+        raise ConfigError(f"--speed {value!r} is not a number; use e.g. 1, 60 or max") from None
+    if not speed > 0 or speed == float("inf"):
+        raise ConfigError(f"--speed must be a positive number or max, not {value!r}")
+    return speed
+
+
+def parse_start(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"--start {value!r} is not an ISO time; use e.g. 2026-01-01T00:00:00Z") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+
+
+class _Stopper:
+    """Ctrl-C and SIGTERM ask the run to stop; it then flushes what it holds and exits 0."""
+
+    def __init__(self, console):
+        self.stop = Event()
+        self.console = console
+
+    def __enter__(self) -> Event:
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self.stop
+
+    def _handle(self, signum, frame):
+        if not self.stop.is_set():
+            self.console.print("[yellow]stopping: flushing what has been received...[/]")
+        self.stop.set()
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+# -- ingest ------------------------------------------------------------------------------------
+
+SYNTHETIC_DEFAULT_TICKS = 1_000_000
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option(
+    "--source",
+    type=click.Choice(["synthetic", "replay", "kraken"]),
+    default="synthetic",
+    show_default=True,
+    help="Where trades come from.",
+)
+@symbols_option(
+    "Symbols, comma-separated. synthetic: which markets to simulate [BTC/USD,ETH/USD,SOL/USD]; "
+    "kraken: pairs to subscribe to [BTC/USD]; replay: keep only these."
+)
+@click.option("--max-ticks", type=click.IntRange(min=1), default=None, help="Stop after writing this many ticks.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after this many seconds.")
+@click.option("--flush-every", type=click.IntRange(min=1), default=100_000, show_default=True, help="Write a part every N ticks...")
+@click.option("--flush-interval", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="...or every S seconds, whichever comes first.")
+@click.option("--speed", default="max", show_default=True, help="synthetic/replay clock: X times wall time, or max.")
+@click.option("--seed", type=int, default=42, show_default=True, help="synthetic: random seed; the same seed gives the same ticks.")
+@click.option("--start", default=None, help="synthetic: simulated start time (ISO). [default: where the log ends, else now when paced, else 2026-01-01]")
+@click.option("--regime-minutes", type=click.FloatRange(min=1), default=30.0, show_default=True, help="synthetic: mean length of a market regime.")
+@click.option("--path", default=None, help="replay: a trade file or a glob of them (CSV, .csv.gz, .zip, Parquet).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "kraken", "binance", "tardis", "rtml"]),
+    default="auto",
+    show_default=True,
+    help="replay: file format.",
+)
+@click.option("--symbol", default=None, help="replay: symbol for files without a symbol column (default: from the file name).")
+@click.option("--url", default=None, help="kraken: WebSocket endpoint. [default: wss://ws.kraken.com/v2]")
+@data_dir_option
+@json_option
+def ingest(source, symbols, max_ticks, duration, flush_every, flush_interval, speed, seed, start,
+           regime_minutes, path, fmt, symbol, url, data_dir, as_json):
+    """Write trades into the ticks log, validated and de-duplicated.
+
+    Bad records (missing or unparseable fields, non-positive or non-finite price or qty, a
+    timestamp far in the future, a repeated trade id) go to DATA_DIR/quarantine/ with their
+    reason. Ctrl-C or SIGTERM flushes what has been received and exits 0.
+
+    At --speed max without --max-ticks or --duration, synthetic generates 1,000,000 ticks.
+
+    \b
+    Examples:
+        rtml ingest --max-ticks 500000
+        rtml ingest --speed 60 --duration 30
+        rtml ingest --source replay --path 'dumps/BTCUSDT-trades-*.csv.gz'
+        rtml ingest --source kraken --symbols BTC/USD,ETH/USD
+    """
+    from rtml_cli import ui
+    from rtml_cli.ingest import IngestOptions, open_source, run_ingest
+
+    ctx = click.get_current_context()
+    _only_for(ctx, source, {"seed": "synthetic", "start": "synthetic", "regime_minutes": "synthetic",
+                            "path": "replay", "fmt": "replay", "symbol": "replay", "url": "kraken"})
+    if source == "kraken" and _given(ctx, "speed"):
+        raise click.UsageError("--speed does not apply to --source kraken: a live feed runs at its own pace")
+    if source == "replay" and not path:
+        raise click.UsageError("--source replay needs --path FILE_OR_GLOB")
+    pace = parse_speed(speed)
+    wanted = parse_symbols(symbols)
+    if source == "synthetic" and pace is None and max_ticks is None and duration is None:
+        max_ticks = SYNTHETIC_DEFAULT_TICKS
+
+    console = ui.err_console()
+    opts = IngestOptions(flush_every, flush_interval, max_ticks, duration, wanted if source == "replay" else None)
+    with _Stopper(console) as stop:
+        src, batches = open_source(
+            source, data_dir, stop, symbols=wanted, speed=pace, seed=seed, start_ns=parse_start(start),
+            regime_minutes=regime_minutes, max_ticks=max_ticks, path=path, fmt=fmt, symbol=symbol, url=url,
+            on_event=lambda msg: console.print(f"[yellow]{msg}[/]"),
+        )
+        bounded = src.total is not None and pace is None
+        if as_json or not bounded:
+            status = ui.StatusLine(console) if not as_json else None
+            summary = run_ingest(data_dir, src, opts, stop, lambda s, _: status and status.update(s), batches)
+        else:
+            unit = "bytes" if source == "replay" else "ticks"
+            with ui.progress_bar(console, unit) as bar:
+                task = bar.add_task(f"{source}", total=src.total, status="")
+
+                def on_batch(s, progress):
+                    bad = sum(s.quarantined.values())
+                    bar.update(task, advance=progress, status=f"{s.written:,} written, {bad:,} quarantined")
+
+                summary = run_ingest(data_dir, src, opts, stop, on_batch, batches)
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), indent=2))
+        return
+    from rich.console import Console
+
+    out = Console()
+    out.print(ui.ingest_table(summary))
+    if summary.quarantined:
+        out.print(ui.quarantine_table(summary))
+        out.print(f"see {data_dir / 'quarantine'}/ for the rejected records and their reasons")
+    for gap in summary.gaps[:20]:
+        out.print(f"[yellow]gap:[/] {gap}")
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    src = ctx.get_parameter_source(name)
+    return src is not None and src.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def _only_for(ctx: click.Context, source: str, owners: dict[str, str]) -> None:
+    for name, owner in owners.items():
+        if owner != source and _given(ctx, name):
+            flag = "--format" if name == "fmt" else "--" + name.replace("_", "-")
+            raise click.UsageError(f"{flag} only applies to --source {owner}, not --source {source}")
+
+
+# -- compact -----------------------------------------------------------------------------------
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--log", "log_name", default="ticks", show_default=True, help="Which log to compact.")
+@symbols_option("Only these partitions (default: all).")
+@click.option("--target-rows", type=click.IntRange(min=2), default=1_000_000, show_default=True, help="Merge runs of small parts into parts of up to this many rows.")
+@data_dir_option
+@json_option
+def compact(log_name, symbols, target_rows, data_dir, as_json):
+    """Merge small parts of a log into bigger ones, keeping every row's offset.
+
+    Live ingest flushes often and leaves many small parts; readers are unaffected by
+    compaction (they see every row exactly once throughout), but fewer files read faster.
+    Takes the log's writer lock: stop ingest first, or run it between ingests.
+
+    \b
+    Example:
+        rtml compact --log ticks --target-rows 500000
+    """
+    from rtml_cli.log import ParquetLog
+
+    log = ParquetLog(data_dir, log_name)
+    if not log.root.is_dir():
+        raise ConfigError(f"there is no {log_name!r} log in {data_dir}; run `rtml ingest` first or check --data-dir")
+    wanted = parse_symbols(symbols) or log.partitions()
+    results = []
+    with log.writer() as writer:
+        for sym in wanted:
+            results.append(writer.compact(sym, target_rows))
+    if as_json:
+        click.echo(json.dumps([r.__dict__ for r in results], indent=2))
+        return
+    for r in results:
+        click.echo(f"{r.symbol}: {r.parts_before} parts -> {r.parts_after} ({r.rows:,} rows rewritten)")
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+
+def _param_names() -> dict[str, set[str]]:
+    return {name: {p.name for p in cmd.params if p.name} for name, cmd in cli.commands.items()}
+
+
+def main() -> None:
+    from rtml_cli.config import default_map, load_config
+
+    try:
+        defaults = default_map(load_config(), _param_names())
+    except RtmlError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    cli(default_map=defaults, prog_name="rtml")

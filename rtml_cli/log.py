@@ -1,0 +1,326 @@
+"""The Parquet log: append-only, per-symbol partitions of immutable parts with Kafka-style offsets.
+
+Layout: `<data-dir>/<log>/symbol=<percent-encoded symbol>/<first>-<last>.parquet`, where
+`first` and `last` are the zero-padded offsets of the part's first and last rows. Offsets
+are strictly increasing within a partition, so the tail after offset N, and the last offset,
+come from the directory listing alone.
+
+One writer per log at a time (an advisory `flock`, released by the kernel when its owner
+dies, so a crashed writer never leaves a stale lock). Parts are published atomically; a
+reader never sees a partial part. Compaction writes a merged part that covers the offsets of
+the parts it replaces, then deletes them; readers resolve the overlap in between by taking
+the covering part, so they see every row exactly once throughout.
+
+The interface is deliberately small (append, read after an offset, partitions, last
+offset, compact) so that a Kafka topic can stand in for it later.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import time
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from threading import Event
+from typing import TYPE_CHECKING
+from urllib.parse import quote, unquote
+
+from rtml_cli import atomic
+from rtml_cli.errors import LockedError, LogError, SymbolError
+
+if TYPE_CHECKING:
+    import polars as pl
+
+PARTITION_KEY = "symbol"
+OFFSET = "offset"
+MAX_SYMBOL_LEN = 64
+_PART_RE = re.compile(r"^(\d{20})-(\d{20})\.parquet$")
+_LOCK_NAME = ".writer.lock"
+
+
+def check_symbol(symbol: str) -> str:
+    """Return `symbol` if it can name a partition, else raise SymbolError saying why."""
+    if not isinstance(symbol, str) or symbol == "":
+        raise SymbolError("a symbol name is empty; give names like BTC/USD or ETHUSDT")
+    if symbol != symbol.strip():
+        raise SymbolError(f"symbol {symbol!r} has leading or trailing spaces; remove them")
+    if len(symbol) > MAX_SYMBOL_LEN:
+        raise SymbolError(f"symbol {symbol[:20]!r}... is longer than {MAX_SYMBOL_LEN} characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in symbol):
+        raise SymbolError(f"symbol {symbol!r} contains control characters; use printable names")
+    if symbol in (".", ".."):
+        raise SymbolError(f"symbol {symbol!r} is not a usable name")
+    return symbol
+
+
+def partition_dirname(symbol: str) -> str:
+    """Hive-style directory name with the value percent-encoded, as polars writes it.
+
+    `/`, `%`, `=` and every other byte outside [A-Za-z0-9_.~-] are encoded, so the name
+    cannot contain a path separator and DuckDB or polars decode it back to `symbol`.
+    """
+    return f"{PARTITION_KEY}={quote(check_symbol(symbol), safe='')}"
+
+
+def symbol_from_dirname(name: str) -> str | None:
+    prefix = f"{PARTITION_KEY}="
+    if not name.startswith(prefix):
+        return None
+    return unquote(name[len(prefix):])
+
+
+@dataclass(frozen=True, order=True)
+class Part:
+    first: int
+    last: int
+    path: Path
+
+    @property
+    def rows(self) -> int:
+        return self.last - self.first + 1
+
+
+def part_name(first: int, last: int) -> str:
+    return f"{first:020d}-{last:020d}.parquet"
+
+
+def _live_parts(paths: list[Path]) -> list[Part]:
+    """Parse part names and drop parts covered by a larger (compacted) part."""
+    parts = []
+    for p in paths:
+        m = _PART_RE.match(p.name)
+        if m:
+            parts.append(Part(int(m.group(1)), int(m.group(2)), p))
+    # Widest first among parts that start at the same offset, so a covering part wins.
+    parts.sort(key=lambda part: (part.first, -part.last))
+    live: list[Part] = []
+    for part in parts:
+        if live and part.last <= live[-1].last:
+            continue  # covered by a compacted part whose originals are not deleted yet
+        if live and part.first <= live[-1].last:
+            raise LogError(
+                f"parts {live[-1].path.name} and {part.path.name} overlap partially in "
+                f"{part.path.parent}; the log was modified by something other than rtml"
+            )
+        live.append(part)
+    return live
+
+
+@dataclass
+class CompactResult:
+    symbol: str
+    parts_before: int
+    parts_after: int
+    rows: int
+
+
+class ParquetLog:
+    """One named log (ticks, features, ...) under a data directory."""
+
+    def __init__(self, data_dir: Path | str, name: str):
+        self.data_dir = Path(data_dir)
+        self.name = name
+        self.root = self.data_dir / name
+
+    def __repr__(self) -> str:
+        return f"ParquetLog({str(self.root)!r})"
+
+    # -- reading -------------------------------------------------------------------------
+
+    def partitions(self) -> list[str]:
+        """The symbols that have a partition, sorted."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for entry in self.root.iterdir():
+            symbol = symbol_from_dirname(entry.name)
+            if symbol is not None and entry.is_dir():
+                found.append(symbol)
+        return sorted(found)
+
+    def partition_path(self, symbol: str) -> Path:
+        return self.root / partition_dirname(symbol)
+
+    def parts(self, symbol: str) -> list[Part]:
+        d = self.partition_path(symbol)
+        if not d.is_dir():
+            return []
+        return _live_parts([d / n for n in os.listdir(d)])
+
+    def last_offset(self, symbol: str) -> int:
+        """Offset of the newest row of `symbol`, or -1 when the partition is empty."""
+        parts = self.parts(symbol)
+        return parts[-1].last if parts else -1
+
+    def files_after(self, symbol: str, offset: int = -1) -> list[Path]:
+        """The part files holding rows with offsets greater than `offset`."""
+        return [p.path for p in self.parts(symbol) if p.last > offset]
+
+    def read_after(
+        self, symbol: str, offset: int = -1, columns: list[str] | None = None
+    ) -> pl.DataFrame:
+        """Rows with offsets greater than `offset`, in offset order."""
+        import polars as pl
+
+        for attempt in range(5):
+            files = self.files_after(symbol, offset)
+            if not files:
+                return pl.DataFrame()
+            try:
+                frame = pl.read_parquet(files, columns=columns)
+            except FileNotFoundError:
+                # A compaction replaced parts between our listing and the read: list again.
+                time.sleep(0.01 * (attempt + 1))
+                continue
+            if columns is None or OFFSET in columns:
+                frame = frame.filter(pl.col(OFFSET) > offset)
+            return frame
+        raise LogError(f"{self.partition_path(symbol)} kept changing while being read; try again")
+
+    def read_all(self, columns: list[str] | None = None) -> pl.DataFrame:
+        import polars as pl
+
+        frames = [self.read_after(s, -1, columns) for s in self.partitions()]
+        frames = [f for f in frames if f.height]
+        return pl.concat(frames, how="vertical") if frames else pl.DataFrame()
+
+    def row_count(self, symbol: str) -> int:
+        return sum(p.rows for p in self.parts(symbol))
+
+    def follow(
+        self, symbol: str, offset: int, stop: Event, poll: float = 0.2
+    ) -> Iterator[pl.DataFrame]:
+        """Yield each batch of new rows after `offset` until `stop` is set."""
+        while not stop.is_set():
+            frame = self.read_after(symbol, offset)
+            if frame.height:
+                offset = int(frame[OFFSET][-1])
+                yield frame
+            else:
+                stop.wait(poll)
+
+    # -- writing -------------------------------------------------------------------------
+
+    @contextmanager
+    def writer(self) -> Iterator[LogWriter]:
+        """Hold the log's writer lock; clean up temp files a crashed writer left behind."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock_path = self.root / _LOCK_NAME
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise LockedError(
+                    f"another rtml process (pid {holder}) is writing {self.root}; "
+                    "stop it first, or use another --data-dir"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            writer = LogWriter(self)
+            writer.remove_orphans()
+            yield writer
+        finally:
+            os.close(fd)  # releases the flock
+
+
+class LogWriter:
+    """Appends to a log while holding its writer lock (get one from `ParquetLog.writer()`)."""
+
+    def __init__(self, log: ParquetLog):
+        self.log = log
+        self._next: dict[str, int] = {}
+
+    def remove_orphans(self) -> int:
+        """Delete temp files and fully covered parts left by a writer that died mid-publish."""
+        removed = 0
+        if not self.log.root.is_dir():
+            return 0
+        for entry in self.log.root.iterdir():
+            if not entry.is_dir() or symbol_from_dirname(entry.name) is None:
+                continue
+            names = os.listdir(entry)
+            for n in names:
+                if atomic.is_temp(Path(n)):
+                    (entry / n).unlink(missing_ok=True)
+                    removed += 1
+            live = {p.path for p in _live_parts([entry / n for n in names])}
+            for n in names:
+                if _PART_RE.match(n) and entry / n not in live:
+                    (entry / n).unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    def next_offset(self, symbol: str) -> int:
+        if symbol not in self._next:
+            self._next[symbol] = self.log.last_offset(symbol) + 1
+        return self._next[symbol]
+
+    def append(self, symbol: str, frame: pl.DataFrame) -> tuple[int, int]:
+        """Publish `frame` as one part of `symbol`; returns its (first, last) offsets."""
+        import polars as pl
+
+        if frame.height == 0:
+            raise LogError("refusing to append an empty batch")
+        if OFFSET in frame.columns:
+            raise LogError(f"the batch already has an {OFFSET!r} column; the log assigns offsets")
+        first = self.next_offset(symbol)
+        last = first + frame.height - 1
+        frame = frame.select(
+            pl.int_range(first, last + 1, dtype=pl.Int64).alias(OFFSET), pl.all()
+        )
+        d = self.log.partition_path(symbol)
+        d.mkdir(parents=True, exist_ok=True)
+        _write_part(frame, d / part_name(first, last), level=1)
+        self._next[symbol] = last + 1
+        return first, last
+
+    def compact(self, symbol: str, target_rows: int = 1_000_000) -> CompactResult:
+        """Merge runs of consecutive parts smaller than `target_rows`, keeping offsets."""
+        import polars as pl
+
+        parts = self.log.parts(symbol)
+        runs: list[list[Part]] = []
+        run: list[Part] = []
+        for part in parts:
+            if part.rows >= target_rows:
+                if len(run) > 1:
+                    runs.append(run)
+                run = []
+                continue
+            if run and sum(p.rows for p in run) + part.rows > target_rows:
+                if len(run) > 1:
+                    runs.append(run)
+                run = []
+            run.append(part)
+        if len(run) > 1:
+            runs.append(run)
+        rows = 0
+        for run in runs:
+            merged = pl.read_parquet([p.path for p in run]).sort(OFFSET)
+            first, last = run[0].first, run[-1].last
+            if merged.height != last - first + 1:
+                raise LogError(f"parts {first}..{last} of {symbol!r} have gaps; not compacting")
+            target = self.log.partition_path(symbol) / part_name(first, last)
+            _write_part(merged, target)
+            for p in run:  # readers already prefer the covering part; now drop the originals
+                p.path.unlink(missing_ok=True)
+            atomic.fsync_dir(target.parent)
+            rows += merged.height
+        return CompactResult(symbol, len(parts), len(self.log.parts(symbol)), rows)
+
+
+def _write_part(frame: pl.DataFrame, path: Path, level: int = 3) -> None:
+    """Appends use zstd level 1 (twice as fast to write); compaction recompresses at 3."""
+    tmp = atomic.temp_path_for(path)
+    try:
+        frame.write_parquet(tmp, compression="zstd", compression_level=level, statistics=True)
+        atomic.publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,115 @@
+"""Columns of the ticks log and the vectorised checks a tick must pass to be written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import polars as pl
+
+TICK_COLUMNS = ["ts", "recv_ts", "symbol", "price", "qty", "side", "trade_id"]
+# The order in which problems are reported: the first that applies is the row's reason.
+REASONS = [
+    "bad_symbol",
+    "missing_ts",
+    "unparseable_ts",
+    "missing_price",
+    "unparseable_price",
+    "missing_qty",
+    "unparseable_qty",
+    "missing_trade_id",
+    "bad_side",
+    "non_finite_price",
+    "non_positive_price",
+    "non_finite_qty",
+    "non_positive_qty",
+    "future_ts",
+    "duplicate_trade_id",
+]
+# A tick stamped further than this after its receive time is rejected (a broken clock or
+# a unit mix-up, such as microseconds read as milliseconds).
+MAX_FUTURE_SECONDS = 300
+
+
+def tick_schema() -> dict[str, pl.DataType]:
+    import polars as pl
+
+    utc_ns = pl.Datetime("ns", "UTC")
+    return {
+        "ts": utc_ns,
+        "recv_ts": utc_ns,
+        "symbol": pl.String(),
+        "price": pl.Float64(),
+        "qty": pl.Float64(),
+        "side": pl.String(),
+        "trade_id": pl.String(),
+    }
+
+
+@dataclass
+class Field:
+    """How a source parsed one tick field: the original text and the typed value."""
+
+    name: str
+    raw: pl.Expr
+    value: pl.Expr
+    kind: str  # "ts", "price", "qty", "trade_id": picks the reason names
+
+
+def parse_problems(fields: list[Field]) -> pl.Expr:
+    """Reason for the first field that is missing or did not parse, else null."""
+    import polars as pl
+
+    expr = pl.lit(None, dtype=pl.String)
+    for f in reversed(fields):
+        missing = f.raw.is_null() | (f.raw.cast(pl.String).str.strip_chars() == "")
+        expr = (
+            pl.when(missing)
+            .then(pl.lit(f"missing_{f.kind}"))
+            .when(f.value.is_null())
+            .then(pl.lit(f"unparseable_{f.kind}" if f.kind != "trade_id" else "missing_trade_id"))
+            .otherwise(expr)
+        )
+    return expr
+
+
+def problems(frame: pl.DataFrame, max_future_seconds: float = MAX_FUTURE_SECONDS) -> pl.Expr:
+    """Vectorised reason for every row that must not be written (null when the row is good).
+
+    `frame` carries the tick columns plus `_parse_problem` from the source; the checks that
+    need the log (duplicates already written) are applied by the ingest pipeline.
+    """
+    import polars as pl
+
+    price, qty = pl.col("price"), pl.col("qty")
+    future = pl.col("ts") > pl.col("recv_ts") + pl.duration(
+        microseconds=int(max_future_seconds * 1e6)
+    )
+    symbol_bad = pl.col("symbol").is_null() | (pl.col("symbol") == "")
+    return (
+        pl.when(symbol_bad)
+        .then(pl.lit("bad_symbol"))
+        .when(pl.col("_parse_problem").is_not_null())
+        .then(pl.col("_parse_problem"))
+        .when(pl.col("side").is_not_null() & ~pl.col("side").is_in(["buy", "sell"]))
+        .then(pl.lit("bad_side"))
+        .when(~price.is_finite())
+        .then(pl.lit("non_finite_price"))
+        .when(price <= 0)
+        .then(pl.lit("non_positive_price"))
+        .when(~qty.is_finite())
+        .then(pl.lit("non_finite_qty"))
+        .when(qty <= 0)
+        .then(pl.lit("non_positive_qty"))
+        .when(future)
+        .then(pl.lit("future_ts"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
+
+
+def ns_to_utc(expr: pl.Expr) -> pl.Expr:
+    """Int64 nanoseconds since the epoch -> timestamp[ns, UTC]."""
+    import polars as pl
+
+    return expr.cast(pl.Datetime("ns")).dt.replace_time_zone("UTC")

@@ -1,0 +1,600 @@
+"""Trade files a user already has (Kraken, Binance, Tardis dumps, rtml's own), streamed in chunks.
+
+CSV files are read in byte chunks cut at line ends and parsed by polars with every column as
+text, so memory stays bounded whatever the file size, and a value that does not parse is
+kept verbatim for the quarantine. `.gz` and `.zip` are decompressed on the fly. Parquet
+files are read a row group batch at a time.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import os
+import re
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from threading import Event
+from typing import TYPE_CHECKING, BinaryIO
+
+from rtml_cli.errors import InputFormatError
+from rtml_cli.schema import Field, parse_problems
+from rtml_cli.sources import TickBatch
+
+if TYPE_CHECKING:
+    import polars as pl
+
+FORMATS = ("auto", "kraken", "binance", "tardis", "rtml")
+KRAKEN_COLS = ["timestamp", "price", "volume"]
+BINANCE_COLS = ["id", "price", "qty", "quoteQty", "time", "isBuyerMaker", "isBestMatch"]
+TARDIS_COLS = ["exchange", "symbol", "timestamp", "local_timestamp", "id", "side", "price", "amount"]
+RTML_REQUIRED = ["ts", "price", "qty"]
+CHUNK_BYTES = 8 << 20
+_NUMBER = re.compile(r"^\s*-?\d+(\.\d*)?([eE][-+]?\d+)?\s*$")
+
+
+def expand_paths(path: str) -> list[Path]:
+    """A file, or a glob pattern matching files; a clear error when nothing matches."""
+    if any(ch in path for ch in "*?["):
+        paths = sorted(Path(p) for p in glob.glob(path, recursive=True) if os.path.isfile(p))
+        if not paths:
+            raise InputFormatError(f"no files match {path!r}; check the pattern")
+        return paths
+    p = Path(path)
+    if p.is_dir():
+        raise InputFormatError(f"{path} is a directory; give a file or a glob such as '{path}/*.csv'")
+    if not p.exists():
+        raise InputFormatError(f"{path} does not exist")
+    return [p]
+
+
+# -- opening files --------------------------------------------------------------------------
+
+
+class _Input:
+    """A file's decompressed byte stream and how far into the file on disk it has got."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.size = path.stat().st_size
+        self._raw = open(path, "rb")
+        self._zip: zipfile.ZipFile | None = None
+        head = self._raw.read(4)
+        self._raw.seek(0)
+        if head[:2] == b"\x1f\x8b":
+            self.stream: BinaryIO = gzip.GzipFile(fileobj=self._raw)  # type: ignore[assignment]
+        elif head == b"PK\x03\x04":
+            self._zip = zipfile.ZipFile(self._raw)
+            members = [i for i in self._zip.infolist() if not i.is_dir()]
+            if len(members) != 1:
+                raise InputFormatError(
+                    f"{path} holds {len(members)} files; rtml reads zip archives with exactly one "
+                    "trade file inside (unzip it and pass the files with a glob)"
+                )
+            self._member_size = max(members[0].file_size, 1)
+            self.stream = self._zip.open(members[0])  # type: ignore[assignment]
+            self._read = 0
+        else:
+            self.stream = self._raw  # type: ignore[assignment]
+        self.is_parquet = head == b"PAR1"
+
+    def read(self, n: int) -> bytes:
+        data = self.stream.read(n)
+        if self._zip is not None:
+            self._read += len(data)
+        return data
+
+    def position(self) -> int:
+        if self._zip is not None:
+            return min(self.size, self.size * self._read // self._member_size)
+        return self._raw.tell()
+
+    def close(self) -> None:
+        self.stream.close()
+        if self._zip is not None:
+            self._zip.close()
+        self._raw.close()
+
+
+def _csv_chunks(inp: _Input, chunk_bytes: int) -> Iterator[tuple[bytes, int]]:
+    """Chunks of whole lines, with the bytes of the file on disk consumed so far."""
+    rest = b""
+    while True:
+        data = inp.read(chunk_bytes)
+        if not data:
+            if rest.strip():
+                yield rest, inp.position()
+            return
+        buf = rest + data
+        cut = buf.rfind(b"\n")
+        if cut < 0:
+            rest = buf
+            continue
+        rest = buf[cut + 1 :]
+        yield buf[: cut + 1], inp.position()
+
+
+def _split_line(line: str) -> list[str]:
+    return [c.strip().strip('"') for c in line.rstrip("\r\n").split(",")]
+
+
+# -- sniffing ------------------------------------------------------------------------------
+
+
+def sniff_csv(first_line: str, path: Path) -> tuple[str, bool]:
+    """(format, has_header) of a CSV trade file, from its first line."""
+    cells = _split_line(first_line)
+    lowered = [c.lower() for c in cells]
+    if lowered[: len(TARDIS_COLS)] == TARDIS_COLS:
+        return "tardis", True
+    if [c.lower() for c in BINANCE_COLS] == lowered[: len(BINANCE_COLS)]:
+        return "binance", True
+    if all(c in lowered for c in RTML_REQUIRED):
+        return "rtml", True
+    numeric = [bool(_NUMBER.match(c)) for c in cells]
+    if len(cells) == 3 and all(numeric):
+        return "kraken", False
+    if len(cells) == 7 and all(numeric[:5]) and lowered[5] in ("true", "false"):
+        return "binance", False
+    raise InputFormatError(
+        f"{path} does not look like a trade file rtml knows (first line: {first_line[:80]!r}). "
+        "Expected a Kraken CSV (timestamp,price,volume), a Binance trades CSV "
+        f"({','.join(BINANCE_COLS)}), a Tardis trades CSV ({','.join(TARDIS_COLS)}) or an rtml "
+        "export with ts,price,qty columns; pass --format if the file is one of these"
+    )
+
+
+def _header_for(fmt: str, first_line: str, path: Path) -> tuple[list[str], bool]:
+    """Column names and whether the first line is a header, for an explicitly named format."""
+    cells = _split_line(first_line)
+    lowered = [c.lower() for c in cells]
+    if fmt == "kraken":
+        if len(cells) != 3:
+            raise InputFormatError(
+                f"{path} has {len(cells)} columns on its first line; a Kraken trades CSV has 3 "
+                "(timestamp,price,volume) and no header"
+            )
+        return KRAKEN_COLS, not _NUMBER.match(cells[0])
+    if fmt == "binance":
+        if len(cells) != 7:
+            raise InputFormatError(
+                f"{path} has {len(cells)} columns; a Binance trades CSV has 7 ({','.join(BINANCE_COLS)})"
+            )
+        return BINANCE_COLS, not _NUMBER.match(cells[0])
+    if fmt == "tardis":
+        if lowered[: len(TARDIS_COLS)] != TARDIS_COLS:
+            raise InputFormatError(
+                f"{path} does not start with the Tardis trades header {','.join(TARDIS_COLS)}"
+            )
+        return cells, True
+    missing = [c for c in RTML_REQUIRED if c not in lowered]
+    if missing:
+        raise InputFormatError(
+            f"{path} lacks the column(s) {', '.join(missing)} of an rtml ticks file; "
+            "its header is " + ",".join(cells[:12])
+        )
+    return lowered, True
+
+
+def symbol_from_filename(path: Path, fmt: str) -> str | None:
+    """Kraken dumps are named after the pair (XBTUSD.csv), Binance ones SYMBOL-trades-DATE.csv."""
+    stem = path.name.split(".")[0]
+    if fmt == "binance":
+        m = re.match(r"^([A-Z0-9]+)-trades", stem)
+        return m.group(1) if m else None
+    if fmt == "kraken" and re.fullmatch(r"[A-Z0-9]{4,16}", stem):
+        return stem
+    return None
+
+
+# -- parsing, one vectorised function per format ---------------------------------------------
+
+
+def _num(col: str) -> pl.Expr:
+    import polars as pl
+
+    return pl.col(col).str.strip_chars().cast(pl.Float64, strict=False)
+
+
+def _ns_from_seconds_text(col: str) -> pl.Expr:
+    """'1700000000.123456' -> exact integer nanoseconds (no float round-off)."""
+    import polars as pl
+
+    text = pl.col(col).str.strip_chars()
+    parts = text.str.split_exact(".", 1)
+    whole = parts.struct.field("field_0").cast(pl.Int64, strict=False)
+    frac = parts.struct.field("field_1").fill_null("")
+    frac_ok = frac.str.contains(r"^\d*$")
+    frac_ns = frac.str.slice(0, 9).str.pad_end(9, "0").cast(pl.Int64, strict=False)
+    return pl.when(frac_ok & text.str.contains(r"^\d+(\.\d*)?$")).then(whole * 1_000_000_000 + frac_ns)
+
+
+def _utc(expr: pl.Expr) -> pl.Expr:
+    from rtml_cli.schema import ns_to_utc
+
+    return ns_to_utc(expr)
+
+
+def _text_ts(col: str) -> pl.Expr:
+    """ISO-8601-ish text or integer nanoseconds -> timestamp[ns, UTC]."""
+    import polars as pl
+
+    text = pl.col(col).cast(pl.String).str.strip_chars()
+    zoned = [
+        text.str.to_datetime(fmt, time_unit="ns", strict=False).dt.convert_time_zone("UTC")
+        for fmt in ("%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z")
+    ]
+    naive = [
+        text.str.replace(r"Z$", "").str.to_datetime(fmt, time_unit="ns", strict=False).dt.replace_time_zone("UTC")
+        for fmt in ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S")
+    ]
+    as_int = _utc(pl.when(text.str.contains(r"^\d+$")).then(text.cast(pl.Int64, strict=False)))
+    return pl.coalesce(*zoned, *naive, as_int)
+
+
+def _occurrence_ids(frame: pl.DataFrame, key: list[str], carry: pl.DataFrame | None) -> tuple[pl.Series, pl.DataFrame]:
+    """Stable ids for trades without one: the record's fields plus its occurrence number.
+
+    A file position would collide between two files (Kraken's quarterly updates restart at
+    line 1); the content plus the count of identical earlier records in the file does not,
+    and stays the same when the file is replayed again. `carry` holds the counts of the
+    records at the previous chunk's last timestamp, where a run of identical trades may span
+    the chunk boundary.
+    """
+    import polars as pl
+
+    n = pl.int_range(pl.len()).over(key)
+    f = frame.select(key).with_columns(_n=n)
+    if carry is not None and carry.height:
+        f = f.join(carry, on=key, how="left", maintain_order="left").with_columns(
+            _n=pl.col("_n") + pl.col("_c").fill_null(0)
+        ).drop("_c")
+    ids = pl.concat_str([*[pl.col(k).fill_null("") for k in key], pl.col("_n").cast(pl.String)], separator="|")
+    ids_s = f.select(ids.alias("trade_id")).to_series()
+    last_ts = f[key[0]][-1] if f.height else None
+    new_carry = (
+        f.filter(pl.col(key[0]) == last_ts).group_by(key).agg(_c=pl.col("_n").max() + 1)
+        if last_ts is not None
+        else None
+    )
+    return ids_s, new_carry
+
+
+@dataclass
+class _Parsed:
+    frame: pl.DataFrame
+    raw: pl.Expr
+
+
+class ReplaySource:
+    """`rtml ingest --source replay`: one or more trade files, in the order given."""
+
+    name = "replay"
+
+    def __init__(
+        self,
+        path: str,
+        fmt: str = "auto",
+        symbol: str | None = None,
+        chunk_bytes: int = CHUNK_BYTES,
+        now_ns: int | None = None,
+    ):
+        if fmt not in FORMATS:
+            raise InputFormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        self.paths = expand_paths(path)
+        self.fmt = fmt
+        self.symbol = symbol
+        self.chunk_bytes = chunk_bytes
+        self.now_ns = now_ns
+        self.total = sum(p.stat().st_size for p in self.paths)
+        self.formats_seen: dict[str, str] = {}
+        # Sniff every file up front, so a wrong file fails before anything is written.
+        self._plans = [self._plan(p) for p in self.paths]
+
+    def _recv_ns(self) -> int:
+        return self.now_ns if self.now_ns is not None else time.time_ns()
+
+    def _plan(self, path: Path) -> tuple[str, list[str] | None, bool, str | None]:
+        inp = _Input(path)
+        try:
+            if inp.is_parquet:
+                import pyarrow.parquet as pq
+
+                try:
+                    names = pq.ParquetFile(path).schema_arrow.names
+                except Exception as exc:  # noqa: BLE001 - pyarrow raises many types here
+                    raise InputFormatError(f"{path} is not a readable Parquet file: {exc}") from None
+                fmt = self.fmt if self.fmt != "auto" else _parquet_format(names, path)
+                header, has_header = names, False
+            else:
+                head = inp.read(64 * 1024)
+                if b"\x00" in head:
+                    raise InputFormatError(
+                        f"{path} is a binary file, not a CSV, gzip, zip or Parquet trade file"
+                    )
+                try:
+                    text = head.decode("utf-8-sig")
+                except UnicodeDecodeError:
+                    raise InputFormatError(f"{path} is not UTF-8 text; rtml reads CSV trade files") from None
+                first_line = next((ln for ln in text.splitlines() if ln.strip()), "")
+                if not first_line:
+                    raise InputFormatError(f"{path} is empty")
+                if self.fmt == "auto":
+                    fmt, has_header = sniff_csv(first_line, path)
+                    header = _header_for(fmt, first_line, path)[0]
+                else:
+                    fmt = self.fmt
+                    header, has_header = _header_for(fmt, first_line, path)
+        finally:
+            inp.close()
+        symbol = self.symbol
+        if fmt in ("kraken", "binance") and symbol is None:
+            symbol = symbol_from_filename(path, fmt)
+            if symbol is None:
+                raise InputFormatError(
+                    f"{path.name} is a {fmt} file, which has no symbol column, and its name does "
+                    "not say the pair; pass --symbol (e.g. --symbol BTC/USD)"
+                )
+        if fmt == "rtml" and "symbol" not in [h.lower() for h in header] and symbol is None:
+            raise InputFormatError(f"{path.name} has no symbol column; pass --symbol")
+        self.formats_seen[str(path)] = fmt
+        return fmt, header, has_header, symbol
+
+    def batches(self, stop: Event) -> Iterator[TickBatch]:
+        for path, (fmt, header, has_header, symbol) in zip(self.paths, self._plans):
+            if stop.is_set():
+                return
+            yield from self._file_batches(path, fmt, header, has_header, symbol, stop)
+
+    def _file_batches(self, path, fmt, header, has_header, symbol, stop) -> Iterator[TickBatch]:
+        import polars as pl
+
+        inp = _Input(path)
+        done = 0
+        line = 1  # 1-based line number of the chunk's first record in the (decompressed) file
+        carry = None
+        checked = False
+        try:
+            if inp.is_parquet:
+                import pyarrow.parquet as pq
+
+                pf = pq.ParquetFile(path)
+                rows_total = max(pf.metadata.num_rows, 1)
+                rows_done = 0
+                for rb in pf.iter_batches(batch_size=200_000):
+                    if stop.is_set():
+                        return
+                    chunk = pl.from_arrow(rb)
+                    assert isinstance(chunk, pl.DataFrame)
+                    chunk = chunk.with_columns(
+                        [pl.col(c).cast(pl.String) for c, t in chunk.schema.items() if not t.is_temporal()]
+                    ).with_columns(_line=pl.int_range(rows_done + 1, rows_done + 1 + chunk.height))
+                    parsed, carry = self._parse(chunk, fmt, symbol, carry)
+                    rows_done += chunk.height
+                    pos = inp.size * rows_done // rows_total
+                    if not checked:
+                        _check_mostly_parses(parsed.frame, path, fmt)
+                        checked = True
+                    yield TickBatch(parsed.frame, parsed.raw, pl.format(f"{path.name}:row {{}}", "_line"), pos - done)
+                    done = pos
+                return
+            first = True
+            for data, pos in _csv_chunks(inp, self.chunk_bytes):
+                if stop.is_set():
+                    return
+                if first and data.startswith(b"\xef\xbb\xbf"):
+                    data = data[3:]
+                skip = 1 if (first and has_header) else 0
+                chunk = pl.read_csv(
+                    io.BytesIO(data),
+                    has_header=False,
+                    skip_rows=skip,
+                    infer_schema=False,
+                    truncate_ragged_lines=True,
+                    quote_char='"',
+                )
+                if first:
+                    line += skip
+                first = False
+                if chunk.height == 0:
+                    continue
+                chunk = _name_columns(chunk, header)
+                chunk = chunk.with_columns(_line=pl.int_range(line, line + chunk.height))
+                line += chunk.height
+                parsed, carry = self._parse(chunk, fmt, symbol, carry)
+                if not checked:
+                    _check_mostly_parses(parsed.frame, path, fmt)
+                    checked = True
+                yield TickBatch(parsed.frame, parsed.raw, pl.format(f"{path.name}:{{}}", "_line"), pos - done)
+                done = pos
+        finally:
+            inp.close()
+
+    def _parse(self, chunk: pl.DataFrame, fmt: str, symbol: str | None, carry):
+        import polars as pl
+
+        raw_cols = [c for c in chunk.columns if c != "_line"]
+        raw = pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in raw_cols], separator=",")
+        recv = _utc(pl.lit(self._recv_ns(), dtype=pl.Int64))
+        if fmt == "kraken":
+            ts = _ns_from_seconds_text("timestamp")
+            ids, carry = _occurrence_ids(chunk, ["timestamp", "price", "volume"], carry)
+            chunk = chunk.with_columns(_id=ids)
+            fields = [
+                Field("ts", pl.col("timestamp"), ts, "ts"),
+                Field("price", pl.col("price"), _num("price"), "price"),
+                Field("qty", pl.col("volume"), _num("volume"), "qty"),
+            ]
+            out = chunk.select(
+                _utc(ts).alias("ts"),
+                recv.alias("recv_ts"),
+                pl.lit(symbol, dtype=pl.String).alias("symbol"),
+                _num("price").alias("price"),
+                _num("volume").alias("qty"),
+                pl.lit(None, dtype=pl.String).alias("side"),
+                pl.format("k{}", "_id").alias("trade_id"),
+                parse_problems(fields).alias("_parse_problem"),
+                "_line",
+                *[pl.col(c).alias(f"_raw_{c}") for c in raw_cols],
+            )
+        elif fmt == "binance":
+            t = pl.col("time").str.strip_chars().cast(pl.Int64, strict=False)
+            # Binance switched spot dumps from milliseconds to microseconds in 2025.
+            ts_ns = pl.when(t >= 10**14).then(t * 1_000).otherwise(t * 1_000_000)
+            maker = pl.col("isBuyerMaker").str.strip_chars().str.to_lowercase()
+            side = pl.when(maker == "true").then(pl.lit("sell")).when(maker == "false").then(pl.lit("buy"))
+            side = side.otherwise(pl.col("isBuyerMaker"))  # anything else is reported as bad_side
+            fields = [
+                Field("ts", pl.col("time"), t, "ts"),
+                Field("price", pl.col("price"), _num("price"), "price"),
+                Field("qty", pl.col("qty"), _num("qty"), "qty"),
+                Field("trade_id", pl.col("id"), pl.col("id").str.strip_chars(), "trade_id"),
+            ]
+            out = chunk.select(
+                _utc(ts_ns).alias("ts"),
+                recv.alias("recv_ts"),
+                pl.lit(symbol, dtype=pl.String).alias("symbol"),
+                _num("price").alias("price"),
+                _num("qty").alias("qty"),
+                side.alias("side"),
+                pl.col("id").str.strip_chars().alias("trade_id"),
+                parse_problems(fields).alias("_parse_problem"),
+                "_line",
+                *[pl.col(c).alias(f"_raw_{c}") for c in raw_cols],
+            )
+        elif fmt == "tardis":
+            us = pl.col("timestamp").str.strip_chars().cast(pl.Int64, strict=False)
+            local_us = pl.col("local_timestamp").str.strip_chars().cast(pl.Int64, strict=False)
+            side_txt = pl.col("side").str.strip_chars().str.to_lowercase()
+            side = pl.when(side_txt.is_in(["unknown", ""]) | side_txt.is_null()).then(None).otherwise(side_txt)
+            tid = pl.col("id").str.strip_chars()
+            ids, carry = _occurrence_ids(chunk, ["timestamp", "price", "amount"], carry)
+            chunk = chunk.with_columns(_id=ids)
+            fields = [
+                Field("ts", pl.col("timestamp"), us, "ts"),
+                Field("price", pl.col("price"), _num("price"), "price"),
+                Field("qty", pl.col("amount"), _num("amount"), "qty"),
+            ]
+            sym = pl.lit(symbol, dtype=pl.String) if symbol else pl.col("symbol").str.strip_chars()
+            out = chunk.select(
+                _utc(us * 1_000).alias("ts"),
+                pl.coalesce(_utc(local_us * 1_000), recv).alias("recv_ts"),
+                sym.alias("symbol"),
+                _num("price").alias("price"),
+                _num("amount").alias("qty"),
+                side.alias("side"),
+                pl.when(tid.is_null() | (tid == "")).then(pl.format("t{}", "_id")).otherwise(tid).alias("trade_id"),
+                parse_problems(fields).alias("_parse_problem"),
+                "_line",
+                *[pl.col(c).alias(f"_raw_{c}") for c in raw_cols],
+            )
+        else:
+            out = self._parse_rtml(chunk, symbol, recv, raw_cols)
+            carry = None
+        return _Parsed(out, _raw_expr(raw_cols)), carry
+
+    def _parse_rtml(self, chunk: pl.DataFrame, symbol: str | None, recv: pl.Expr, raw_cols: list[str]) -> pl.DataFrame:
+        import polars as pl
+
+        cols = {c.lower(): c for c in chunk.columns}
+        has_id = "trade_id" in cols
+
+        def text(name: str) -> pl.Expr:
+            return pl.col(cols[name]).cast(pl.String)
+
+        tcol = cols["ts"]
+        ts = _temporal_utc(tcol, chunk.schema[tcol]) if chunk.schema[tcol].is_temporal() else _text_ts(tcol)
+        if "recv_ts" in cols:
+            rc = cols["recv_ts"]
+            recv_ts = _temporal_utc(rc, chunk.schema[rc]) if chunk.schema[rc].is_temporal() else _text_ts(rc)
+            recv = pl.coalesce(recv_ts, recv)
+        side = text("side").str.strip_chars().str.to_lowercase() if "side" in cols else pl.lit(None, dtype=pl.String)
+        side = pl.when(side == "").then(None).otherwise(side)
+        sym = pl.lit(symbol, dtype=pl.String) if symbol else text("symbol").str.strip_chars()
+        fields = [
+            Field("ts", pl.col(cols["ts"]), ts, "ts"),
+            Field("price", text("price"), _num(cols["price"]), "price"),
+            Field("qty", text("qty"), _num(cols["qty"]), "qty"),
+        ]
+        if has_id:
+            fields.append(Field("trade_id", text("trade_id"), text("trade_id"), "trade_id"))
+        trade_id = text("trade_id").str.strip_chars() if has_id else pl.lit(None, dtype=pl.String)
+        out = chunk.select(
+            ts.alias("ts"),
+            recv.alias("recv_ts"),
+            sym.alias("symbol"),
+            _num(cols["price"]).alias("price"),
+            _num(cols["qty"]).alias("qty"),
+            side.alias("side"),
+            trade_id.alias("trade_id"),
+            parse_problems(fields).alias("_parse_problem"),
+            "_line",
+            *[pl.col(c).cast(pl.String).alias(f"_raw_{c}") for c in raw_cols],
+        )
+        if not has_id:
+            ids, _ = _occurrence_ids(
+                out.select(pl.col("ts").cast(pl.String), pl.col("_raw_" + cols["price"]).alias("p"), pl.col("_raw_" + cols["qty"]).alias("q")),
+                ["ts", "p", "q"],
+                None,
+            )
+            out = out.with_columns(trade_id=pl.lit("r") + pl.lit(ids))
+        return out
+
+
+def _temporal_utc(col: str, dtype: pl.DataType) -> pl.Expr:
+    """A typed date/time column -> timestamp[ns, UTC]; naive values are taken as UTC."""
+    import polars as pl
+
+    expr = pl.col(col)
+    if isinstance(dtype, pl.Datetime):
+        expr = expr.dt.cast_time_unit("ns")
+        return expr.dt.convert_time_zone("UTC") if dtype.time_zone else expr.dt.replace_time_zone("UTC")
+    return expr.cast(pl.Datetime("ns")).dt.replace_time_zone("UTC")
+
+
+def _raw_expr(raw_cols: list[str]) -> pl.Expr:
+    import polars as pl
+
+    return pl.concat_str([pl.col(f"_raw_{c}").cast(pl.String).fill_null("") for c in raw_cols], separator=",")
+
+
+def _name_columns(chunk: pl.DataFrame, header: list[str]) -> pl.DataFrame:
+    import polars as pl
+
+    n = len(header)
+    if chunk.width < n:  # short rows everywhere in this chunk: pad so missing fields are null
+        chunk = chunk.with_columns([pl.lit(None, dtype=pl.String).alias(f"_pad{i}") for i in range(n - chunk.width)])
+    chunk = chunk.select(chunk.columns[:n])
+    return chunk.rename(dict(zip(chunk.columns, header)))
+
+
+def _parquet_format(names: list[str], path: Path) -> str:
+    lowered = [n.lower() for n in names]
+    if all(c in lowered for c in RTML_REQUIRED):
+        return "rtml"
+    if all(c in names for c in ("id", "price", "qty", "time", "isBuyerMaker")):
+        return "binance"
+    if all(c in lowered for c in ("timestamp", "price", "amount", "side")):
+        return "tardis"
+    raise InputFormatError(
+        f"{path} is a Parquet file without trade columns (it has {', '.join(names[:12])}); "
+        "rtml reads Parquet exports with ts,price,qty columns"
+    )
+
+
+def _check_mostly_parses(frame: pl.DataFrame, path: Path, fmt: str, sample: int = 200) -> None:
+    """A file whose first rows almost all fail to parse is the wrong file, not bad ticks."""
+    import polars as pl
+
+    head = frame.head(sample)
+    bad = head.select(pl.col("_parse_problem").is_not_null().sum()).item()
+    if head.height >= 5 and bad > head.height // 2:
+        example = head.filter(pl.col("_parse_problem").is_not_null())["_parse_problem"][0]
+        raise InputFormatError(
+            f"{bad} of the first {head.height} rows of {path} do not parse as {fmt} trades "
+            f"(e.g. {example}); is this the right file, and the right --format?"
+        )
