@@ -8,7 +8,7 @@ quarantine and writing live in `rtml_cli.ingest`, the same for every source.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from threading import Event
 from typing import TYPE_CHECKING, Protocol
@@ -41,20 +41,28 @@ class Source(Protocol):
     def batches(self, stop: Event) -> Iterator[TickBatch]: ...
 
 
-def pace(batches: Iterator[TickBatch], speed: float, stop: Event, step: float = 0.05) -> Iterator[TickBatch]:
+def pace(
+    batches: Iterator[TickBatch],
+    speed: float,
+    stop: Event,
+    step: float = 0.05,
+    clock: Callable[[], float] = time.monotonic,
+    wait: Callable[[float], object] | None = None,
+) -> Iterator[TickBatch]:
     """Release each trade when wall time reaches its exchange time, with the clock scaled by `speed`.
 
     The first trade sets the origin. Rows without a timestamp go out immediately (they are
-    headed for quarantine anyway).
+    headed for quarantine anyway). `clock` and `wait` can be replaced in tests.
     """
+    wait = wait or stop.wait
     origin_sim: int | None = None
     origin_wall = 0.0
     for batch in batches:
-        frame = batch.frame.with_row_index("_pace_i")
+        frame = batch.frame
         ts_ns = frame["ts"].dt.epoch("ns")
         if origin_sim is None and ts_ns.drop_nulls().len():
             origin_sim = int(ts_ns.drop_nulls().min())
-            origin_wall = time.monotonic()
+            origin_wall = clock()
         if origin_sim is None:
             yield batch
             continue
@@ -63,18 +71,17 @@ def pace(batches: Iterator[TickBatch], speed: float, stop: Event, step: float = 
         sent = 0
         progress_left = batch.progress
         while sent < frame.height and not stop.is_set():
-            elapsed = time.monotonic() - origin_wall
+            elapsed = clock() - origin_wall
             # Rows are released in order of appearance, never reordered.
             n = _leading_true(frame["_due"].slice(sent) <= elapsed)
             if n:
-                part = frame.slice(sent, n).drop("_pace_i", "_due")
+                part = frame.slice(sent, n).drop("_due")
                 sent += n
                 share = batch.progress * n // frame.height if sent < frame.height else progress_left
                 progress_left -= share
                 yield TickBatch(part, batch.raw, batch.where, share, batch.gaps if sent == n else [])
             else:
-                wait = float(frame["_due"][sent]) - elapsed
-                stop.wait(min(max(wait, 0.0), step))
+                wait(min(max(float(frame["_due"][sent]) - elapsed, 0.0), step))
 
 
 def _leading_true(mask: pl.Series) -> int:

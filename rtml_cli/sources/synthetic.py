@@ -65,9 +65,9 @@ def profile_for(symbol: str) -> Profile:
 
 REGIMES = ("momentum", "reversion", "random_walk")
 RHO_MOMENTUM = math.exp(-1 / 120)  # drift persists ~2 minutes
-RHO_REVERSION = math.exp(-1 / 180)  # mispricing decays over ~3 minutes
-MU_STD = 0.06  # stationary std of the drift, in units of sigma
-D_STD = 5.0  # stationary std of the mispricing, in units of sigma
+RHO_REVERSION = math.exp(-1 / 120)  # mispricing decays over ~2 minutes
+MU_STD = 0.12  # stationary std of the drift, in units of sigma
+D_STD = 15.0  # stationary std of the mispricing, in units of sigma
 BETA = 0.6  # loading on the common market factor
 FLOW_TILT = 0.35  # how far flow leans: buy probability within 0.5 +/- this
 HALF_SPREAD = 0.5e-4
@@ -161,7 +161,11 @@ class Simulator:
             # AR(1) drift and mispricing, carried across blocks.
             mu = _ar1(nu * MU_STD * p.sigma * math.sqrt(1 - RHO_MOMENTUM**2), RHO_MOMENTUM, st.mu)
             d_prev = st.d
-            d = _ar1(eta * D_STD * p.sigma * math.sqrt(1 - RHO_REVERSION**2), RHO_REVERSION, st.d)
+            # The mispricing is only pushed while the market mean-reverts; outside that regime
+            # it decays unseen, so a new reversion spell starts from a fair price instead of
+            # drifting off an old, invisible deviation.
+            d_shock = np.where(reversion, eta, 0.0) * vol * D_STD * p.sigma * math.sqrt(1 - RHO_REVERSION**2)
+            d = _ar1(d_shock, RHO_REVERSION, st.d)
             st.mu, st.d = float(mu[-1]), float(d[-1])
             dd = np.diff(d, prepend=d_prev)
             ret = vol * p.sigma * (BETA * factor + math.sqrt(1 - BETA**2) * own)

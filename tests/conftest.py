@@ -1,0 +1,56 @@
+"""Shared fixtures: a data directory per test and a CLI runner that runs the real commands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from rtml_cli.cli import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def rtml(data_dir: Path, monkeypatch):
+    """Run `rtml ARGS --data-dir <tmp>` in-process; returns click's Result."""
+    monkeypatch.delenv("RTML_DATA_DIR", raising=False)
+
+    def run(*args: str, data: bool = True) -> Result:
+        argv = list(args) + (["--data-dir", str(data_dir)] if data else [])
+        return CliRunner().invoke(cli, argv, catch_exceptions=True)
+
+    return run
+
+
+def rtml_process(args: list[str], cwd: Path | None = None, env: dict | None = None, **kw) -> subprocess.Popen:
+    """Start the real `rtml` console entry point as a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "rtml_cli", *args],
+        cwd=cwd,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def assert_clean_error(result: Result, *fragments: str, code: int = 1) -> None:
+    """An `Error: ...` message with the given fragments, the exit code, and no traceback."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Error:" in result.output
+    for f in fragments:
+        assert f in result.output, (f, result.output)
