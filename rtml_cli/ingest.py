@@ -323,9 +323,10 @@ def run_ingest(
         stream = batches if batches is not None else source.batches(stop)
         try:
             for batch in stream:
-                pipe.accept(batch)
-                if pipe.due():
-                    pipe.flush()
+                for piece in _split(batch, opts.flush_every):
+                    pipe.accept(piece)
+                    if pipe.due():
+                        pipe.flush()
                 summary.elapsed = time.monotonic() - summary.started
                 if on_batch:
                     on_batch(summary, batch.progress)
@@ -347,6 +348,19 @@ def run_ingest(
             if hasattr(stream, "close"):
                 stream.close()
     return summary
+
+
+def _split(batch: TickBatch, rows: int) -> Iterator[TickBatch]:
+    """Slices of at most `rows` rows, so that parts honour --flush-every whatever the source's batch size."""
+    if batch.frame.height <= rows:
+        yield batch
+        return
+    for start in range(0, batch.frame.height, rows):
+        last = start + rows >= batch.frame.height
+        yield TickBatch(
+            batch.frame.slice(start, rows), batch.raw, batch.where,
+            batch.progress if last else 0, batch.gaps if last else [],
+        )
 
 
 def synthetic_resume(data_dir: Path, symbols: list[str]) -> tuple[int | None, dict[str, tuple[float, int]]]:

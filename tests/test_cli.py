@@ -1,0 +1,191 @@
+"""The command line: help, version, configuration precedence, errors, signals, crashes, compact."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from rtml_cli import __version__
+from rtml_cli.cli import cli
+from rtml_cli.log import ParquetLog
+from tests.conftest import assert_clean_error, rtml_process
+
+
+def test_help_works_with_h_and_help_and_every_command_ends_with_an_example(rtml):
+    top = rtml("-h", data=False)
+    assert top.exit_code == 0 and "ingest" in top.output and "compact" in top.output
+    for name in cli.commands:
+        for flag in ("-h", "--help"):
+            r = rtml(name, flag, data=False)
+            assert r.exit_code == 0, r.output
+            lines = [ln.strip() for ln in r.output.split("Options:")[0].splitlines() if ln.strip()]
+            heading = max(i for i, ln in enumerate(lines) if ln.startswith("Example"))
+            examples = lines[heading + 1 :]
+            assert examples and all(ln.startswith("rtml " + name) for ln in examples), (name, lines[-3:])
+
+
+def test_version(rtml):
+    r = rtml("--version", data=False)
+    assert r.exit_code == 0 and r.output.strip() == f"rtml, version {__version__}"
+    proc = subprocess.run([sys.executable, "-m", "rtml_cli", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and __version__ in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--source", "kraken", "--speed", "5"], "--speed does not apply to --source kraken"),
+        (["--path", "x.csv"], "--path only applies to --source replay"),
+        (["--source", "replay"], "--source replay needs --path"),
+        (["--source", "replay", "--path", "x.csv", "--seed", "3"], "--seed only applies to --source synthetic"),
+        (["--url", "ws://127.0.0.1:1"], "--url only applies to --source kraken"),
+        (["--max-ticks", "0"], "--max-ticks"),
+        (["--source", "bitstamp"], "--source"),
+    ],
+)
+def test_conflicting_or_invalid_flags_are_usage_errors_naming_the_flags(rtml, args, fragment):
+    assert_clean_error(rtml("ingest", *args), fragment, code=2)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--speed", "fast"], "--speed 'fast' is not a number"),
+        (["--speed", "-2"], "--speed must be a positive number"),
+        (["--start", "yesterday"], "--start 'yesterday' is not an ISO time"),
+        (["--symbols", "BTC/USD,,ETH/USD"], "empty name"),
+        (["--symbols", "BTC\x01USD"], "control characters"),
+    ],
+)
+def test_bad_values_give_an_error_saying_what_to_do(rtml, args, fragment, data_dir):
+    assert_clean_error(rtml("ingest", *args), fragment)
+    assert not (data_dir / "ticks").exists() or not list((data_dir / "ticks").rglob("*.parquet"))
+
+
+def _run(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {"RTML_DATA_DIR": ""} | (env or {})
+    proc = rtml_process(args, cwd=cwd, env=env)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+def test_rtml_toml_supplies_defaults_and_flags_and_env_win(tmp_path):
+    (tmp_path / "rtml.toml").write_text('data_dir = "from-toml"\n\n[ingest]\nmax_ticks = 1234\nsymbols = ["ETH/USD"]\n')
+    r = _run(["ingest", "--json"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["written"] == 1234 and list(summary["symbols"]) == ["ETH/USD"]
+    assert Path(summary["data_dir"]) == Path("from-toml")
+    assert ParquetLog(tmp_path / "from-toml", "ticks").row_count("ETH/USD") == 1234
+
+    r = _run(["ingest", "--json", "--max-ticks", "100"], tmp_path)  # the flag wins over the file
+    assert json.loads(r.stdout)["written"] == 100
+
+    r = _run(["ingest", "--json"], tmp_path, {"RTML_DATA_DIR": str(tmp_path / "from-env")})
+    assert json.loads(r.stdout)["data_dir"] == str(tmp_path / "from-env")  # env wins over the file
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("max_ticks = [", "is not valid TOML"),
+        ("[ingest]\nmax_tiks = 3\n", "[ingest] has unknown option 'max_tiks'"),
+        ("[ingets]\n", "[ingets] is not an rtml command"),
+        ("colour = 'red'\n", "unknown option 'colour'"),
+    ],
+)
+def test_a_bad_rtml_toml_is_reported_clearly(tmp_path, content, fragment):
+    (tmp_path / "rtml.toml").write_text(content)
+    r = _run(["ingest", "--max-ticks", "10"], tmp_path)
+    assert r.returncode == 1
+    assert r.stderr.startswith("Error: ") and fragment in r.stderr and "Traceback" not in r.stderr
+
+
+def test_json_summary_is_the_only_thing_on_stdout(rtml):
+    r = rtml("ingest", "--max-ticks", "5000", "--json")
+    assert r.exit_code == 0
+    summary = json.loads(r.stdout)
+    assert summary["written"] == 5000 and summary["stopped_by"] == "--max-ticks"
+    assert sum(s["written"] for s in summary["symbols"].values()) == 5000
+
+
+def test_a_second_ingest_into_a_locked_log_says_who_holds_it(rtml, data_dir):
+    with ParquetLog(data_dir, "ticks").writer():
+        assert_clean_error(rtml("ingest", "--max-ticks", "10"), "another rtml process", "is writing")
+
+
+def _wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_flushes_what_was_received_and_exits_zero(data_dir, sig):
+    # Nothing is flushed by size or time before the signal: whatever is in the log got
+    # there through the shutdown flush.
+    proc = rtml_process(
+        ["ingest", "--speed", "600", "--flush-every", "100000000", "--flush-interval", "3600",
+         "--json", "--data-dir", str(data_dir)]
+    )
+    try:
+        _wait_for(lambda: (data_dir / "ticks" / ".writer.lock").exists())
+        time.sleep(0.5)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["stopped_by"] == "signal"
+    assert summary["written"] > 0
+    assert ParquetLog(data_dir, "ticks").read_all().height == summary["written"]
+
+
+def test_kill_9_loses_at_most_the_unflushed_batch_and_the_log_stays_usable(data_dir, rtml):
+    proc = rtml_process(["ingest", "--speed", "3000", "--flush-interval", "0.05", "--json", "--data-dir", str(data_dir)])
+    log = ParquetLog(data_dir, "ticks")
+    try:
+        _wait_for(lambda: sum(len(log.parts(s)) for s in log.partitions()) >= 6)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        proc.kill()
+    before = log.read_all()
+    assert before.height > 0
+    for sym, part in before.group_by("symbol"):
+        assert part["offset"].sort().to_list() == list(range(part.height))
+    r = rtml("ingest", "--max-ticks", "1000", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["quarantined_total"] == 0
+    after = log.read_all()
+    assert after.height == before.height + 1000
+    assert not [p for p in (data_dir / "ticks").rglob("*") if ".tmp-" in p.name]
+    assert after.select(pl.struct("symbol", "trade_id").is_unique().all()).item()
+
+
+def test_compact_merges_parts_and_readers_see_the_same_rows(rtml, data_dir):
+    assert rtml("ingest", "--max-ticks", "20000", "--flush-every", "1000").exit_code == 0
+    log = ParquetLog(data_dir, "ticks")
+    before = log.read_all().sort("symbol", "offset")
+    parts_before = sum(len(log.parts(s)) for s in log.partitions())
+    r = rtml("compact", "--json")
+    assert r.exit_code == 0, r.output
+    results = json.loads(r.stdout)
+    assert {x["symbol"] for x in results} == set(log.partitions())
+    assert all(x["parts_after"] == 1 for x in results)
+    assert parts_before > 3 * len(results)
+    assert log.read_all().sort("symbol", "offset").equals(before)
+
+
+def test_compact_without_a_log_is_a_clear_error(rtml):
+    assert_clean_error(rtml("compact"), "there is no 'ticks' log", "rtml ingest")
