@@ -34,6 +34,7 @@ from rtml_cli.sources import TickBatch
 
 DEFAULT_SYMBOLS = ["BTC/USD", "ETH/USD", "SOL/USD"]
 BLOCK_SECONDS = 600  # generation granularity; the output does not depend on it
+BLOCKS_PER_BATCH = 6
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,9 @@ class SyntheticSource:
         emitted = 0
         names = pl.Series(self.symbols, dtype=pl.String)
         while not stop.is_set():
-            cols = self.sim.block()
+            # Several blocks per batch: the pipeline's per-batch cost is then amortised.
+            blocks = [self.sim.block() for _ in range(BLOCKS_PER_BATCH)]
+            cols = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
             m = cols["ts"].size
             if self.max_ticks is not None:
                 m = min(m, self.max_ticks - emitted)
