@@ -18,7 +18,8 @@ import click
 from rtml_cli import __version__
 from rtml_cli.errors import ConfigError, RtmlError
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+# A fixed width keeps help identical everywhere, so the README reference can be checked.
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100, "terminal_width": 100}
 
 
 class RtmlGroup(click.Group):

@@ -1,0 +1,36 @@
+"""Regenerate the README's CLI reference from `--help` (run: `make docs`; a test checks it)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from rtml_cli.cli import cli
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
+
+
+def reference() -> str:
+    blocks = []
+    for args in [[], *[[name] for name in sorted(cli.commands)]]:
+        out = CliRunner().invoke(cli, [*args, "--help"], prog_name="rtml").output
+        title = " ".join(["rtml", *args])
+        blocks.append(f"### `{title}`\n\n```text\n{out.rstrip()}\n```\n")
+    return "\n".join(blocks)
+
+
+def updated(readme: str) -> str:
+    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
+    return pattern.sub(lambda _: f"{START}\n{reference()}{END}", readme)
+
+
+if __name__ == "__main__":
+    text = README.read_text()
+    new = updated(text)
+    if "--check" in sys.argv:
+        sys.exit(0 if new == text else "README CLI reference is stale: run `make docs`")
+    README.write_text(new)
