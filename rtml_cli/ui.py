@@ -63,14 +63,18 @@ class StatusLine:
 
 def ingest_status(summary: IngestSummary, rate: float) -> str:
     wall = datetime.now(timezone.utc)
-    prices = []
-    for sym, st in sorted(summary.symbols.items()):
-        lag = f" lag {(wall - st.last_ts).total_seconds():.1f}s" if st.last_ts else ""
-        prices.append(f"{sym} {st.last_price:g}{lag}")
+    prices = [f"{sym} {st.last_price:g}" for sym, st in sorted(summary.symbols.items())]
+    newest = max((st.last_ts for st in summary.symbols.values() if st.last_ts), default=None)
+    if newest is None:
+        clock = "waiting for trades"
+    elif newest <= wall:  # a real feed: how far the log is behind the wall clock
+        clock = f"lag {(wall - newest).total_seconds():.1f}s"
+    else:  # a simulated clock running ahead of the wall clock (--speed > 1)
+        clock = f"market time {newest:%Y-%m-%d %H:%M:%S}"
     bad = sum(summary.quarantined.values())
     return (
-        f"{datetime.now().strftime('%H:%M:%S')} {summary.written:,} ticks ({rate:,.0f}/s)"
-        f"{f', {bad:,} quarantined' if bad else ''}  " + "  ".join(prices)
+        f"{wall.astimezone():%H:%M:%S} {summary.written:,} ticks ({rate:,.0f}/s)"
+        f"{f', {bad:,} quarantined' if bad else ''}, {clock}  " + "  ".join(prices)
     )
 
 

@@ -1,0 +1,30 @@
+"""What the live status line says for a real feed and for a simulated clock."""
+
+from datetime import datetime, timedelta, timezone
+
+from rtml_cli.ingest import IngestSummary, SymbolStats
+from rtml_cli.ui import ingest_status
+
+
+def summary_with_last_ts(last_ts: datetime | None) -> IngestSummary:
+    s = IngestSummary(source="kraken", data_dir="d", written=1500)
+    if last_ts is not None:
+        s.symbols["BTC/USD"] = SymbolStats(written=1500, last_ts=last_ts, last_price=65000.5)
+    s.quarantined["bad_side"] = 2
+    return s
+
+
+def test_a_real_feed_shows_its_lag_behind_the_wall_clock():
+    line = ingest_status(summary_with_last_ts(datetime.now(timezone.utc) - timedelta(seconds=3)), 250.0)
+    assert "1,500 ticks (250/s), 2 quarantined, lag 3." in line
+    assert "BTC/USD 65000.5" in line
+
+
+def test_a_simulated_clock_ahead_of_the_wall_shows_market_time_not_a_negative_lag():
+    ahead = datetime.now(timezone.utc) + timedelta(hours=2)
+    line = ingest_status(summary_with_last_ts(ahead), 10.0)
+    assert f"market time {ahead:%Y-%m-%d %H:%M}" in line and "lag" not in line
+
+
+def test_before_the_first_trade_it_says_so():
+    assert "waiting for trades" in ingest_status(summary_with_last_ts(None), 0.0)
