@@ -77,6 +77,7 @@ def main() -> None:
         tmp = Path(tmp)
         csv = tmp / "BTCUSDT-trades-2024-01-01.csv"
         make_binance_csv(csv, args.rows)
+        csv_mb = csv.stat().st_size / 1e6
         big = tmp / "BTCUSDT-trades-2024-01-02.csv"
         make_binance_csv(big, 4 * args.rows, seed=2)
 
@@ -103,7 +104,7 @@ def main() -> None:
 
     results = {
         "rows": args.rows,
-        "csv_mb": round(csv.stat().st_size / 1e6, 1) if csv.exists() else None,
+        "csv_mb": round(csv_mb, 1),
         "floor_polars_csv_to_parquet_s": round(floor_s, 3),
         "replay_ingest_s": round(replay_s, 3),
         "replay_over_floor": round(replay_s / floor_s, 2),
