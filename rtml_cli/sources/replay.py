@@ -197,7 +197,7 @@ def symbol_from_filename(path: Path, fmt: str) -> str | None:
 def _num(col: str) -> pl.Expr:
     import polars as pl
 
-    return pl.col(col).str.strip_chars().cast(pl.Float64, strict=False)
+    return pl.col(col).cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
 
 
 def _ns_from_seconds_text(col: str) -> pl.Expr:
@@ -415,31 +415,18 @@ class ReplaySource:
             inp.close()
 
     def _parse(self, chunk: pl.DataFrame, fmt: str, symbol: str | None, carry):
+        """One format's columns -> the tick columns (+ `_parse_problem`, `_line`, `_raw_*`)."""
         import polars as pl
 
         raw_cols = [c for c in chunk.columns if c != "_line"]
-        raw = pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in raw_cols], separator=",")
         recv = _utc(pl.lit(self._recv_ns(), dtype=pl.Int64))
+        fixed_symbol = pl.lit(symbol, dtype=pl.String)
         if fmt == "kraken":
-            ts = _ns_from_seconds_text("timestamp")
             ids, carry = _occurrence_ids(chunk, ["timestamp", "price", "volume"], carry)
-            chunk = chunk.with_columns(_id=ids)
-            fields = [
-                Field("ts", pl.col("timestamp"), ts, "ts"),
-                Field("price", pl.col("price"), _num("price"), "price"),
-                Field("qty", pl.col("volume"), _num("volume"), "qty"),
-            ]
-            out = chunk.select(
-                _utc(ts).alias("ts"),
-                recv.alias("recv_ts"),
-                pl.lit(symbol, dtype=pl.String).alias("symbol"),
-                _num("price").alias("price"),
-                _num("volume").alias("qty"),
-                pl.lit(None, dtype=pl.String).alias("side"),
-                pl.format("k{}", "_id").alias("trade_id"),
-                parse_problems(fields).alias("_parse_problem"),
-                "_line",
-                *[pl.col(c).alias(f"_raw_{c}") for c in raw_cols],
+            out = _ticks(
+                chunk.with_columns(_id=ids), raw_cols, ts_col="timestamp", ts=_utc(_ns_from_seconds_text("timestamp")),
+                recv=recv, symbol=fixed_symbol, price_col="price", qty_col="volume",
+                side=pl.lit(None, dtype=pl.String), trade_id=pl.format("k{}", "_id"),
             )
         elif fmt == "binance":
             t = pl.col("time").str.strip_chars().cast(pl.Int64, strict=False)
@@ -448,23 +435,9 @@ class ReplaySource:
             maker = pl.col("isBuyerMaker").str.strip_chars().str.to_lowercase()
             side = pl.when(maker == "true").then(pl.lit("sell")).when(maker == "false").then(pl.lit("buy"))
             side = side.otherwise(pl.col("isBuyerMaker"))  # anything else is reported as bad_side
-            fields = [
-                Field("ts", pl.col("time"), t, "ts"),
-                Field("price", pl.col("price"), _num("price"), "price"),
-                Field("qty", pl.col("qty"), _num("qty"), "qty"),
-                Field("trade_id", pl.col("id"), pl.col("id").str.strip_chars(), "trade_id"),
-            ]
-            out = chunk.select(
-                _utc(ts_ns).alias("ts"),
-                recv.alias("recv_ts"),
-                pl.lit(symbol, dtype=pl.String).alias("symbol"),
-                _num("price").alias("price"),
-                _num("qty").alias("qty"),
-                side.alias("side"),
-                pl.col("id").str.strip_chars().alias("trade_id"),
-                parse_problems(fields).alias("_parse_problem"),
-                "_line",
-                *[pl.col(c).alias(f"_raw_{c}") for c in raw_cols],
+            out = _ticks(
+                chunk, raw_cols, ts_col="time", ts=_utc(ts_ns), recv=recv, symbol=fixed_symbol,
+                price_col="price", qty_col="qty", side=side, trade_id=pl.col("id").str.strip_chars(), id_col="id",
             )
         elif fmt == "tardis":
             us = pl.col("timestamp").str.strip_chars().cast(pl.Int64, strict=False)
@@ -473,24 +446,12 @@ class ReplaySource:
             side = pl.when(side_txt.is_in(["unknown", ""]) | side_txt.is_null()).then(None).otherwise(side_txt)
             tid = pl.col("id").str.strip_chars()
             ids, carry = _occurrence_ids(chunk, ["timestamp", "price", "amount"], carry)
-            chunk = chunk.with_columns(_id=ids)
-            fields = [
-                Field("ts", pl.col("timestamp"), us, "ts"),
-                Field("price", pl.col("price"), _num("price"), "price"),
-                Field("qty", pl.col("amount"), _num("amount"), "qty"),
-            ]
-            sym = pl.lit(symbol, dtype=pl.String) if symbol else pl.col("symbol").str.strip_chars()
-            out = chunk.select(
-                _utc(us * 1_000).alias("ts"),
-                pl.coalesce(_utc(local_us * 1_000), recv).alias("recv_ts"),
-                sym.alias("symbol"),
-                _num("price").alias("price"),
-                _num("amount").alias("qty"),
-                side.alias("side"),
-                pl.when(tid.is_null() | (tid == "")).then(pl.format("t{}", "_id")).otherwise(tid).alias("trade_id"),
-                parse_problems(fields).alias("_parse_problem"),
-                "_line",
-                *[pl.col(c).alias(f"_raw_{c}") for c in raw_cols],
+            out = _ticks(
+                chunk.with_columns(_id=ids), raw_cols, ts_col="timestamp", ts=_utc(us * 1_000),
+                recv=pl.coalesce(_utc(local_us * 1_000), recv),
+                symbol=fixed_symbol if symbol else pl.col("symbol").str.strip_chars(),
+                price_col="price", qty_col="amount", side=side,
+                trade_id=pl.when(tid.is_null() | (tid == "")).then(pl.format("t{}", "_id")).otherwise(tid),
             )
         else:
             out = self._parse_rtml(chunk, symbol, recv, raw_cols)
@@ -501,48 +462,73 @@ class ReplaySource:
         import polars as pl
 
         cols = {c.lower(): c for c in chunk.columns}
-        has_id = "trade_id" in cols
 
         def text(name: str) -> pl.Expr:
             return pl.col(cols[name]).cast(pl.String)
 
-        tcol = cols["ts"]
-        ts = _temporal_utc(tcol, chunk.schema[tcol]) if chunk.schema[tcol].is_temporal() else _text_ts(tcol)
+        def when_typed(name: str) -> pl.Expr:
+            c = cols[name]
+            return _temporal_utc(c, chunk.schema[c]) if chunk.schema[c].is_temporal() else _text_ts(c)
+
         if "recv_ts" in cols:
-            rc = cols["recv_ts"]
-            recv_ts = _temporal_utc(rc, chunk.schema[rc]) if chunk.schema[rc].is_temporal() else _text_ts(rc)
-            recv = pl.coalesce(recv_ts, recv)
+            recv = pl.coalesce(when_typed("recv_ts"), recv)
         side = text("side").str.strip_chars().str.to_lowercase() if "side" in cols else pl.lit(None, dtype=pl.String)
-        side = pl.when(side == "").then(None).otherwise(side)
-        sym = pl.lit(symbol, dtype=pl.String) if symbol else text("symbol").str.strip_chars()
-        fields = [
-            Field("ts", pl.col(cols["ts"]), ts, "ts"),
-            Field("price", text("price"), _num(cols["price"]), "price"),
-            Field("qty", text("qty"), _num(cols["qty"]), "qty"),
-        ]
-        if has_id:
-            fields.append(Field("trade_id", text("trade_id"), text("trade_id"), "trade_id"))
-        trade_id = text("trade_id").str.strip_chars() if has_id else pl.lit(None, dtype=pl.String)
-        out = chunk.select(
-            ts.alias("ts"),
-            recv.alias("recv_ts"),
-            sym.alias("symbol"),
-            _num(cols["price"]).alias("price"),
-            _num(cols["qty"]).alias("qty"),
-            side.alias("side"),
-            trade_id.alias("trade_id"),
-            parse_problems(fields).alias("_parse_problem"),
-            "_line",
-            *[pl.col(c).cast(pl.String).alias(f"_raw_{c}") for c in raw_cols],
+        has_id = "trade_id" in cols
+        out = _ticks(
+            chunk, raw_cols, ts_col=cols["ts"], ts=when_typed("ts"), recv=recv,
+            symbol=pl.lit(symbol, dtype=pl.String) if symbol else text("symbol").str.strip_chars(),
+            price_col=cols["price"], qty_col=cols["qty"], side=pl.when(side == "").then(None).otherwise(side),
+            trade_id=text("trade_id").str.strip_chars() if has_id else pl.lit(None, dtype=pl.String),
+            id_col=cols["trade_id"] if has_id else None,
         )
-        if not has_id:
-            ids, _ = _occurrence_ids(
-                out.select(pl.col("ts").cast(pl.String), pl.col("_raw_" + cols["price"]).alias("p"), pl.col("_raw_" + cols["qty"]).alias("q")),
-                ["ts", "p", "q"],
-                None,
+        if not has_id:  # an export without ids: derive them from the records, as for Kraken
+            key = out.select(
+                pl.col("ts").cast(pl.String), pl.col(f"_raw_{cols['price']}").alias("p"), pl.col(f"_raw_{cols['qty']}").alias("q")
             )
+            ids, _ = _occurrence_ids(key, ["ts", "p", "q"], None)
             out = out.with_columns(trade_id=pl.lit("r") + pl.lit(ids))
         return out
+
+
+def _ticks(
+    chunk: pl.DataFrame,
+    raw_cols: list[str],
+    *,
+    ts_col: str,
+    ts: pl.Expr,
+    recv: pl.Expr,
+    symbol: pl.Expr,
+    price_col: str,
+    qty_col: str,
+    side: pl.Expr,
+    trade_id: pl.Expr,
+    id_col: str | None = None,
+) -> pl.DataFrame:
+    """The tick columns from one format's expressions, with parse problems and the raw text."""
+    import polars as pl
+
+    def text(col: str) -> pl.Expr:
+        return pl.col(col).cast(pl.String)
+
+    fields = [
+        Field("ts", pl.col(ts_col), ts, "ts"),
+        Field("price", text(price_col), _num(price_col), "price"),
+        Field("qty", text(qty_col), _num(qty_col), "qty"),
+    ]
+    if id_col is not None:
+        fields.append(Field("trade_id", text(id_col), text(id_col), "trade_id"))
+    return chunk.select(
+        ts.alias("ts"),
+        recv.alias("recv_ts"),
+        symbol.alias("symbol"),
+        _num(price_col).alias("price"),
+        _num(qty_col).alias("qty"),
+        side.alias("side"),
+        trade_id.alias("trade_id"),
+        parse_problems(fields).alias("_parse_problem"),
+        "_line",
+        *[text(c).alias(f"_raw_{c}") for c in raw_cols],
+    )
 
 
 def _temporal_utc(col: str, dtype: pl.DataType) -> pl.Expr:
