@@ -116,6 +116,10 @@ class _Stopper:
         self.console = console
 
     def __enter__(self) -> Event:
+        # polars hooks SIGINT when it is first imported and then raises KeyboardInterrupt
+        # from inside its operations; importing it first lets our handler take SIGINT over.
+        import polars  # noqa: F401
+
         self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return self.stop
 
