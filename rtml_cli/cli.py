@@ -251,6 +251,66 @@ def _only_for(ctx: click.Context, source: str, owners: dict[str, str]) -> None:
             raise click.UsageError(f"{flag} only applies to --source {owner}, not --source {source}")
 
 
+# -- features ----------------------------------------------------------------------------------
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--follow", is_flag=True, help="Keep building as ticks arrive, until Ctrl-C.")
+@click.option("--bar", default="1m", show_default=True, help="Bar length, 1s..1d (e.g. 10s, 1m, 5m, 1h).")
+@click.option("--horizon", type=click.IntRange(min=1), default=5, show_default=True, help="Label horizon h in bars.")
+@click.option("--target", type=click.Choice(["logret", "sign"]), default="logret", show_default=True,
+              help="logret: log return from close t to close t+h; sign: its sign.")
+@click.option("--sql", "sql_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Your own feature query over the `bars` view (see the README).")
+@symbols_option("Only these symbols (default: all in the ticks log).")
+@click.option("--lookback", type=click.IntRange(min=31), default=60, show_default=True,
+              help="Earlier bars given to the feature query for its windows.")
+@click.option("--grace", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="--follow: close a bar this many seconds after its end even without a later tick.")
+@click.option("--poll", type=click.FloatRange(min=0.01), default=0.5, show_default=True,
+              help="--follow: seconds between looks at the ticks log when idle.")
+@click.option("--rebuild", is_flag=True, help="Delete the features and examples logs and build them again.")
+@data_dir_option
+@json_option
+def features(follow, bar, horizon, target, sql_file, symbols, lookback, grace, poll, rebuild, data_dir, as_json):
+    """Turn ticks into closed bars, features and delayed-label examples (DuckDB SQL).
+
+    Appends one row per closed bar to the features log, and, once bar t+h has closed, the
+    same row plus its target to the examples log. Incremental and exactly-once: run it
+    again, or keep it running with --follow, and it continues where it stopped.
+
+    \b
+    Examples:
+        rtml features
+        rtml features --follow --bar 10s --horizon 6
+        rtml features --sql my_features.sql --rebuild
+    """
+    from rtml_cli import ui
+    from rtml_cli.features import FeatureBuilder, FeatureSpec, default_sql, parse_bar, remove_built
+
+    sql = default_sql()
+    if sql_file is not None:
+        try:
+            sql = sql_file.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read --sql {sql_file}: {exc.strerror}") from None
+    spec = FeatureSpec(bar_s=parse_bar(bar), horizon=horizon, target=target, lookback=lookback, sql=sql)
+    if rebuild:
+        remove_built(data_dir)
+    console = ui.err_console()
+    with _Stopper(console) as stop, FeatureBuilder(data_dir, spec, parse_symbols(symbols)) as builder:
+        if follow:
+            summary = ui.follow_features(builder, stop, poll, grace, console, as_json)
+        else:
+            summary = ui.build_features(builder, console, as_json)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        from rich.console import Console
+
+        Console().print(ui.features_table(summary))
+
+
 # -- compact -----------------------------------------------------------------------------------
 
 

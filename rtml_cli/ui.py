@@ -117,3 +117,72 @@ def quarantine_table(summary: IngestSummary):
 
 def _ts(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if value else ""
+
+
+def build_features(builder, console: Console, as_json: bool) -> dict:
+    """One-shot build with a progress bar over the ticks backlog."""
+    from rtml_cli.features import StepReport, summarize
+
+    started = time.monotonic()
+    total = StepReport()
+    backlog = builder.backlog()
+    if as_json or backlog == 0:
+        total = builder.build()
+    else:
+        with progress_bar(console, "ticks") as bar:
+            task = bar.add_task("features", total=backlog, status="")
+
+            def on_step(rep):
+                total.add(rep)
+                bar.update(task, advance=rep.ticks, status=f"{total.bars:,} bars, {total.examples:,} examples")
+
+            builder.build(on_step)
+    return summarize(builder, total, time.monotonic() - started)
+
+
+def follow_features(builder, stop, poll: float, grace: float, console: Console, as_json: bool) -> dict:
+    """--follow: build as ticks arrive; a status line every 2 s unless --json."""
+    from rtml_cli.features import StepReport, summarize
+
+    started = last_print = time.monotonic()
+    total = StepReport()
+    for rep in builder.follow(stop, poll, grace):
+        total.add(rep)
+        now = time.monotonic()
+        if not as_json and now - last_print >= 2.0:
+            last_print = now
+            console.print(features_status(builder, total), highlight=False)
+    return summarize(builder, total, time.monotonic() - started)
+
+
+def features_status(builder, total) -> str:
+    from rtml_cli.features import NS
+
+    backlog = builder.backlog()
+    lags = []
+    for sym, st in sorted(builder.state.items()):
+        if st.max_ts is not None and st.closed_until is not None:
+            lags.append(f"{sym} {(st.max_ts - st.closed_until) / NS:.0f}s")
+    return (
+        f"{datetime.now().strftime('%H:%M:%S')} {total.bars:,} bars, {total.examples:,} examples, "
+        f"{total.late:,} late ticks, {backlog:,} ticks behind; open bar age: " + ", ".join(lags)
+    )
+
+
+def features_table(summary: dict):
+    from rich.table import Table
+
+    p = summary["params"]
+    table = Table(
+        title=f"rtml features: {p['bar_s']}s bars, horizon {p['horizon']}, target {p['target']}",
+        title_justify="left",
+    )
+    for col in ("symbol", "new bars", "new examples", "late ticks", "features rows", "examples rows", "closed until"):
+        table.add_column(col, justify="left" if col in ("symbol", "closed until") else "right")
+    for sym, s in summary["symbols"].items():
+        table.add_row(
+            sym, f"{s['bars_emitted']:,}", f"{s['examples_emitted']:,}", f"{s['late_ticks']:,}",
+            f"{s['features_rows']:,}", f"{s['examples_rows']:,}", (s["closed_until"] or "")[:19],
+        )
+    table.caption = f"{summary['ticks_read']:,} ticks read in {summary['elapsed_s']:.2f}s"
+    return table

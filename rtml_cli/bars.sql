@@ -1,0 +1,52 @@
+-- Closed time bars of one symbol, with empty bars filled in.
+--
+-- Input `ticks`: the trades to aggregate (none late, all in bars before $stop), with
+--   bucket (bar start, ns since the epoch), ts_ns, "offset", price, qty, side.
+-- Parameters: $first and $stop (ns): emit the bars starting in [$first, $stop);
+--   $bar (ns): bar length; $prev_close: the close of the bar before $first (NULL if none).
+-- Ties in time are broken by arrival order ("offset"), so equal timestamps are not ambiguous.
+-- An empty bar carries the last close forward as open, high, low, close and vwap, with zero
+-- volume and zero trades.
+WITH agg AS (
+    SELECT
+        bucket,
+        arg_min(price, (ts_ns, "offset")) AS open,
+        max(price) AS high,
+        min(price) AS low,
+        arg_max(price, (ts_ns, "offset")) AS close,
+        sum(qty) AS volume,
+        count(*) AS n_trades,
+        sum(price * qty) / sum(qty) AS vwap,
+        -- NULL when no trade in the bar says its side (e.g. Kraken CSV dumps)
+        CASE WHEN count(side) > 0 THEN coalesce(sum(qty) FILTER (WHERE side = 'buy'), 0) END AS buy_volume,
+        CASE WHEN count(side) > 0 THEN coalesce(sum(qty) FILTER (WHERE side = 'sell'), 0) END AS sell_volume
+    FROM ticks
+    GROUP BY bucket
+),
+grid AS (
+    SELECT g.range AS bucket, agg.* EXCLUDE (bucket)
+    FROM range($first, $stop, $bar) AS g
+    LEFT JOIN agg ON agg.bucket = g.range
+),
+carried AS (
+    SELECT
+        *,
+        coalesce(
+            last_value(close IGNORE NULLS) OVER (ORDER BY bucket ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+            $prev_close
+        ) AS last_close
+    FROM grid
+)
+SELECT
+    bucket,
+    coalesce(open, last_close) AS open,
+    coalesce(high, last_close) AS high,
+    coalesce(low, last_close) AS low,
+    coalesce(close, last_close) AS close,
+    coalesce(volume, 0.0) AS volume,
+    coalesce(n_trades, 0) AS n_trades,
+    coalesce(vwap, last_close) AS vwap,
+    CASE WHEN n_trades IS NULL THEN 0.0 ELSE buy_volume END AS buy_volume,
+    CASE WHEN n_trades IS NULL THEN 0.0 ELSE sell_volume END AS sell_volume
+FROM carried
+ORDER BY bucket

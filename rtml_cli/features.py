@@ -1,0 +1,518 @@
+"""The features stage: ticks log -> closed time bars -> features and delayed-label examples.
+
+Bars and features are computed in DuckDB SQL (`bars.sql`, `features.sql` beside this file).
+The build is incremental and exactly-once:
+
+- Each step reads, per symbol, only the ticks it has not consumed plus those of the bar that
+  is still open, and the last `lookback` bars from the features log for the windows: its
+  cost follows the new data, not the size of the log.
+- A bar closes when a tick at or after its end arrives (in arrival order, i.e. offsets), or,
+  when following, when the market clock passes its end plus a grace period. A tick for a
+  bar that has already closed is *late*: counted and reported, never merged. Because this is
+  decided in arrival order, building in many small steps gives the same bars as one build.
+- The builder's state (per symbol: ticks consumed, where the open bar's ticks start, the
+  newest tick time, bars closed so far, late ticks) is written atomically as a pending
+  intent before the features parts are published and committed after, so a crash at any
+  point neither duplicates nor skips a bar. Examples are a pure function of the features
+  log (example k is features row k with the target from row k + horizon), so they need no
+  state of their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from threading import Event
+from typing import TYPE_CHECKING
+
+from rtml_cli import atomic
+from rtml_cli.errors import ConfigError, LogError, RtmlError
+from rtml_cli.log import OFFSET, LogWriter, ParquetLog
+
+if TYPE_CHECKING:
+    import polars as pl
+
+TICKS, FEATURES, EXAMPLES = "ticks", "features", "examples"
+STATE_FILE = Path("state") / "features.json"
+BAR_COLUMNS = ["symbol", "ts", "open", "high", "low", "close", "volume", "n_trades", "vwap", "buy_volume", "sell_volume"]
+RESERVED = {OFFSET, "target"}
+TARGETS = {
+    "logret": "log return from the close of bar t to the close of bar t+h",
+    "sign": "sign of that log return: 1, 0 or -1 (for classifiers)",
+}
+NS = 1_000_000_000
+_BAR_RE = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_NEVER = -(2**62)  # a time before any tick, in ns
+
+
+class FeatureError(RtmlError):
+    """A feature query that breaks the contract, or a state that does not match the logs."""
+
+
+def parse_bar(text: str) -> int:
+    """'1m' -> 60 (seconds); 1s to 1d."""
+    m = _BAR_RE.match(text)
+    if not m:
+        raise ConfigError(f"--bar {text!r} is not a duration; use e.g. 1s, 30s, 1m, 5m, 1h, 1d")
+    seconds = int(m.group(1)) * _UNIT[m.group(2)]
+    if not 1 <= seconds <= 86400:
+        raise ConfigError(f"--bar {text!r} is outside 1s..1d")
+    return seconds
+
+
+def default_sql() -> str:
+    return resources.files("rtml_cli").joinpath("features.sql").read_text()
+
+
+def _bars_sql() -> str:
+    return resources.files("rtml_cli").joinpath("bars.sql").read_text()
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    bar_s: int = 60
+    horizon: int = 5
+    target: str = "logret"
+    lookback: int = 60
+    sql: str = field(default_factory=default_sql, repr=False)
+
+    def params(self) -> dict:
+        return {
+            "bar_s": self.bar_s,
+            "horizon": self.horizon,
+            "target": self.target,
+            "lookback": self.lookback,
+            "sql_sha256": hashlib.sha256(self.sql.encode()).hexdigest(),
+        }
+
+
+@dataclass
+class SymbolState:
+    tick_offset: int = -1  # newest tick offset read
+    open_from: int = 0  # first tick offset that may still belong to an open bar
+    max_ts: int | None = None  # newest tick time seen (ns)
+    closed_until: int | None = None  # every bar starting before this (ns) has been emitted
+    late: int = 0  # ticks that arrived after their bar had closed
+    bars: int = 0  # features rows emitted
+
+
+@dataclass
+class SymbolReport:
+    bars: int = 0
+    examples: int = 0
+    late: int = 0
+    ticks: int = 0
+
+
+@dataclass
+class StepReport:
+    symbols: dict[str, SymbolReport] = field(default_factory=dict)
+
+    @property
+    def bars(self) -> int:
+        return sum(r.bars for r in self.symbols.values())
+
+    @property
+    def examples(self) -> int:
+        return sum(r.examples for r in self.symbols.values())
+
+    @property
+    def ticks(self) -> int:
+        return sum(r.ticks for r in self.symbols.values())
+
+    @property
+    def late(self) -> int:
+        return sum(r.late for r in self.symbols.values())
+
+    def add(self, other: StepReport) -> None:
+        for sym, r in other.symbols.items():
+            mine = self.symbols.setdefault(sym, SymbolReport())
+            mine.bars += r.bars
+            mine.examples += r.examples
+            mine.late += r.late
+            mine.ticks += r.ticks
+
+
+class FeatureBuilder:
+    """Builds the features and examples logs from the ticks log; use as a context manager."""
+
+    def __init__(self, data_dir: Path, spec: FeatureSpec, symbols: list[str] | None = None,
+                 chunk_ticks: int = 2_000_000):
+        if spec.target not in TARGETS:
+            raise ConfigError(f"--target {spec.target!r} is not one of {', '.join(TARGETS)}")
+        if spec.horizon < 1:
+            raise ConfigError("--horizon must be at least 1 bar")
+        if spec.lookback < 31:
+            raise ConfigError("--lookback must be at least 31 bars (the default features use 30-bar windows of returns)")
+        self.data_dir = Path(data_dir)
+        self.spec = spec
+        self.bar_ns = spec.bar_s * NS
+        self.wanted = symbols
+        self.chunk_ticks = chunk_ticks
+        self.ticks = ParquetLog(data_dir, TICKS)
+        self.features = ParquetLog(data_dir, FEATURES)
+        self.examples = ParquetLog(data_dir, EXAMPLES)
+        self.state_path = self.data_dir / STATE_FILE
+        self.state: dict[str, SymbolState] = {}
+        self._stack = ExitStack()
+        self._bars_sql = _bars_sql()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> FeatureBuilder:
+        import duckdb
+
+        if not self.ticks.root.is_dir():
+            raise ConfigError(f"there is no ticks log in {self.data_dir}; run `rtml ingest` first or check --data-dir")
+        try:
+            self.fw: LogWriter = self._stack.enter_context(self.features.writer())
+            self.ew: LogWriter = self._stack.enter_context(self.examples.writer())
+            self._load_state()
+            self.con = duckdb.connect()
+            self.con.execute("SET TimeZone = 'UTC'")
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.con.close()
+        self._stack.close()
+
+    def symbols(self) -> list[str]:
+        present = self.ticks.partitions()
+        return [s for s in present if self.wanted is None or s in self.wanted]
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _load_state(self) -> None:
+        params = self.spec.params()
+        if not self.state_path.exists():
+            if self.features.partitions() or self.examples.partitions():
+                raise FeatureError(
+                    f"{self.data_dir} has features or examples but no {STATE_FILE}; "
+                    "run `rtml features --rebuild` to build them again from the ticks"
+                )
+            self.state = {}
+            return
+        doc = json.loads(self.state_path.read_text())
+        if doc.get("params") != params:
+            old = doc.get("params", {})
+            diff = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in params.items() if old.get(k) != v)
+            raise FeatureError(
+                f"the features in {self.data_dir} were built with other settings ({diff}); "
+                "rerun with the same --bar/--horizon/--target/--lookback/--sql, or pass --rebuild "
+                "to rebuild features and examples from the ticks"
+            )
+        self.state = {s: SymbolState(**v) for s, v in doc.get("symbols", {}).items()}
+        pending = doc.get("pending") or {}
+        for sym, entry in pending.items():
+            # The intent was written before publishing; the features log says whether the
+            # publish happened (its last offset is the one the intent expected).
+            if self.features.last_offset(sym) == entry["expect_last_offset"]:
+                self.state[sym] = SymbolState(**entry["state"])
+        for sym, st in self.state.items():
+            if self.features.last_offset(sym) != st.bars - 1:
+                raise FeatureError(
+                    f"{STATE_FILE} says {st.bars} bars of {sym!r} were emitted, the features log has "
+                    f"{self.features.last_offset(sym) + 1}; run `rtml features --rebuild`"
+                )
+        if pending:
+            self._save_state()
+
+    def _save_state(self, pending: dict | None = None) -> None:
+        doc = {
+            "params": self.spec.params(),
+            "symbols": {s: asdict(st) for s, st in sorted(self.state.items())},
+            "pending": pending,
+        }
+        atomic.write_json(self.state_path, doc)
+
+    # -- the step ------------------------------------------------------------------------------
+
+    def backlog(self) -> int:
+        """Ticks not yet consumed, over the symbols this builder serves."""
+        return sum(
+            max(0, self.ticks.last_offset(s) - self.state.get(s, SymbolState()).tick_offset) for s in self.symbols()
+        )
+
+    def step(self, clock_ns: int | None = None) -> StepReport:
+        """Consume up to `chunk_ticks` new ticks per symbol and publish what closed.
+
+        `clock_ns` (following only) closes bars whose end plus grace it has passed, even
+        without a tick after them.
+        """
+        report = StepReport()
+        updates: dict[str, tuple[SymbolState, pl.DataFrame | None, SymbolReport]] = {}
+        for sym in self.symbols():
+            result = self._symbol_step(sym, clock_ns)
+            if result is not None:
+                updates[sym] = result
+        if not updates:
+            return report
+        pending = {
+            sym: {"state": asdict(st), "expect_last_offset": st.bars - 1} for sym, (st, _, _) in updates.items()
+        }
+        self._save_state(pending)
+        for sym, (st, rows, rep) in updates.items():
+            if rows is not None and rows.height:
+                self.fw.append(sym, rows)
+            self.state[sym] = st
+            report.symbols[sym] = rep
+        self._save_state()
+        for sym in updates:
+            report.symbols[sym].examples = self._emit_examples(sym)
+        return report
+
+    def _symbol_step(self, sym: str, clock_ns: int | None):
+        """New state, features rows and report for one symbol, or None when nothing changed."""
+        import polars as pl
+
+        old = self.state.get(sym, SymbolState())
+        st = SymbolState(**asdict(old))
+        rep = SymbolReport()
+        old_closed = old.closed_until if old.closed_until is not None else _NEVER
+        limit = min(self.ticks.last_offset(sym), old.tick_offset + self.chunk_ticks)
+        used = pl.DataFrame()
+        if limit > old.tick_offset:
+            ticks = self.ticks.read_after(sym, old.open_from - 1, columns=[OFFSET, "ts", "price", "qty", "side"])
+            ticks = ticks.filter(pl.col(OFFSET) <= limit).with_columns(ts_ns=pl.col("ts").dt.epoch("ns"))
+            seed = old.max_ts if old.max_ts is not None else _NEVER
+            # What had closed when each tick arrived: the bars before the one holding the
+            # newest earlier tick (in arrival order), or before the old closing point.
+            prev_max = pl.col("ts_ns").cum_max().shift(1, fill_value=seed).clip(lower_bound=seed)
+            closed_then = pl.max_horizontal((prev_max // self.bar_ns) * self.bar_ns, pl.lit(old_closed))
+            is_new = pl.col(OFFSET) > old.tick_offset
+            ticks = ticks.with_columns(
+                is_new=is_new,
+                late=is_new & (pl.col("ts_ns") < closed_then),
+                # re-read ticks of bars emitted earlier (they were used, or were late, then)
+                done=~is_new & (pl.col("ts_ns") < old_closed),
+            )
+            fresh = ticks.filter("is_new")
+            rep.ticks = fresh.height
+            rep.late = int(fresh["late"].sum())
+            st.late = old.late + rep.late
+            st.max_ts = max(seed, int(fresh["ts_ns"].max()))
+            st.tick_offset = limit
+            used = ticks.filter(~pl.col("late") & ~pl.col("done"))
+        if st.max_ts is None:
+            return None  # no ticks for this symbol yet
+        closed = max(old_closed, (st.max_ts // self.bar_ns) * self.bar_ns)
+        if clock_ns is not None:
+            closed = max(closed, (clock_ns // self.bar_ns) * self.bar_ns)
+        if old.closed_until is not None:
+            first = old.closed_until
+        elif used.height:
+            first = int(used["ts_ns"].min()) // self.bar_ns * self.bar_ns
+        else:
+            first = closed
+        rows = None
+        if closed > first:
+            rows = self._bars_and_features(sym, used, first, closed)
+            rep.bars = rows.height
+            st.bars = old.bars + rows.height
+            st.closed_until = closed
+        if limit > old.tick_offset:
+            still_open = used.filter(pl.col("ts_ns") >= max(first, closed))
+            st.open_from = int(still_open[OFFSET].min()) if still_open.height else limit + 1
+        return None if st == old else (st, rows, rep)
+
+    def _bars_and_features(self, sym: str, used: pl.DataFrame, first: int, stop: int) -> pl.DataFrame:
+        import polars as pl
+
+        closed_ticks = (
+            used.filter(pl.col("ts_ns") < stop).select(
+                (pl.col("ts_ns") // self.bar_ns * self.bar_ns).alias("bucket"),
+                "ts_ns",
+                OFFSET,
+                "price",
+                "qty",
+                "side",
+            )
+            if used.height
+            else pl.DataFrame(
+                schema={"bucket": pl.Int64, "ts_ns": pl.Int64, OFFSET: pl.Int64, "price": pl.Float64,
+                        "qty": pl.Float64, "side": pl.String}
+            )
+        )
+        history = self._lookback(sym)
+        prev_close = float(history["close"][-1]) if history.height else None
+        con = self.con
+        con.register("ticks", closed_ticks.to_arrow())
+        try:
+            params = {"first": first, "stop": stop, "bar": self.bar_ns, "prev_close": prev_close}
+            bars = con.sql(self._bars_sql, params=params).pl()
+        finally:
+            con.unregister("ticks")
+        bars = bars.select(
+            pl.lit(sym).alias("symbol"),
+            pl.col("bucket").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC").alias("ts"),
+            pl.exclude("bucket"),
+        ).cast({"n_trades": pl.Int64})
+        history_bars = history.select(BAR_COLUMNS) if history.height else bars.clear()
+        window = pl.concat([history_bars.cast(bars.schema), bars])
+        out = self._run_feature_sql(window)
+        return out.filter(pl.col("ts") >= bars["ts"].min()) if bars.height else out.clear()
+
+    def _lookback(self, sym: str) -> pl.DataFrame:
+        last = self.features.last_offset(sym)
+        if last < 0:
+            import polars as pl
+
+            return pl.DataFrame()
+        return self.features.read_after(sym, last - self.spec.lookback).drop(OFFSET)
+
+    def _run_feature_sql(self, bars: pl.DataFrame) -> pl.DataFrame:
+        import duckdb
+        import polars as pl
+
+        con = self.con
+        con.register("bars", bars.to_arrow())
+        try:
+            rel = con.sql(self.spec.sql)
+            if rel is None:
+                raise FeatureError("the feature query must be a SELECT over `bars` that returns rows")
+            out = rel.pl()
+        except duckdb.Error as exc:
+            raise FeatureError(f"the feature query failed: {str(exc).splitlines()[0]}") from None
+        finally:
+            con.unregister("bars")
+        _check_contract(out, bars.height)
+        return out.select(
+            pl.col("ts").cast(pl.Datetime("ns", "UTC")),
+            pl.col("symbol").cast(pl.String),
+            pl.exclude("ts", "symbol"),
+        ).sort("ts")
+
+    # -- examples ------------------------------------------------------------------------------
+
+    def _emit_examples(self, sym: str) -> int:
+        """Append example k (features row k + its target) for every k whose row k+h exists."""
+        import polars as pl
+
+        h = self.spec.horizon
+        feat_last = self.features.last_offset(sym)
+        ex_last = self.examples.last_offset(sym)
+        due = feat_last - h  # the newest features row whose label is known
+        if due <= ex_last:
+            return 0
+        rows = self.features.read_after(sym, ex_last)
+        if rows.height == 0 or int(rows[OFFSET][0]) != ex_last + 1:
+            raise LogError(f"the examples log of {sym!r} does not line up with its features log; run `rtml features --rebuild`")
+        logret = (pl.col("close").shift(-h) / pl.col("close")).log()
+        target = logret if self.spec.target == "logret" else logret.sign()
+        examples = rows.with_columns(target=target).filter(pl.col(OFFSET) <= due).drop(OFFSET)
+        self.ew.append(sym, examples)
+        return examples.height
+
+    # -- drivers -------------------------------------------------------------------------------
+
+    def build(self, on_progress: Callable[[StepReport], None] | None = None) -> StepReport:
+        """Consume everything in the ticks log now (in chunks), then return."""
+        total = StepReport()
+        while True:
+            rep = self.step()
+            total.add(rep)
+            if on_progress:
+                on_progress(rep)
+            if rep.ticks == 0:
+                return total
+
+    def follow(self, stop: Event, poll: float = 0.5, grace: float = 2.0) -> Iterator[StepReport]:
+        """Build, then keep building as ticks arrive, until `stop` is set.
+
+        Bars also close on the market clock: the newest tick time of any symbol, advanced by
+        the wall time since it was seen, minus `grace` seconds. So an illiquid symbol's bars
+        still close, and a paused replay of old data does not close every bar at once.
+        """
+        newest, seen_at = None, time.monotonic()
+        while not stop.is_set():
+            known = [st.max_ts for st in self.state.values() if st.max_ts is not None]
+            if known and (newest is None or max(known) > newest):
+                newest, seen_at = max(known), time.monotonic()
+            clock = None
+            if newest is not None:
+                clock = newest + int((time.monotonic() - seen_at - grace) * NS)
+            rep = self.step(clock)
+            yield rep
+            if rep.ticks == 0:
+                stop.wait(poll)
+
+
+def _check_contract(out: pl.DataFrame, rows_in: int) -> None:
+    import polars as pl
+
+    missing = [c for c in BAR_COLUMNS if c not in out.columns]
+    if missing:
+        raise FeatureError(
+            f"the feature query's output lacks {', '.join(missing)}; it must return every column "
+            "of `bars` (e.g. SELECT *, <features> FROM bars)"
+        )
+    clash = sorted(RESERVED & set(out.columns))
+    if clash:
+        raise FeatureError(f"the feature query may not return {', '.join(clash)}: rtml adds those columns")
+    if out.height != rows_in:
+        raise FeatureError(f"the feature query returned {out.height} rows for {rows_in} bars; it must return one row per bar")
+    features = [c for c in out.columns if c not in BAR_COLUMNS]
+    if not features:
+        raise FeatureError("the feature query returns no feature columns besides the bar columns")
+    bad = [c for c in features if not out.schema[c].is_numeric() and out.schema[c] != pl.Boolean]
+    if bad:
+        raise FeatureError(f"feature column(s) {', '.join(bad)} are not numeric; models need numbers")
+
+
+def remove_built(data_dir: Path) -> None:
+    """Delete the features and examples logs and the builder state (for --rebuild)."""
+    import shutil
+
+    for name in (FEATURES, EXAMPLES):
+        log = ParquetLog(data_dir, name)
+        if log.root.is_dir():
+            with log.writer():  # refuse while another builder is running
+                pass
+            shutil.rmtree(log.root)
+    (Path(data_dir) / STATE_FILE).unlink(missing_ok=True)
+
+
+def summarize(builder: FeatureBuilder, report: StepReport, elapsed: float) -> dict:
+    """What a run did and where each symbol stands, for the summary table and --json."""
+    from datetime import datetime, timezone
+
+    def iso(ns: int | None) -> str | None:
+        return datetime.fromtimestamp(ns / NS, timezone.utc).isoformat() if ns is not None else None
+
+    symbols = {}
+    for sym in builder.symbols():
+        st = builder.state.get(sym, SymbolState())
+        r = report.symbols.get(sym, SymbolReport())
+        symbols[sym] = {
+            "bars_emitted": r.bars,
+            "examples_emitted": r.examples,
+            "late_ticks": r.late,
+            "ticks_read": r.ticks,
+            "features_rows": builder.features.last_offset(sym) + 1,
+            "examples_rows": builder.examples.last_offset(sym) + 1,
+            "closed_until": iso(st.closed_until),
+            "newest_tick": iso(st.max_ts),
+            "late_ticks_total": st.late,
+            "ticks_backlog": max(0, builder.ticks.last_offset(sym) - st.tick_offset),
+        }
+    return {
+        "data_dir": str(builder.data_dir),
+        "params": {k: v for k, v in builder.spec.params().items()},
+        "bars_emitted": report.bars,
+        "examples_emitted": report.examples,
+        "late_ticks": report.late,
+        "ticks_read": report.ticks,
+        "elapsed_s": round(elapsed, 3),
+        "symbols": symbols,
+    }
