@@ -256,8 +256,18 @@ class FeatureBuilder:
             result = self._symbol_step(sym, clock_ns)
             if result is not None:
                 updates[sym] = result
-        if not updates:
-            return report
+        if updates:
+            self._publish(updates, report)
+        # Every symbol, not only the updated ones: a crash may have come between publishing
+        # features and deriving their examples.
+        for sym in self.symbols():
+            n = self._emit_examples(sym)
+            if n:
+                report.symbols.setdefault(sym, SymbolReport()).examples = n
+        return report
+
+    def _publish(self, updates: dict, report: StepReport) -> None:
+        """Intent, features parts, commit: the order that makes a crash anywhere recoverable."""
         pending = {
             sym: {"state": asdict(st), "expect_last_offset": st.bars - 1} for sym, (st, _, _) in updates.items()
         }
@@ -268,9 +278,6 @@ class FeatureBuilder:
             self.state[sym] = st
             report.symbols[sym] = rep
         self._save_state()
-        for sym in updates:
-            report.symbols[sym].examples = self._emit_examples(sym)
-        return report
 
     def _symbol_step(self, sym: str, clock_ns: int | None):
         """New state, features rows and report for one symbol, or None when nothing changed."""
@@ -281,8 +288,11 @@ class FeatureBuilder:
         rep = SymbolReport()
         old_closed = old.closed_until if old.closed_until is not None else _NEVER
         limit = min(self.ticks.last_offset(sym), old.tick_offset + self.chunk_ticks)
+        has_new = limit > old.tick_offset
+        clock_closed = (clock_ns // self.bar_ns) * self.bar_ns if clock_ns is not None else _NEVER
+        has_open = old.open_from <= old.tick_offset
         used = pl.DataFrame()
-        if limit > old.tick_offset:
+        if has_new or (has_open and clock_closed > old_closed):
             ticks = self.ticks.read_after(sym, old.open_from - 1, columns=[OFFSET, "ts", "price", "qty", "side"])
             ticks = ticks.filter(pl.col(OFFSET) <= limit).with_columns(ts_ns=pl.col("ts").dt.epoch("ns"))
             seed = old.max_ts if old.max_ts is not None else _NEVER
@@ -298,31 +308,28 @@ class FeatureBuilder:
                 done=~is_new & (pl.col("ts_ns") < old_closed),
             )
             fresh = ticks.filter("is_new")
-            rep.ticks = fresh.height
-            rep.late = int(fresh["late"].sum())
-            st.late = old.late + rep.late
-            st.max_ts = max(seed, int(fresh["ts_ns"].max()))
-            st.tick_offset = limit
+            if fresh.height:
+                rep.ticks = fresh.height
+                rep.late = int(fresh["late"].sum())
+                st.late = old.late + rep.late
+                st.max_ts = max(seed, int(fresh["ts_ns"].max()))
+                st.tick_offset = limit
             used = ticks.filter(~pl.col("late") & ~pl.col("done"))
-        if st.max_ts is None:
-            return None  # no ticks for this symbol yet
-        closed = max(old_closed, (st.max_ts // self.bar_ns) * self.bar_ns)
-        if clock_ns is not None:
-            closed = max(closed, (clock_ns // self.bar_ns) * self.bar_ns)
         if old.closed_until is not None:
             first = old.closed_until
-        elif used.height:
+        elif used.height:  # a symbol's first bar is the one of its first (not late) tick
             first = int(used["ts_ns"].min()) // self.bar_ns * self.bar_ns
         else:
-            first = closed
+            return None  # no ticks for this symbol yet
+        closed = max(first, (st.max_ts // self.bar_ns) * self.bar_ns, clock_closed)
+        st.closed_until = closed
         rows = None
         if closed > first:
             rows = self._bars_and_features(sym, used, first, closed)
             rep.bars = rows.height
             st.bars = old.bars + rows.height
-            st.closed_until = closed
-        if limit > old.tick_offset:
-            still_open = used.filter(pl.col("ts_ns") >= max(first, closed))
+        if has_new or used.height:
+            still_open = used.filter(pl.col("ts_ns") >= closed)
             st.open_from = int(still_open[OFFSET].min()) if still_open.height else limit + 1
         return None if st == old else (st, rows, rep)
 

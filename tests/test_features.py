@@ -1,0 +1,365 @@
+"""rtml features: bars against an independent computation, incremental = one-shot, no look-ahead,
+late ticks, examples, exactly-once after crashes, the SQL contract, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from rtml_cli.features import STATE_FILE, FeatureBuilder, FeatureError, FeatureSpec
+from rtml_cli.log import ParquetLog
+from tests.conftest import assert_clean_error, rtml_process
+
+T0 = 1_767_225_600  # 2026-01-01T00:00:00Z, a minute boundary
+INT_COLS = ["offset", "symbol", "ts", "n_trades"]
+
+
+def write_ticks(data_dir: Path, batches: list[list[tuple]], symbol: str = "X") -> None:
+    """Append ticks given as (seconds after T0, price, qty, side) in batches (one part each)."""
+    log = ParquetLog(data_dir, "ticks")
+    with log.writer() as w:
+        for batch in batches:
+            n0 = w.next_offset(symbol)
+            w.append(symbol, pl.DataFrame({
+                "ts": [int((T0 + t) * 1e9) for t, *_ in batch],
+                "recv_ts": [int((T0 + t) * 1e9) for t, *_ in batch],
+                "symbol": [symbol] * len(batch),
+                "price": [float(p) for _, p, _, _ in batch],
+                "qty": [float(q) for _, _, q, _ in batch],
+                "side": [s for *_, s in batch],
+                "trade_id": [str(n0 + i) for i in range(len(batch))],
+            }).with_columns(pl.col("ts", "recv_ts").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC")))
+
+
+def build(data_dir: Path, spec: FeatureSpec | None = None, chunk: int = 2_000_000, clock_ns=None):
+    with FeatureBuilder(data_dir, spec or FeatureSpec(), chunk_ticks=chunk) as b:
+        if clock_ns is None:
+            return b.build()
+        return b.step(clock_ns)
+
+
+def features(data_dir: Path, name: str = "features") -> pl.DataFrame:
+    return ParquetLog(data_dir, name).read_all().sort("symbol", "offset")
+
+
+def assert_same(a: pl.DataFrame, b: pl.DataFrame) -> None:
+    """Identical rows: exact for ids, times and counts, 1e-9 relative for floats (DuckDB sums)."""
+    assert a.columns == b.columns and a.height == b.height
+    assert_frame_equal(a.select(INT_COLS), b.select(INT_COLS))
+    assert_frame_equal(a, b, check_exact=False, rel_tol=1e-9, abs_tol=1e-12)
+
+
+# -- bars against an independent computation -----------------------------------------------------
+
+
+def test_ohlcv_matches_an_independent_polars_computation_on_synthetic_ticks(rtml, data_dir):
+    assert rtml("ingest", "--max-ticks", "60000").exit_code == 0
+    build(data_dir)
+    got = features(data_dir)
+    ticks = ParquetLog(data_dir, "ticks").read_all()
+    signed = pl.col("qty").filter(pl.col("side") == "buy").sum()
+    expected = (
+        ticks.sort("symbol", "ts", "offset")
+        .with_columns(bucket=pl.col("ts").dt.truncate("1m"))
+        .group_by("symbol", "bucket", maintain_order=True)
+        .agg(
+            open=pl.col("price").first(), high=pl.col("price").max(), low=pl.col("price").min(),
+            close=pl.col("price").last(), volume=pl.col("qty").sum(), n_trades=pl.len().cast(pl.Int64),
+            vwap=(pl.col("price") * pl.col("qty")).sum() / pl.col("qty").sum(), buy_volume=signed,
+        )
+        .rename({"bucket": "ts"})
+    )
+    # every bar but each symbol's last (still open: no tick after its end yet)
+    expected = expected.join(expected.group_by("symbol").agg(last=pl.col("ts").max()), on="symbol")
+    expected = expected.filter(pl.col("ts") < pl.col("last")).drop("last").sort("symbol", "ts")
+    cols = ["symbol", "ts", "open", "high", "low", "close", "volume", "n_trades", "vwap", "buy_volume"]
+    assert_frame_equal(got.select(cols), expected.select(cols), check_exact=False, rel_tol=1e-9)
+    assert got.height > 100
+
+
+def test_edge_cases_one_tick_bars_gaps_equal_timestamps_out_of_order(data_dir):
+    write_ticks(data_dir, [
+        [(5, 100, 1, "buy")],                                      # bar 0: one tick
+        [(61, 101, 1, "sell"), (61, 102, 2, "buy"), (61, 99, 1, "sell")],  # bar 1: equal timestamps
+        [(130, 103, 1, "buy"), (125, 104, 1, None)],               # bar 2: out of order within a flush
+        [(305, 110, 3, "sell")],                                   # bars 3, 4 empty; bar 5 opens
+        [(400, 111, 1, "buy")],                                    # closes bar 5
+    ])
+    build(data_dir)
+    f = features(data_dir)
+    assert [(t.timestamp() - T0) for t in f["ts"].to_list()] == [0, 60, 120, 180, 240, 300]
+    rows = f.select("open", "high", "low", "close", "volume", "n_trades", "vwap", "buy_volume", "sell_volume").rows()
+    assert rows[0] == (100, 100, 100, 100, 1, 1, 100, 1, 0)
+    # equal timestamps: open and close follow arrival order
+    assert rows[1][:6] == (101, 102, 99, 99, 4, 3)
+    assert rows[1][6] == pytest.approx((101 + 204 + 99) / 4)
+    # out of order in one flush: open is the earliest trade (125 s), close the latest (130 s)
+    assert rows[2][:4] == (104, 104, 103, 103)
+    assert rows[2][7:] == (1, 0)  # the side-less trade counts in neither side
+    # empty bars carry the last close forward with zero volume
+    assert rows[3] == rows[4] == (103, 103, 103, 103, 0, 0, 103, 0, 0)
+    assert rows[5][:6] == (110, 110, 110, 110, 3, 1)
+    assert f["ofi"].to_list()[3] == 0.0 and f["r_1"].to_list()[3] == 0.0
+
+
+def test_a_tick_for_a_closed_bar_is_counted_late_not_merged(data_dir):
+    write_ticks(data_dir, [[(10, 100, 1, "buy"), (70, 101, 1, "buy")]])
+    build(data_dir)
+    write_ticks(data_dir, [[(20, 500, 9, "buy"), (75, 102, 1, "sell"), (130, 103, 1, "buy")]])
+    with FeatureBuilder(data_dir, FeatureSpec()) as b:
+        rep = b.build()
+        assert rep.late == 1 and b.state["X"].late == 1
+    f = features(data_dir)
+    assert f["close"].to_list() == [100, 102]  # bar 0 unchanged by the late tick; bar 1 got 75 s
+    assert f["volume"].to_list() == [1, 2]
+
+
+def test_a_tick_late_in_arrival_order_within_one_flush_is_late_too(data_dir):
+    # 10 s arrives after 70 s has closed bar 0: late even though both come in the same flush,
+    # so the result does not depend on how ticks were grouped into flushes or steps.
+    write_ticks(data_dir, [[(5, 100, 1, "buy"), (70, 101, 1, "buy"), (10, 999, 1, "buy"), (130, 1, 1, "buy")]])
+    assert build(data_dir).late == 1
+    assert features(data_dir)["close"].to_list() == [100, 101]
+
+
+# -- incremental = one-shot; no look-ahead ----------------------------------------------------------
+
+
+def test_many_small_steps_give_exactly_the_rows_of_one_build(rtml, tmp_path):
+    src = tmp_path / "one"
+    assert rtml("ingest", "--max-ticks", "40000", "--data-dir", str(src), data=False).exit_code == 0
+    build(src)
+    small = tmp_path / "small"
+    # the same ticks, and a build after every few hundred of them
+    ticks = ParquetLog(src, "ticks")
+    with ParquetLog(small, "ticks").writer() as w:
+        for sym in ticks.partitions():
+            w.append(sym, ticks.read_after(sym).drop("offset"))
+    build(small, chunk=997)
+    for name in ("features", "examples"):
+        assert_same(features(small, name), features(src, name))
+    assert features(src).height > 100
+
+
+def test_building_after_every_ingest_run_equals_one_build(rtml, tmp_path):
+    inc, full = tmp_path / "inc", tmp_path / "full"
+    for _ in range(4):
+        assert rtml("ingest", "--max-ticks", "9000", "--flush-every", "2500", "--data-dir", str(inc), data=False).exit_code == 0
+        build(inc)
+    ticks = ParquetLog(inc, "ticks")
+    with ParquetLog(full, "ticks").writer() as w:
+        for sym in ticks.partitions():
+            w.append(sym, ticks.read_after(sym).drop("offset"))
+    build(full)
+    for name in ("features", "examples"):
+        assert_same(features(inc, name), features(full, name))
+
+
+@pytest.mark.parametrize("cut_minutes", [17.5, 41.25])
+def test_no_feature_depends_on_a_tick_after_its_bar(rtml, tmp_path, cut_minutes):
+    full = tmp_path / "full"
+    assert rtml("ingest", "--max-ticks", "60000", "--data-dir", str(full), data=False).exit_code == 0
+    build(full)
+    cut = pl.lit(T0 * 10**9 + int(cut_minutes * 60e9)).cast(pl.Datetime("ns")).dt.replace_time_zone("UTC")
+    trunc = tmp_path / "trunc"
+    ticks = ParquetLog(full, "ticks")
+    with ParquetLog(trunc, "ticks").writer() as w:
+        for sym in ticks.partitions():
+            w.append(sym, ticks.read_after(sym).filter(pl.col("ts") < cut).drop("offset"))
+    build(trunc)
+    before = features(trunc)
+    after = features(full).filter(pl.col("ts") < before["ts"].max() + pl.duration(seconds=1))
+    assert before.height > 30
+    assert_same(before, after.join(before.select("symbol", "ts"), on=["symbol", "ts"], how="semi"))
+    # and the truncated build emitted only bars that had ended before the cut
+    assert before.select((pl.col("ts") + pl.duration(minutes=1) <= cut).all()).item()
+
+
+# -- examples ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["logret", "sign"])
+def test_examples_carry_the_target_h_bars_ahead(rtml, data_dir, target):
+    assert rtml("ingest", "--max-ticks", "30000").exit_code == 0
+    build(data_dir, FeatureSpec(horizon=3, target=target))
+    f, e = features(data_dir), features(data_dir, "examples")
+    for sym in f["symbol"].unique():
+        fs, es = f.filter(pl.col("symbol") == sym), e.filter(pl.col("symbol") == sym)
+        assert es.height == fs.height - 3
+        assert_same(es.drop("target"), fs.head(es.height))  # example k is features row k
+        closes = fs["close"].to_list()
+        expected = [math.log(closes[k + 3] / closes[k]) for k in range(es.height)]
+        if target == "sign":
+            expected = [float((x > 0) - (x < 0)) for x in expected]
+        assert es["target"].to_list() == pytest.approx(expected, rel=1e-12)
+
+
+# -- exactly-once after a crash ------------------------------------------------------------------
+
+
+class Crash(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("when", ["before_publish", "after_publish", "before_examples"])
+def test_a_crash_mid_step_neither_duplicates_nor_skips_a_bar(rtml, tmp_path, monkeypatch, when):
+    ref, crashed = tmp_path / "ref", tmp_path / "crashed"
+    for d in (ref, crashed):
+        assert rtml("ingest", "--max-ticks", "30000", "--data-dir", str(d), data=False).exit_code == 0
+    build(ref)
+    from rtml_cli import log as log_module
+
+    real_append = log_module.LogWriter.append
+    calls = {"n": 0}
+
+    def crashing_append(self, symbol, frame):
+        if self.log.name == ("examples" if when == "before_examples" else "features"):
+            calls["n"] += 1
+            if calls["n"] == 3:  # the third part of that log
+                if when == "after_publish":
+                    real_append(self, symbol, frame)
+                raise Crash()
+        return real_append(self, symbol, frame)
+
+    monkeypatch.setattr(log_module.LogWriter, "append", crashing_append)
+    with pytest.raises(Crash):
+        build(crashed, chunk=3000)
+    monkeypatch.setattr(log_module.LogWriter, "append", real_append)
+    if when != "before_examples":
+        assert json.loads((crashed / STATE_FILE).read_text())["pending"]  # the intent was left behind
+    build(crashed, chunk=3000)
+    for name in ("features", "examples"):
+        assert_same(features(crashed, name), features(ref, name))
+
+
+def test_kill_9_of_features_follow_while_ticks_arrive_then_restart_gives_the_one_shot_result(rtml, tmp_path):
+    live, ref = tmp_path / "live", tmp_path / "ref"
+    ingest = rtml_process(["ingest", "--speed", "3000", "--flush-interval", "0.1", "--max-ticks", "60000",
+                           "--json", "--data-dir", str(live)])
+    try:
+        for _ in range(3):
+            feats = rtml_process(["features", "--follow", "--poll", "0.05", "--json", "--data-dir", str(live)])
+            time.sleep(1.0)
+            feats.send_signal(signal.SIGKILL)
+            feats.wait(30)
+        assert ingest.wait(120) == 0
+    finally:
+        ingest.kill()
+    r = rtml("features", "--json", "--data-dir", str(live), data=False)
+    assert r.exit_code == 0, r.output
+    ticks = ParquetLog(live, "ticks")
+    with ParquetLog(ref, "ticks").writer() as w:
+        for sym in ticks.partitions():
+            w.append(sym, ticks.read_after(sym).drop("offset"))
+    build(ref)
+    for name in ("features", "examples"):
+        assert_same(features(live, name), features(ref, name))
+
+
+# -- the SQL contract ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sql, fragment",
+    [
+        ("SELECT symbol, ts, close FROM bars", "lacks open"),
+        ("SELECT *, 1 AS target FROM bars", "may not return target"),
+        ("SELECT * FROM bars WHERE n_trades > 0 LIMIT 3", "rows for"),
+        ("SELECT *, 'x' AS word FROM bars", "not numeric"),
+        ("SELECT * FROM bars", "no feature columns"),
+        ("SELEKT 1", "the feature query failed"),
+        ("CREATE TABLE t AS SELECT 1", "lacks"),
+    ],
+)
+def test_a_feature_query_that_breaks_the_contract_is_a_clear_error(rtml, data_dir, tmp_path, sql, fragment):
+    write_ticks(data_dir, [[(t, 100 + t, 1, "buy") for t in range(0, 600, 7)]])
+    q = tmp_path / "f.sql"
+    q.write_text(sql)
+    assert_clean_error(rtml("features", "--sql", str(q)), fragment)
+
+
+def test_a_custom_feature_query_replaces_the_default(rtml, data_dir, tmp_path):
+    write_ticks(data_dir, [[(t, 100 + t, 1, "buy") for t in range(0, 600, 7)]])
+    q = tmp_path / "f.sql"
+    q.write_text("SELECT *, close - open AS body, n_trades * 2 AS twice FROM bars")
+    r = rtml("features", "--sql", str(q), "--json")
+    assert r.exit_code == 0, r.output
+    f = features(data_dir)
+    assert f.columns[-2:] == ["body", "twice"] and "r_1" not in f.columns
+    assert f["body"].to_list() == [c - o for c, o in zip(f["close"], f["open"])]
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+def test_changed_settings_are_refused_until_rebuild(rtml, data_dir):
+    write_ticks(data_dir, [[(t, 100, 1, "buy") for t in range(0, 900, 5)]])
+    assert rtml("features").exit_code == 0
+    assert_clean_error(rtml("features", "--horizon", "7"), "horizon 5 -> 7", "--rebuild")
+    r = rtml("features", "--horizon", "7", "--rebuild", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["params"]["horizon"] == 7
+    assert features(data_dir, "examples").height == features(data_dir).height - 7
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--bar", "90x"], "is not a duration"), (["--bar", "2d"], "outside 1s..1d"),
+])
+def test_bad_bar_values(rtml, data_dir, args, fragment):
+    write_ticks(data_dir, [[(1, 100, 1, "buy")]])
+    assert_clean_error(rtml("features", *args), fragment)
+
+
+def test_features_without_ticks_says_to_ingest_first(rtml):
+    assert_clean_error(rtml("features"), "no ticks log", "rtml ingest")
+
+
+def test_second_bar_sizes_and_json_summary(rtml, data_dir):
+    write_ticks(data_dir, [[(t * 0.5, 100 + (t % 7), 1, "sell") for t in range(240)]])  # 2 minutes
+    r = rtml("features", "--bar", "10s", "--horizon", "2", "--json")
+    assert r.exit_code == 0
+    s = json.loads(r.stdout)
+    assert s["params"]["bar_s"] == 10
+    assert s["symbols"]["X"]["features_rows"] == 11 and s["symbols"]["X"]["examples_rows"] == 9
+    assert s["symbols"]["X"]["closed_until"] == "2026-01-01T00:01:50+00:00"
+
+
+def test_the_machine_time_zone_changes_nothing(rtml, tmp_path):
+    utc, ny = tmp_path / "utc", tmp_path / "ny"
+    for d, tz in ((utc, "UTC"), (ny, "America/New_York")):
+        write_ticks(d, [[(t, 100 + t % 5, 1, "buy") for t in range(0, 3 * 3600, 9)]])
+        p = rtml_process(["features", "--json", "--data-dir", str(d)], env={"TZ": tz})
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    assert_same(features(utc), features(ny))
+
+
+def test_follow_closes_an_idle_symbols_bars_on_the_market_clock_and_stops_on_sigterm(data_dir):
+    write_ticks(data_dir, [[(t, 100, 1, "buy") for t in range(0, 125, 5)]], symbol="LIQUID")
+    write_ticks(data_dir, [[(3, 50, 1, "buy")]], symbol="IDLE")
+    proc = rtml_process(["features", "--follow", "--grace", "0", "--poll", "0.05", "--json", "--data-dir", str(data_dir)])
+    try:
+        deadline = time.monotonic() + 60
+        while ParquetLog(data_dir, "features").row_count("IDLE") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        write_ticks(data_dir, [[(t, 101, 1, "sell") for t in range(125, 200, 5)]], symbol="LIQUID")
+        while ParquetLog(data_dir, "features").row_count("LIQUID") < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    idle = features(data_dir).filter(pl.col("symbol") == "IDLE")
+    # IDLE has one trade, yet its bars close as the market clock moves on: the first holds the
+    # trade, the ones after carry its price with no volume
+    assert idle["close"].to_list()[:2] == [50, 50] and idle["volume"].to_list()[:2] == [1, 0]
+    assert summary["symbols"]["LIQUID"]["features_rows"] >= 3
