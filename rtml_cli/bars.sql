@@ -1,25 +1,25 @@
 -- Closed time bars of one symbol, with empty bars filled in.
 --
 -- Input `ticks`: the trades to aggregate (none late, all in bars before $stop), with
---   bucket (bar start, ns since the epoch), ts_ns, "offset", price, qty, side.
+--   bucket (bar start, ns since the epoch), ord (the trades' order by time, then by arrival,
+--   so equal timestamps are not ambiguous), price, qty, is_buy (the taker side; NULL if unknown).
 -- Parameters: $first and $stop (ns): emit the bars starting in [$first, $stop);
 --   $bar (ns): bar length; $prev_close: the close of the bar before $first (NULL if none).
--- Ties in time are broken by arrival order ("offset"), so equal timestamps are not ambiguous.
 -- An empty bar carries the last close forward as open, high, low, close and vwap, with zero
 -- volume and zero trades.
 WITH agg AS (
     SELECT
         bucket,
-        arg_min(price, (ts_ns, "offset")) AS open,
+        arg_min(price, ord) AS open,
         max(price) AS high,
         min(price) AS low,
-        arg_max(price, (ts_ns, "offset")) AS close,
+        arg_max(price, ord) AS close,
         sum(qty) AS volume,
         count(*) AS n_trades,
         sum(price * qty) / sum(qty) AS vwap,
         -- NULL when no trade in the bar says its side (e.g. Kraken CSV dumps)
-        CASE WHEN count(side) > 0 THEN coalesce(sum(qty) FILTER (WHERE side = 'buy'), 0) END AS buy_volume,
-        CASE WHEN count(side) > 0 THEN coalesce(sum(qty) FILTER (WHERE side = 'sell'), 0) END AS sell_volume
+        CASE WHEN count(is_buy) > 0 THEN coalesce(sum(qty) FILTER (WHERE is_buy), 0) END AS buy_volume,
+        CASE WHEN count(is_buy) > 0 THEN coalesce(sum(qty) FILTER (WHERE NOT is_buy), 0) END AS sell_volume
     FROM ticks
     GROUP BY bucket
 ),

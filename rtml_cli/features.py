@@ -32,6 +32,8 @@ from pathlib import Path
 from threading import Event
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from rtml_cli import atomic
 from rtml_cli.errors import ConfigError, LogError, RtmlError
 from rtml_cli.log import OFFSET, LogWriter, ParquetLog
@@ -294,27 +296,29 @@ class FeatureBuilder:
         used = pl.DataFrame()
         if has_new or (has_open and clock_closed > old_closed):
             ticks = self.ticks.read_after(sym, old.open_from - 1, columns=[OFFSET, "ts", "price", "qty", "side"])
-            ticks = ticks.filter(pl.col(OFFSET) <= limit).with_columns(ts_ns=pl.col("ts").dt.epoch("ns"))
+            ticks = ticks.filter(pl.col(OFFSET) <= limit).select(
+                OFFSET,
+                pl.col("ts").dt.epoch("ns").alias("ts_ns"),
+                "price",
+                "qty",
+                (pl.col("side") == "buy").alias("is_buy"),  # null when the side is unknown
+            )
+            offsets, ts = ticks[OFFSET].to_numpy(), ticks["ts_ns"].to_numpy()
             seed = old.max_ts if old.max_ts is not None else _NEVER
             # What had closed when each tick arrived: the bars before the one holding the
-            # newest earlier tick (in arrival order), or before the old closing point.
-            prev_max = pl.col("ts_ns").cum_max().shift(1, fill_value=seed).clip(lower_bound=seed)
-            closed_then = pl.max_horizontal((prev_max // self.bar_ns) * self.bar_ns, pl.lit(old_closed))
-            is_new = pl.col(OFFSET) > old.tick_offset
-            ticks = ticks.with_columns(
-                is_new=is_new,
-                late=is_new & (pl.col("ts_ns") < closed_then),
-                # re-read ticks of bars emitted earlier (they were used, or were late, then)
-                done=~is_new & (pl.col("ts_ns") < old_closed),
-            )
-            fresh = ticks.filter("is_new")
-            if fresh.height:
-                rep.ticks = fresh.height
-                rep.late = int(fresh["late"].sum())
+            # newest earlier tick (in arrival order), and those before the old closing point.
+            prev_max = np.maximum.accumulate(np.concatenate(([seed], ts[:-1])))
+            closed_then = np.maximum(prev_max // self.bar_ns * self.bar_ns, old_closed)
+            is_new = offsets > old.tick_offset
+            late = is_new & (ts < closed_then)
+            done = ~is_new & (ts < old_closed)  # re-read ticks of bars emitted before
+            if is_new.any():
+                rep.ticks = int(is_new.sum())
+                rep.late = int(late.sum())
                 st.late = old.late + rep.late
-                st.max_ts = max(seed, int(fresh["ts_ns"].max()))
+                st.max_ts = max(seed, int(ts[is_new].max()))
                 st.tick_offset = limit
-            used = ticks.filter(~pl.col("late") & ~pl.col("done"))
+            used = ticks.filter(pl.Series(~late & ~done))
         if old.closed_until is not None:
             first = old.closed_until
         elif used.height:  # a symbol's first bar is the one of its first (not late) tick
@@ -336,21 +340,22 @@ class FeatureBuilder:
     def _bars_and_features(self, sym: str, used: pl.DataFrame, first: int, stop: int) -> pl.DataFrame:
         import polars as pl
 
-        closed_ticks = (
-            used.filter(pl.col("ts_ns") < stop).select(
-                (pl.col("ts_ns") // self.bar_ns * self.bar_ns).alias("bucket"),
-                "ts_ns",
-                OFFSET,
-                "price",
-                "qty",
-                "side",
+        closed_ticks = used.filter(pl.col("ts_ns") < stop) if used.height else used
+        if closed_ticks.height:
+            ts = closed_ticks["ts_ns"]
+            # `ord` orders trades by time, then arrival: the row number when the times are
+            # already in order (the usual case), else their rank.
+            if ts.is_sorted():
+                order = pl.int_range(closed_ticks.height, dtype=pl.Int64)
+            else:
+                order = pl.struct("ts_ns", OFFSET).rank("ordinal").cast(pl.Int64)
+            closed_ticks = closed_ticks.select(
+                (pl.col("ts_ns") // self.bar_ns * self.bar_ns).alias("bucket"), order.alias("ord"),
+                "price", "qty", "is_buy",
             )
-            if used.height
-            else pl.DataFrame(
-                schema={"bucket": pl.Int64, "ts_ns": pl.Int64, OFFSET: pl.Int64, "price": pl.Float64,
-                        "qty": pl.Float64, "side": pl.String}
-            )
-        )
+        else:
+            closed_ticks = pl.DataFrame(schema={"bucket": pl.Int64, "ord": pl.Int64, "price": pl.Float64,
+                                                "qty": pl.Float64, "is_buy": pl.Boolean})
         history = self._lookback(sym)
         prev_close = float(history["close"][-1]) if history.height else None
         con = self.con
