@@ -3,81 +3,252 @@
 from __future__ import annotations
 
 import json
+import random
+import re
+import socket
 import threading
 import time
 
 import polars as pl
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import ServerConnection, serve
 
 from rtml_cli.errors import SourceError
 from rtml_cli.log import ParquetLog
+from rtml_cli.schema import tick_schema
+from rtml_cli.sources import TickBatch
 from rtml_cli.sources.kraken import KrakenSource
 from tests.conftest import assert_clean_error
-from tests.fake_kraken import DROP, HEARTBEAT, FakeKraken, trade, trade_msg
+
+# -- a local Kraken ---------------------------------------------------------------------------
+
+DROP = "DROP"  # script step: cut the TCP connection, no close frame (a reset, as when a link dies)
+HEARTBEAT = '{"channel":"heartbeat"}'
+STATUS = ('{"channel":"status","type":"update","data":[{"api_version":"v2","connection_id":1,'
+          '"system":"online","version":"2.0.10"}]}')
+STAMP = '"time_in":"2026-11-26T12:00:00.000001Z","time_out":"2026-11-26T12:00:00.000002Z"'
 
 
-def collect(src: KrakenSource, until, timeout: float = 10.0) -> tuple[pl.DataFrame, list[str]]:
-    """Run the source until `until(rows)` holds (or the timeout), then stop it and drain."""
-    stop = threading.Event()
-    frames, gaps = [], []
-    deadline = time.monotonic() + timeout
-    for batch in src.batches(stop):
-        if batch.frame.height:
-            frames.append(batch.frame)
-        gaps.extend(batch.gaps)
-        rows = sum(f.height for f in frames)
-        if until(rows) or time.monotonic() > deadline:
-            stop.set()
-    return (pl.concat(frames) if frames else pl.DataFrame()), gaps
+def trade(tid: int | str, symbol: str = "BTC/USD", price: float | str = 65000.1, qty: float | str = 0.5,
+          side: str = "buy", ts: str = "2026-11-26T12:00:00.000000Z") -> dict:
+    return {"symbol": symbol, "side": side, "price": price, "qty": qty, "ord_type": "market",
+            "trade_id": tid, "timestamp": ts}
 
 
-def source(server: FakeKraken, symbols=("BTC/USD",), **kw) -> KrakenSource:
-    return KrakenSource(list(symbols), url=server.url, batch_interval=0.05, backoff_initial=0.05,
-                        backoff_max=0.2, rng_seed=1, **kw)
+def trade_msg(kind: str, trades: list[dict]) -> dict:
+    return {"channel": "trade", "type": kind, "data": trades}
+
+
+class FakeKraken:
+    """A WebSocket server playing one script per connection, in the order clients connect.
+
+    On connect it sends a status message, then answers the subscribe request with one
+    acknowledgement per symbol (a refusal for the symbols in `refuse`). A script step is a
+    message (a dict, or a str sent verbatim so a test controls the exact decimal text),
+    `DROP`, or a float: silence for that many seconds. After its script a connection gets a
+    heartbeat every 0.1 s until the client leaves.
+    """
+
+    def __init__(self, scripts: list[list], refuse: tuple[str, ...] = ()):
+        self.scripts = scripts
+        self.refuse = refuse
+        self.subscriptions: list[dict] = []
+        self.connections = 0
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._server = serve(self._handle, "127.0.0.1", 0, compression=None)
+        self.url = f"ws://127.0.0.1:{self._server.socket.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeKraken:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stopped.set()
+        self._server.shutdown()
+        self._thread.join(5)
+
+    def _handle(self, ws: ServerConnection) -> None:
+        with self._lock:
+            index = self.connections
+            self.connections += 1
+        try:
+            ws.send(STATUS)
+            request = json.loads(ws.recv(timeout=5))
+            self.subscriptions.append(request)
+            for symbol in request["params"]["symbol"]:
+                if symbol in self.refuse:
+                    ws.send(f'{{"error":"Currency pair not supported {symbol}","method":"subscribe",'
+                            f'"success":false,"symbol":"{symbol}",{STAMP}}}')
+                else:
+                    ws.send(f'{{"method":"subscribe","result":{{"channel":"trade","snapshot":true,'
+                            f'"symbol":"{symbol}"}},"success":true,{STAMP}}}')
+            for step in self.scripts[index] if index < len(self.scripts) else []:
+                if step == DROP:
+                    ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    ws.socket.close()
+                    return
+                if isinstance(step, float):
+                    time.sleep(step)
+                else:
+                    ws.send(step if isinstance(step, str) else json.dumps(step))
+            while not self._stopped.is_set():
+                ws.send(HEARTBEAT)
+                time.sleep(0.1)
+        except (ConnectionClosed, OSError, TimeoutError):
+            return  # the client went away: this connection is done
+
+
+# -- running the source -------------------------------------------------------------------------
+
+
+class Run:
+    """`src.batches(stop)` drained in a thread, so a hung source fails its test instead of the suite."""
+
+    def __init__(self, src: KrakenSource, until=lambda batches: False):
+        self.stop = threading.Event()
+        self.batches: list[TickBatch] = []
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+
+        def drain() -> None:
+            try:
+                for batch in src.batches(self.stop):
+                    self.batches.append(batch)
+                    if until(self.batches):
+                        self.stop.set()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread by wait()
+                self.error = exc
+            finally:
+                self.finished.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+
+    def wait(self, timeout: float = 5.0) -> Run:
+        if not self.finished.wait(timeout):
+            self.stop.set()
+            pytest.fail(f"the source did not finish within {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self
+
+    @property
+    def frame(self) -> pl.DataFrame:
+        return pl.concat([b.frame for b in self.batches])
+
+    @property
+    def gaps(self) -> list[str]:
+        return [g for b in self.batches for g in b.gaps]
+
+
+def rows_at_least(n: int):
+    return lambda batches: sum(b.frame.height for b in batches) >= n
+
+
+def source(server: FakeKraken | str, symbols=("BTC/USD",), **kw) -> KrakenSource:
+    url = server if isinstance(server, str) else server.url
+    opts = {"batch_interval": 0.05, "backoff_initial": 0.05, "backoff_max": 0.2, "rng_seed": 1} | kw
+    return KrakenSource(list(symbols), url=url, **opts)
+
+
+def delays(events: list[str]) -> list[str]:
+    return [m.group(1) for e in events if (m := re.search(r"reconnecting in (\S+) s$", e))]
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- the feed -----------------------------------------------------------------------------------
+
+EXACT = ('{"symbol":"BTC/USD","side":"sell","price":65000.1234567890,"qty":1.2345E-4,'
+         '"ord_type":"limit","trade_id":12,"timestamp":"2026-11-26T12:00:01.123456Z"}')
 
 
 def test_trades_arrive_once_in_order_with_exact_values_and_heartbeats_add_nothing():
-    raw = ('{"channel":"trade","type":"update","data":[{"symbol":"BTC/USD","side":"sell",'
-           '"price":65000.123456789,"qty":0.00012345,"ord_type":"limit","trade_id":12,'
-           '"timestamp":"2026-11-26T12:00:01.123456Z"}]}')
     script = [
-        trade_msg("snapshot", [trade(10, price=0.1, qty=0.2), trade(11, side="sell")]),
+        trade_msg("snapshot", [trade(10, price="0.1", qty="0.2"), trade(11, side="sell")]),
         HEARTBEAT,
-        raw,
+        '{"channel":"trade","type":"update","data":[' + EXACT + "]}",
         HEARTBEAT,
-        trade_msg("update", [trade(13, symbol="BTC/USD", price="65001", ts="2026-11-26T12:00:02Z")]),
+        HEARTBEAT,
+        '{"channel":"trade","type":"update","data":[{"symbol":"BTC/USD","side":"buy","price":0.3,'
+        '"qty":3,"ord_type":"market","trade_id":13,"timestamp":"2026-11-26T13:00:02+01:00"}]}',
     ]
+    before = time.time_ns()
     with FakeKraken([script]) as server:
-        df, gaps = collect(source(server), lambda n: n >= 4)
+        run = Run(source(server), until=rows_at_least(4)).wait()
+        assert server.connections == 1
+    after = time.time_ns()
+    df = run.frame
     assert df["trade_id"].to_list() == ["10", "11", "12", "13"]
-    assert df["price"].to_list() == [0.1, 65000.1, float("65000.123456789"), 65001.0]
-    assert df["qty"].to_list() == [0.2, 0.5, float("0.00012345"), 0.5]
+    # Each float is the nearest double to Kraken's decimal text, made in one step.
+    assert df["price"].to_list() == [0.1, 65000.1, float("65000.1234567890"), 0.3]
+    assert df["qty"].to_list() == [0.2, 0.5, float("1.2345E-4"), 3.0]
     assert df["side"].to_list() == ["buy", "sell", "sell", "buy"]
-    assert df["ts"].dt.epoch("ns").to_list()[2] == 1_795_694_401_123_456_000
+    assert df["symbol"].to_list() == ["BTC/USD"] * 4
+    assert df["ts"].dt.epoch("ns").to_list() == [
+        1_795_694_400_000_000_000, 1_795_694_400_000_000_000, 1_795_694_401_123_456_000, 1_795_694_402_000_000_000
+    ]
+    assert all(before <= t <= after for t in df["recv_ts"].dt.epoch("ns").to_list())
     assert df["_parse_problem"].null_count() == df.height
-    assert df.schema["ts"] == pl.Datetime("ns", "UTC") and df.schema["recv_ts"] == pl.Datetime("ns", "UTC")
-    assert gaps == []
-    assert server.subscriptions[0] == {
-        "method": "subscribe", "params": {"channel": "trade", "symbol": ["BTC/USD"], "snapshot": True}
-    }
+    assert df.select(run.batches[0].raw)["_raw"][2] == EXACT  # quarantine would get the trade as sent
+    assert {k: df.schema[k] for k in tick_schema()} == tick_schema()
+    assert run.gaps == []
+    assert server.subscriptions == [
+        {"method": "subscribe", "params": {"channel": "trade", "symbol": ["BTC/USD"], "snapshot": True}}
+    ]
 
 
-def test_an_abrupt_disconnect_reconnects_resubscribes_skips_repeats_and_reports_gaps():
-    first = [trade_msg("snapshot", [trade(1), trade(2), trade(3)]), trade_msg("update", [trade(4)]), 0.1, DROP]
-    second = [trade_msg("snapshot", [trade(2), trade(3), trade(4), trade(5)]), trade_msg("update", [trade(8)])]
+def test_an_abrupt_disconnect_reconnects_resubscribes_skips_repeats_and_reports_the_gap():
+    first = [trade_msg("snapshot", [trade(1), trade(2), trade(3)]), HEARTBEAT, trade_msg("update", [trade(4)]),
+             0.1, DROP]
+    # The new snapshot repeats 2..4, then 8 arrives: 6 and 7 were traded while the client was away.
+    second = [trade_msg("snapshot", [trade(2), trade(3), trade(4), trade(5)]), HEARTBEAT,
+              trade_msg("update", [trade(8)]), trade_msg("update", [trade(9)])]
     events: list[str] = []
     with FakeKraken([first, second]) as server:
-        df, gaps = collect(source(server, on_event=events.append), lambda n: n >= 6)
-        assert server.connections == 2 and len(server.subscriptions) == 2
-    assert df["trade_id"].to_list() == ["1", "2", "3", "4", "5", "8"]
-    assert gaps == ["BTC/USD: trade_id gap 6..7 (2 missing)"]
-    assert any(e.startswith(f"disconnected from {server.url}") and "reconnecting in" in e for e in events)
+        run = Run(source(server, on_event=events.append), until=rows_at_least(7)).wait()
+        assert server.connections == 2
+        assert server.subscriptions[0] == server.subscriptions[1]
+    assert run.frame["trade_id"].to_list() == ["1", "2", "3", "4", "5", "8", "9"]
+    assert run.gaps == ["BTC/USD: trade_id gap 6..7 (2 missing)"]
+    with_gap = next(b for b in run.batches if b.gaps)
+    assert "8" in with_gap.frame["trade_id"].to_list()  # reported with the batch holding the trade after it
+    assert events[0].startswith(f"disconnected from {server.url}: ") and "reconnecting in" in events[0]
+    assert events[1:] == [f"reconnected to {server.url}", "BTC/USD: trade_id gap 6..7 (2 missing)"]
 
 
-def test_a_refused_subscription_is_an_error_naming_the_symbol():
+def test_ids_are_tracked_per_symbol_and_non_integer_ids_pass_through():
+    script = [
+        trade_msg("snapshot", [trade(100, "BTC/USD"), trade(7, "ETH/USD"), trade(101, "BTC/USD")]),
+        trade_msg("update", [trade(9, "ETH/USD"), trade(8, "ETH/USD"), trade("x1", "ETH/USD"), trade("x1", "ETH/USD")]),
+    ]
+    with FakeKraken([script]) as server:
+        run = Run(source(server, symbols=("BTC/USD", "ETH/USD")), until=rows_at_least(6)).wait()
+    df = run.frame
+    assert list(zip(df["symbol"], df["trade_id"])) == [
+        ("BTC/USD", "100"), ("ETH/USD", "7"), ("BTC/USD", "101"), ("ETH/USD", "9"), ("ETH/USD", "x1"), ("ETH/USD", "x1")
+    ]  # 8 came after 9: dropped as already covered; "x1" is left to de-duplication downstream
+    assert run.gaps == ["ETH/USD: trade_id gap 8..8 (1 missing)"]
+
+
+def test_a_refused_subscription_ends_the_source_with_an_error_naming_the_symbol():
     with FakeKraken([[]], refuse=("BAD/SYM",)) as server:
-        with pytest.raises(SourceError, match="refused the subscription for BAD/SYM.*not supported"):
-            collect(source(server, symbols=("BTC/USD", "BAD/SYM")), lambda n: False, timeout=5)
+        run = Run(source(server, symbols=("BTC/USD", "BAD/SYM")))
+        with pytest.raises(SourceError) as err:
+            run.wait()
+        time.sleep(0.3)  # long enough for a (wrong) retry to show
+        assert server.connections == 1
+    assert str(err.value) == (
+        "Kraken refused the subscription for BAD/SYM: Currency pair not supported BAD/SYM; "
+        "check the symbol names (Kraken v2 uses BTC/USD style)"
+    )
 
 
 def test_malformed_trades_are_flagged_for_quarantine_not_crashed_on():
@@ -85,44 +256,97 @@ def test_malformed_trades_are_flagged_for_quarantine_not_crashed_on():
         trade(1, price="abc"),
         {k: v for k, v in trade(2).items() if k != "qty"},
         trade(3, ts="yesterday"),
-        trade(4),
+        {k: v for k, v in trade(4).items() if k != "trade_id"},
+        trade(5, price=True, side="Hold"),
+        "not a trade",
+        trade(6),
     ]
-    with FakeKraken([[trade_msg("update", bad), "not json at all", '["a list"]']]) as server:
-        df, _ = collect(source(server), lambda n: n >= 4)
-    assert df["_parse_problem"].to_list() == ["unparseable_price", "missing_qty", "unparseable_ts", None]
-    assert json.loads(df["_raw"][0])["price"] == "abc"
-
-
-def test_stop_ends_the_stream_promptly_even_when_the_market_is_silent():
-    with FakeKraken([[]]) as server:
-        src = source(server)
-        stop = threading.Event()
-        done = threading.Event()
-        batches = []
-
-        def run():
-            batches.extend(src.batches(stop))
-            done.set()
-
-        t = threading.Thread(target=run)
-        t.start()
-        time.sleep(0.3)
-        stop.set()
-        assert done.wait(5), "the source did not stop"
-        t.join(5)
-    assert batches and all(b.frame.height == 0 for b in batches)  # empty batches keep flushes going
-
-
-def test_unreachable_endpoint_keeps_retrying_with_backoff_until_stopped():
+    script = ["not json at all", '["a list"]', '{"channel":"trade","type":"update","data":"oops"}',
+              trade_msg("update", bad)]
     events: list[str] = []
-    src = KrakenSource(["BTC/USD"], url="ws://127.0.0.1:9", backoff_initial=0.01, backoff_max=0.05,
-                       rng_seed=3, on_event=events.append)
-    stop = threading.Event()
-    t = threading.Timer(0.5, stop.set)
-    t.start()
-    assert list(src.batches(stop)) == []
-    t.join()
-    assert len(events) >= 3 and all("reconnecting in" in e for e in events)
+    with FakeKraken([script]) as server:
+        run = Run(source(server, on_event=events.append), until=rows_at_least(7)).wait()
+    df = run.frame
+    assert df["_parse_problem"].to_list() == [
+        "unparseable_price", "missing_qty", "unparseable_ts", "missing_trade_id", "unparseable_price",
+        "missing_ts",  # the entry that is not an object: nothing parses (ingest reports its missing symbol)
+        None,
+    ]
+    assert df["side"][4] == "Hold"  # passed on unchanged: validation reports it
+    raw = df.select(run.batches[0].raw)["_raw"].to_list()
+    assert json.loads(raw[0])["price"] == "abc" and json.loads(raw[4])["price"] is True
+    assert raw[5] == '"not a trade"'
+    assert any("not JSON" in e for e in events)
+
+
+# -- stopping, liveness, backoff ----------------------------------------------------------------
+
+
+def test_stop_ends_the_stream_promptly_and_empty_batches_keep_coming_when_the_market_is_silent():
+    with FakeKraken([[]]) as server:
+        run = Run(source(server, batch_interval=0.05))
+        time.sleep(0.5)
+        stopped = time.monotonic()
+        run.stop.set()
+        run.wait()
+        assert time.monotonic() - stopped < 0.6
+    assert len(run.batches) >= 4
+    assert all(b.frame.height == 0 and b.frame.schema == run.batches[0].frame.schema for b in run.batches)
+    assert {k: run.batches[0].frame.schema[k] for k in tick_schema()} == tick_schema()
+
+
+def test_stop_is_prompt_even_while_a_handshake_hangs():
+    with socket.socket() as mute:  # accepts TCP connections, never answers the WebSocket upgrade
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        run = Run(source(f"ws://127.0.0.1:{mute.getsockname()[1]}", connect_timeout=10.0))
+        time.sleep(0.5)
+        stopped = time.monotonic()
+        run.stop.set()
+        run.wait()
+        assert time.monotonic() - stopped < 0.6
+    assert len(run.batches) >= 4  # the batch clock ran on while connecting
+
+
+def test_a_silent_connection_is_treated_as_dead_and_replaced():
+    first = [trade_msg("snapshot", [trade(1)]), 0.8]  # no heartbeats: a link that died quietly
+    second = [trade_msg("snapshot", [trade(1), trade(2)])]
+    events: list[str] = []
+    with FakeKraken([first, second]) as server:
+        run = Run(source(server, idle_timeout=0.3, on_event=events.append), until=rows_at_least(2)).wait()
+        assert server.connections == 2
+    assert run.frame["trade_id"].to_list() == ["1", "2"]
+    assert events[0].startswith(f"disconnected from {server.url}: nothing received for 0.3 s; reconnecting in")
+
+
+def test_failed_connects_back_off_exponentially_with_full_jitter_up_to_the_cap():
+    events: list[str] = []
+    url = f"ws://127.0.0.1:{free_port()}"
+    run = Run(source(url, backoff_initial=0.02, backoff_max=0.08, rng_seed=3, on_event=events.append),
+              until=lambda batches: len(events) >= 6)
+    run.wait()
+    rng = random.Random(3)
+    expected = [f"{rng.uniform(0, min(0.08, 0.02 * 2**k)):.2g}" for k in range(6)]
+    assert delays(events)[:6] == expected
+    assert all(e.startswith(f"could not connect to {url}: ") for e in events)
+    assert run.frame.height == 0
+
+
+def test_backoff_starts_over_after_each_successful_subscription():
+    events: list[str] = []
+    with FakeKraken([[DROP]] * 4) as server:
+        src = source(server, backoff_initial=0.05, backoff_max=5.0, rng_seed=7, on_event=events.append)
+        Run(src, until=lambda batches: server.connections >= 4).wait()
+    rng = random.Random(7)
+    assert delays(events)[:3] == [f"{rng.uniform(0, 0.05):.2g}" for _ in range(3)]
+
+
+def test_a_url_that_is_not_a_websocket_url_is_an_error_not_a_retry_loop():
+    with pytest.raises(SourceError, match="is not a WebSocket URL"):
+        Run(source("http://127.0.0.1:1/v2")).wait()
+
+
+# -- through `rtml ingest` ----------------------------------------------------------------------
 
 
 def test_rtml_ingest_from_kraken_writes_good_trades_and_quarantines_bad_ones(rtml, data_dir):
