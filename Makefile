@@ -23,6 +23,7 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/features.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,14 +1,16 @@
--- Closed time bars of one symbol, with empty bars filled in.
+-- Closed time bars, with empty bars filled in, for every symbol of a step.
 --
--- Input `ticks`: the trades to aggregate (none late, all in bars before $stop), with
---   bucket (bar start, ns since the epoch), ord (the trades' order by time, then by arrival,
---   so equal timestamps are not ambiguous), price, qty, is_buy (the taker side; NULL if unknown).
--- Parameters: $first and $stop (ns): emit the bars starting in [$first, $stop);
---   $bar (ns): bar length; $prev_close: the close of the bar before $first (NULL if none).
+-- Input `ticks`: the trades to aggregate (none late, all in bars to emit): symbol, bucket
+--   (bar start, ns since the epoch), ord (the trades' order by time, then by arrival, so
+--   equal timestamps are not ambiguous), price, qty, is_buy (the taker side; NULL if unknown).
+-- Input `bounds`: per symbol, emit the bars starting in [first, stop); prev_close is the
+--   close of the bar before `first` (NULL if none).
+-- Parameter $bar: the bar length in ns.
 -- An empty bar carries the last close forward as open, high, low, close and vwap, with zero
 -- volume and zero trades.
 WITH agg AS (
     SELECT
+        symbol,
         bucket,
         arg_min(price, ord) AS open,
         max(price) AS high,
@@ -21,23 +23,27 @@ WITH agg AS (
         CASE WHEN count(is_buy) > 0 THEN coalesce(sum(qty) FILTER (WHERE is_buy), 0) END AS buy_volume,
         CASE WHEN count(is_buy) > 0 THEN coalesce(sum(qty) FILTER (WHERE NOT is_buy), 0) END AS sell_volume
     FROM ticks
-    GROUP BY bucket
+    GROUP BY symbol, bucket
 ),
 grid AS (
-    SELECT g.range AS bucket, agg.* EXCLUDE (bucket)
-    FROM range($first, $stop, $bar) AS g
-    LEFT JOIN agg ON agg.bucket = g.range
+    SELECT symbol, unnest(range(first, stop, $bar)) AS bucket, prev_close FROM bounds
 ),
 carried AS (
     SELECT
-        *,
+        grid.symbol,
+        grid.bucket,
+        agg.* EXCLUDE (symbol, bucket),
         coalesce(
-            last_value(close IGNORE NULLS) OVER (ORDER BY bucket ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
-            $prev_close
+            last_value(agg.close IGNORE NULLS) OVER (
+                PARTITION BY grid.symbol ORDER BY grid.bucket ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+            ),
+            grid.prev_close
         ) AS last_close
     FROM grid
+    LEFT JOIN agg ON agg.symbol = grid.symbol AND agg.bucket = grid.bucket
 )
 SELECT
+    symbol,
     bucket,
     coalesce(open, last_close) AS open,
     coalesce(high, last_close) AS high,
@@ -49,4 +55,4 @@ SELECT
     CASE WHEN n_trades IS NULL THEN 0.0 ELSE buy_volume END AS buy_volume,
     CASE WHEN n_trades IS NULL THEN 0.0 ELSE sell_volume END AS sell_volume
 FROM carried
-ORDER BY bucket
+ORDER BY symbol, bucket

@@ -143,6 +143,23 @@ class StepReport:
             mine.ticks += r.ticks
 
 
+@dataclass
+class _Plan:
+    """What one step does for one symbol: its new state, and the ticks of the bars it closes."""
+
+    symbol: str
+    state: SymbolState
+    report: SymbolReport
+    ticks: pl.DataFrame  # offset, ts_ns, price, qty, is_buy of the bars in [first, stop)
+    first: int  # first bar to emit (ns)
+    stop: int  # bars starting before this close in this step
+    rows: pl.DataFrame | None = None
+
+    @property
+    def closes_bars(self) -> bool:
+        return self.stop > self.first
+
+
 class FeatureBuilder:
     """Builds the features and examples logs from the ticks log; use as a context manager."""
 
@@ -166,6 +183,8 @@ class FeatureBuilder:
         self.state: dict[str, SymbolState] = {}
         self._stack = ExitStack()
         self._bars_sql = _bars_sql()
+        self._recent: dict[str, pl.DataFrame] = {}  # the newest features rows, per symbol
+        self._keep = max(spec.lookback, spec.horizon + 1)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -253,13 +272,14 @@ class FeatureBuilder:
         without a tick after them.
         """
         report = StepReport()
-        updates: dict[str, tuple[SymbolState, pl.DataFrame | None, SymbolReport]] = {}
-        for sym in self.symbols():
-            result = self._symbol_step(sym, clock_ns)
-            if result is not None:
-                updates[sym] = result
-        if updates:
-            self._publish(updates, report)
+        plans = [plan for sym in self.symbols() if (plan := self._plan(sym, clock_ns)) is not None]
+        if plans:
+            rows = self._bars_and_features([p for p in plans if p.closes_bars])
+            for plan in plans:
+                plan.rows = rows.get(plan.symbol)
+                plan.report.bars = plan.rows.height if plan.rows is not None else 0
+                plan.state.bars += plan.report.bars
+            self._publish(plans, report)
         # Every symbol, not only the updated ones: a crash may have come between publishing
         # features and deriving their examples.
         for sym in self.symbols():
@@ -268,21 +288,20 @@ class FeatureBuilder:
                 report.symbols.setdefault(sym, SymbolReport()).examples = n
         return report
 
-    def _publish(self, updates: dict, report: StepReport) -> None:
+    def _publish(self, plans: list[_Plan], report: StepReport) -> None:
         """Intent, features parts, commit: the order that makes a crash anywhere recoverable."""
-        pending = {
-            sym: {"state": asdict(st), "expect_last_offset": st.bars - 1} for sym, (st, _, _) in updates.items()
-        }
+        pending = {p.symbol: {"state": asdict(p.state), "expect_last_offset": p.state.bars - 1} for p in plans}
         self._save_state(pending)
-        for sym, (st, rows, rep) in updates.items():
-            if rows is not None and rows.height:
-                self.fw.append(sym, rows)
-            self.state[sym] = st
-            report.symbols[sym] = rep
+        for p in plans:
+            if p.rows is not None and p.rows.height:
+                first, _ = self.fw.append(p.symbol, p.rows)
+                self._remember(p.symbol, p.rows, first)
+            self.state[p.symbol] = p.state
+            report.symbols[p.symbol] = p.report
         self._save_state()
 
-    def _symbol_step(self, sym: str, clock_ns: int | None):
-        """New state, features rows and report for one symbol, or None when nothing changed."""
+    def _plan(self, sym: str, clock_ns: int | None) -> _Plan | None:
+        """Read one symbol's new ticks and decide what closes; None when nothing changed."""
         import polars as pl
 
         old = self.state.get(sym, SymbolState())
@@ -327,61 +346,91 @@ class FeatureBuilder:
             return None  # no ticks for this symbol yet
         closed = max(first, (st.max_ts // self.bar_ns) * self.bar_ns, clock_closed)
         st.closed_until = closed
-        rows = None
-        if closed > first:
-            rows = self._bars_and_features(sym, used, first, closed)
-            rep.bars = rows.height
-            st.bars = old.bars + rows.height
         if has_new or used.height:
             still_open = used.filter(pl.col("ts_ns") >= closed)
             st.open_from = int(still_open[OFFSET].min()) if still_open.height else limit + 1
-        return None if st == old else (st, rows, rep)
+        if st == old:
+            return None
+        return _Plan(sym, st, rep, used.filter(pl.col("ts_ns") < closed) if used.height else used, first, closed)
 
-    def _bars_and_features(self, sym: str, used: pl.DataFrame, first: int, stop: int) -> pl.DataFrame:
+    def _bars_and_features(self, plans: list[_Plan]) -> dict[str, pl.DataFrame]:
+        """The new features rows of every planned symbol: one bars query, one feature query."""
         import polars as pl
 
-        closed_ticks = used.filter(pl.col("ts_ns") < stop) if used.height else used
-        if closed_ticks.height:
-            ts = closed_ticks["ts_ns"]
-            # `ord` orders trades by time, then arrival: the row number when the times are
-            # already in order (the usual case), else their rank.
-            if ts.is_sorted():
-                order = pl.int_range(closed_ticks.height, dtype=pl.Int64)
-            else:
-                order = pl.struct("ts_ns", OFFSET).rank("ordinal").cast(pl.Int64)
-            closed_ticks = closed_ticks.select(
-                (pl.col("ts_ns") // self.bar_ns * self.bar_ns).alias("bucket"), order.alias("ord"),
-                "price", "qty", "is_buy",
-            )
-        else:
-            closed_ticks = pl.DataFrame(schema={"bucket": pl.Int64, "ord": pl.Int64, "price": pl.Float64,
-                                                "qty": pl.Float64, "is_buy": pl.Boolean})
-        history = self._lookback(sym)
-        prev_close = float(history["close"][-1]) if history.height else None
+        if not plans:
+            return {}
+        tick_frames, bounds, histories = [], [], []
+        for p in plans:
+            history = self._lookback(p.symbol)
+            bounds.append((p.symbol, p.first, p.stop, float(history["close"][-1]) if history.height else None))
+            if history.height:
+                histories.append(history.select(BAR_COLUMNS))
+            if p.ticks.height:
+                # `ord` orders trades by time, then arrival: the row number when the times
+                # are already in order (the usual case), else their rank.
+                if p.ticks["ts_ns"].is_sorted():
+                    order = pl.int_range(p.ticks.height, dtype=pl.Int64)
+                else:
+                    order = pl.struct("ts_ns", OFFSET).rank("ordinal").cast(pl.Int64)
+                tick_frames.append(p.ticks.select(
+                    pl.lit(p.symbol).alias("symbol"), (pl.col("ts_ns") // self.bar_ns * self.bar_ns).alias("bucket"),
+                    order.alias("ord"), "price", "qty", "is_buy",
+                ))
+        ticks = pl.concat(tick_frames) if tick_frames else pl.DataFrame(schema={
+            "symbol": pl.String, "bucket": pl.Int64, "ord": pl.Int64, "price": pl.Float64, "qty": pl.Float64,
+            "is_buy": pl.Boolean,
+        })
+        bounds_df = pl.DataFrame(
+            bounds, schema={"symbol": pl.String, "first": pl.Int64, "stop": pl.Int64, "prev_close": pl.Float64},
+            orient="row",
+        )
         con = self.con
-        con.register("ticks", closed_ticks.to_arrow())
+        con.register("ticks", ticks.to_arrow())
+        con.register("bounds", bounds_df.to_arrow())
         try:
-            params = {"first": first, "stop": stop, "bar": self.bar_ns, "prev_close": prev_close}
-            bars = con.sql(self._bars_sql, params=params).pl()
+            bars = con.sql(self._bars_sql, params={"bar": self.bar_ns}).pl()
         finally:
             con.unregister("ticks")
+            con.unregister("bounds")
         bars = bars.select(
-            pl.lit(sym).alias("symbol"),
+            pl.col("symbol").cast(pl.String),
             pl.col("bucket").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC").alias("ts"),
-            pl.exclude("bucket"),
+            pl.exclude("symbol", "bucket"),
         ).cast({"n_trades": pl.Int64})
-        history_bars = history.select(BAR_COLUMNS) if history.height else bars.clear()
-        window = pl.concat([history_bars.cast(bars.schema), bars])
+        window = pl.concat([h.cast(bars.schema) for h in histories] + [bars])
         out = self._run_feature_sql(window)
-        return out.filter(pl.col("ts") >= bars["ts"].min()) if bars.height else out.clear()
+        new = out.join(bars.select("symbol", "ts"), on=["symbol", "ts"], how="semi")
+        return {sym: part for (sym,), part in new.partition_by("symbol", as_dict=True, maintain_order=True).items()}
 
     def _lookback(self, sym: str) -> pl.DataFrame:
-        last = self.features.last_offset(sym)
-        if last < 0:
-            import polars as pl
+        """The symbol's last `lookback` features rows (without offsets)."""
+        rows = self._features_after(sym, self.features.last_offset(sym) - self.spec.lookback)
+        return rows.drop(OFFSET) if rows.height else rows
 
-            return pl.DataFrame()
-        return self.features.read_after(sym, last - self.spec.lookback).drop(OFFSET)
+    def _features_after(self, sym: str, after: int) -> pl.DataFrame:
+        """Features rows after offset `after`, from memory when the recent rows cover them.
+
+        A following builder appends a small part per step, so reading the look-back from
+        the log would open more files the longer it runs; the recent rows it keeps make a
+        step's cost independent of that.
+        """
+        import polars as pl
+
+        recent = self._recent.get(sym)
+        if recent is None:
+            recent = self.features.read_after(sym, self.features.last_offset(sym) - self._keep)
+            self._recent[sym] = recent
+        if recent.height and int(recent[OFFSET][0]) <= after + 1:
+            return recent.filter(pl.col(OFFSET) > after)
+        return self.features.read_after(sym, after)
+
+    def _remember(self, sym: str, rows: pl.DataFrame, first_offset: int) -> None:
+        import polars as pl
+
+        rows = rows.select(pl.int_range(first_offset, first_offset + rows.height, dtype=pl.Int64).alias(OFFSET), pl.all())
+        recent = self._recent.get(sym)
+        merged = rows if recent is None or recent.height == 0 else pl.concat([recent, rows.cast(recent.schema)])
+        self._recent[sym] = merged.tail(self._keep)
 
     def _run_feature_sql(self, bars: pl.DataFrame) -> pl.DataFrame:
         import duckdb
@@ -403,7 +452,7 @@ class FeatureBuilder:
             pl.col("ts").cast(pl.Datetime("ns", "UTC")),
             pl.col("symbol").cast(pl.String),
             pl.exclude("ts", "symbol"),
-        ).sort("ts")
+        ).sort("symbol", "ts")
 
     # -- examples ------------------------------------------------------------------------------
 
@@ -417,7 +466,7 @@ class FeatureBuilder:
         due = feat_last - h  # the newest features row whose label is known
         if due <= ex_last:
             return 0
-        rows = self.features.read_after(sym, ex_last)
+        rows = self._features_after(sym, ex_last)
         if rows.height == 0 or int(rows[OFFSET][0]) != ex_last + 1:
             raise LogError(f"the examples log of {sym!r} does not line up with its features log; run `rtml features --rebuild`")
         logret = (pl.col("close").shift(-h) / pl.col("close")).log()

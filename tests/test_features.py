@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from rtml_cli.features import STATE_FILE, FeatureBuilder, FeatureError, FeatureSpec
+from rtml_cli.features import STATE_FILE, FeatureBuilder, FeatureSpec
 from rtml_cli.log import ParquetLog
 from tests.conftest import assert_clean_error, rtml_process
 
