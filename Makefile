@@ -17,9 +17,17 @@ $(STAMP): pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q
 
-# For now the demo is a paced synthetic market ingested into ./data/demo; later stages join it.
+# The pipeline so far on the simulated market, in ./data/demo: six hours of history, its
+# features, then a live-looking market (300x real time) with `rtml features --follow` beside it.
+DEMO := data/demo
 demo: install
-	$(BIN)/rtml ingest --source synthetic --speed 300 --duration 15 --data-dir data/demo
+	rm -rf $(DEMO)
+	$(BIN)/rtml ingest --max-ticks 300000 --data-dir $(DEMO)
+	$(BIN)/rtml features --data-dir $(DEMO)
+	$(BIN)/rtml features --follow --data-dir $(DEMO) --json > $(DEMO)-features.json & pid=$$!; \
+	$(BIN)/rtml ingest --speed 300 --duration 15 --data-dir $(DEMO); \
+	sleep 1; kill -INT $$pid; wait $$pid; \
+	$(BIN)/python -c 'import json, sys; s = json.load(open(sys.argv[1])); print("features --follow:", s["bars_emitted"], "bars,", s["examples_emitted"], "examples,", s["late_ticks"], "late ticks while the market ran")' $(DEMO)-features.json
 
 bench: install
 	$(BIN)/python bench/ingest.py

@@ -1,6 +1,6 @@
 -- Closed time bars, with empty bars filled in, for every symbol of a step.
 --
--- Input `ticks`: the trades to aggregate (none late, all in bars to emit): symbol, bucket
+-- Input `ticks`: the trades to aggregate (none late, all in bars to emit): symbol (an id), bucket
 --   (bar start, ns since the epoch), ord (the trades' order by time, then by arrival, so
 --   equal timestamps are not ambiguous), price, qty, is_buy (the taker side; NULL if unknown).
 -- Input `bounds`: per symbol, emit the bars starting in [first, stop); prev_close is the

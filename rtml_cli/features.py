@@ -314,14 +314,13 @@ class FeatureBuilder:
         has_open = old.open_from <= old.tick_offset
         used = pl.DataFrame()
         if has_new or (has_open and clock_closed > old_closed):
-            ticks = self.ticks.read_after(sym, old.open_from - 1, columns=[OFFSET, "ts", "price", "qty", "side"])
-            ticks = ticks.filter(pl.col(OFFSET) <= limit).select(
-                OFFSET,
+            ticks = self.ticks.read_after(sym, old.open_from - 1, upto=limit, columns=[
+                pl.col(OFFSET),
                 pl.col("ts").dt.epoch("ns").alias("ts_ns"),
-                "price",
-                "qty",
+                pl.col("price"),
+                pl.col("qty"),
                 (pl.col("side") == "buy").alias("is_buy"),  # null when the side is unknown
-            )
+            ])
             offsets, ts = ticks[OFFSET].to_numpy(), ticks["ts_ns"].to_numpy()
             seed = old.max_ts if old.max_ts is not None else _NEVER
             # What had closed when each tick arrived: the bars before the one holding the
@@ -359,10 +358,13 @@ class FeatureBuilder:
 
         if not plans:
             return {}
+        # Symbols travel to DuckDB as small integers: a text column of millions of rows
+        # costs more to hand over than the whole aggregation.
+        names = [p.symbol for p in plans]
         tick_frames, bounds, histories = [], [], []
-        for p in plans:
+        for sid, p in enumerate(plans):
             history = self._lookback(p.symbol)
-            bounds.append((p.symbol, p.first, p.stop, float(history["close"][-1]) if history.height else None))
+            bounds.append((sid, p.first, p.stop, float(history["close"][-1]) if history.height else None))
             if history.height:
                 histories.append(history.select(BAR_COLUMNS))
             if p.ticks.height:
@@ -373,15 +375,15 @@ class FeatureBuilder:
                 else:
                     order = pl.struct("ts_ns", OFFSET).rank("ordinal").cast(pl.Int64)
                 tick_frames.append(p.ticks.select(
-                    pl.lit(p.symbol).alias("symbol"), (pl.col("ts_ns") // self.bar_ns * self.bar_ns).alias("bucket"),
+                    pl.lit(sid, dtype=pl.Int32).alias("symbol"), (pl.col("ts_ns") // self.bar_ns * self.bar_ns).alias("bucket"),
                     order.alias("ord"), "price", "qty", "is_buy",
                 ))
         ticks = pl.concat(tick_frames) if tick_frames else pl.DataFrame(schema={
-            "symbol": pl.String, "bucket": pl.Int64, "ord": pl.Int64, "price": pl.Float64, "qty": pl.Float64,
+            "symbol": pl.Int32, "bucket": pl.Int64, "ord": pl.Int64, "price": pl.Float64, "qty": pl.Float64,
             "is_buy": pl.Boolean,
         })
         bounds_df = pl.DataFrame(
-            bounds, schema={"symbol": pl.String, "first": pl.Int64, "stop": pl.Int64, "prev_close": pl.Float64},
+            bounds, schema={"symbol": pl.Int32, "first": pl.Int64, "stop": pl.Int64, "prev_close": pl.Float64},
             orient="row",
         )
         con = self.con
@@ -393,7 +395,7 @@ class FeatureBuilder:
             con.unregister("ticks")
             con.unregister("bounds")
         bars = bars.select(
-            pl.col("symbol").cast(pl.String),
+            pl.col("symbol").replace_strict(list(range(len(names))), names, return_dtype=pl.String),
             pl.col("bucket").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC").alias("ts"),
             pl.exclude("symbol", "bucket"),
         ).cast({"n_trades": pl.Int64})

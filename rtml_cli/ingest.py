@@ -417,8 +417,10 @@ def open_source(
         names = symbols or DEFAULT_SYMBOLS
         resume_start, resume = synthetic_resume(data_dir, names)
         if start_ns is None:
-            floor = time.time_ns() // 1_000_000_000 * 1_000_000_000 if speed else SYNTHETIC_EPOCH_NS
-            start_ns = max(floor, resume_start or 0)
+            # Continue the market where the log ends; a new market starts now when paced
+            # (so it looks live) and at a fixed time when generating history (reproducible).
+            fresh = time.time_ns() // 1_000_000_000 * 1_000_000_000 if speed else SYNTHETIC_EPOCH_NS
+            start_ns = resume_start if resume_start is not None else fresh
         src = SyntheticSource(names, seed, start_ns, max_ticks, resume, regime_minutes)
     elif kind == "replay":
         from rtml_cli.sources.replay import ReplaySource

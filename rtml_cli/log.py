@@ -157,29 +157,39 @@ class ParquetLog:
         parts = self.parts(symbol)
         return parts[-1].last if parts else -1
 
-    def files_after(self, symbol: str, offset: int = -1) -> list[Path]:
-        """The part files holding rows with offsets greater than `offset`."""
-        return [p.path for p in self.parts(symbol) if p.last > offset]
+    def files_after(self, symbol: str, offset: int = -1, upto: int | None = None) -> list[Path]:
+        """The part files holding rows with offsets greater than `offset` (and at most `upto`)."""
+        return [p.path for p in self.parts(symbol) if p.last > offset and (upto is None or p.first <= upto)]
 
     def read_after(
-        self, symbol: str, offset: int = -1, columns: list[str] | None = None
+        self,
+        symbol: str,
+        offset: int = -1,
+        columns: list[str] | list[pl.Expr] | None = None,
+        upto: int | None = None,
     ) -> pl.DataFrame:
-        """Rows with offsets greater than `offset`, in offset order."""
+        """Rows with offsets greater than `offset` (and at most `upto`), in offset order.
+
+        `columns` selects columns, or expressions over them, so that polars reads no more
+        than it needs.
+        """
         import polars as pl
 
+        bounds = pl.col(OFFSET) > offset
+        if upto is not None:
+            bounds &= pl.col(OFFSET) <= upto
         for attempt in range(5):
-            files = self.files_after(symbol, offset)
+            files = self.files_after(symbol, offset, upto)
             if not files:
                 return pl.DataFrame()
+            query = pl.scan_parquet(files).filter(bounds)
+            if columns is not None:
+                query = query.select(columns)
             try:
-                frame = pl.read_parquet(files, columns=columns)
+                return query.collect()
             except FileNotFoundError:
                 # A compaction replaced parts between our listing and the read: list again.
                 time.sleep(0.01 * (attempt + 1))
-                continue
-            if columns is None or OFFSET in columns:
-                frame = frame.filter(pl.col(OFFSET) > offset)
-            return frame
         raise LogError(f"{self.partition_path(symbol)} kept changing while being read; try again")
 
     def read_all(self, columns: list[str] | None = None) -> pl.DataFrame:

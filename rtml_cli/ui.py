@@ -67,9 +67,9 @@ def ingest_status(summary: IngestSummary, rate: float) -> str:
     newest = max((st.last_ts for st in summary.symbols.values() if st.last_ts), default=None)
     if newest is None:
         clock = "waiting for trades"
-    elif newest <= wall:  # a real feed: how far the log is behind the wall clock
+    elif summary.source == "kraken":  # a real feed: how far the log is behind the wall clock
         clock = f"lag {(wall - newest).total_seconds():.1f}s"
-    else:  # a simulated clock running ahead of the wall clock (--speed > 1)
+    else:  # a simulated or replayed clock, ahead of or behind the wall clock
         clock = f"market time {newest:%Y-%m-%d %H:%M:%S}"
     bad = sum(summary.quarantined.values())
     return (
