@@ -2,7 +2,7 @@
 
 Run: `make bench` or `.venv/bin/python bench/ingest.py [--rows 2000000]`.
 Every figure is measured in this run; the ratios compare commands run the same way
-(each a fresh process: interpreter start, imports, work).
+(each a fresh process: interpreter start, imports, work), best of three.
 """
 
 from __future__ import annotations
@@ -81,10 +81,16 @@ def main() -> None:
         big = tmp / "BTCUSDT-trades-2024-01-02.csv"
         make_binance_csv(big, 4 * args.rows, seed=2)
 
-        floor_s, floor_mb, _ = timed([sys.executable, "-c", FLOOR, str(csv), str(tmp / "floor.parquet")])
-        replay_s, replay_mb, out = timed(rtml("ingest", "--source", "replay", "--path", str(csv), "--json", "--data-dir", str(tmp / "a")))
-        replay = json.loads(out)
-        assert replay["written"] == args.rows, replay
+        # Best of three for the ratio: a 2-core machine's timings wander by tens of percent.
+        floor_runs = [timed([sys.executable, "-c", FLOOR, str(csv), str(tmp / "floor.parquet")]) for _ in range(3)]
+        floor_s, floor_mb = min(r[0] for r in floor_runs), max(r[1] for r in floor_runs)
+        replay_runs = []
+        for i in range(3):
+            into = tmp / ("a" if i == 0 else f"a{i}")
+            wall, mb, out = timed(rtml("ingest", "--source", "replay", "--path", str(csv), "--json", "--data-dir", str(into)))
+            assert json.loads(out)["written"] == args.rows, out
+            replay_runs.append((wall, mb))
+        replay_s, replay_mb = min(r[0] for r in replay_runs), max(r[1] for r in replay_runs)
         big_s, big_mb, out = timed(rtml("ingest", "--source", "replay", "--path", str(big), "--json", "--data-dir", str(tmp / "b")))
         assert json.loads(out)["written"] == 4 * args.rows
         again_s, _, out = timed(rtml("ingest", "--source", "replay", "--path", str(csv), "--json", "--data-dir", str(tmp / "a")))

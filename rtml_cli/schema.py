@@ -63,7 +63,7 @@ def parse_problems(fields: list[Field]) -> pl.Expr:
 
     expr = pl.lit(None, dtype=pl.String)
     for f in reversed(fields):
-        missing = f.raw.is_null() | (f.raw.cast(pl.String).str.strip_chars() == "")
+        missing = f.raw.is_null() | (f.raw.cast(pl.String) == "")
         expr = (
             pl.when(missing)
             .then(pl.lit(f"missing_{f.kind}"))

@@ -197,7 +197,9 @@ def symbol_from_filename(path: Path, fmt: str) -> str | None:
 def _num(col: str) -> pl.Expr:
     import polars as pl
 
-    return pl.col(col).cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+    # No stripping: CSV dumps carry no padding, and a padded value is then reported as
+    # unparseable (with its text) rather than costing every clean row a string pass.
+    return pl.col(col).cast(pl.String).cast(pl.Float64, strict=False)
 
 
 def _ns_from_seconds_text(col: str) -> pl.Expr:
@@ -429,15 +431,15 @@ class ReplaySource:
                 side=pl.lit(None, dtype=pl.String), trade_id=pl.format("k{}", "_id"),
             )
         elif fmt == "binance":
-            t = pl.col("time").str.strip_chars().cast(pl.Int64, strict=False)
+            t = pl.col("time").cast(pl.Int64, strict=False)
             # Binance switched spot dumps from milliseconds to microseconds in 2025.
             ts_ns = pl.when(t >= 10**14).then(t * 1_000).otherwise(t * 1_000_000)
-            maker = pl.col("isBuyerMaker").str.strip_chars().str.to_lowercase()
+            maker = pl.col("isBuyerMaker").str.to_lowercase()
             side = pl.when(maker == "true").then(pl.lit("sell")).when(maker == "false").then(pl.lit("buy"))
             side = side.otherwise(pl.col("isBuyerMaker"))  # anything else is reported as bad_side
             out = _ticks(
                 chunk, raw_cols, ts_col="time", ts=_utc(ts_ns), recv=recv, symbol=fixed_symbol,
-                price_col="price", qty_col="qty", side=side, trade_id=pl.col("id").str.strip_chars(), id_col="id",
+                price_col="price", qty_col="qty", side=side, trade_id=pl.col("id"), id_col="id",
             )
         elif fmt == "tardis":
             us = pl.col("timestamp").str.strip_chars().cast(pl.Int64, strict=False)
