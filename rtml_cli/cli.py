@@ -311,6 +311,104 @@ def features(follow, bar, horizon, target, sql_file, symbols, lookback, grace, p
         Console().print(ui.features_table(summary))
 
 
+# -- train, models, checkpoints ------------------------------------------------------------------
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--model", default="linear", show_default=True, help="A spec from `rtml models`, or module:factory.")
+@click.option("--name", default=None, help="Checkpoint directory name. [default: the model's name]")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a model parameter (repeatable).")
+@click.option("--follow", is_flag=True, help="Keep learning as examples arrive, until Ctrl-C.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Checkpoint every N examples...")
+@click.option("--checkpoint-interval", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="...or every S seconds, whichever comes first.")
+@click.option("--keep", type=click.IntRange(min=1), default=10, show_default=True, help="Checkpoint versions to keep.")
+@symbols_option("Only examples of these symbols (default: all).")
+@click.option("--on-drift", type=click.Choice(["ignore", "reset"]), default="ignore", show_default=True,
+              help="What a drift found by ADWIN on the error does to the model.")
+@click.option("--window", type=click.IntRange(min=1), default=500, show_default=True, help="Rolling metrics window.")
+@click.option("--poll", type=click.FloatRange(min=0.01), default=0.5, show_default=True,
+              help="--follow: seconds between looks at the examples log when idle.")
+@data_dir_option
+@json_option
+def train(model, name, params, follow, checkpoint_every, checkpoint_interval, keep, symbols, on_drift, window, poll,
+          data_dir, as_json):
+    """Learn the examples log with a River model, publishing verified checkpoints.
+
+    Each example is predicted before it is learned (prequential), so the rolling MAE, RMSE
+    and hit rate in the checkpoints are out-of-sample. Resumes from the newest valid
+    checkpoint and learns every example after it exactly once, also after kill -9.
+
+    \b
+    Examples:
+        rtml train
+        rtml train --follow --checkpoint-every 1000
+        rtml train --model arf --param n_models=5 --name arf5
+    """
+    from rtml_cli import ui
+    from rtml_cli.models import parse_params
+    from rtml_cli.train import Trainer, TrainOptions
+
+    opts = TrainOptions(model, name, parse_params(params), checkpoint_every, checkpoint_interval, keep,
+                        parse_symbols(symbols), on_drift, window)
+    console = ui.err_console()
+    with _Stopper(console) as stop, Trainer(data_dir, opts) as trainer:
+        for problem in trainer.skipped:
+            console.print(f"[yellow]skipped a checkpoint: {problem}[/]")
+        ui.run_training(trainer, stop, follow, poll, console, as_json)
+    summary = trainer.summary()
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        from rich.console import Console
+
+        Console().print(ui.train_table(summary))
+
+
+@cli.command(context_settings=CONTEXT)
+@json_option
+def models(as_json):
+    """List the model specs `rtml train --model` accepts.
+
+    \b
+    Example:
+        rtml models
+    """
+    from rtml_cli.models import SPECS
+
+    rows = [{"name": s.name, "kind": s.kind, "defaults": s.defaults, "description": s.description} for s in SPECS.values()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        click.echo(f"{r['name']:<{width}}  {r['kind']:<10}  {r['description']}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--name", default=None, help="Only this model's checkpoints (default: all).")
+@data_dir_option
+@json_option
+def checkpoints(name, data_dir, as_json):
+    """List checkpoints with examples learned, trained-until, metrics and verification.
+
+    \b
+    Example:
+        rtml checkpoints --name linear
+    """
+    from rtml_cli import ui
+    from rtml_cli.train import list_checkpoints
+
+    rows = list_checkpoints(data_dir, name)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+
+    Console().print(ui.checkpoints_table(rows))
+
+
 # -- compact -----------------------------------------------------------------------------------
 
 

@@ -186,3 +186,85 @@ def features_table(summary: dict):
         )
     table.caption = f"{summary['ticks_read']:,} ticks read in {summary['elapsed_s']:.2f}s"
     return table
+
+
+def run_training(trainer, stop, follow: bool, poll: float, console: Console, as_json: bool) -> None:
+    """A progress bar while catching up on a backlog; a status line every 2 s while following."""
+    backlog = trainer.backlog()
+    if as_json or backlog == 0:
+        trainer.run(stop, follow, poll, on_step=None if as_json else _train_status(trainer, console))
+        return
+    with progress_bar(console, "examples") as bar:
+        task = bar.add_task(f"train {trainer.name}", total=backlog, status="")
+
+        def on_progress(n: int) -> None:
+            m = trainer.learner.metrics.as_dict()
+            bar.update(task, advance=n, status=f"MAE {_num(m['mae'])}, hit {_num(m['hit_rate'])}")
+
+        trainer.step(on_progress)
+    if follow:
+        trainer.run(stop, True, poll, on_step=_train_status(trainer, console))
+    else:
+        trainer.run(stop, False, poll)
+
+
+def _train_status(trainer, console: Console):
+    state = {"last": time.monotonic(), "learned": trainer.learner.learned}
+
+    def on_step(_n: int) -> None:
+        now = time.monotonic()
+        if now - state["last"] < 2.0:
+            return
+        rate = (trainer.learner.learned - state["learned"]) / (now - state["last"])
+        state.update(last=now, learned=trainer.learner.learned)
+        m = trainer.learner.metrics.as_dict()
+        stall = trainer.checkpointer.stalls_ms[-1] if trainer.checkpointer.stalls_ms else None
+        console.print(
+            f"{datetime.now().strftime('%H:%M:%S')} {trainer.learner.learned:,} learned ({rate:,.0f}/s), "
+            f"v{trainer.version or 0}, MAE {_num(m['mae'])}, hit {_num(m['hit_rate'])}, "
+            f"{trainer.backlog():,} behind, trained until {(trainer.trained_until or '')[:19]}"
+            + (f", last stall {stall:.2f} ms" if stall is not None else ""),
+            highlight=False,
+        )
+
+    return on_step
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def train_table(summary: dict):
+    from rich.table import Table
+
+    table = Table(title=f"rtml train: {summary['name']} ({summary['model']})", title_justify="left", show_header=False)
+    m = summary["metrics"]
+    rows = [
+        ("learned this run", f"{summary['learned_this_run']:,}"),
+        ("examples learned in all", f"{summary['examples_learned']:,}"),
+        ("checkpoint version", str(summary["version"])),
+        ("checkpoints written", ", ".join(map(str, summary["checkpoints_written"][-5:])) or "-"),
+        ("stall per checkpoint", f"max {_num(summary['stall_ms']['max'])} ms, median {_num(summary['stall_ms']['median'])} ms ({summary['stall_ms']['snapshots']})"),
+        ("trained until", str(summary["trained_until"])),
+        (f"rolling MAE / RMSE / hit rate ({m['n']})", f"{_num(m['mae'])} / {_num(m['rmse'])} / {_num(m['hit_rate'])}"),
+        ("drifts detected", str(summary["drift_count"])),
+        ("examples behind", f"{summary['backlog']:,}"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
+
+
+def checkpoints_table(rows: list[dict]):
+    from rich.table import Table
+
+    table = Table(title="checkpoints", title_justify="left")
+    for col in ("name", "version", "examples", "trained until", "MAE", "hit rate", "size", "status"):
+        table.add_column(col)
+    for r in rows:
+        m = r.get("metrics") or {}
+        table.add_row(
+            r["name"], str(r["version"]), f"{r.get('examples_learned') or 0:,}", (r.get("trained_until") or "")[:19],
+            _num(m.get("mae")), _num(m.get("hit_rate")), f"{(r.get('size') or 0) / 1e3:,.0f} kB", r["status"],
+        )
+    return table

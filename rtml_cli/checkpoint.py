@@ -1,0 +1,306 @@
+"""The checkpoint store: atomic, verifiable model pickles with JSON manifests, one trainer at a time.
+
+Layout: `<data-dir>/checkpoints/<name>/<version>.pkl` and `<version>.json`. The pickle is
+published first, the manifest last: the manifest is the commit point, and the newest
+manifest whose pickle verifies is the newest model. Readers check the pickle's sha256 (and,
+when `RTML_CHECKPOINT_KEY` is set, its HMAC-SHA256) *before* unpickling, because unpickling
+runs code: a pickle from an untrusted writer is arbitrary code execution.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import pickle
+import platform
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rtml_cli import __version__, atomic
+from rtml_cli.errors import LockedError, RtmlError
+
+KEY_ENV = "RTML_CHECKPOINT_KEY"
+_MANIFEST_RE = re.compile(r"^(\d{10})\.json$")
+_LOCK = ".train.lock"
+
+
+class CheckpointError(RtmlError):
+    """A checkpoint that fails verification, or cannot be loaded here."""
+
+
+def river_version() -> str:
+    import river
+
+    return river.__version__
+
+
+def runtime_versions() -> dict[str, str]:
+    return {"rtml": __version__, "river": river_version(), "python": platform.python_version()}
+
+
+def signing_key() -> bytes | None:
+    key = os.environ.get(KEY_ENV)
+    return key.encode() if key else None
+
+
+@dataclass
+class Checkpoint:
+    """One committed checkpoint, as its manifest describes it."""
+
+    version: int
+    manifest: dict[str, Any]
+    manifest_path: Path
+    pickle_path: Path
+
+    def verify(self, key: bytes | None = None) -> None:
+        """Raise CheckpointError unless the pickle is exactly what the manifest committed."""
+        m = self.manifest
+        try:
+            data = self.pickle_path.read_bytes()
+        except FileNotFoundError:
+            raise CheckpointError(f"{self.pickle_path.name} is missing") from None
+        if len(data) != m["pickle"]["size"] or hashlib.sha256(data).hexdigest() != m["pickle"]["sha256"]:
+            raise CheckpointError(f"{self.pickle_path.name} does not match the sha256 in {self.manifest_path.name}")
+        if key is not None:
+            signature = m.get("pickle", {}).get("hmac_sha256")
+            if not signature:
+                raise CheckpointError(f"{self.manifest_path.name} is not signed and {KEY_ENV} is set")
+            if not hmac.compare_digest(signature, hmac.new(key, data, hashlib.sha256).hexdigest()):
+                raise CheckpointError(f"{self.manifest_path.name} has a wrong signature for {KEY_ENV}")
+
+    def load(self, key: bytes | None = None) -> dict[str, Any]:
+        """Verify, check the River version, and only then unpickle the payload."""
+        self.verify(key)
+        wrote = self.manifest.get("versions", {}).get("river")
+        here = river_version()
+        if wrote != here:
+            raise CheckpointError(
+                f"{self.manifest_path.name} was written by river {wrote}, this is river {here}: "
+                f"River pickles do not load across versions; install river=={wrote} or train afresh"
+            )
+        try:
+            payload = pickle.loads(self.pickle_path.read_bytes())
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure is reported the same way
+            raise CheckpointError(f"{self.pickle_path.name} does not unpickle: {type(exc).__name__}: {exc}") from None
+        if not isinstance(payload, dict) or "model" not in payload:
+            raise CheckpointError(f"{self.pickle_path.name} is not an rtml checkpoint")
+        return payload
+
+
+class CheckpointStore:
+    """The checkpoints of one model name."""
+
+    def __init__(self, data_dir: Path, name: str):
+        if not name or "/" in name or name.startswith(".") or not name.isprintable():
+            raise RtmlError(f"checkpoint name {name!r} is not usable; use letters, digits, - and _")
+        self.dir = Path(data_dir) / "checkpoints" / name
+        self.name = name
+
+    def list(self) -> list[Checkpoint]:
+        """Committed checkpoints (those with a readable manifest), oldest first."""
+        if not self.dir.is_dir():
+            return []
+        found = []
+        for entry in sorted(os.listdir(self.dir)):
+            m = _MANIFEST_RE.match(entry)
+            if not m:
+                continue
+            path = self.dir / entry
+            try:
+                manifest = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # unreadable manifests are reported by `rtml checkpoints`, not loaded
+            found.append(Checkpoint(int(m.group(1)), manifest, path, self.dir / f"{m.group(1)}.pkl"))
+        return found
+
+    def manifests_on_disk(self) -> list[Path]:
+        return sorted(p for p in self.dir.glob("*.json") if _MANIFEST_RE.match(p.name)) if self.dir.is_dir() else []
+
+    def latest_valid(self, key: bytes | None = None) -> tuple[Checkpoint | None, dict[str, Any] | None, list[str]]:
+        """The newest checkpoint that verifies and loads, its payload, and why newer ones did not."""
+        problems = []
+        for cp in reversed(self.list()):
+            try:
+                return cp, cp.load(key), problems
+            except CheckpointError as exc:
+                problems.append(str(exc))
+        return None, None, problems
+
+    def next_version(self) -> int:
+        versions = [int(p.stem) for p in self.dir.glob("*.json") if _MANIFEST_RE.match(p.name)] if self.dir.is_dir() else []
+        pickles = [int(p.stem) for p in self.dir.glob("*.pkl") if p.stem.isdigit()] if self.dir.is_dir() else []
+        return max(versions + pickles, default=0) + 1
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """One trainer per checkpoint directory; the kernel drops the lock if its owner dies."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise LockedError(
+                    f"another `rtml train` (pid {holder}) is training into {self.dir}; stop it, or use --name"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            for tmp in self.dir.iterdir():
+                if atomic.is_temp(tmp):
+                    tmp.unlink(missing_ok=True)  # left by a writer that died mid-write
+            yield
+        finally:
+            os.close(fd)
+
+    def prune(self, keep: int) -> list[int]:
+        """Delete all but the newest `keep` committed versions (never the newest valid one)."""
+        committed = self.list()
+        doomed = committed[:-keep] if keep > 0 else []
+        kept = committed[len(doomed):]
+        if doomed and not any(_verifies(cp) for cp in reversed(kept)):
+            # the newest ones are all broken: spare the newest that still verifies
+            survivor = next((cp for cp in reversed(doomed) if _verifies(cp)), None)
+            doomed = [cp for cp in doomed if cp is not survivor]
+        removed = []
+        for cp in doomed:
+            cp.manifest_path.unlink(missing_ok=True)  # the commit point goes first
+            cp.pickle_path.unlink(missing_ok=True)
+            removed.append(cp.version)
+        return removed
+
+
+def _verifies(cp: Checkpoint) -> bool:
+    try:
+        cp.verify(signing_key())
+        return True
+    except CheckpointError:
+        return False
+
+
+def write_checkpoint(directory: Path, version: int, data: bytes, manifest: dict[str, Any], key: bytes | None) -> float:
+    """Publish pickle bytes, then the manifest that commits them; returns the seconds it took."""
+    started = time.perf_counter()
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"{version:010d}"
+    manifest = dict(manifest)
+    manifest["pickle"] = {"file": f"{stem}.pkl", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    if key is not None:
+        manifest["pickle"]["hmac_sha256"] = hmac.new(key, data, hashlib.sha256).hexdigest()
+    pkl = directory / f"{stem}.pkl"
+    tmp = atomic.temp_path_for(pkl)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        atomic.publish(tmp, pkl)
+    finally:
+        tmp.unlink(missing_ok=True)
+    manifest["write_seconds"] = round(time.perf_counter() - started, 6)
+    atomic.write_json(directory / f"{stem}.json", manifest)
+    return time.perf_counter() - started
+
+
+class Checkpointer:
+    """Takes snapshots without stalling training, and writes them in the background.
+
+    A snapshot is `pickle.dumps` of the payload, in the training thread, while that is cheap
+    (a linear model: well under a millisecond); the bytes are then written by a thread. Once
+    a pickle takes longer than `inline_limit` seconds (a big forest), snapshots are taken by
+    `os.fork()`: the child holds a copy-on-write image of the model as it was, pickles and
+    writes it, and exits, while the parent trains on. One write is in flight at a time; the
+    stall (time the training loop was held) is measured for every checkpoint.
+    """
+
+    def __init__(self, store: CheckpointStore, keep: int = 10, key: bytes | None = None, inline_limit: float = 0.005):
+        self.store = store
+        self.keep = keep
+        self.key = key
+        self.inline_limit = inline_limit
+        self.use_fork = False
+        self.version = store.next_version()
+        self.stalls_ms: list[float] = []
+        self.written: list[int] = []
+        self.failures: list[str] = []
+        self._thread: threading.Thread | None = None
+        self._child: tuple[int, int] | None = None  # (pid, version)
+
+    def busy(self) -> bool:
+        self._reap()
+        return (self._thread is not None and self._thread.is_alive()) or self._child is not None
+
+    def snapshot(self, payload: dict[str, Any], manifest: dict[str, Any]) -> int | None:
+        """Start writing a checkpoint of `payload`; returns its version, or None if one is in flight."""
+        if self.busy():
+            return None
+        version = self.version
+        self.version += 1
+        manifest = {**manifest, "version": version, "created_at": datetime.now(timezone.utc).isoformat()}
+        started = time.perf_counter()
+        if self.use_fork:
+            pid = os.fork()
+            if pid == 0:  # the child: write the image it inherited, then leave without cleanup
+                code = 1
+                try:
+                    data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+                    write_checkpoint(self.store.dir, version, data, manifest, self.key)
+                    code = 0
+                finally:
+                    os._exit(code)
+            self._child = (pid, version)
+            self.stalls_ms.append((time.perf_counter() - started) * 1000)
+            return version
+        data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        took = time.perf_counter() - started
+        self.stalls_ms.append(took * 1000)
+        if took > self.inline_limit:
+            self.use_fork = True  # the model has outgrown inline snapshots
+        self._thread = threading.Thread(target=self._write, args=(version, data, manifest), daemon=True)
+        self._thread.start()
+        return version
+
+    def _write(self, version: int, data: bytes, manifest: dict[str, Any]) -> None:
+        try:
+            write_checkpoint(self.store.dir, version, data, manifest, self.key)
+            self.written.append(version)
+        except OSError as exc:
+            self.failures.append(f"checkpoint {version}: {exc}")
+
+    def _reap(self) -> None:
+        if self._thread is not None and not self._thread.is_alive():
+            self._thread = None
+            self.store.prune(self.keep)
+        if self._child is not None:
+            pid, version = self._child
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                self._child = None
+                if os.waitstatus_to_exitcode(status) == 0:
+                    self.written.append(version)
+                else:
+                    self.failures.append(f"checkpoint {version}: the writer process failed")
+                self.store.prune(self.keep)
+
+    def wait(self) -> None:
+        """Block until the write in flight, if any, is done."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._child is not None:
+            pid, version = self._child
+            _, status = os.waitpid(pid, 0)
+            self._child = None
+            if os.waitstatus_to_exitcode(status) == 0:
+                self.written.append(version)
+            else:
+                self.failures.append(f"checkpoint {version}: the writer process failed")
+        self._reap()
+        self.store.prune(self.keep)

@@ -1,0 +1,118 @@
+"""The prequential step shared by `rtml train` and `rtml backtest`: predict, score, then learn.
+
+Each example is first predicted by the model as it stands (so the error is an honest
+out-of-sample error), the rolling metrics and the drift detector see that error, and only
+then does the model learn the example.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from rtml_cli.models import CLASSIFIER
+
+# Columns of an examples row that are never model inputs: ids, times, raw price and volume
+# levels (scale-dependent, so they would make the model about the price, not the move).
+NOT_FEATURES = frozenset({
+    "offset", "ts", "symbol", "target", "open", "high", "low", "close", "vwap",
+    "volume", "n_trades", "buy_volume", "sell_volume",
+})
+
+
+def feature_columns(columns: list[str]) -> list[str]:
+    return [c for c in columns if c not in NOT_FEATURES]
+
+
+def features_of(row: dict[str, Any], columns: list[str]) -> dict[str, float]:
+    """The model's input: the feature values that are present and finite."""
+    x = {}
+    for c in columns:
+        v = row[c]
+        if v is not None and math.isfinite(v):
+            x[c] = float(v)
+    return x
+
+
+class RollingMetrics:
+    """MAE, RMSE and directional accuracy over the last `window` predictions."""
+
+    def __init__(self, window: int = 500):
+        self.window = window
+        self._abs: deque[float] = deque()
+        self._sq: deque[float] = deque()
+        self._hits: deque[int] = deque()  # 1 hit, 0 miss; examples with a zero target are left out
+        self._sum_abs = self._sum_sq = 0.0
+        self._sum_hits = 0
+
+    def update(self, y_true: float, y_pred: float) -> None:
+        err = y_pred - y_true
+        self._abs.append(abs(err))
+        self._sq.append(err * err)
+        self._sum_abs += abs(err)
+        self._sum_sq += err * err
+        if len(self._abs) > self.window:
+            self._sum_abs -= self._abs.popleft()
+            self._sum_sq -= self._sq.popleft()
+        if y_true != 0:
+            hit = int((y_pred > 0) == (y_true > 0) and y_pred != 0)
+            self._hits.append(hit)
+            self._sum_hits += hit
+            if len(self._hits) > self.window:
+                self._sum_hits -= self._hits.popleft()
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        n = len(self._abs)
+        return {
+            "window": self.window,
+            "n": n,
+            "mae": self._sum_abs / n if n else None,
+            "rmse": math.sqrt(max(self._sum_sq, 0.0) / n) if n else None,
+            "hit_rate": self._sum_hits / len(self._hits) if self._hits else None,
+        }
+
+
+class Learner:
+    """A model learning a stream of examples prequentially, with metrics and drift detection.
+
+    `on_drift="reset"` replaces the model with a fresh one from `make_model` when ADWIN finds
+    a change in the absolute error; "ignore" only counts it.
+    """
+
+    def __init__(self, model: Any, kind: str, make_model: Callable[[], Any], on_drift: str = "ignore",
+                 window: int = 500, learned: int = 0, drifts: int = 0):
+        from river import drift
+
+        if on_drift not in ("ignore", "reset"):
+            raise ValueError(f"on_drift must be 'ignore' or 'reset', not {on_drift!r}")
+        self.model = model
+        self.kind = kind
+        self.make_model = make_model
+        self.on_drift = on_drift
+        self.metrics = RollingMetrics(window)
+        self.detector = drift.ADWIN()
+        self.learned = learned
+        self.drifts = drifts
+
+    def predict(self, x: dict[str, float]) -> float:
+        """A number for every model: a classifier's is the expected class, in [-1, 1] for signs."""
+        if self.kind == CLASSIFIER:
+            proba = self.model.predict_proba_one(x)
+            return float(sum(float(c) * p for c, p in proba.items())) if proba else 0.0
+        y = self.model.predict_one(x)
+        return float(y) if y is not None else 0.0
+
+    def step(self, x: dict[str, float], y: float) -> float:
+        """Predict `x`, score the prediction against `y`, then learn (x, y); returns the prediction."""
+        y_pred = self.predict(x)
+        self.metrics.update(y, y_pred)
+        self.detector.update(abs(y_pred - y))
+        if self.detector.drift_detected:
+            self.drifts += 1
+            if self.on_drift == "reset":
+                self.model = self.make_model()
+        self.model.learn_one(x, int(y) if self.kind == CLASSIFIER else y)
+        self.learned += 1
+        return y_pred

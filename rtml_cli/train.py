@@ -1,0 +1,270 @@
+"""The train stage: examples log -> prequential learner -> checkpoints, resumable exactly-once.
+
+A checkpoint stores the model together with the per-symbol offsets of the last example it
+learned. Training resumes from the newest checkpoint that verifies and learns every example
+after those offsets, so after a crash at any moment no example is learned twice or skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from threading import Event
+from typing import TYPE_CHECKING, Any, Callable
+
+from rtml_cli.checkpoint import Checkpointer, CheckpointStore, runtime_versions, signing_key
+from rtml_cli.errors import ConfigError, RtmlError
+from rtml_cli.learner import Learner, feature_columns
+from rtml_cli.log import OFFSET, ParquetLog
+from rtml_cli.models import CLASSIFIER, resolve
+
+if TYPE_CHECKING:
+    import polars as pl
+
+EXAMPLES = "examples"
+
+
+@dataclass
+class TrainOptions:
+    model: str = "linear"
+    name: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    checkpoint_every: int = 10_000
+    checkpoint_interval: float = 60.0
+    keep: int = 10
+    symbols: list[str] | None = None
+    on_drift: str = "ignore"
+    window: int = 500
+
+
+@dataclass
+class TrainReport:
+    learned: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Trainer:
+    """Trains one named model from the examples log; use as a context manager (holds the lock)."""
+
+    def __init__(self, data_dir: Path, opts: TrainOptions):
+        self.data_dir = Path(data_dir)
+        self.opts = opts
+        self.spec = resolve(opts.model)
+        self.name = opts.name or re.sub(r"[^A-Za-z0-9_.-]", "-", self.spec.name)
+        self.store = CheckpointStore(self.data_dir, self.name)
+        self.examples = ParquetLog(self.data_dir, EXAMPLES)
+        self.key = signing_key()
+        self.offsets: dict[str, int] = {}
+        self.trained_until: str | None = None
+        self.resumed_from: int | None = None
+        self.skipped: list[str] = []
+        self.version: int | None = None
+        self.report = TrainReport()
+
+    def __enter__(self) -> Trainer:
+        self._lock = self.store.lock()
+        self._lock.__enter__()
+        try:
+            self._start()
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.checkpointer.wait()
+        finally:
+            self._lock.__exit__(None, None, None)
+
+    def _spec_doc(self) -> dict[str, Any]:
+        return {"model": self.spec.name, "kind": self.spec.kind, "params": {**self.spec.defaults, **self.opts.params}}
+
+    def _start(self) -> None:
+        if not self.examples.root.is_dir():
+            raise ConfigError(f"there is no examples log in {self.data_dir}; run `rtml features` first or check --data-dir")
+        self._check_target()
+        cp, payload, problems = self.store.latest_valid(self.key)
+        self.skipped = problems
+        if cp is not None and payload is not None:
+            spec = cp.manifest.get("spec", {})
+            if spec.get("model") != self.spec.name or spec.get("params") != self._spec_doc()["params"]:
+                raise ConfigError(
+                    f"the checkpoints in {self.store.dir} are of {spec.get('model')} {spec.get('params')}, not "
+                    f"{self.spec.name} {self._spec_doc()['params']}; use --name to train another model beside them"
+                )
+            model = payload["model"]
+            self.offsets = {k: int(v) for k, v in cp.manifest.get("offsets", {}).items()}
+            self.trained_until = cp.manifest.get("trained_until")
+            self.resumed_from = cp.version
+            self.version = cp.version
+            learned, drifts = int(cp.manifest.get("examples_learned", 0)), int(cp.manifest.get("drift_count", 0))
+        else:
+            model, learned, drifts = self.spec.build(self.opts.params), 0, 0
+        self.learner = Learner(model, self.spec.kind, lambda: self.spec.build(self.opts.params),
+                               self.opts.on_drift, self.opts.window, learned, drifts)
+        if payload is not None and "detector" in payload:
+            self.learner.detector = payload["detector"]
+            self.learner.metrics = payload["metrics"]
+        self.checkpointer = Checkpointer(self.store, self.opts.keep, self.key)
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+
+    def _check_target(self) -> None:
+        state = self.data_dir / "state" / "features.json"
+        try:
+            target = json.loads(state.read_text())["params"]["target"]
+        except (OSError, ValueError, KeyError):
+            return  # examples from elsewhere: nothing to check against
+        if self.spec.kind == CLASSIFIER and target != "sign":
+            raise ConfigError(f"{self.spec.name} is a classifier; build examples with `rtml features --target sign --rebuild`")
+        if self.spec.kind != CLASSIFIER and target == "sign":
+            raise ConfigError(f"the examples have --target sign; {self.spec.name} is a regressor: use logistic, hat-clf or arf-clf")
+
+    def symbols(self) -> list[str]:
+        present = self.examples.partitions()
+        return [s for s in present if self.opts.symbols is None or s in self.opts.symbols]
+
+    def backlog(self) -> int:
+        return sum(max(0, self.examples.last_offset(s) - self.offsets.get(s, -1)) for s in self.symbols())
+
+    def _new_examples(self) -> pl.DataFrame:
+        """Every example after the stored offsets, in time order (then symbol, then offset)."""
+        import polars as pl
+
+        frames = [f for s in self.symbols() if (f := self.examples.read_after(s, self.offsets.get(s, -1))).height]
+        if not frames:
+            return pl.DataFrame()
+        return pl.concat(frames, how="diagonal_relaxed").sort("ts", "symbol", OFFSET)
+
+    def step(self, on_progress: Callable[[int], None] | None = None) -> int:
+        """Learn every example available now; returns how many."""
+        frame = self._new_examples()
+        if frame.height == 0:
+            return 0
+        fcols = feature_columns(frame.columns)
+        n_feat = len(fcols)
+        learner, every, interval = self.learner, self.opts.checkpoint_every, self.opts.checkpoint_interval
+        rows = frame.select(*fcols, "target", "symbol", OFFSET, "ts").iter_rows()
+        done = 0
+        for row in rows:
+            x = {c: v for c, v in zip(fcols, row[:n_feat]) if v is not None and v == v and abs(v) != float("inf")}
+            learner.step(x, row[n_feat])
+            self.offsets[row[n_feat + 1]] = row[n_feat + 2]
+            ts = row[n_feat + 3]
+            done += 1
+            self._since_checkpoint += 1
+            if self._since_checkpoint >= every or (done & 255 == 0 and time.monotonic() - self._last_checkpoint >= interval):
+                self.trained_until = ts.isoformat()
+                self.checkpoint()
+            if on_progress and done % 4096 == 0:
+                on_progress(4096)
+        self.trained_until = frame["ts"].max().isoformat()
+        if on_progress:
+            on_progress(done % 4096)
+        self.report.learned += done
+        return done
+
+    def checkpoint(self, wait: bool = False) -> int | None:
+        """Snapshot the model with its offsets now (unless a write is in flight)."""
+        if wait:
+            self.checkpointer.wait()
+        manifest = {
+            "name": self.name,
+            "spec": self._spec_doc(),
+            "versions": runtime_versions(),
+            "examples_learned": self.learner.learned,
+            "offsets": dict(self.offsets),
+            "trained_until": self.trained_until,
+            "metrics": self.learner.metrics.as_dict(),
+            "drift_count": self.learner.drifts,
+            "on_drift": self.opts.on_drift,
+        }
+        payload = {"model": self.learner.model, "detector": self.learner.detector, "metrics": self.learner.metrics}
+        version = self.checkpointer.snapshot(payload, manifest)
+        if version is not None:
+            self.version = version
+            self._since_checkpoint = 0
+            self._last_checkpoint = time.monotonic()
+        if wait:
+            self.checkpointer.wait()
+        return version
+
+    def run(self, stop: Event, follow: bool, poll: float = 0.5,
+            on_step: Callable[[int], None] | None = None, on_progress: Callable[[int], None] | None = None) -> None:
+        """Learn what is there; with `follow`, keep learning as examples arrive until `stop`."""
+        while not stop.is_set():
+            n = self.step(on_progress)
+            if on_step:
+                on_step(n)
+            if not follow:
+                break
+            if n == 0:
+                if self._since_checkpoint and time.monotonic() - self._last_checkpoint >= self.opts.checkpoint_interval:
+                    self.checkpoint()
+                stop.wait(poll)
+        if self._since_checkpoint or self.version is None:
+            self.checkpoint(wait=True)  # what was learned since the last checkpoint is kept
+
+    def summary(self) -> dict[str, Any]:
+        stalls = sorted(self.checkpointer.stalls_ms)
+        return {
+            "name": self.name,
+            "model": self.spec.name,
+            "checkpoint_dir": str(self.store.dir),
+            "resumed_from": self.resumed_from,
+            "skipped_checkpoints": self.skipped,
+            "learned_this_run": self.report.learned,
+            "examples_learned": self.learner.learned,
+            "version": self.version,
+            "checkpoints_written": sorted(self.checkpointer.written),
+            "checkpoint_failures": self.checkpointer.failures,
+            "stall_ms": {
+                "max": round(stalls[-1], 3) if stalls else None,
+                "median": round(stalls[len(stalls) // 2], 3) if stalls else None,
+                "snapshots": "fork" if self.checkpointer.use_fork else "inline",
+            },
+            "trained_until": self.trained_until,
+            "offsets": dict(sorted(self.offsets.items())),
+            "backlog": self.backlog(),
+            "metrics": self.learner.metrics.as_dict(),
+            "drift_count": self.learner.drifts,
+            "elapsed_s": round(time.monotonic() - self.report.started, 3),
+            "finished_at": datetime.now(timezone.utc).isoformat(),
+        }
+
+
+def list_checkpoints(data_dir: Path, name: str | None) -> list[dict[str, Any]]:
+    """Every checkpoint (of `name`, or of all names) with its verification status."""
+    from rtml_cli.checkpoint import CheckpointError
+
+    root = Path(data_dir) / "checkpoints"
+    names = [name] if name else sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    key = signing_key()
+    out = []
+    for n in names:
+        store = CheckpointStore(data_dir, n)
+        if not store.dir.is_dir():
+            raise RtmlError(f"there are no checkpoints named {n!r} in {root}; see `rtml checkpoints`")
+        listed = {cp.manifest_path for cp in store.list()}
+        for cp in store.list():
+            try:
+                cp.verify(key)
+                status = "ok"
+            except CheckpointError as exc:
+                status = str(exc)
+            m = cp.manifest
+            out.append({
+                "name": n, "version": cp.version, "created_at": m.get("created_at"),
+                "examples_learned": m.get("examples_learned"), "trained_until": m.get("trained_until"),
+                "metrics": m.get("metrics"), "drift_count": m.get("drift_count"), "river": m.get("versions", {}).get("river"),
+                "size": m.get("pickle", {}).get("size"), "status": status,
+            })
+        for path in store.manifests_on_disk():
+            if path not in listed:
+                out.append({"name": n, "version": int(path.stem), "status": f"{path.name} is not readable JSON"})
+    return out

@@ -1,0 +1,328 @@
+"""rtml train, the model specs, the learner and the checkpoint store."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pickle
+import signal
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from rtml_cli.checkpoint import Checkpointer, CheckpointError, CheckpointStore
+from rtml_cli.learner import Learner
+from rtml_cli.log import ParquetLog
+from rtml_cli.models import CLASSIFIER, SPECS, parse_params, resolve
+from tests.conftest import assert_clean_error, rtml_process
+
+
+def stream(n: int = 400, seed: int = 0, flip_at: int | None = None):
+    import random
+
+    rng = random.Random(seed)
+    for i in range(n):
+        x = {"a": rng.gauss(0, 1), "b": rng.gauss(0, 1), "c": rng.random()}
+        sign = -1 if flip_at is not None and i >= flip_at else 1
+        y = sign * (0.5 * x["a"] - 0.2 * x["b"]) + rng.gauss(0, 0.1)
+        yield x, y
+
+
+def as_label(spec, y):
+    return int(y > 0) * 2 - 1 if spec.kind == CLASSIFIER else y
+
+
+# -- the contract every spec keeps ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_every_spec_round_trips_through_pickle_leaves_inputs_alone_and_repeats_when_seeded(name):
+    spec = SPECS[name]
+    model = spec.build()
+    learner = Learner(model, spec.kind, spec.build)
+    fresh = pickle.loads(pickle.dumps(model))  # before learning
+    assert type(fresh) is type(model)
+    preds = []
+    for x, y in stream(300):
+        before = copy.deepcopy(x)
+        preds.append(learner.step(x, as_label(spec, y)))
+        assert x == before, "the model mutated its input"
+    restored = pickle.loads(pickle.dumps(learner.model))  # after learning
+    probe = list(stream(20, seed=9))
+    again = Learner(restored, spec.kind, spec.build)
+    assert [again.predict(x) for x, _ in probe] == [learner.predict(x) for x, _ in probe]
+    # a second model from the same spec, fed the same stream, predicts the same
+    twin = Learner(spec.build(), spec.kind, spec.build)
+    assert [twin.step(x, as_label(spec, y)) for x, y in stream(300)] == preds
+    assert any(p != 0 for p in preds)
+
+
+def test_linear_is_exactly_standard_scaler_then_river_linear_regression():
+    from river import linear_model, preprocessing
+
+    ours = Learner(SPECS["linear"].build(), "regressor", SPECS["linear"].build)
+    theirs = preprocessing.StandardScaler() | linear_model.LinearRegression()
+    for x, y in stream(500):
+        expected = theirs.predict_one(x)
+        assert ours.step(x, y) == expected
+        theirs.learn_one(x, y)
+
+
+def test_params_are_literals_never_code_and_reach_the_model():
+    assert parse_params(["l2=0.01", "seed=3", "flag=True", "name=abc"]) == {"l2": 0.01, "seed": 3, "flag": True, "name": "abc"}
+    assert parse_params(["x=__import__('os').system('echo pwned')"]) == {"x": "__import__('os').system('echo pwned')"}
+    model = SPECS["linear"].build({"l2": 0.5})
+    assert model["LinearRegression"].l2 == 0.5
+
+
+def test_a_users_factory_is_imported_by_name(tmp_path, monkeypatch):
+    (tmp_path / "my_models.py").write_text(textwrap.dedent('''
+        def tiny(lr=0.1):
+            """A linear model with my learning rate."""
+            from river import linear_model, optim
+            return linear_model.LinearRegression(optimizer=optim.SGD(lr))
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = resolve("my_models:tiny")
+    assert spec.description == "A linear model with my learning rate." and spec.kind == "regressor"
+    assert spec.build({"lr": 0.2}).optimizer.learning_rate == 0.2
+
+
+@pytest.mark.parametrize("model, fragment", [
+    ("lineer", "unknown model 'lineer'"), ("no_such_module:f", "cannot import"), ("json:nope", "has no callable"),
+])
+def test_bad_model_names_are_clear_errors(model, fragment):
+    from rtml_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=fragment):
+        resolve(model)
+
+
+def test_adwin_finds_the_flip_and_reset_replaces_the_model():
+    spec = SPECS["linear"]
+    for on_drift in ("ignore", "reset"):
+        learner = Learner(spec.build(), spec.kind, spec.build, on_drift=on_drift)
+        first = learner.model
+        for x, y in stream(4000, flip_at=2000):
+            learner.step(x, y)
+        assert learner.drifts >= 1
+        assert (learner.model is first) == (on_drift == "ignore")
+
+
+# -- the checkpoint store -------------------------------------------------------------------------
+
+
+def payload(n: int = 50):
+    spec = SPECS["linear"]
+    learner = Learner(spec.build(), spec.kind, spec.build)
+    for x, y in stream(n):
+        learner.step(x, y)
+    return {"model": learner.model, "detector": learner.detector, "metrics": learner.metrics}
+
+
+def manifest():
+    from rtml_cli.checkpoint import runtime_versions
+
+    return {"name": "m", "spec": {}, "versions": runtime_versions(), "examples_learned": 50, "offsets": {"X": 49}}
+
+
+def test_checkpoints_verify_load_and_are_pruned_to_keep(tmp_path):
+    store = CheckpointStore(tmp_path, "m")
+    cp = Checkpointer(store, keep=3)
+    for _ in range(5):
+        assert cp.snapshot(payload(), manifest()) is not None
+        cp.wait()
+    assert [c.version for c in store.list()] == [3, 4, 5]
+    latest, loaded, problems = store.latest_valid()
+    assert latest.version == 5 and problems == [] and set(loaded) == {"model", "detector", "metrics"}
+    m = latest.manifest
+    assert m["pickle"]["size"] == latest.pickle_path.stat().st_size and len(m["pickle"]["sha256"]) == 64
+    assert m["write_seconds"] >= 0 and m["versions"]["river"]
+
+
+def test_a_tampered_pickle_is_refused_and_the_previous_one_serves(tmp_path):
+    store = CheckpointStore(tmp_path, "m")
+    cp = Checkpointer(store)
+    cp.snapshot(payload(), manifest())
+    cp.wait()
+    cp.snapshot(payload(80), manifest())
+    cp.wait()
+    newest = store.list()[-1]
+    evil = pickle.dumps({"model": "os.system would run here"})
+    newest.pickle_path.write_bytes(evil)  # a valid-looking manifest, another pickle
+    with pytest.raises(CheckpointError, match="does not match the sha256"):
+        newest.load()
+    latest, _, problems = store.latest_valid()
+    assert latest.version == 1 and "sha256" in problems[0]
+
+
+def test_with_a_key_unsigned_or_wrongly_signed_checkpoints_are_refused(tmp_path):
+    store = CheckpointStore(tmp_path, "m")
+    unsigned = Checkpointer(store)
+    unsigned.snapshot(payload(), manifest())
+    unsigned.wait()
+    with pytest.raises(CheckpointError, match="not signed"):
+        store.list()[-1].load(b"secret")
+    signed = Checkpointer(store, key=b"secret")
+    signed.snapshot(payload(), manifest())
+    signed.wait()
+    assert store.list()[-1].load(b"secret")["model"] is not None
+    with pytest.raises(CheckpointError, match="wrong signature"):
+        store.list()[-1].load(b"other key")
+
+
+def test_a_checkpoint_from_another_river_version_says_so(tmp_path):
+    store = CheckpointStore(tmp_path, "m")
+    m = manifest()
+    m["versions"] = {**m["versions"], "river": "0.19.0"}
+    cp = Checkpointer(store)
+    cp.snapshot(payload(), m)
+    cp.wait()
+    with pytest.raises(CheckpointError, match="written by river 0.19.0.*install river==0.19.0"):
+        store.list()[-1].load()
+
+
+def test_big_models_are_snapshotted_by_a_forked_child(tmp_path):
+    store = CheckpointStore(tmp_path, "m")
+    cp = Checkpointer(store, inline_limit=0.0)  # every pickle counts as slow
+    cp.snapshot(payload(), manifest())
+    assert cp.use_fork
+    cp.wait()
+    assert cp.snapshot(payload(120), manifest()) == 2
+    cp.wait()
+    assert cp.written == [1, 2] and len(cp.stalls_ms) == 2
+    assert store.list()[-1].load()["model"] is not None
+
+
+# -- rtml train -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def examples_dir(rtml, data_dir):
+    assert rtml("ingest", "--max-ticks", "120000").exit_code == 0
+    assert rtml("features").exit_code == 0
+    return data_dir
+
+
+def n_examples(data_dir: Path) -> dict[str, int]:
+    log = ParquetLog(data_dir, "examples")
+    return {s: log.last_offset(s) for s in log.partitions()}
+
+
+def train(rtml, *args) -> dict:
+    r = rtml("train", "--json", *args)
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def test_train_learns_every_example_once_and_resumes_where_it_stopped(rtml, examples_dir):
+    first = train(rtml, "--checkpoint-every", "100")
+    total = sum(v + 1 for v in n_examples(examples_dir).values())
+    assert first["learned_this_run"] == first["examples_learned"] == total > 250
+    assert first["offsets"] == n_examples(examples_dir)
+    m = CheckpointStore(examples_dir, "linear").list()[-1].manifest
+    assert m["examples_learned"] == total and m["offsets"] == first["offsets"]
+    assert set(m) >= {"version", "created_at", "spec", "versions", "pickle", "trained_until", "metrics",
+                      "drift_count", "write_seconds"}
+    assert m["spec"] == {"model": "linear", "kind": "regressor", "params": {}}
+    again = train(rtml)
+    assert again["learned_this_run"] == 0 and again["resumed_from"] == first["version"]
+    assert rtml("ingest", "--max-ticks", "30000").exit_code == 0
+    assert rtml("features").exit_code == 0
+    more = train(rtml)
+    new_total = sum(v + 1 for v in n_examples(examples_dir).values())
+    assert more["learned_this_run"] == new_total - total and more["examples_learned"] == new_total
+
+
+def test_the_same_examples_give_the_same_model_however_training_is_cut(rtml, examples_dir, tmp_path):
+    from rtml_cli.checkpoint import CheckpointStore
+
+    train(rtml, "--name", "whole")
+    # train in pieces: a checkpoint after every 37 examples, resumed each time by a new run
+    for _ in range(3):
+        train(rtml, "--name", "pieces", "--checkpoint-every", "37")
+    a = CheckpointStore(examples_dir, "whole").latest_valid()[1]["model"]
+    b = CheckpointStore(examples_dir, "pieces").latest_valid()[1]["model"]
+    probe = [{"r_1": 0.001 * i, "ofi": 0.1, "rv_5": 0.002} for i in range(5)]
+    assert [a.predict_one(x) for x in probe] == [b.predict_one(x) for x in probe]
+
+
+def test_a_second_trainer_on_the_same_name_is_refused(rtml, examples_dir):
+    with CheckpointStore(examples_dir, "linear").lock():
+        assert_clean_error(rtml("train"), "another `rtml train`", f"pid {os.getpid()}")
+
+
+def test_changed_model_params_need_another_name(rtml, examples_dir):
+    train(rtml)
+    assert_clean_error(rtml("train", "--param", "l2=0.1"), "use --name")
+    assert train(rtml, "--param", "l2=0.1", "--name", "linear-l2")["name"] == "linear-l2"
+
+
+def test_a_tampered_checkpoint_is_skipped_and_training_resumes_from_the_last_good_one(rtml, examples_dir):
+    train(rtml, "--checkpoint-every", "200", "--keep", "50")
+    store = CheckpointStore(examples_dir, "linear")
+    cps = store.list()
+    cps[-1].pickle_path.write_bytes(cps[-1].pickle_path.read_bytes()[:-1] + b"X")
+    listing = json.loads(rtml("checkpoints", "--json").stdout)
+    assert "does not match the sha256" in listing[-1]["status"] and listing[0]["status"] == "ok"
+    again = train(rtml)
+    assert again["resumed_from"] == cps[-2].version
+    assert "does not match the sha256" in again["skipped_checkpoints"][0]
+    assert again["learned_this_run"] == cps[-1].manifest["examples_learned"] - cps[-2].manifest["examples_learned"]
+
+
+def test_with_a_key_set_an_unsigned_checkpoint_is_not_trusted(rtml, examples_dir, monkeypatch):
+    train(rtml)
+    monkeypatch.setenv("RTML_CHECKPOINT_KEY", "k3y")
+    again = train(rtml)
+    assert again["resumed_from"] is None and "not signed" in again["skipped_checkpoints"][0]
+    assert json.loads(rtml("checkpoints", "--json").stdout)[-1]["status"] == "ok"  # the new one is signed
+
+
+def test_a_classifier_needs_sign_targets(rtml, examples_dir):
+    assert_clean_error(rtml("train", "--model", "logistic"), "is a classifier", "--target sign")
+    assert rtml("features", "--target", "sign", "--rebuild").exit_code == 0
+    s = train(rtml, "--model", "logistic")
+    assert s["examples_learned"] > 250 and 0 <= s["metrics"]["hit_rate"] <= 1
+    assert_clean_error(rtml("train", "--model", "linear"), "is a regressor")
+
+
+def test_models_lists_every_spec(rtml):
+    r = rtml("models", "--json", data=False)
+    assert [m["name"] for m in json.loads(r.stdout)] == list(SPECS)
+
+
+def test_train_without_examples_says_what_to_run(rtml):
+    assert_clean_error(rtml("train"), "no examples log", "rtml features")
+
+
+def test_kill_9_of_train_follow_while_examples_arrive_loses_nothing_and_repeats_nothing(rtml, examples_dir):
+    d = str(examples_dir)
+    ingest = rtml_process(["ingest", "--speed", "2000", "--duration", "12", "--flush-interval", "0.2", "--json", "--data-dir", d])
+    feats = rtml_process(["features", "--follow", "--poll", "0.1", "--json", "--data-dir", d])
+    try:
+        store = CheckpointStore(examples_dir, "linear")
+        for round_ in range(3):
+            p = rtml_process(["train", "--follow", "--checkpoint-every", "25", "--poll", "0.05", "--json", "--data-dir", d])
+            deadline = time.monotonic() + 30
+            while len(store.list()) <= round_ and time.monotonic() < deadline:
+                time.sleep(0.05)  # until this run has committed a checkpoint of its own
+            time.sleep(0.3)
+            p.send_signal(signal.SIGKILL)
+            p.wait(30)
+        assert ingest.wait(120) == 0
+        time.sleep(1.0)
+        feats.send_signal(signal.SIGTERM)
+        assert feats.wait(60) == 0
+    finally:
+        ingest.kill()
+        feats.kill()
+    final = train(rtml)
+    counts = n_examples(examples_dir)
+    assert final["offsets"] == counts
+    assert final["examples_learned"] == sum(v + 1 for v in counts.values())
+    versions = [c.version for c in CheckpointStore(examples_dir, "linear").list()]
+    assert versions == sorted(set(versions)) and len(versions) >= 4
