@@ -32,6 +32,7 @@ demo: install
 bench: install
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/features.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

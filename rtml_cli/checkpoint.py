@@ -17,7 +17,7 @@ import os
 import pickle
 import platform
 import re
-import threading
+import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -210,15 +210,102 @@ def write_checkpoint(directory: Path, version: int, data: bytes, manifest: dict[
     return time.perf_counter() - started
 
 
-class Checkpointer:
-    """Takes snapshots without stalling training, and writes them in the background.
+class _WriterProcess:
+    """A child process that writes checkpoints handed to it over a pipe.
 
-    A snapshot is `pickle.dumps` of the payload, in the training thread, while that is cheap
-    (a linear model: well under a millisecond); the bytes are then written by a thread. Once
-    a pickle takes longer than `inline_limit` seconds (a big forest), snapshots are taken by
-    `os.fork()`: the child holds a copy-on-write image of the model as it was, pickles and
-    writes it, and exits, while the parent trains on. One write is in flight at a time; the
-    stall (time the training loop was held) is measured for every checkpoint.
+    File writes and fsyncs done by a thread of the trainer would keep taking the GIL back
+    from the training loop (measured: 30% fewer examples a second with a checkpoint every
+    1,000); in a process of their own they cost the trainer only the pipe write.
+    """
+
+    def __init__(self, store: CheckpointStore, keep: int, key: bytes | None):
+        req_r, req_w = os.pipe()
+        ack_r, ack_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the writer: serve requests until the trainer closes the pipe
+            os.close(req_w)
+            os.close(ack_r)
+            code = 1
+            try:
+                _serve(req_r, ack_w, store, keep, key)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(req_r)
+        os.close(ack_w)
+        os.set_blocking(ack_r, False)
+        self.pid, self._req, self._ack = pid, req_w, ack_r
+        self._buffer = b""
+
+    def submit(self, version: int, data: bytes, manifest: dict[str, Any]) -> None:
+        header = json.dumps({"version": version, "manifest": manifest}, default=str).encode()
+        _write_all(self._req, struct.pack(">QQ", len(header), len(data)) + header + data)
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Acknowledgements that have arrived: {"version", "ok", "error"}."""
+        try:
+            while chunk := os.read(self._ack, 65536):
+                self._buffer += chunk
+        except BlockingIOError:
+            pass
+        *lines, self._buffer = self._buffer.split(b"\n")
+        return [json.loads(line) for line in lines if line]
+
+    def close(self) -> list[dict[str, Any]]:
+        os.close(self._req)  # end of requests: the writer finishes and exits
+        _, status = os.waitpid(self.pid, 0)
+        os.set_blocking(self._ack, True)
+        rest = b""
+        while chunk := os.read(self._ack, 65536):
+            rest += chunk
+        os.close(self._ack)
+        acks = [json.loads(line) for line in (self._buffer + rest).split(b"\n") if line]
+        if os.waitstatus_to_exitcode(status) != 0:
+            acks.append({"version": None, "ok": False, "error": "the checkpoint writer process failed"})
+        return acks
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exactly(fd: int, n: int) -> bytes | None:
+    parts, left = [], n
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _serve(req: int, ack: int, store: CheckpointStore, keep: int, key: bytes | None) -> None:
+    while (sizes := _read_exactly(req, 16)) is not None:
+        header_len, data_len = struct.unpack(">QQ", sizes)
+        header = json.loads(_read_exactly(req, header_len) or b"{}")
+        data = _read_exactly(req, data_len) or b""
+        try:
+            write_checkpoint(store.dir, header["version"], data, header["manifest"], key)
+            store.prune(keep)
+            reply = {"version": header["version"], "ok": True}
+        except OSError as exc:
+            reply = {"version": header["version"], "ok": False, "error": str(exc)}
+        _write_all(ack, json.dumps(reply).encode() + b"\n")
+
+
+class Checkpointer:
+    """Takes snapshots without stalling training; another process writes them.
+
+    A snapshot is `pickle.dumps` of the payload in the training loop while that is cheap
+    (a linear model: a fraction of a millisecond); the bytes go down a pipe to a writer
+    process. Once a pickle takes longer than `inline_limit` seconds (a big forest),
+    snapshots are taken by `os.fork()` instead: the child holds a copy-on-write image of the
+    model as it was, pickles and writes it, and exits, while the parent trains on. One write
+    is in flight at a time; the stall (time the training loop was held) is measured for
+    every checkpoint.
     """
 
     def __init__(self, store: CheckpointStore, keep: int = 10, key: bytes | None = None, inline_limit: float = 0.005):
@@ -231,12 +318,14 @@ class Checkpointer:
         self.stalls_ms: list[float] = []
         self.written: list[int] = []
         self.failures: list[str] = []
-        self._thread: threading.Thread | None = None
-        self._child: tuple[int, int] | None = None  # (pid, version)
+        # started now, so that no checkpoint's stall includes starting it
+        self._writer: _WriterProcess | None = _WriterProcess(store, keep, key)
+        self._in_flight: int | None = None  # version handed to the writer process
+        self._child: tuple[int, int] | None = None  # (pid, version) of a forked snapshot
 
     def busy(self) -> bool:
         self._reap()
-        return (self._thread is not None and self._thread.is_alive()) or self._child is not None
+        return self._in_flight is not None or self._child is not None
 
     def snapshot(self, payload: dict[str, Any], manifest: dict[str, Any]) -> int | None:
         """Start writing a checkpoint of `payload`; returns its version, or None if one is in flight."""
@@ -253,6 +342,7 @@ class Checkpointer:
                 try:
                     data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
                     write_checkpoint(self.store.dir, version, data, manifest, self.key)
+                    self.store.prune(self.keep)
                     code = 0
                 finally:
                     os._exit(code)
@@ -261,46 +351,54 @@ class Checkpointer:
             return version
         data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
         took = time.perf_counter() - started
-        self.stalls_ms.append(took * 1000)
         if took > self.inline_limit:
             self.use_fork = True  # the model has outgrown inline snapshots
-        self._thread = threading.Thread(target=self._write, args=(version, data, manifest), daemon=True)
-        self._thread.start()
+        if self._writer is None:
+            self._writer = _WriterProcess(self.store, self.keep, self.key)
+        self._writer.submit(version, data, manifest)
+        self._in_flight = version
+        self.stalls_ms.append((time.perf_counter() - started) * 1000)
         return version
 
-    def _write(self, version: int, data: bytes, manifest: dict[str, Any]) -> None:
-        try:
-            write_checkpoint(self.store.dir, version, data, manifest, self.key)
+    def _acknowledge(self, acks: list[dict[str, Any]]) -> None:
+        for ack in acks:
+            if ack.get("ok"):
+                self.written.append(ack["version"])
+            else:
+                self.failures.append(f"checkpoint {ack.get('version')}: {ack.get('error')}")
+            if ack.get("version") == self._in_flight:
+                self._in_flight = None
+
+    def _child_done(self, status: int) -> None:
+        assert self._child is not None
+        version = self._child[1]
+        self._child = None
+        if os.waitstatus_to_exitcode(status) == 0:
             self.written.append(version)
-        except OSError as exc:
-            self.failures.append(f"checkpoint {version}: {exc}")
+        else:
+            self.failures.append(f"checkpoint {version}: the writer process failed")
 
     def _reap(self) -> None:
-        if self._thread is not None and not self._thread.is_alive():
-            self._thread = None
-            self.store.prune(self.keep)
+        if self._in_flight is not None and self._writer is not None:
+            self._acknowledge(self._writer.poll())
         if self._child is not None:
-            pid, version = self._child
-            done, status = os.waitpid(pid, os.WNOHANG)
+            done, status = os.waitpid(self._child[0], os.WNOHANG)
             if done:
-                self._child = None
-                if os.waitstatus_to_exitcode(status) == 0:
-                    self.written.append(version)
-                else:
-                    self.failures.append(f"checkpoint {version}: the writer process failed")
-                self.store.prune(self.keep)
+                self._child_done(status)
 
     def wait(self) -> None:
         """Block until the write in flight, if any, is done."""
-        if self._thread is not None:
-            self._thread.join()
         if self._child is not None:
-            pid, version = self._child
-            _, status = os.waitpid(pid, 0)
-            self._child = None
-            if os.waitstatus_to_exitcode(status) == 0:
-                self.written.append(version)
-            else:
-                self.failures.append(f"checkpoint {version}: the writer process failed")
-        self._reap()
-        self.store.prune(self.keep)
+            _, status = os.waitpid(self._child[0], 0)
+            self._child_done(status)
+        while self._in_flight is not None and self._writer is not None:
+            self._acknowledge(self._writer.poll())
+            if self._in_flight is not None:
+                time.sleep(0.001)
+
+    def close(self) -> None:
+        """Finish every write and stop the writer process."""
+        self.wait()
+        if self._writer is not None:
+            self._acknowledge(self._writer.close())
+            self._writer = None

@@ -37,40 +37,30 @@ def features_of(row: dict[str, Any], columns: list[str]) -> dict[str, float]:
 
 
 class RollingMetrics:
-    """MAE, RMSE and directional accuracy over the last `window` predictions."""
+    """MAE, RMSE and directional accuracy over the last `window` predictions.
+
+    Updating only appends (it runs once per example); the sums are taken when asked for,
+    which happens once per checkpoint or status line.
+    """
 
     def __init__(self, window: int = 500):
         self.window = window
-        self._abs: deque[float] = deque()
-        self._sq: deque[float] = deque()
-        self._hits: deque[int] = deque()  # 1 hit, 0 miss; examples with a zero target are left out
-        self._sum_abs = self._sum_sq = 0.0
-        self._sum_hits = 0
+        self._errors: deque[float] = deque(maxlen=window)
+        self._hits: deque[bool] = deque(maxlen=window)  # examples with a zero target are left out
 
     def update(self, y_true: float, y_pred: float) -> None:
-        err = y_pred - y_true
-        self._abs.append(abs(err))
-        self._sq.append(err * err)
-        self._sum_abs += abs(err)
-        self._sum_sq += err * err
-        if len(self._abs) > self.window:
-            self._sum_abs -= self._abs.popleft()
-            self._sum_sq -= self._sq.popleft()
+        self._errors.append(y_pred - y_true)
         if y_true != 0:
-            hit = int((y_pred > 0) == (y_true > 0) and y_pred != 0)
-            self._hits.append(hit)
-            self._sum_hits += hit
-            if len(self._hits) > self.window:
-                self._sum_hits -= self._hits.popleft()
+            self._hits.append(y_pred != 0 and (y_pred > 0) == (y_true > 0))
 
     def as_dict(self) -> dict[str, float | int | None]:
-        n = len(self._abs)
+        n = len(self._errors)
         return {
             "window": self.window,
             "n": n,
-            "mae": self._sum_abs / n if n else None,
-            "rmse": math.sqrt(max(self._sum_sq, 0.0) / n) if n else None,
-            "hit_rate": self._sum_hits / len(self._hits) if self._hits else None,
+            "mae": sum(abs(e) for e in self._errors) / n if n else None,
+            "rmse": math.sqrt(sum(e * e for e in self._errors) / n) if n else None,
+            "hit_rate": sum(self._hits) / len(self._hits) if self._hits else None,
         }
 
 

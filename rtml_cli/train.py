@@ -77,7 +77,7 @@ class Trainer:
 
     def __exit__(self, *exc) -> None:
         try:
-            self.checkpointer.wait()
+            self.checkpointer.close()
         finally:
             self._lock.__exit__(None, None, None)
 
@@ -143,23 +143,31 @@ class Trainer:
 
     def step(self, on_progress: Callable[[int], None] | None = None) -> int:
         """Learn every example available now; returns how many."""
+        import polars as pl
+
         frame = self._new_examples()
         if frame.height == 0:
             return 0
         fcols = feature_columns(frame.columns)
         n_feat = len(fcols)
         learner, every, interval = self.learner, self.opts.checkpoint_every, self.opts.checkpoint_interval
-        rows = frame.select(*fcols, "target", "symbol", OFFSET, "ts").iter_rows()
+        # NaN and infinities become missing values here, once, so the loop only skips None.
+        clean = [pl.when(pl.col(c).is_finite()).then(pl.col(c)).alias(c) for c in fcols]
+        # (times as integers: turning each into a zoned datetime would cost more than learning)
+        rows = frame.select(*clean, "target", "symbol", OFFSET, pl.col("ts").dt.epoch("ns")).iter_rows()
         done = 0
         for row in rows:
-            x = {c: v for c, v in zip(fcols, row[:n_feat]) if v is not None and v == v and abs(v) != float("inf")}
+            if None in row:
+                x = {c: v for c, v in zip(fcols, row) if v is not None}
+            else:
+                x = dict(zip(fcols, row))  # zip stops at the last feature
             learner.step(x, row[n_feat])
             self.offsets[row[n_feat + 1]] = row[n_feat + 2]
             ts = row[n_feat + 3]
             done += 1
             self._since_checkpoint += 1
             if self._since_checkpoint >= every or (done & 255 == 0 and time.monotonic() - self._last_checkpoint >= interval):
-                self.trained_until = ts.isoformat()
+                self.trained_until = _iso(ts)
                 self.checkpoint()
             if on_progress and done % 4096 == 0:
                 on_progress(4096)
@@ -236,6 +244,10 @@ class Trainer:
             "elapsed_s": round(time.monotonic() - self.report.started, 3),
             "finished_at": datetime.now(timezone.utc).isoformat(),
         }
+
+
+def _iso(ts_ns: int) -> str:
+    return datetime.fromtimestamp(ts_ns / 1e9, timezone.utc).isoformat()
 
 
 def list_checkpoints(data_dir: Path, name: str | None) -> list[dict[str, Any]]:

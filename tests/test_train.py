@@ -135,6 +135,8 @@ def test_checkpoints_verify_load_and_are_pruned_to_keep(tmp_path):
     for _ in range(5):
         assert cp.snapshot(payload(), manifest()) is not None
         cp.wait()
+    cp.close()
+    assert cp.written == [1, 2, 3, 4, 5] and cp.failures == []
     assert [c.version for c in store.list()] == [3, 4, 5]
     latest, loaded, problems = store.latest_valid()
     assert latest.version == 5 and problems == [] and set(loaded) == {"model", "detector", "metrics"}
@@ -149,7 +151,7 @@ def test_a_tampered_pickle_is_refused_and_the_previous_one_serves(tmp_path):
     cp.snapshot(payload(), manifest())
     cp.wait()
     cp.snapshot(payload(80), manifest())
-    cp.wait()
+    cp.close()
     newest = store.list()[-1]
     evil = pickle.dumps({"model": "os.system would run here"})
     newest.pickle_path.write_bytes(evil)  # a valid-looking manifest, another pickle
@@ -163,12 +165,12 @@ def test_with_a_key_unsigned_or_wrongly_signed_checkpoints_are_refused(tmp_path)
     store = CheckpointStore(tmp_path, "m")
     unsigned = Checkpointer(store)
     unsigned.snapshot(payload(), manifest())
-    unsigned.wait()
+    unsigned.close()
     with pytest.raises(CheckpointError, match="not signed"):
         store.list()[-1].load(b"secret")
     signed = Checkpointer(store, key=b"secret")
     signed.snapshot(payload(), manifest())
-    signed.wait()
+    signed.close()
     assert store.list()[-1].load(b"secret")["model"] is not None
     with pytest.raises(CheckpointError, match="wrong signature"):
         store.list()[-1].load(b"other key")
@@ -180,7 +182,7 @@ def test_a_checkpoint_from_another_river_version_says_so(tmp_path):
     m["versions"] = {**m["versions"], "river": "0.19.0"}
     cp = Checkpointer(store)
     cp.snapshot(payload(), m)
-    cp.wait()
+    cp.close()
     with pytest.raises(CheckpointError, match="written by river 0.19.0.*install river==0.19.0"):
         store.list()[-1].load()
 
@@ -192,7 +194,7 @@ def test_big_models_are_snapshotted_by_a_forked_child(tmp_path):
     assert cp.use_fork
     cp.wait()
     assert cp.snapshot(payload(120), manifest()) == 2
-    cp.wait()
+    cp.close()
     assert cp.written == [1, 2] and len(cp.stalls_ms) == 2
     assert store.list()[-1].load()["model"] is not None
 

@@ -1,0 +1,173 @@
+"""Training benchmark: rtml train against a bare River loop and the seed design; checkpoint stalls; memory.
+
+Run: `.venv/bin/python bench/train.py [--examples 200000]` (also part of `make bench`).
+The examples come from the real pipeline (synthetic ticks -> `rtml features --bar 2s`).
+(a) and (b) are timed in this process, so neither pays for interpreter start or imports;
+the whole `rtml train` command's wall time is reported beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from threading import Event
+
+
+def rtml(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rtml_cli", *args]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def make_examples(data_dir: Path, n: int) -> None:
+    # 2 s bars of 3 symbols: 1.5 bars per simulated second, ~16 trades a second (more when
+    # stormy): ~11 trades per bar, with room to spare
+    ticks = int(n * 16 / 1.5 * 1.6)
+    subprocess.run(rtml("ingest", "--max-ticks", str(ticks), "--json", "--data-dir", str(data_dir)), check=True, capture_output=True)
+    subprocess.run(rtml("features", "--bar", "2s", "--json", "--data-dir", str(data_dir)), check=True, capture_output=True)
+
+
+def rows(data_dir: Path, n: int):
+    """The first n examples as `rtml train` sees them: (x dict, target) in time order."""
+    from rtml_cli.learner import feature_columns
+    from rtml_cli.log import ParquetLog
+
+    ex = ParquetLog(data_dir, "examples").read_all().sort("ts", "symbol", "offset").head(n)
+    cols = feature_columns(ex.columns)
+    out = []
+    for row in ex.select(*cols, "target").iter_rows():
+        x = {c: v for c, v in zip(cols, row[:-1]) if v is not None and v == v}
+        out.append((x, row[-1]))
+    assert len(out) == n, f"only {len(out)} examples"
+    return out, len(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--examples", type=int, default=200_000)
+    ap.add_argument("--seed-design-examples", type=int, default=20_000)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    n = args.examples
+
+    from rtml_cli.checkpoint import Checkpointer, CheckpointStore
+    from rtml_cli.models import SPECS
+    from rtml_cli.train import Trainer, TrainOptions
+
+    with tempfile.TemporaryDirectory(prefix="rtml-bench-") as tmp:
+        d = Path(tmp) / "data"
+        make_examples(d, n)
+        data, _ = rows(d, n)
+        # keep exactly n examples in the log, so (a) and (b) see the same rows
+        from rtml_cli.log import ParquetLog
+
+        ex = ParquetLog(d, "examples").read_all().sort("ts", "symbol", "offset").head(n)
+        trimmed = Path(tmp) / "trimmed"
+        with ParquetLog(trimmed, "examples").writer() as w:
+            for (sym,), part in ex.sort("symbol", "offset").group_by("symbol", maintain_order=True):
+                w.append(sym, part.drop("offset"))
+
+        # (b) the floor: a bare River loop over pre-built dicts, no I/O, no prediction
+        model = SPECS["linear"].build()
+        t0 = time.perf_counter()
+        for x, y in data:
+            model.learn_one(x, y)
+        floor_s = time.perf_counter() - t0
+
+        # (a) rtml train's own loop, in this process: read, predict, score, learn, checkpoint
+        rss = {}
+        with Trainer(trimmed, TrainOptions(checkpoint_every=1000)) as trainer:
+            t0 = time.perf_counter()
+
+            def on_progress(_):
+                done = trainer.learner.learned
+                if "20k" not in rss and done >= 20_000:
+                    rss["20k"] = rss_mb()
+
+            trainer.run(Event(), follow=False, on_progress=on_progress)
+            train_s = time.perf_counter() - t0
+            rss["end"] = rss_mb()
+            summary = trainer.summary()
+        assert summary["examples_learned"] == n
+        stalls = sorted(trainer.checkpointer.stalls_ms)
+
+        # the whole command, as a user runs it (interpreter start and imports included)
+        t0 = time.perf_counter()
+        subprocess.run(rtml("train", "--name", "cli", "--json", "--data-dir", str(trimmed)), check=True, capture_output=True)
+        cli_s = time.perf_counter() - t0
+
+        # (c) the seed design: learn, then pickle the model and write a JSON file, every example
+        seed_dir = Path(tmp) / "seed"
+        seed_dir.mkdir()
+        model = SPECS["linear"].build()
+        m = args.seed_design_examples
+        t0 = time.perf_counter()
+        for i, (x, y) in enumerate(data[:m]):
+            model.learn_one(x, y)
+            (seed_dir / "model.pkl").write_bytes(pickle.dumps(model))
+            (seed_dir / "model.json").write_text(json.dumps({"examples": i + 1}))
+        seed_rate = m / (time.perf_counter() - t0)
+
+        # an adaptive random forest after 20k examples: what one checkpoint holds training up
+        arf = SPECS["arf"].build()
+        for x, y in data[:20_000]:
+            arf.learn_one(x, y)
+        t0 = time.perf_counter()
+        size = len(pickle.dumps(arf))
+        inline_ms = (time.perf_counter() - t0) * 1000
+        store = CheckpointStore(Path(tmp), "arf")
+        cp = Checkpointer(store)
+        cp.use_fork = True  # what the trainer switches to after the first slow pickle
+        fork_stalls = []
+        for _ in range(5):
+            cp.snapshot({"model": arf}, {"versions": {}})
+            fork_stalls.append(cp.stalls_ms[-1])
+            cp.wait()
+        cp.close()
+        assert len(cp.written) == 5, cp.failures
+
+    results = {
+        "examples": n,
+        "floor_bare_learn_one_s": round(floor_s, 3),
+        "rtml_train_loop_s": round(train_s, 3),
+        "floor_over_train (b/a)": round(floor_s / train_s, 3),
+        "rtml_train_examples_per_s": round(n / train_s),
+        "rtml_train_command_wall_s": round(cli_s, 3),
+        "seed_design_examples_per_s": round(seed_rate),
+        "train_over_seed_design_speed": round((n / train_s) / seed_rate, 1),
+        "linear_checkpoints": len(stalls),
+        "linear_stall_ms_median": round(statistics.median(stalls), 3),
+        "linear_stall_ms_max": round(stalls[-1], 3),
+        "arf_20k_pickle_mb": round(size / 1e6, 1),
+        "arf_20k_inline_pickle_ms": round(inline_ms, 1),
+        "arf_20k_fork_stall_ms_median": round(statistics.median(fork_stalls), 2),
+        "arf_20k_fork_stall_ms_max": round(max(fork_stalls), 2),
+        "rss_mb_after_20k": round(rss["20k"], 1),
+        "rss_mb_after_all": round(rss["end"], 1),
+    }
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    width = max(len(k) for k in results)
+    for k, v in results.items():
+        print(f"{k:<{width}}  {v}")
+    print(f"\ntarget: (b)/(a) >= 0.7 -> {results['floor_over_train (b/a)']}; "
+          f"(a) >= 10x the seed design -> {results['train_over_seed_design_speed']}x")
+    print(f"target: stall linear < 2 ms -> max {results['linear_stall_ms_max']} ms; "
+          f"ARF after 20k < 50 ms -> max {results['arf_20k_fork_stall_ms_max']} ms (inline pickle would be "
+          f"{results['arf_20k_inline_pickle_ms']} ms)")
+
+
+if __name__ == "__main__":
+    main()
