@@ -132,20 +132,44 @@ class Trainer:
     def backlog(self) -> int:
         return sum(max(0, self.examples.last_offset(s) - self.offsets.get(s, -1)) for s in self.symbols())
 
-    def _new_examples(self) -> pl.DataFrame:
-        """Every example after the stored offsets, in time order (then symbol, then offset)."""
+    def _next_batch(self, chunk: int) -> pl.DataFrame:
+        """The next examples after the stored offsets, in time order (then symbol, offset).
+
+        At most `chunk` rows per symbol are read, so memory stays bounded however long the
+        backlog; a symbol with more to come bounds the batch at its last time read, so that
+        the order is the same as one sort of the whole backlog.
+        """
         import polars as pl
 
-        frames = [f for s in self.symbols() if (f := self.examples.read_after(s, self.offsets.get(s, -1))).height]
+        frames, horizon = [], None
+        for s in self.symbols():
+            after = self.offsets.get(s, -1)
+            frame = self.examples.read_after(s, after, upto=after + chunk)
+            if frame.height == 0:
+                continue
+            frames.append(frame)
+            if self.examples.last_offset(s) > after + chunk:  # more of this symbol to come
+                last = frame["ts"].max()
+                horizon = last if horizon is None else min(horizon, last)
         if not frames:
             return pl.DataFrame()
-        return pl.concat(frames, how="diagonal_relaxed").sort("ts", "symbol", OFFSET)
+        batch = pl.concat(frames, how="diagonal_relaxed")
+        if horizon is not None:
+            # strictly before: rows at the horizon's own time may continue past the chunk
+            before = batch.filter(pl.col("ts") < horizon)
+            batch = before if before.height else batch.filter(pl.col("ts") <= horizon)
+        return batch.sort("ts", "symbol", OFFSET)
 
-    def step(self, on_progress: Callable[[int], None] | None = None) -> int:
+    def step(self, on_progress: Callable[[int], None] | None = None, chunk: int = 50_000) -> int:
         """Learn every example available now; returns how many."""
+        done = 0
+        while (n := self._learn(self._next_batch(chunk), on_progress)) > 0:
+            done += n
+        return done
+
+    def _learn(self, frame: pl.DataFrame, on_progress: Callable[[int], None] | None) -> int:
         import polars as pl
 
-        frame = self._new_examples()
         if frame.height == 0:
             return 0
         fcols = feature_columns(frame.columns)

@@ -328,3 +328,21 @@ def test_kill_9_of_train_follow_while_examples_arrive_loses_nothing_and_repeats_
     assert final["examples_learned"] == sum(v + 1 for v in counts.values())
     versions = [c.version for c in CheckpointStore(examples_dir, "linear").list()]
     assert versions == sorted(set(versions)) and len(versions) >= 4
+
+
+def test_a_long_backlog_read_in_small_chunks_is_learned_in_the_same_order(rtml, examples_dir):
+    from threading import Event
+
+    from rtml_cli.train import Trainer, TrainOptions
+
+    seen = {}
+    for name, chunk in (("one", 10**9), ("chunks", 7)):
+        with Trainer(examples_dir, TrainOptions(name=name)) as t:
+            order = []
+            original = t.learner.step
+            t.learner.step = lambda x, y, original=original, order=order: order.append(y) or original(x, y)
+            t.step(chunk=chunk)
+            t.run(Event(), follow=False)
+            seen[name] = order
+    assert len(seen["one"]) == sum(v + 1 for v in n_examples(examples_dir).values())
+    assert seen["chunks"] == seen["one"]
