@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -51,15 +50,18 @@ def make_binance_csv(path: Path, rows: int, seed: int = 1) -> None:
 
 
 def timed(cmd: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS in MB, and stdout of one child process."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}")
-    return wall, usage.ru_maxrss / 1024, out
+    """Wall seconds, peak RSS in MB, and stdout of one command.
+
+    Memory is measured by GNU time around the command: a child forked straight from this
+    process would count this process's memory, copied at the fork, as its own peak.
+    """
+    with tempfile.NamedTemporaryFile("r") as rss:
+        t0 = time.perf_counter()
+        proc = subprocess.run(["/usr/bin/time", "-o", rss.name, "-f", "%M", *cmd], capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr}")
+        return wall, int(rss.read().strip().splitlines()[-1]) / 1024, proc.stdout
 
 
 def rtml(*args: str) -> list[str]:
