@@ -30,6 +30,9 @@ class RtmlGroup(click.Group):
             return super().invoke(ctx)
         except RtmlError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # the file system said no: a path, a permission, a full disk
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise click.ClickException(f"{exc.strerror or exc}{where}; check --data-dir and the paths given") from None
 
 
 @click.group(cls=RtmlGroup, context_settings=CONTEXT)
@@ -105,6 +108,8 @@ def parse_start(value: str | None) -> int | None:
         raise ConfigError(f"--start {value!r} is not an ISO time; use e.g. 2026-01-01T00:00:00Z") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
+    if not datetime(1971, 1, 1, tzinfo=timezone.utc) <= dt <= datetime(2200, 1, 1, tzinfo=timezone.utc):
+        raise ConfigError(f"--start {value!r} is outside 1971..2200")
     return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
 
 
@@ -155,7 +160,7 @@ SYNTHETIC_DEFAULT_TICKS = 1_000_000
 @click.option("--flush-every", type=click.IntRange(min=1), default=100_000, show_default=True, help="Write a part every N ticks...")
 @click.option("--flush-interval", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="...or every S seconds, whichever comes first.")
 @click.option("--speed", default="max", show_default=True, help="synthetic/replay clock: X times wall time, or max.")
-@click.option("--seed", type=int, default=42, show_default=True, help="synthetic: random seed; the same seed gives the same ticks.")
+@click.option("--seed", type=click.IntRange(min=0), default=42, show_default=True, help="synthetic: random seed; the same seed gives the same ticks.")
 @click.option("--start", default=None, help="synthetic: simulated start time (ISO). [default: where the log ends, else now when paced, else 2026-01-01]")
 @click.option("--regime-minutes", type=click.FloatRange(min=1), default=30.0, show_default=True, help="synthetic: mean length of a market regime.")
 @click.option("--path", default=None, help="replay: a trade file or a glob of them (CSV, .csv.gz, .zip, Parquet).")
@@ -222,7 +227,7 @@ def ingest(source, symbols, max_ticks, duration, flush_every, flush_interval, sp
 
                 def on_batch(s, progress):
                     bad = sum(s.quarantined.values())
-                    bar.update(task, advance=progress, status=f"{s.written:,} written, {bad:,} quarantined")
+                    bar.update(task, advance=progress, status=f"{s.received - bad:,} accepted, {bad:,} quarantined")
 
                 summary = run_ingest(data_dir, src, opts, stop, on_batch, batches)
     if as_json:
@@ -294,6 +299,8 @@ def features(follow, bar, horizon, target, sql_file, symbols, lookback, grace, p
             sql = sql_file.read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read --sql {sql_file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"--sql {sql_file} is not a UTF-8 text file of SQL") from None
     spec = FeatureSpec(bar_s=parse_bar(bar), horizon=horizon, target=target, lookback=lookback, sql=sql)
     if rebuild:
         remove_built(data_dir)
@@ -413,7 +420,8 @@ def checkpoints(name, data_dir, as_json):
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--log", "log_name", default="ticks", show_default=True, help="Which log to compact.")
+@click.option("--log", "log_name", type=click.Choice(["ticks", "features", "examples"]), default="ticks",
+              show_default=True, help="Which log to compact.")
 @symbols_option("Only these partitions (default: all).")
 @click.option("--target-rows", type=click.IntRange(min=2), default=1_000_000, show_default=True, help="Merge runs of small parts into parts of up to this many rows.")
 @data_dir_option

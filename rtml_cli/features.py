@@ -24,6 +24,7 @@ import hashlib
 import json
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -223,8 +224,19 @@ class FeatureBuilder:
                     "run `rtml features --rebuild` to build them again from the ticks"
                 )
             self.state = {}
+            # Identifies this build of the logs: a rebuild starts offsets at 0 again, and
+            # a trainer must not resume a model at offsets of a build that is gone.
+            self.build_id = uuid.uuid4().hex
             return
-        doc = json.loads(self.state_path.read_text())
+        try:
+            doc = json.loads(self.state_path.read_text())
+            symbols = {s: SymbolState(**v) for s, v in doc.get("symbols", {}).items()}
+            pending = {s: (SymbolState(**e["state"]), int(e["expect_last_offset"])) for s, e in (doc.get("pending") or {}).items()}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise FeatureError(
+                f"{self.state_path} is damaged ({type(exc).__name__}: {exc}); run `rtml features --rebuild`"
+            ) from None
+        self.build_id = doc.get("build_id") or "unknown"
         if doc.get("params") != params:
             old = doc.get("params", {})
             diff = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in params.items() if old.get(k) != v)
@@ -233,13 +245,12 @@ class FeatureBuilder:
                 "rerun with the same --bar/--horizon/--target/--lookback/--sql, or pass --rebuild "
                 "to rebuild features and examples from the ticks"
             )
-        self.state = {s: SymbolState(**v) for s, v in doc.get("symbols", {}).items()}
-        pending = doc.get("pending") or {}
-        for sym, entry in pending.items():
+        self.state = symbols
+        for sym, (pending_state, expect_last_offset) in pending.items():
             # The intent was written before publishing; the features log says whether the
             # publish happened (its last offset is the one the intent expected).
-            if self.features.last_offset(sym) == entry["expect_last_offset"]:
-                self.state[sym] = SymbolState(**entry["state"])
+            if self.features.last_offset(sym) == expect_last_offset:
+                self.state[sym] = pending_state
         for sym, st in self.state.items():
             if self.features.last_offset(sym) != st.bars - 1:
                 raise FeatureError(
@@ -251,6 +262,7 @@ class FeatureBuilder:
 
     def _save_state(self, pending: dict | None = None) -> None:
         doc = {
+            "build_id": self.build_id,
             "params": self.spec.params(),
             "symbols": {s: asdict(st) for s, st in sorted(self.state.items())},
             "pending": pending,
@@ -308,9 +320,13 @@ class FeatureBuilder:
         st = SymbolState(**asdict(old))
         rep = SymbolReport()
         old_closed = old.closed_until if old.closed_until is not None else _NEVER
-        limit = min(self.ticks.last_offset(sym), old.tick_offset + self.chunk_ticks)
+        last_tick = self.ticks.last_offset(sym)
+        limit = min(last_tick, old.tick_offset + self.chunk_ticks)
         has_new = limit > old.tick_offset
-        clock_closed = (clock_ns // self.bar_ns) * self.bar_ns if clock_ns is not None else _NEVER
+        # The clock closes bars only of a symbol whose ticks have all been read: while one
+        # catches up on a backlog, its own ticks say what has closed.
+        caught_up = clock_ns is not None and limit == last_tick
+        clock_closed = (clock_ns // self.bar_ns) * self.bar_ns if caught_up else _NEVER
         has_open = old.open_from <= old.tick_offset
         used = pl.DataFrame()
         if has_new or (has_open and clock_closed > old_closed):
@@ -450,11 +466,17 @@ class FeatureBuilder:
         finally:
             con.unregister("bars")
         _check_contract(out, bars.height)
-        return out.select(
-            pl.col("ts").cast(pl.Datetime("ns", "UTC")),
-            pl.col("symbol").cast(pl.String),
-            pl.exclude("ts", "symbol"),
-        ).sort("symbol", "ts")
+        if not isinstance(out.schema["ts"], pl.Datetime) or out.schema["symbol"] != pl.String:
+            raise FeatureError("the feature query must return `ts` and `symbol` as they are in `bars`")
+        out = out.with_columns(pl.col("ts").cast(pl.Datetime("ns", "UTC"))).sort("symbol", "ts")
+        keys = bars.select("symbol", "ts").sort("symbol", "ts")
+        if not out.select("symbol", "ts").equals(keys):
+            raise FeatureError("the feature query changed `symbol` or `ts`; it must return each bar of `bars` once, as it is")
+        # The bars are rtml's: whatever the query did to them, the stored ones are the input's.
+        features = [c for c in out.columns if c not in BAR_COLUMNS]
+        return keys.join(bars, on=["symbol", "ts"], how="left", maintain_order="left").select(
+            "ts", "symbol", *[c for c in BAR_COLUMNS if c not in ("ts", "symbol")]
+        ).hstack(out.select(pl.col(c).cast(pl.Float64) if out.schema[c].is_decimal() else pl.col(c) for c in features))
 
     # -- examples ------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rtml_cli import atomic
-from rtml_cli.errors import SymbolError
+from rtml_cli.errors import LogError, SymbolError
 from rtml_cli.log import LogWriter, ParquetLog, check_symbol
 from rtml_cli.schema import TICK_COLUMNS, problems, tick_schema
 from rtml_cli.sources import Source, TickBatch
@@ -282,9 +282,20 @@ class _Pipeline:
 
         self.last_flush = time.monotonic()
         if self.good:
-            batch = pl.concat(self.good)
-            for (sym,), part in batch.group_by("symbol", maintain_order=True):
-                first, last = self.writer.append(sym, part)
+            pending = pl.concat(self.good).partition_by("symbol", as_dict=True, maintain_order=True)
+            for (sym,), part in pending.items():
+                try:
+                    first, last = self.writer.append(sym, part)
+                except OSError as exc:
+                    raise LogError(
+                        f"could not write to {self.writer.log.root}: {exc.strerror or exc}; "
+                        f"{self.buffered:,} ticks received since the last write were not written"
+                    ) from None
+                # Written: drop it from the buffer at once, so a retry cannot write it twice.
+                self.good = [f.filter(pl.col("symbol") != sym) for f in self.good]
+                self.good = [f for f in self.good if f.height]
+                self.buffered -= part.height
+                self.summary.written += part.height
                 st = self.summary.symbols.setdefault(sym, SymbolStats())
                 st.written += part.height
                 ts_min, ts_max = part["ts"].min(), part["ts"].max()
@@ -293,8 +304,6 @@ class _Pipeline:
                 st.last_price = float(part["price"][-1])
                 st.last_offset = last
                 self.summary.parts += 1
-            self.summary.written += batch.height
-            self.good, self.buffered = [], 0
         if self.bad:
             path = self.quarantine.write(pl.concat(self.bad))
             self.summary.quarantine_files.append(str(path))

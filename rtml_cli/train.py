@@ -64,6 +64,7 @@ class Trainer:
         self.skipped: list[str] = []
         self.version: int | None = None
         self.report = TrainReport()
+        self.examples_build: str | None = None
 
     def __enter__(self) -> Trainer:
         self._lock = self.store.lock()
@@ -90,6 +91,12 @@ class Trainer:
         self._check_target()
         cp, payload, problems = self.store.latest_valid(self.key)
         self.skipped = problems
+        if cp is not None and cp.manifest.get("examples_build") != self.examples_build:
+            raise ConfigError(
+                f"the examples in {self.data_dir} were rebuilt (`rtml features --rebuild`) since the checkpoints in "
+                f"{self.store.dir} were written, so their offsets mean other examples now; train a fresh model "
+                "with --name, or delete that directory"
+            )
         if cp is not None and payload is not None:
             spec = cp.manifest.get("spec", {})
             if spec.get("model") != self.spec.name or spec.get("params") != self._spec_doc()["params"]:
@@ -117,9 +124,11 @@ class Trainer:
     def _check_target(self) -> None:
         state = self.data_dir / "state" / "features.json"
         try:
-            target = json.loads(state.read_text())["params"]["target"]
-        except (OSError, ValueError, KeyError):
+            doc = json.loads(state.read_text())
+            target = doc["params"]["target"]
+        except (OSError, ValueError, KeyError, TypeError):
             return  # examples from elsewhere: nothing to check against
+        self.examples_build = doc.get("build_id")
         if self.spec.kind == CLASSIFIER and target != "sign":
             raise ConfigError(f"{self.spec.name} is a classifier; build examples with `rtml features --target sign --rebuild`")
         if self.spec.kind != CLASSIFIER and target == "sign":
@@ -207,6 +216,7 @@ class Trainer:
             self.checkpointer.wait()
         manifest = {
             "name": self.name,
+            "examples_build": self.examples_build,
             "spec": self._spec_doc(),
             "versions": runtime_versions(),
             "examples_learned": self.learner.learned,
