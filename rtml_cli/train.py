@@ -169,7 +169,7 @@ class Trainer:
             batch = before if before.height else batch.filter(pl.col("ts") <= horizon)
         return batch.sort("ts", "symbol", OFFSET)
 
-    def step(self, on_progress: Callable[[int], None] | None = None, chunk: int = 50_000) -> int:
+    def step(self, on_progress: Callable[[int], None] | None = None, chunk: int = 10_000) -> int:
         """Learn every example available now; returns how many."""
         done = 0
         while (n := self._learn(self._next_batch(chunk), on_progress)) > 0:
