@@ -339,7 +339,9 @@ def _write_part(frame: pl.DataFrame, path: Path, level: int = 3) -> None:
     """Appends use zstd level 1 (twice as fast to write); compaction recompresses at 3."""
     tmp = atomic.temp_path_for(path)
     try:
-        frame.write_parquet(tmp, compression="zstd", compression_level=level, statistics=True)
+        # Row groups of 64k rows: a reader asking for a range of offsets skips the others
+        # by their statistics instead of decoding the whole part.
+        frame.write_parquet(tmp, compression="zstd", compression_level=level, statistics=True, row_group_size=65_536)
         atomic.publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
