@@ -18,16 +18,20 @@ test: install
 	$(BIN)/python -m pytest -q
 
 # The pipeline so far on the simulated market, in ./data/demo: six hours of history, its
-# features, then a live-looking market (300x real time) with `rtml features --follow` beside it.
+# features and a model trained on them; then a live-looking market (300x real time) with
+# `rtml features --follow` and `rtml train --follow` running beside it.
 DEMO := data/demo
 demo: install
-	rm -rf $(DEMO)
+	rm -rf $(DEMO) $(DEMO)-*.json
 	$(BIN)/rtml ingest --max-ticks 300000 --data-dir $(DEMO)
 	$(BIN)/rtml features --data-dir $(DEMO)
-	$(BIN)/rtml features --follow --data-dir $(DEMO) --json > $(DEMO)-features.json & pid=$$!; \
+	$(BIN)/rtml train --data-dir $(DEMO)
+	$(BIN)/rtml features --follow --data-dir $(DEMO) --json > $(DEMO)-features.json & f=$$!; \
+	$(BIN)/rtml train --follow --checkpoint-every 50 --data-dir $(DEMO) --json > $(DEMO)-train.json & t=$$!; \
 	$(BIN)/rtml ingest --speed 300 --duration 15 --data-dir $(DEMO); \
-	sleep 1; kill -INT $$pid; wait $$pid; \
-	$(BIN)/python -c 'import json, sys; s = json.load(open(sys.argv[1])); print("features --follow:", s["bars_emitted"], "bars,", s["examples_emitted"], "examples,", s["late_ticks"], "late ticks while the market ran")' $(DEMO)-features.json
+	sleep 2; kill -INT $$f; wait $$f; sleep 1; kill -INT $$t; wait $$t; \
+	$(BIN)/python tools/demo_summary.py $(DEMO)-features.json $(DEMO)-train.json
+	$(BIN)/rtml checkpoints --data-dir $(DEMO)
 
 bench: install
 	$(BIN)/python bench/ingest.py

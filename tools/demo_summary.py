@@ -1,0 +1,13 @@
+"""Print what `make demo`'s follow-mode stages did while the simulated market ran."""
+
+import json
+import sys
+
+features, train = (json.load(open(path)) for path in sys.argv[1:3])
+m = train["metrics"]
+print(
+    f"while the market ran: features --follow emitted {features['bars_emitted']} bars and "
+    f"{features['examples_emitted']} examples ({features['late_ticks']} late ticks); train --follow learned "
+    f"{train['learned_this_run']} more examples, now at checkpoint v{train['version']} "
+    f"(rolling MAE {m['mae']:.5f}, hit rate {m['hit_rate']:.2f})"
+)
