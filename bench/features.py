@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import show  # bench/report.py, beside this script
+
 FLOOR = """
 import sys, duckdb
 con = duckdb.connect()
@@ -120,13 +122,9 @@ def main() -> None:
         "incremental_step_ms_log_10x_smaller": round(small_ms, 1),
         "incremental_big_over_small": round(big_ms / small_ms, 2),
     }
-    if args.json:
-        print(json.dumps(results, indent=2))
+    if not show(results, args.json):
         return
-    width = max(len(k) for k in results)
-    for k, v in results.items():
-        print(f"{k:<{width}}  {v}")
-    print(f"\ntarget: one-shot <= 3x floor -> {results['one_shot_over_floor']}x")
+    print(f"target: one-shot <= 3x floor -> {results['one_shot_over_floor']}x")
     print(f"target: incremental step < 200 ms -> {big_ms:.1f} ms; <= 2x the 10x smaller log -> "
           f"{results['incremental_big_over_small']}x")
 

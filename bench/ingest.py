@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from report import show  # bench/report.py, beside this script
+
 FLOOR = """
 import sys, polars as pl
 pl.read_csv(sys.argv[1], has_header=False).write_parquet(sys.argv[2])
@@ -126,13 +128,9 @@ def main() -> None:
         "synthetic_ingest_wall_s (whole command)": round(syn_s, 3),
         "synthetic_generation_ticks_per_s (simulator alone)": round(gen_rate),
     }
-    if args.json:
-        print(json.dumps(results, indent=2))
+    if not show(results, args.json):
         return
-    width = max(len(k) for k in results)
-    for k, v in results.items():
-        print(f"{k:<{width}}  {v}")
-    print(f"\ntarget: replay <= 4x floor -> {results['replay_over_floor']}x "
+    print(f"target: replay <= 4x floor -> {results['replay_over_floor']}x "
           f"({'met' if results['replay_over_floor'] <= 4 else 'NOT met'})")
     print(f"target: synthetic >= 500k ticks/s -> ingest {syn['ticks_per_s']:,.0f}/s, generator {gen_rate:,.0f}/s")
     print(f"memory: {replay_mb:.0f} MB for {args.rows:,} rows, {big_mb:.0f} MB for {4 * args.rows:,} rows")

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from threading import Event
 
+from report import show  # bench/report.py, beside this script
+
 
 def rtml(*args: str) -> list[str]:
     return [sys.executable, "-m", "rtml_cli", *args]
@@ -170,13 +172,9 @@ def main() -> None:
         "train_peak_rss_mb_all_examples": round(peak_all, 1),
         "train_peak_rss_mb_a_tenth": round(peak_small, 1),
     }
-    if args.json:
-        print(json.dumps(results, indent=2))
+    if not show(results, args.json):
         return
-    width = max(len(k) for k in results)
-    for k, v in results.items():
-        print(f"{k:<{width}}  {v}")
-    print(f"\ntarget: (b)/(a) >= 0.7 -> {results['floor_over_train (b/a)']}; "
+    print(f"target: (b)/(a) >= 0.7 -> {results['floor_over_train (b/a)']}; "
           f"(a) >= 10x the seed design -> {results['train_over_seed_design_speed']}x")
     print(f"target: stall linear < 2 ms -> max {results['linear_stall_ms_max']} ms; "
           f"ARF after 20k < 50 ms -> max {results['arf_20k_fork_stall_ms_max']} ms (inline pickle would be "

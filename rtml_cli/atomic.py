@@ -7,8 +7,11 @@ the old file or the whole new one, and a crash leaves at worst a temporary file 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 TMP_MARKER = ".tmp-"
@@ -59,3 +62,28 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 def write_json(path: Path, obj: object) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+@contextmanager
+def exclusive(lock_path: Path, busy: str) -> Iterator[None]:
+    """Hold an advisory lock on `lock_path`, or raise LockedError with `busy` (its `{pid}` filled in).
+
+    The lock is an `flock`: the kernel releases it when its owner dies, even by kill -9, so
+    a crashed owner never leaves a stale lock behind. The file records the owner's pid for
+    the message a second process gets.
+    """
+    from rtml_cli.errors import LockedError
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise LockedError(busy.replace("{pid}", holder)) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

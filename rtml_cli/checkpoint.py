@@ -9,7 +9,6 @@ runs code: a pickle from an untrusted writer is arbitrary code execution.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import hmac
 import json
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rtml_cli import __version__, atomic
-from rtml_cli.errors import LockedError, RtmlError
+from rtml_cli.errors import RtmlError
 
 KEY_ENV = "RTML_CHECKPOINT_KEY"
 _MANIFEST_RE = re.compile(r"^(\d{10})\.json$")
@@ -144,24 +143,12 @@ class CheckpointStore:
     @contextmanager
     def lock(self) -> Iterator[None]:
         """One trainer per checkpoint directory; the kernel drops the lock if its owner dies."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                raise LockedError(
-                    f"another `rtml train` (pid {holder}) is training into {self.dir}; stop it, or use --name"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        busy = f"another `rtml train` (pid {{pid}}) is training into {self.dir}; stop it, or use --name"
+        with atomic.exclusive(self.dir / _LOCK, busy):
             for tmp in self.dir.iterdir():
                 if atomic.is_temp(tmp):
                     tmp.unlink(missing_ok=True)  # left by a writer that died mid-write
             yield
-        finally:
-            os.close(fd)
 
     def prune(self, keep: int) -> list[int]:
         """Delete all but the newest `keep` committed versions (never the newest valid one)."""

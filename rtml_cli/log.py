@@ -17,7 +17,6 @@ offset, compact) so that a Kafka topic can stand in for it later.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import time
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
 from rtml_cli import atomic
-from rtml_cli.errors import LockedError, LogError, SymbolError
+from rtml_cli.errors import LogError, SymbolError
 
 if TYPE_CHECKING:
     import polars as pl
@@ -228,25 +227,11 @@ class ParquetLog:
     @contextmanager
     def writer(self) -> Iterator[LogWriter]:
         """Hold the log's writer lock; clean up temp files a crashed writer left behind."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        lock_path = self.root / _LOCK_NAME
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                raise LockedError(
-                    f"another rtml process (pid {holder}) is writing {self.root}; "
-                    "stop it first, or use another --data-dir"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        busy = f"another rtml process (pid {{pid}}) is writing {self.root}; stop it first, or use another --data-dir"
+        with atomic.exclusive(self.root / _LOCK_NAME, busy):
             writer = LogWriter(self)
             writer.remove_orphans()
             yield writer
-        finally:
-            os.close(fd)  # releases the flock
 
 
 class LogWriter:

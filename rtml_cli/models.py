@@ -31,77 +31,36 @@ class ModelSpec:
             raise ConfigError(f"model {self.name!r} does not take these parameters ({exc}); see `rtml models`") from None
 
 
-def _linear(**kw):
-    from river import linear_model, preprocessing
+def _scaled(module: str, estimator: str) -> Callable[..., Any]:
+    """A factory of `StandardScaler() | river.<module>.<estimator>(**params)`."""
 
-    return preprocessing.StandardScaler() | linear_model.LinearRegression(**kw)
+    def factory(**params: Any) -> Any:
+        from river import preprocessing
 
+        cls = getattr(importlib.import_module(f"river.{module}"), estimator)
+        return preprocessing.StandardScaler() | cls(**params)
 
-def _pa(**kw):
-    from river import linear_model, preprocessing
-
-    return preprocessing.StandardScaler() | linear_model.PARegressor(**kw)
-
-
-def _bayes(**kw):
-    from river import linear_model, preprocessing
-
-    return preprocessing.StandardScaler() | linear_model.BayesianLinearRegression(**kw)
-
-
-def _hat(**kw):
-    from river import preprocessing, tree
-
-    return preprocessing.StandardScaler() | tree.HoeffdingAdaptiveTreeRegressor(**kw)
-
-
-def _arf(**kw):
-    from river import forest, preprocessing
-
-    return preprocessing.StandardScaler() | forest.ARFRegressor(**kw)
-
-
-def _knn(**kw):
-    from river import neighbors, preprocessing
-
-    return preprocessing.StandardScaler() | neighbors.KNNRegressor(**kw)
-
-
-def _logistic(**kw):
-    from river import linear_model, preprocessing
-
-    return preprocessing.StandardScaler() | linear_model.LogisticRegression(**kw)
-
-
-def _hat_clf(**kw):
-    from river import preprocessing, tree
-
-    return preprocessing.StandardScaler() | tree.HoeffdingAdaptiveTreeClassifier(**kw)
-
-
-def _arf_clf(**kw):
-    from river import forest, preprocessing
-
-    return preprocessing.StandardScaler() | forest.ARFClassifier(**kw)
+    factory.__name__ = estimator
+    return factory
 
 
 SPECS: dict[str, ModelSpec] = {
     s.name: s
     for s in [
-        ModelSpec("linear", "StandardScaler | LinearRegression (River defaults): the baseline online regressor", REGRESSOR, _linear),
-        ModelSpec("pa", "StandardScaler | PARegressor: passive-aggressive regression", REGRESSOR, _pa),
-        ModelSpec("bayes", "StandardScaler | BayesianLinearRegression, with a forgetting factor for drift", REGRESSOR, _bayes,
+        ModelSpec("linear", "StandardScaler | LinearRegression (River defaults): the baseline online regressor", REGRESSOR, _scaled("linear_model", "LinearRegression")),
+        ModelSpec("pa", "StandardScaler | PARegressor: passive-aggressive regression", REGRESSOR, _scaled("linear_model", "PARegressor")),
+        ModelSpec("bayes", "StandardScaler | BayesianLinearRegression, with a forgetting factor for drift", REGRESSOR, _scaled("linear_model", "BayesianLinearRegression"),
                   {"smoothing": 0.999}),
         ModelSpec("hat", "StandardScaler | HoeffdingAdaptiveTreeRegressor: a tree that replaces drifting branches", REGRESSOR,
-                  _hat, {"seed": 42}),
+                  _scaled("tree", "HoeffdingAdaptiveTreeRegressor"), {"seed": 42}),
         ModelSpec("arf", "StandardScaler | ARFRegressor: adaptive random forest (big; checkpoints in a forked child)",
-                  REGRESSOR, _arf, {"n_models": 10, "seed": 42}),
-        ModelSpec("knn", "StandardScaler | KNNRegressor over a sliding window of recent examples", REGRESSOR, _knn),
-        ModelSpec("logistic", "StandardScaler | LogisticRegression: classifier for --target sign", CLASSIFIER, _logistic),
-        ModelSpec("hat-clf", "StandardScaler | HoeffdingAdaptiveTreeClassifier, for --target sign", CLASSIFIER, _hat_clf,
+                  REGRESSOR, _scaled("forest", "ARFRegressor"), {"n_models": 10, "seed": 42}),
+        ModelSpec("knn", "StandardScaler | KNNRegressor over a sliding window of recent examples", REGRESSOR, _scaled("neighbors", "KNNRegressor")),
+        ModelSpec("logistic", "StandardScaler | LogisticRegression: classifier for --target sign", CLASSIFIER, _scaled("linear_model", "LogisticRegression")),
+        ModelSpec("hat-clf", "StandardScaler | HoeffdingAdaptiveTreeClassifier, for --target sign", CLASSIFIER, _scaled("tree", "HoeffdingAdaptiveTreeClassifier"),
                   {"seed": 42}),
         ModelSpec("arf-clf", "StandardScaler | ARFClassifier: adaptive random forest, for --target sign", CLASSIFIER,
-                  _arf_clf, {"n_models": 10, "seed": 42}),
+                  _scaled("forest", "ARFClassifier"), {"n_models": 10, "seed": 42}),
     ]
 }
 
