@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections import Counter
@@ -140,19 +141,22 @@ class TradeIdIndex:
             runs[-1] = np.sort(np.concatenate([runs[-1], newer]), kind="stable")
 
 
+_QUARANTINE_SEQ = itertools.count(1)
+
+
 class Quarantine:
     """Rejected records with their reason, as Parquet files under `<data-dir>/quarantine/`."""
 
     def __init__(self, data_dir: Path, log_name: str):
         self.dir = Path(data_dir) / QUARANTINE
         self.log_name = log_name
-        self._seq = 0
 
     def write(self, frame: pl.DataFrame) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        self._seq += 1
-        path = self.dir / f"{self.log_name}-{stamp}-{os.getpid()}-{self._seq:06d}.parquet"
+        # The sequence number is per process, not per run: two runs in one process and one
+        # second must not replace each other's file.
+        path = self.dir / f"{self.log_name}-{stamp}-{os.getpid()}-{next(_QUARANTINE_SEQ):06d}.parquet"
         tmp = atomic.temp_path_for(path)
         try:
             frame.write_parquet(tmp)

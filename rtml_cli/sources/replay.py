@@ -8,6 +8,7 @@ files are read a row group batch at a time.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import gzip
 import io
@@ -15,6 +16,7 @@ import os
 import re
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,8 @@ BINANCE_COLS = ["id", "price", "qty", "quoteQty", "time", "isBuyerMaker", "isBes
 TARDIS_COLS = ["exchange", "symbol", "timestamp", "local_timestamp", "id", "side", "price", "amount"]
 RTML_REQUIRED = ["ts", "price", "qty"]
 CHUNK_BYTES = 8 << 20
+MAX_NS = 2**63 - 1  # the last instant a timestamp[ns] holds (2262-04-11)
+CARRY_ROWS = 1000  # occurrence counts are carried for the timestamps of the last rows read
 _NUMBER = re.compile(r"^\s*-?\d+(\.\d*)?([eE][-+]?\d+)?\s*$")
 
 
@@ -61,14 +65,21 @@ class _Input:
     def __init__(self, path: Path):
         self.path = path
         self.size = path.stat().st_size
-        self._raw = open(path, "rb")
+        try:
+            self._raw = open(path, "rb")
+        except OSError as exc:
+            raise InputFormatError(f"cannot open {path}: {exc.strerror}") from None
         self._zip: zipfile.ZipFile | None = None
         head = self._raw.read(4)
         self._raw.seek(0)
         if head[:2] == b"\x1f\x8b":
             self.stream: BinaryIO = gzip.GzipFile(fileobj=self._raw)  # type: ignore[assignment]
         elif head == b"PK\x03\x04":
-            self._zip = zipfile.ZipFile(self._raw)
+            try:
+                self._zip = zipfile.ZipFile(self._raw)
+            except zipfile.BadZipFile as exc:
+                self._raw.close()
+                raise InputFormatError(f"{path} is a damaged zip archive ({exc})") from None
             members = [i for i in self._zip.infolist() if not i.is_dir()]
             if len(members) != 1:
                 raise InputFormatError(
@@ -83,7 +94,12 @@ class _Input:
         self.is_parquet = head == b"PAR1"
 
     def read(self, n: int) -> bytes:
-        data = self.stream.read(n)
+        try:
+            data = self.stream.read(n)
+        except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+            # gzip.BadGzipFile is an OSError; a truncated download ends in EOFError, which
+            # click would otherwise turn into a bare "Aborted!".
+            raise InputFormatError(f"{self.path} cannot be read to its end: {exc} (damaged or truncated?)") from None
         if self._zip is not None:
             self._read += len(data)
         return data
@@ -170,7 +186,7 @@ def _header_for(fmt: str, first_line: str, path: Path) -> tuple[list[str], bool]
             raise InputFormatError(
                 f"{path} does not start with the Tardis trades header {','.join(TARDIS_COLS)}"
             )
-        return cells, True
+        return TARDIS_COLS + cells[len(TARDIS_COLS) :], True
     missing = [c for c in RTML_REQUIRED if c not in lowered]
     if missing:
         raise InputFormatError(
@@ -212,7 +228,16 @@ def _ns_from_seconds_text(col: str) -> pl.Expr:
     frac = parts.struct.field("field_1").fill_null("")
     frac_ok = frac.str.contains(r"^\d*$")
     frac_ns = frac.str.slice(0, 9).str.pad_end(9, "0").cast(pl.Int64, strict=False)
-    return pl.when(frac_ok & text.str.contains(r"^\d+(\.\d*)?$")).then(whole * 1_000_000_000 + frac_ns)
+    in_range = whole <= MAX_NS // 1_000_000_000 - 1  # beyond it, whole * 1e9 would wrap around
+    return pl.when(frac_ok & text.str.contains(r"^\d+(\.\d*)?$") & in_range).then(whole * 1_000_000_000 + frac_ns)
+
+
+def _us_to_ns(us: pl.Expr) -> pl.Expr:
+    """Integer microseconds -> nanoseconds; null (unparseable) when negative or past 2262,
+    where the product would wrap around into a plausible but wrong instant."""
+    import polars as pl
+
+    return pl.when((us >= 0) & (us <= MAX_NS // 1_000)).then(us * 1_000)
 
 
 def _utc(expr: pl.Expr) -> pl.Expr:
@@ -238,32 +263,40 @@ def _text_ts(col: str) -> pl.Expr:
     return pl.coalesce(*zoned, *naive, as_int)
 
 
-def _occurrence_ids(frame: pl.DataFrame, key: list[str], carry: pl.DataFrame | None) -> tuple[pl.Series, pl.DataFrame]:
+def _occurrence_ids(frame: pl.DataFrame, key: list[str], carry: tuple | None) -> tuple[pl.Series, tuple]:
     """Stable ids for trades without one: the record's fields plus its occurrence number.
 
     A file position would collide between two files (Kraken's quarterly updates restart at
     line 1); the content plus the count of identical earlier records in the file does not,
-    and stays the same when the file is replayed again. `carry` holds the counts of the
-    records at the previous chunk's last timestamp, where a run of identical trades may span
-    the chunk boundary.
+    and stays the same when the file is replayed again. `carry` (opaque; None for the
+    first chunk) holds the counts of the records at the timestamps of the last CARRY_ROWS
+    records before this chunk, where a run of identical trades may span the chunk boundary,
+    interleaved with other trades at that time or with a bad record; so ids do not depend
+    on where chunks are cut, as long as the file is in time order within CARRY_ROWS records.
     """
     import polars as pl
 
+    old_counts, old_recent = carry if carry is not None else (None, None)
     n = pl.int_range(pl.len()).over(key)
     f = frame.select(key).with_columns(_n=n)
-    if carry is not None and carry.height:
-        f = f.join(carry, on=key, how="left", maintain_order="left").with_columns(
+    if old_counts is not None and old_counts.height:
+        f = f.join(old_counts, on=key, how="left", maintain_order="left").with_columns(
             _n=pl.col("_n") + pl.col("_c").fill_null(0)
         ).drop("_c")
     ids = pl.concat_str([*[pl.col(k).fill_null("") for k in key], pl.col("_n").cast(pl.String)], separator="|")
     ids_s = f.select(ids.alias("trade_id")).to_series()
-    last_ts = f[key[0]][-1] if f.height else None
-    new_carry = (
-        f.filter(pl.col(key[0]) == last_ts).group_by(key).agg(_c=pl.col("_n").max() + 1)
-        if last_ts is not None
-        else None
-    )
-    return ids_s, new_carry
+    # The timestamps of the last CARRY_ROWS records (this chunk's, and the previous ones' if
+    # this chunk is shorter), and the counts at those times: this chunk's merged with the
+    # carried ones (keys that did not recur in this chunk).
+    recent = f[key[0]].tail(CARRY_ROWS)
+    if old_recent is not None and recent.len() < CARRY_ROWS:
+        recent = pl.concat([old_recent, recent]).tail(CARRY_ROWS)
+    times = recent.drop_nulls().unique().to_list()
+    counts = f.filter(pl.col(key[0]).is_in(times)).group_by(key).agg(_c=pl.col("_n").max() + 1)
+    if old_counts is not None and old_counts.height:
+        old = old_counts.filter(pl.col(key[0]).is_in(times))
+        counts = pl.concat([old, counts.cast(old.schema)]).group_by(key).agg(pl.col("_c").max())
+    return ids_s, (counts, recent)
 
 
 @dataclass
@@ -282,7 +315,7 @@ class ReplaySource:
         path: str,
         fmt: str = "auto",
         symbol: str | None = None,
-        chunk_bytes: int = CHUNK_BYTES,
+        chunk_bytes: int | None = None,
         now_ns: int | None = None,
     ):
         if fmt not in FORMATS:
@@ -290,7 +323,7 @@ class ReplaySource:
         self.paths = expand_paths(path)
         self.fmt = fmt
         self.symbol = symbol
-        self.chunk_bytes = chunk_bytes
+        self.chunk_bytes = chunk_bytes or CHUNK_BYTES  # read at call time, so tests can patch it
         self.now_ns = now_ns
         self.total = sum(p.stat().st_size for p in self.paths)
         self.formats_seen: dict[str, str] = {}
@@ -311,6 +344,7 @@ class ReplaySource:
                 except Exception as exc:  # noqa: BLE001 - pyarrow raises many types here
                     raise InputFormatError(f"{path} is not a readable Parquet file: {exc}") from None
                 fmt = self.fmt if self.fmt != "auto" else _parquet_format(names, path)
+                _check_parquet_columns(names, fmt, path)
                 header, has_header = names, False
             else:
                 head = inp.read(64 * 1024)
@@ -319,7 +353,8 @@ class ReplaySource:
                         f"{path} is a binary file, not a CSV, gzip, zip or Parquet trade file"
                     )
                 try:
-                    text = head.decode("utf-8-sig")
+                    # final=False: the 64 KiB window may end inside a multi-byte character
+                    text = codecs.getincrementaldecoder("utf-8-sig")().decode(head, final=False)
                 except UnicodeDecodeError:
                     raise InputFormatError(f"{path} is not UTF-8 text; rtml reads CSV trade files") from None
                 first_line = next((ln for ln in text.splitlines() if ln.strip()), "")
@@ -341,9 +376,16 @@ class ReplaySource:
                     f"{path.name} is a {fmt} file, which has no symbol column, and its name does "
                     "not say the pair; pass --symbol (e.g. --symbol BTC/USD)"
                 )
-        if fmt == "rtml" and "symbol" not in [h.lower() for h in header] and symbol is None:
+        if fmt in ("rtml", "tardis") and "symbol" not in [h.lower() for h in header] and symbol is None:
             raise InputFormatError(f"{path.name} has no symbol column; pass --symbol")
         self.formats_seen[str(path)] = fmt
+        # Parse the first rows now too, so that a file that is mostly not trades of this
+        # format fails before anything is written (and before a progress bar is drawn).
+        probe = self._file_batches(path, fmt, header, has_header, symbol, Event(), 64 * 1024, 1_000)
+        try:
+            next(probe, None)
+        finally:
+            probe.close()
         return fmt, header, has_header, symbol
 
     def batches(self, stop: Event) -> Iterator[TickBatch]:
@@ -352,7 +394,9 @@ class ReplaySource:
                 return
             yield from self._file_batches(path, fmt, header, has_header, symbol, stop)
 
-    def _file_batches(self, path, fmt, header, has_header, symbol, stop) -> Iterator[TickBatch]:
+    def _file_batches(
+        self, path, fmt, header, has_header, symbol, stop, chunk_bytes=None, parquet_rows=200_000
+    ) -> Iterator[TickBatch]:
         import polars as pl
 
         inp = _Input(path)
@@ -367,13 +411,17 @@ class ReplaySource:
                 pf = pq.ParquetFile(path)
                 rows_total = max(pf.metadata.num_rows, 1)
                 rows_done = 0
-                for rb in pf.iter_batches(batch_size=200_000):
+                for rb in pf.iter_batches(batch_size=parquet_rows):
                     if stop.is_set():
                         return
                     chunk = pl.from_arrow(rb)
                     assert isinstance(chunk, pl.DataFrame)
                     chunk = chunk.with_columns(
-                        [pl.col(c).cast(pl.String) for c, t in chunk.schema.items() if not t.is_temporal()]
+                        [
+                            pl.col(c).cast(pl.String)
+                            for c, t in chunk.schema.items()
+                            if not (t.is_temporal() and fmt == "rtml")  # only rtml parses typed times
+                        ]
                     ).with_columns(_line=pl.int_range(rows_done + 1, rows_done + 1 + chunk.height))
                     parsed, carry = self._parse(chunk, fmt, symbol, carry)
                     rows_done += chunk.height
@@ -385,23 +433,34 @@ class ReplaySource:
                     done = pos
                 return
             first = True
-            for data, pos in _csv_chunks(inp, self.chunk_bytes):
+            header_pending = has_header
+            # A fixed width: polars would otherwise take the width of a chunk's first row,
+            # and a short first row would cut fields off every row after it in that chunk.
+            width = {f"_c{i}": pl.String for i in range(len(header))}
+            for data, pos in _csv_chunks(inp, chunk_bytes or self.chunk_bytes):
                 if stop.is_set():
                     return
                 if first and data.startswith(b"\xef\xbb\xbf"):
                     data = data[3:]
-                skip = 1 if (first and has_header) else 0
+                first = False
+                # The header is the first non-blank line; with small chunks (or a file with
+                # no trades) it may be all there is in the chunk.
+                while header_pending and data:
+                    nl = data.find(b"\n")
+                    head, data = (data, b"") if nl < 0 else (data[:nl], data[nl + 1 :])
+                    line += 1
+                    header_pending = not head.strip()
                 chunk = pl.read_csv(
                     io.BytesIO(data),
                     has_header=False,
-                    skip_rows=skip,
-                    infer_schema=False,
+                    schema=width,
+                    missing_columns="insert",  # short rows get nulls
+                    extra_columns="ignore",  # long ones are cut
                     truncate_ragged_lines=True,
                     quote_char='"',
+                    raise_if_empty=False,
+                    encoding="utf8-lossy",  # a bad byte spoils one value (quarantined), not the run
                 )
-                if first:
-                    line += skip
-                first = False
                 if chunk.height == 0:
                     continue
                 chunk = _name_columns(chunk, header)
@@ -433,10 +492,11 @@ class ReplaySource:
         elif fmt == "binance":
             t = pl.col("time").cast(pl.Int64, strict=False)
             # Binance switched spot dumps from milliseconds to microseconds in 2025.
-            ts_ns = pl.when(t >= 10**14).then(t * 1_000).otherwise(t * 1_000_000)
+            ts_ns = _us_to_ns(pl.when(t >= 10**14).then(t).when(t >= 0).then(t * 1_000))
             maker = pl.col("isBuyerMaker").str.to_lowercase()
             side = pl.when(maker == "true").then(pl.lit("sell")).when(maker == "false").then(pl.lit("buy"))
-            side = side.otherwise(pl.col("isBuyerMaker"))  # anything else is reported as bad_side
+            # anything else, a missing value too, is reported as bad_side
+            side = side.otherwise(pl.col("isBuyerMaker").fill_null(""))
             out = _ticks(
                 chunk, raw_cols, ts_col="time", ts=_utc(ts_ns), recv=recv, symbol=fixed_symbol,
                 price_col="price", qty_col="qty", side=side, trade_id=pl.col("id"), id_col="id",
@@ -449,18 +509,17 @@ class ReplaySource:
             tid = pl.col("id").str.strip_chars()
             ids, carry = _occurrence_ids(chunk, ["timestamp", "price", "amount"], carry)
             out = _ticks(
-                chunk.with_columns(_id=ids), raw_cols, ts_col="timestamp", ts=_utc(us * 1_000),
-                recv=pl.coalesce(_utc(local_us * 1_000), recv),
+                chunk.with_columns(_id=ids), raw_cols, ts_col="timestamp", ts=_utc(_us_to_ns(us)),
+                recv=pl.coalesce(_utc(_us_to_ns(local_us)), recv),
                 symbol=fixed_symbol if symbol else pl.col("symbol").str.strip_chars(),
                 price_col="price", qty_col="amount", side=side,
                 trade_id=pl.when(tid.is_null() | (tid == "")).then(pl.format("t{}", "_id")).otherwise(tid),
             )
         else:
-            out = self._parse_rtml(chunk, symbol, recv, raw_cols)
-            carry = None
+            out, carry = self._parse_rtml(chunk, symbol, recv, raw_cols, carry)
         return _Parsed(out, _raw_expr(raw_cols)), carry
 
-    def _parse_rtml(self, chunk: pl.DataFrame, symbol: str | None, recv: pl.Expr, raw_cols: list[str]) -> pl.DataFrame:
+    def _parse_rtml(self, chunk: pl.DataFrame, symbol: str | None, recv: pl.Expr, raw_cols: list[str], carry):
         import polars as pl
 
         cols = {c.lower(): c for c in chunk.columns}
@@ -487,9 +546,11 @@ class ReplaySource:
             key = out.select(
                 pl.col("ts").cast(pl.String), pl.col(f"_raw_{cols['price']}").alias("p"), pl.col(f"_raw_{cols['qty']}").alias("q")
             )
-            ids, _ = _occurrence_ids(key, ["ts", "p", "q"], None)
+            ids, carry = _occurrence_ids(key, ["ts", "p", "q"], carry)
             out = out.with_columns(trade_id=pl.lit("r") + pl.lit(ids))
-        return out
+        else:
+            carry = None
+        return out, carry
 
 
 def _ticks(
@@ -572,6 +633,28 @@ def _parquet_format(names: list[str], path: Path) -> str:
         f"{path} is a Parquet file without trade columns (it has {', '.join(names[:12])}); "
         "rtml reads Parquet exports with ts,price,qty columns"
     )
+
+
+# The columns each parser reads from a Parquet file (rtml's: RTML_REQUIRED, in any case).
+_PARQUET_NEEDS = {
+    "binance": ["id", "price", "qty", "time", "isBuyerMaker"],
+    "tardis": ["timestamp", "local_timestamp", "id", "side", "price", "amount"],
+}
+
+
+def _check_parquet_columns(names: list[str], fmt: str, path: Path) -> None:
+    if fmt == "kraken":
+        raise InputFormatError(f"{path} is a Parquet file; Kraken trades come as CSV (timestamp,price,volume)")
+    if fmt == "rtml":
+        lowered = [n.lower() for n in names]
+        missing = [c for c in RTML_REQUIRED if c not in lowered]
+    else:
+        missing = [c for c in _PARQUET_NEEDS[fmt] if c not in names]
+    if missing:
+        raise InputFormatError(
+            f"{path} lacks the column(s) {', '.join(missing)} of a {fmt} trades file "
+            f"(it has {', '.join(names[:12])})"
+        )
 
 
 def _check_mostly_parses(frame: pl.DataFrame, path: Path, fmt: str, sample: int = 200) -> None:
