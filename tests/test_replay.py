@@ -744,3 +744,16 @@ def test_two_runs_in_one_second_keep_both_quarantine_files(tmp_path, monkeypatch
         s = run_ingest(d, ReplaySource(str(f), now_ns=NOW_NS), IngestOptions(), Event())
         assert s.written == 1 and sum(s.quarantined.values()) == 1
     assert sorted(read_quarantine(d)["reason"].to_list()) == ["non_finite_price", "non_positive_qty"]
+
+
+def test_blank_lines_are_not_records(rtml, data_dir, tmp_path):
+    f = write(tmp_path / "XBTUSD.csv", "1700000000,100,1\n\n1700000001,101,1\n\n\n")
+    s = replay(rtml, f)
+    assert s["written"] == 2 and s["quarantined_total"] == 0
+
+
+def test_symbol_does_not_rename_a_file_that_has_a_symbol_column(rtml, tmp_path):
+    f = write(tmp_path / "trades.csv", TARDIS)
+    assert_clean_error(
+        rtml("ingest", "--source", "replay", "--path", str(f), "--symbol", "X"), "has a symbol column", "--symbols"
+    )

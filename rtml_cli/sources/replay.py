@@ -376,8 +376,14 @@ class ReplaySource:
                     f"{path.name} is a {fmt} file, which has no symbol column, and its name does "
                     "not say the pair; pass --symbol (e.g. --symbol BTC/USD)"
                 )
-        if fmt in ("rtml", "tardis") and "symbol" not in [h.lower() for h in header] and symbol is None:
+        has_symbol_column = "symbol" in [h.lower() for h in header]
+        if fmt in ("rtml", "tardis") and not has_symbol_column and symbol is None:
             raise InputFormatError(f"{path.name} has no symbol column; pass --symbol")
+        if has_symbol_column and symbol is not None:
+            # renaming every row would pour all the file's symbols into one partition
+            raise InputFormatError(
+                f"{path.name} has a symbol column, so --symbol does not apply; use --symbols to keep some symbols"
+            )
         self.formats_seen[str(path)] = fmt
         # Parse the first rows now too, so that a file that is mostly not trades of this
         # format fails before anything is written (and before a progress bar is drawn).
@@ -466,6 +472,8 @@ class ReplaySource:
                 chunk = _name_columns(chunk, header)
                 chunk = chunk.with_columns(_line=pl.int_range(line, line + chunk.height))
                 line += chunk.height
+                # a blank line is no record: skipped, not quarantined
+                chunk = chunk.filter(~pl.all_horizontal(pl.col(header).is_null()))
                 parsed, carry = self._parse(chunk, fmt, symbol, carry)
                 if not checked:
                     _check_mostly_parses(parsed.frame, path, fmt)
