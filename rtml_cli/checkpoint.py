@@ -16,6 +16,7 @@ import os
 import pickle
 import platform
 import re
+import signal
 import struct
 import time
 from collections.abc import Iterator
@@ -61,34 +62,46 @@ class Checkpoint:
     manifest_path: Path
     pickle_path: Path
 
-    def verify(self, key: bytes | None = None) -> None:
-        """Raise CheckpointError unless the pickle is exactly what the manifest committed."""
+    def verify(self, key: bytes | None = None) -> bytes:
+        """The pickle's bytes, if they are exactly what the manifest committed; else CheckpointError."""
         m = self.manifest
+        info = m.get("pickle") if isinstance(m, dict) else None
+        if not isinstance(info, dict) or not isinstance(info.get("size"), int) or not isinstance(info.get("sha256"), str):
+            raise CheckpointError(f"{self.manifest_path.name} is not an rtml manifest (no pickle size and sha256)")
         try:
             data = self.pickle_path.read_bytes()
         except FileNotFoundError:
             raise CheckpointError(f"{self.pickle_path.name} is missing") from None
-        if len(data) != m["pickle"]["size"] or hashlib.sha256(data).hexdigest() != m["pickle"]["sha256"]:
+        if len(data) != info["size"] or hashlib.sha256(data).hexdigest() != info["sha256"]:
             raise CheckpointError(f"{self.pickle_path.name} does not match the sha256 in {self.manifest_path.name}")
         if key is not None:
-            signature = m.get("pickle", {}).get("hmac_sha256")
-            if not signature:
+            signature = info.get("hmac_sha256")
+            if not isinstance(signature, str) or not signature:
                 raise CheckpointError(f"{self.manifest_path.name} is not signed and {KEY_ENV} is set")
-            if not hmac.compare_digest(signature, hmac.new(key, data, hashlib.sha256).hexdigest()):
+            expected = hmac.new(key, data, hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(signature.encode(errors="replace"), expected.encode()):
                 raise CheckpointError(f"{self.manifest_path.name} has a wrong signature for {KEY_ENV}")
+        return data
 
     def load(self, key: bytes | None = None) -> dict[str, Any]:
-        """Verify, check the River version, and only then unpickle the payload."""
-        self.verify(key)
-        wrote = self.manifest.get("versions", {}).get("river")
+        """Verify, check the River version and the manifest, and only then unpickle the payload."""
+        data = self.verify(key)  # the very bytes that are unpickled below: no window to swap the file
+        m = self.manifest
+        versions = m.get("versions")
+        wrote = versions.get("river") if isinstance(versions, dict) else None
         here = river_version()
         if wrote != here:
             raise CheckpointError(
                 f"{self.manifest_path.name} was written by river {wrote}, this is river {here}: "
                 f"River pickles do not load across versions; install river=={wrote} or train afresh"
             )
+        offsets = m.get("offsets", {})
+        if not isinstance(m.get("examples_learned", 0), int) or not isinstance(offsets, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) for k, v in offsets.items()
+        ) or not isinstance(m.get("spec", {}), dict):
+            raise CheckpointError(f"{self.manifest_path.name} has fields of the wrong type; it was not written by rtml")
         try:
-            payload = pickle.loads(self.pickle_path.read_bytes())
+            payload = pickle.loads(data)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure is reported the same way
             raise CheckpointError(f"{self.pickle_path.name} does not unpickle: {type(exc).__name__}: {exc}") from None
         if not isinstance(payload, dict) or "model" not in payload:
@@ -101,7 +114,7 @@ class CheckpointStore:
 
     def __init__(self, data_dir: Path, name: str):
         if not name or "/" in name or name.startswith(".") or not name.isprintable():
-            raise RtmlError(f"checkpoint name {name!r} is not usable; use letters, digits, - and _")
+            raise RtmlError(f"checkpoint name {name!r} is not usable: no '/', no leading '.', printable characters only")
         self.dir = Path(data_dir) / "checkpoints" / name
         self.name = name
 
@@ -119,6 +132,8 @@ class CheckpointStore:
                 manifest = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue  # unreadable manifests are reported by `rtml checkpoints`, not loaded
+            if not isinstance(manifest, dict):
+                continue
             found.append(Checkpoint(int(m.group(1)), manifest, path, self.dir / f"{m.group(1)}.pkl"))
         return found
 
@@ -145,9 +160,11 @@ class CheckpointStore:
         """One trainer per checkpoint directory; the kernel drops the lock if its owner dies."""
         busy = f"another `rtml train` (pid {{pid}}) is training into {self.dir}; stop it, or use --name"
         with atomic.exclusive(self.dir / _LOCK, busy):
-            for tmp in self.dir.iterdir():
-                if atomic.is_temp(tmp):
-                    tmp.unlink(missing_ok=True)  # left by a writer that died mid-write
+            for path in self.dir.iterdir():
+                if atomic.is_temp(path):
+                    path.unlink(missing_ok=True)  # left by a writer that died mid-write
+                elif path.suffix == ".pkl" and not path.with_suffix(".json").exists():
+                    path.unlink(missing_ok=True)  # published, never committed: its writer died first
             yield
 
     def prune(self, keep: int) -> list[int]:
@@ -210,6 +227,7 @@ class _WriterProcess:
         ack_r, ack_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the writer: serve requests until the trainer closes the pipe
+            _child_signals()
             os.close(req_w)
             os.close(ack_r)
             code = 1
@@ -228,6 +246,9 @@ class _WriterProcess:
         header = json.dumps({"version": version, "manifest": manifest}, default=str).encode()
         _write_all(self._req, struct.pack(">QQ", len(header), len(data)) + header + data)
 
+    def alive(self) -> bool:
+        return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
+
     def poll(self) -> list[dict[str, Any]]:
         """Acknowledgements that have arrived: {"version", "ok", "error"}."""
         try:
@@ -237,6 +258,18 @@ class _WriterProcess:
             pass
         *lines, self._buffer = self._buffer.split(b"\n")
         return [json.loads(line) for line in lines if line]
+
+    def abandon(self) -> None:
+        """Forget a writer that died: close the pipes, reap it if it has not been reaped."""
+        for fd in (self._req, self._ack):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
 
     def close(self) -> list[dict[str, Any]]:
         os.close(self._req)  # end of requests: the writer finishes and exits
@@ -250,6 +283,13 @@ class _WriterProcess:
         if os.waitstatus_to_exitcode(status) != 0:
             acks.append({"version": None, "ok": False, "error": "the checkpoint writer process failed"})
         return acks
+
+
+def _child_signals() -> None:
+    """A writer child finishes its write: Ctrl-C in the terminal is for the trainer, which
+    then closes the pipe; SIGTERM ends the child as usual."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -272,8 +312,11 @@ def _read_exactly(fd: int, n: int) -> bytes | None:
 def _serve(req: int, ack: int, store: CheckpointStore, keep: int, key: bytes | None) -> None:
     while (sizes := _read_exactly(req, 16)) is not None:
         header_len, data_len = struct.unpack(">QQ", sizes)
-        header = json.loads(_read_exactly(req, header_len) or b"{}")
-        data = _read_exactly(req, data_len) or b""
+        raw_header = _read_exactly(req, header_len)
+        data = _read_exactly(req, data_len) if raw_header is not None else None
+        if raw_header is None or data is None:
+            return  # the trainer died mid-message: a partial pickle is never written
+        header = json.loads(raw_header)
         try:
             write_checkpoint(store.dir, header["version"], data, header["manifest"], key)
             store.prune(keep)
@@ -325,6 +368,7 @@ class Checkpointer:
         if self.use_fork:
             pid = os.fork()
             if pid == 0:  # the child: write the image it inherited, then leave without cleanup
+                _child_signals()
                 code = 1
                 try:
                     data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
@@ -342,7 +386,11 @@ class Checkpointer:
             self.use_fork = True  # the model has outgrown inline snapshots
         if self._writer is None:
             self._writer = _WriterProcess(self.store, self.keep, self.key)
-        self._writer.submit(version, data, manifest)
+        try:
+            self._writer.submit(version, data, manifest)
+        except OSError as exc:  # the writer is gone (BrokenPipeError): start another next time
+            self._writer_died(version, f"the writer process is gone ({exc})")
+            return None
         self._in_flight = version
         self.stalls_ms.append((time.perf_counter() - started) * 1000)
         return version
@@ -365,9 +413,20 @@ class Checkpointer:
         else:
             self.failures.append(f"checkpoint {version}: the writer process failed")
 
+    def _writer_died(self, version: int | None, why: str) -> None:
+        self.failures.append(f"checkpoint {version}: {why}")
+        if self._writer is not None:
+            self._writer.abandon()
+        self._writer = None
+        self._in_flight = None
+
     def _reap(self) -> None:
         if self._in_flight is not None and self._writer is not None:
             self._acknowledge(self._writer.poll())
+            if self._in_flight is not None and not self._writer.alive():
+                self._acknowledge(self._writer.poll())  # what it said before it went
+                if self._in_flight is not None:
+                    self._writer_died(self._in_flight, "the writer process died before writing it")
         if self._child is not None:
             done, status = os.waitpid(self._child[0], os.WNOHANG)
             if done:
@@ -379,7 +438,7 @@ class Checkpointer:
             _, status = os.waitpid(self._child[0], 0)
             self._child_done(status)
         while self._in_flight is not None and self._writer is not None:
-            self._acknowledge(self._writer.poll())
+            self._reap()
             if self._in_flight is not None:
                 time.sleep(0.001)
 
@@ -387,5 +446,8 @@ class Checkpointer:
         """Finish every write and stop the writer process."""
         self.wait()
         if self._writer is not None:
-            self._acknowledge(self._writer.close())
+            try:
+                self._acknowledge(self._writer.close())
+            except OSError as exc:
+                self.failures.append(f"the writer process: {exc}")
             self._writer = None

@@ -49,17 +49,21 @@ class RollingMetrics:
         self._hits: deque[bool] = deque(maxlen=window)  # examples with a zero target are left out
 
     def update(self, y_true: float, y_pred: float) -> None:
-        self._errors.append(y_pred - y_true)
+        finite = math.isfinite(y_pred)
+        self._errors.append(y_pred - y_true if finite else math.inf)
         if y_true != 0:
-            self._hits.append(y_pred != 0 and (y_pred > 0) == (y_true > 0))
+            self._hits.append(finite and y_pred != 0 and (y_pred > 0) == (y_true > 0))
 
     def as_dict(self) -> dict[str, float | int | None]:
         n = len(self._errors)
+        mae = sum(abs(e) for e in self._errors) / n if n else None
+        rmse = math.sqrt(sum(e * e for e in self._errors) / n) if n else None
         return {
             "window": self.window,
             "n": n,
-            "mae": sum(abs(e) for e in self._errors) / n if n else None,
-            "rmse": math.sqrt(sum(e * e for e in self._errors) / n) if n else None,
+            # a diverged model's error is reported as null: JSON has no infinity
+            "mae": mae if mae is not None and math.isfinite(mae) else None,
+            "rmse": rmse if rmse is not None and math.isfinite(rmse) else None,
             "hit_rate": sum(self._hits) / len(self._hits) if self._hits else None,
         }
 

@@ -26,9 +26,12 @@ class ModelSpec:
     def build(self, params: dict[str, Any] | None = None) -> Any:
         merged = {**self.defaults, **(params or {})}
         try:
-            return self.factory(**merged)
-        except TypeError as exc:
+            model = self.factory(**merged)
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"model {self.name!r} does not take these parameters ({exc}); see `rtml models`") from None
+        if not (hasattr(model, "learn_one") and hasattr(model, "predict_one")):
+            raise ConfigError(f"{self.name} returned a {type(model).__name__}, not a River model with learn_one and predict_one")
+        return model
 
 
 def _scaled(module: str, estimator: str) -> Callable[..., Any]:

@@ -99,7 +99,7 @@ class Trainer:
             )
         if cp is not None and payload is not None:
             spec = cp.manifest.get("spec", {})
-            if spec.get("model") != self.spec.name or spec.get("params") != self._spec_doc()["params"]:
+            if spec.get("model") != self.spec.name or spec.get("params") != _as_json(self._spec_doc()["params"]):
                 raise ConfigError(
                     f"the checkpoints in {self.store.dir} are of {spec.get('model')} {spec.get('params')}, not "
                     f"{self.spec.name} {self._spec_doc()['params']}; use --name to train another model beside them"
@@ -116,8 +116,11 @@ class Trainer:
                                self.opts.on_drift, self.opts.window, learned, drifts)
         if payload is not None and "detector" in payload:
             self.learner.detector = payload["detector"]
-            self.learner.metrics = payload["metrics"]
+            if payload["metrics"].window == self.opts.window:  # a new --window starts afresh
+                self.learner.metrics = payload["metrics"]
         self.checkpointer = Checkpointer(self.store, self.opts.keep, self.key)
+        self._learned_at: dict[int, int] = {}  # checkpoint version -> examples learned in it
+        self._resumed_learned = learned
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
 
@@ -169,14 +172,18 @@ class Trainer:
             batch = before if before.height else batch.filter(pl.col("ts") <= horizon)
         return batch.sort("ts", "symbol", OFFSET)
 
-    def step(self, on_progress: Callable[[int], None] | None = None, chunk: int = 10_000) -> int:
-        """Learn every example available now; returns how many."""
+    def step(self, on_progress: Callable[[int], None] | None = None, chunk: int = 10_000,
+             stop: Event | None = None) -> int:
+        """Learn every example available now (or until `stop`); returns how many."""
         done = 0
-        while (n := self._learn(self._next_batch(chunk), on_progress)) > 0:
+        while not (stop is not None and stop.is_set()):
+            n = self._learn(self._next_batch(chunk), on_progress, stop)
+            if n == 0:
+                break
             done += n
         return done
 
-    def _learn(self, frame: pl.DataFrame, on_progress: Callable[[int], None] | None) -> int:
+    def _learn(self, frame: pl.DataFrame, on_progress: Callable[[int], None] | None, stop: Event | None = None) -> int:
         import polars as pl
 
         if frame.height == 0:
@@ -188,23 +195,35 @@ class Trainer:
         clean = [pl.when(pl.col(c).is_finite()).then(pl.col(c)).alias(c) for c in fcols]
         # (times as integers: turning each into a zoned datetime would cost more than learning)
         rows = frame.select(*clean, "target", "symbol", OFFSET, pl.col("ts").dt.epoch("ns")).iter_rows()
-        done = 0
+        done, ts = 0, None
         for row in rows:
             if None in row:
                 x = {c: v for c, v in zip(fcols, row) if v is not None}
             else:
                 x = dict(zip(fcols, row))  # zip stops at the last feature
-            learner.step(x, row[n_feat])
+            try:
+                learner.step(x, row[n_feat])
+            except (TypeError, ValueError, AttributeError, ArithmeticError, KeyError) as exc:
+                raise ConfigError(
+                    f"model {self.spec.name} {self._spec_doc()['params']} failed on an example "
+                    f"({type(exc).__name__}: {exc}); check the --param values"
+                ) from None
             self.offsets[row[n_feat + 1]] = row[n_feat + 2]
             ts = row[n_feat + 3]
             done += 1
             self._since_checkpoint += 1
-            if self._since_checkpoint >= every or (done & 255 == 0 and time.monotonic() - self._last_checkpoint >= interval):
+            if done & 255 == 0:
+                if stop is not None and stop.is_set():
+                    break  # Ctrl-C while catching up: the final checkpoint covers what was learned
+                if time.monotonic() - self._last_checkpoint >= interval:
+                    self._since_checkpoint = max(self._since_checkpoint, every)
+            if self._since_checkpoint >= every:
                 self.trained_until = _iso(ts)
                 self.checkpoint()
             if on_progress and done % 4096 == 0:
                 on_progress(4096)
-        self.trained_until = frame["ts"].max().isoformat()
+        if ts is not None:
+            self.trained_until = _iso(ts)
         if on_progress:
             on_progress(done % 4096)
         self.report.learned += done
@@ -229,6 +248,7 @@ class Trainer:
         payload = {"model": self.learner.model, "detector": self.learner.detector, "metrics": self.learner.metrics}
         version = self.checkpointer.snapshot(payload, manifest)
         if version is not None:
+            self._learned_at[version] = self.learner.learned
             self.version = version
             self._since_checkpoint = 0
             self._last_checkpoint = time.monotonic()
@@ -240,7 +260,7 @@ class Trainer:
             on_step: Callable[[int], None] | None = None, on_progress: Callable[[int], None] | None = None) -> None:
         """Learn what is there; with `follow`, keep learning as examples arrive until `stop`."""
         while not stop.is_set():
-            n = self.step(on_progress)
+            n = self.step(on_progress, stop=stop)
             if on_step:
                 on_step(n)
             if not follow:
@@ -249,8 +269,26 @@ class Trainer:
                 if self._since_checkpoint and time.monotonic() - self._last_checkpoint >= self.opts.checkpoint_interval:
                     self.checkpoint()
                 stop.wait(poll)
-        if self._since_checkpoint or self.version is None:
-            self.checkpoint(wait=True)  # what was learned since the last checkpoint is kept
+        self.finish()
+
+    def finish(self) -> None:
+        """Make sure a checkpoint of everything learned is on disk, or say why not."""
+        self.checkpointer.wait()
+        for _attempt in range(2):
+            if self._committed() == self.learner.learned and self.version is not None:
+                return
+            self.checkpoint(wait=True)
+        if self._committed() != self.learner.learned:
+            problems = "; ".join(self.checkpointer.failures[-2:]) or "no checkpoint was written"
+            raise RtmlError(
+                f"the last {self.learner.learned - self._committed():,} examples learned are in no checkpoint "
+                f"({problems}); the next run learns them again"
+            )
+
+    def _committed(self) -> int:
+        """Examples learned as of the newest checkpoint written so far."""
+        written = [self._learned_at[v] for v in self.checkpointer.written if v in self._learned_at]
+        return max(written, default=self._resumed_learned)
 
     def summary(self) -> dict[str, Any]:
         stalls = sorted(self.checkpointer.stalls_ms)
@@ -280,6 +318,11 @@ class Trainer:
         }
 
 
+def _as_json(value: Any) -> Any:
+    """`value` as it reads back from a manifest (tuples become lists, and so on)."""
+    return json.loads(json.dumps(value, default=str))
+
+
 def _iso(ts_ns: int) -> str:
     return datetime.fromtimestamp(ts_ns / 1e9, timezone.utc).isoformat()
 
@@ -289,7 +332,9 @@ def list_checkpoints(data_dir: Path, name: str | None) -> list[dict[str, Any]]:
     from rtml_cli.checkpoint import CheckpointError
 
     root = Path(data_dir) / "checkpoints"
-    names = [name] if name else sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    names = [name] if name else sorted(
+        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+    ) if root.is_dir() else []
     key = signing_key()
     out = []
     for n in names:
@@ -304,11 +349,16 @@ def list_checkpoints(data_dir: Path, name: str | None) -> list[dict[str, Any]]:
             except CheckpointError as exc:
                 status = str(exc)
             m = cp.manifest
+
+            def part(key: str, m=m) -> dict:
+                value = m.get(key)
+                return value if isinstance(value, dict) else {}
+
             out.append({
                 "name": n, "version": cp.version, "created_at": m.get("created_at"),
                 "examples_learned": m.get("examples_learned"), "trained_until": m.get("trained_until"),
-                "metrics": m.get("metrics"), "drift_count": m.get("drift_count"), "river": m.get("versions", {}).get("river"),
-                "size": m.get("pickle", {}).get("size"), "status": status,
+                "metrics": part("metrics"), "drift_count": m.get("drift_count"), "river": part("versions").get("river"),
+                "size": part("pickle").get("size"), "status": status,
             })
         for path in store.manifests_on_disk():
             if path not in listed:

@@ -201,7 +201,7 @@ def run_training(trainer, stop, follow: bool, poll: float, console: Console, as_
             m = trainer.learner.metrics.as_dict()
             bar.update(task, advance=n, status=f"MAE {_num(m['mae'])}, hit {_num(m['hit_rate'])}")
 
-        trainer.step(on_progress)
+        trainer.step(on_progress, stop=stop)
     if follow:
         trainer.run(stop, True, poll, on_step=_train_status(trainer, console))
     else:
@@ -231,7 +231,12 @@ def _train_status(trainer, console: Console):
 
 
 def _num(value) -> str:
-    return "-" if value is None else f"{value:.4g}"
+    return f"{value:.4g}" if isinstance(value, (int, float)) else "-"
+
+
+def _count(value, scale: float = 1, unit: str = "") -> str:
+    """A count for a table; whatever a damaged manifest holds instead is shown as it is."""
+    return f"{value / scale:,.0f}{unit}" if isinstance(value, (int, float)) else str(value or "-")
 
 
 def train_table(summary: dict):
@@ -264,7 +269,7 @@ def checkpoints_table(rows: list[dict]):
     for r in rows:
         m = r.get("metrics") or {}
         table.add_row(
-            r["name"], str(r["version"]), f"{r.get('examples_learned') or 0:,}", (r.get("trained_until") or "")[:19],
-            _num(m.get("mae")), _num(m.get("hit_rate")), f"{(r.get('size') or 0) / 1e3:,.0f} kB", r["status"],
+            r["name"], str(r["version"]), _count(r.get("examples_learned")), str(r.get("trained_until") or "")[:19],
+            _num(m.get("mae")), _num(m.get("hit_rate")), _count(r.get("size"), 1e3, " kB"), r["status"],
         )
     return table

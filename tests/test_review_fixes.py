@@ -115,3 +115,124 @@ def test_binary_sql_and_damaged_state_are_clear_errors(rtml, data_dir, tmp_path)
     (data_dir / "state" / "features.json").write_text("{not json")
     assert_clean_error(rtml("features"), "is damaged", "--rebuild")
     assert rtml("features", "--rebuild").exit_code == 0
+
+
+# -- the train stage --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def trained_dir(rtml, data_dir):
+    assert rtml("ingest", "--max-ticks", "60000").exit_code == 0
+    assert rtml("features").exit_code == 0
+    return data_dir
+
+
+def test_a_dead_checkpoint_writer_is_replaced_and_training_ends(trained_dir):
+    import os
+    import signal
+
+    from rtml_cli.train import Trainer, TrainOptions
+
+    with Trainer(trained_dir, TrainOptions(checkpoint_every=20)) as t:
+        writer = t.checkpointer._writer
+        os.kill(writer.pid, signal.SIGKILL)
+        t.run(Event(), follow=False)  # must not hang
+        summary = t.summary()
+    from rtml_cli.checkpoint import CheckpointStore
+
+    newest = CheckpointStore(trained_dir, "linear").list()[-1]
+    assert newest.manifest["examples_learned"] == summary["examples_learned"]
+    assert any("writer" in f for f in summary["checkpoint_failures"]) or summary["checkpoints_written"]
+
+
+def test_a_message_cut_short_is_never_written_as_a_checkpoint(tmp_path):
+    import os
+    import struct
+
+    from rtml_cli.checkpoint import CheckpointStore, _serve
+
+    store = CheckpointStore(tmp_path, "m")
+    store.dir.mkdir(parents=True)
+    req_r, req_w = os.pipe()
+    ack_r, ack_w = os.pipe()
+    header = json.dumps({"version": 7, "manifest": {}}).encode()
+    os.write(req_w, struct.pack(">QQ", len(header), 1_000_000) + header + b"x" * 1000)
+    os.close(req_w)
+    _serve(req_r, ack_w, store, keep=3, key=None)
+    os.close(ack_w)
+    assert os.read(ack_r, 1000) == b""  # nothing acknowledged
+    assert not list(store.dir.glob("*.pkl")) and not list(store.dir.glob("*.json"))
+
+
+def test_a_failed_final_checkpoint_is_an_error_not_a_success(trained_dir, monkeypatch):
+    import rtml_cli.checkpoint as checkpoint_module
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module, "write_checkpoint", disk_full)
+    from rtml_cli.errors import RtmlError
+    from rtml_cli.train import Trainer, TrainOptions
+
+    with pytest.raises(RtmlError, match="are in no checkpoint.*No space left"):
+        with Trainer(trained_dir, TrainOptions()) as t:
+            t.run(Event(), follow=False)
+
+
+def test_ctrl_c_while_catching_up_stops_soon_and_keeps_what_was_learned(trained_dir):
+    from rtml_cli.train import Trainer, TrainOptions
+
+    stop = Event()
+    with Trainer(trained_dir, TrainOptions()) as t:
+        t.learner.step = (lambda original: lambda x, y: (stop.set(), original(x, y))[1])(t.learner.step)
+        t.run(stop, follow=False)
+        learned = t.learner.learned
+    assert 0 < learned <= 256  # stopped at the first check, not at the end of the backlog
+    from rtml_cli.checkpoint import CheckpointStore
+
+    assert CheckpointStore(trained_dir, "linear").list()[-1].manifest["examples_learned"] == learned
+
+
+@pytest.mark.parametrize("manifest", [{}, [], {"pickle": "x"}, {"pickle": {"size": "1", "sha256": 3}}])
+def test_manifests_of_the_wrong_shape_are_skipped_not_crashed_on(rtml, trained_dir, manifest):
+    assert rtml("train").exit_code == 0
+    (trained_dir / "checkpoints" / "linear" / "0000000099.json").write_text(json.dumps(manifest))
+    r = rtml("train", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["resumed_from"] == 1
+    listing = rtml("checkpoints", "--json")
+    assert listing.exit_code == 0, listing.output
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--param", "l2=abc"], "check the --param values"),
+    (["--model", "knn", "--param", "n_neighbors=0"], "check the --param values"),
+    (["--model", "os:getcwd"], "not a River model"),
+])
+def test_bad_model_parameters_are_errors_not_tracebacks(rtml, trained_dir, args, fragment):
+    assert_clean_error(rtml("train", "--name", "bad", *args), fragment)
+
+
+def test_tuple_parameters_resume(rtml, trained_dir):
+    args = ("train", "--model", "hat", "--param", "nominal_attributes=('zz',)", "--name", "tup", "--json")
+    assert rtml(*args).exit_code == 0
+    again = rtml(*args)
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["resumed_from"] is not None
+
+
+def test_a_hidden_directory_does_not_break_the_listing(rtml, trained_dir):
+    assert rtml("train").exit_code == 0
+    (trained_dir / "checkpoints" / ".trash").mkdir()
+    assert rtml("checkpoints").exit_code == 0
+
+
+def test_a_diverging_prediction_counts_as_a_miss_and_json_stays_valid():
+    from rtml_cli.learner import RollingMetrics
+
+    m = RollingMetrics(10)
+    m.update(-1.0, float("nan"))
+    m.update(1.0, 2.0)
+    d = m.as_dict()
+    assert d["hit_rate"] == 0.5 and d["mae"] is None
+    json.dumps(d, allow_nan=False)
