@@ -75,12 +75,13 @@ class Checkpoint:
         if len(data) != info["size"] or hashlib.sha256(data).hexdigest() != info["sha256"]:
             raise CheckpointError(f"{self.pickle_path.name} does not match the sha256 in {self.manifest_path.name}")
         if key is not None:
-            signature = info.get("hmac_sha256")
+            signature = m.get("signature")
             if not isinstance(signature, str) or not signature:
                 raise CheckpointError(f"{self.manifest_path.name} is not signed and {KEY_ENV} is set")
-            expected = hmac.new(key, data, hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(signature.encode(errors="replace"), expected.encode()):
+            if not hmac.compare_digest(signature.encode(errors="replace"), _sign(key, m).encode()):
                 raise CheckpointError(f"{self.manifest_path.name} has a wrong signature for {KEY_ENV}")
+        if m.get("version") != self.version:
+            raise CheckpointError(f"{self.manifest_path.name} says it is version {m.get('version')!r}")
         return data
 
     def load(self, key: bytes | None = None) -> dict[str, Any]:
@@ -184,6 +185,14 @@ class CheckpointStore:
         return removed
 
 
+def _sign(key: bytes, manifest: dict[str, Any]) -> str:
+    """HMAC-SHA256 over the whole manifest but its signature: the pickle's sha256 and size,
+    the version, the offsets and counts, so none of them can be changed without the key."""
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+
 def _verifies(cp: Checkpoint) -> bool:
     try:
         cp.verify(signing_key())
@@ -199,8 +208,6 @@ def write_checkpoint(directory: Path, version: int, data: bytes, manifest: dict[
     stem = f"{version:010d}"
     manifest = dict(manifest)
     manifest["pickle"] = {"file": f"{stem}.pkl", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    if key is not None:
-        manifest["pickle"]["hmac_sha256"] = hmac.new(key, data, hashlib.sha256).hexdigest()
     pkl = directory / f"{stem}.pkl"
     tmp = atomic.temp_path_for(pkl)
     try:
@@ -210,6 +217,9 @@ def write_checkpoint(directory: Path, version: int, data: bytes, manifest: dict[
     finally:
         tmp.unlink(missing_ok=True)
     manifest["write_seconds"] = round(time.perf_counter() - started, 6)
+    manifest = json.loads(json.dumps(manifest, default=str))  # exactly what readers will see
+    if key is not None:
+        manifest["signature"] = _sign(key, manifest)
     atomic.write_json(directory / f"{stem}.json", manifest)
     return time.perf_counter() - started
 

@@ -346,3 +346,26 @@ def test_a_long_backlog_read_in_small_chunks_is_learned_in_the_same_order(rtml, 
             seen[name] = order
     assert len(seen["one"]) == sum(v + 1 for v in n_examples(examples_dir).values())
     assert seen["chunks"] == seen["one"]
+
+
+def test_with_a_key_a_changed_manifest_or_a_renamed_checkpoint_is_refused(tmp_path):
+    import json as _json
+
+    store = CheckpointStore(tmp_path, "m")
+    cp = Checkpointer(store, key=b"secret")
+    cp.snapshot(payload(), manifest())
+    cp.wait()
+    cp.snapshot(payload(60), manifest())
+    cp.close()
+    first, second = store.list()
+    assert second.load(b"secret")["model"] is not None
+    m = _json.loads(second.manifest_path.read_text())
+    m["offsets"] = {"X": 10**6}  # claim more was learned than was
+    second.manifest_path.write_text(_json.dumps(m))
+    with pytest.raises(CheckpointError, match="wrong signature"):
+        store.list()[-1].load(b"secret")
+    # an older signed pair under a newer version number
+    second.pickle_path.write_bytes(first.pickle_path.read_bytes())
+    second.manifest_path.write_text(first.manifest_path.read_text())
+    with pytest.raises(CheckpointError, match="says it is version 1"):
+        store.list()[-1].load(b"secret")
