@@ -208,14 +208,7 @@ def write_checkpoint(directory: Path, version: int, data: bytes, manifest: dict[
     stem = f"{version:010d}"
     manifest = dict(manifest)
     manifest["pickle"] = {"file": f"{stem}.pkl", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    pkl = directory / f"{stem}.pkl"
-    tmp = atomic.temp_path_for(pkl)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        atomic.publish(tmp, pkl)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_bytes(directory / f"{stem}.pkl", data)
     manifest["write_seconds"] = round(time.perf_counter() - started, 6)
     manifest = json.loads(json.dumps(manifest, default=str))  # exactly what readers will see
     if key is not None:

@@ -284,7 +284,8 @@ class FeatureBuilder:
         without a tick after them.
         """
         report = StepReport()
-        plans = [plan for sym in self.symbols() if (plan := self._plan(sym, clock_ns)) is not None]
+        symbols = self.symbols()
+        plans = [plan for sym in symbols if (plan := self._plan(sym, clock_ns)) is not None]
         if plans:
             rows = self._bars_and_features([p for p in plans if p.closes_bars])
             for plan in plans:
@@ -294,7 +295,7 @@ class FeatureBuilder:
             self._publish(plans, report)
         # Every symbol, not only the updated ones: a crash may have come between publishing
         # features and deriving their examples.
-        for sym in self.symbols():
+        for sym in symbols:
             n = self._emit_examples(sym)
             if n:
                 report.symbols.setdefault(sym, SymbolReport()).examples = n
@@ -593,7 +594,7 @@ def summarize(builder: FeatureBuilder, report: StepReport, elapsed: float) -> di
         }
     return {
         "data_dir": str(builder.data_dir),
-        "params": {k: v for k, v in builder.spec.params().items()},
+        "params": builder.spec.params(),
         "bars_emitted": report.bars,
         "examples_emitted": report.examples,
         "late_ticks": report.late,

@@ -9,24 +9,6 @@ if TYPE_CHECKING:
     import polars as pl
 
 TICK_COLUMNS = ["ts", "recv_ts", "symbol", "price", "qty", "side", "trade_id"]
-# The order in which problems are reported: the first that applies is the row's reason.
-REASONS = [
-    "bad_symbol",
-    "missing_ts",
-    "unparseable_ts",
-    "missing_price",
-    "unparseable_price",
-    "missing_qty",
-    "unparseable_qty",
-    "missing_trade_id",
-    "bad_side",
-    "non_finite_price",
-    "non_positive_price",
-    "non_finite_qty",
-    "non_positive_qty",
-    "future_ts",
-    "duplicate_trade_id",
-]
 # A tick stamped further than this after its receive time is rejected (a broken clock or
 # a unit mix-up, such as microseconds read as milliseconds).
 MAX_FUTURE_SECONDS = 300

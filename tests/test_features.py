@@ -38,6 +38,15 @@ def write_ticks(data_dir: Path, batches: list[list[tuple]], symbol: str = "X") -
             }).with_columns(pl.col("ts", "recv_ts").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC")))
 
 
+def copy_ticks(src: Path, dst: Path, keep: pl.Expr | None = None) -> None:
+    """The ticks of `src` (those matching `keep`) appended anew to the ticks log of `dst`."""
+    ticks = ParquetLog(src, "ticks")
+    with ParquetLog(dst, "ticks").writer() as w:
+        for sym in ticks.partitions():
+            rows = ticks.read_after(sym)
+            w.append(sym, (rows if keep is None else rows.filter(keep)).drop("offset"))
+
+
 def build(data_dir: Path, spec: FeatureSpec | None = None, chunk: int = 2_000_000, clock_ns=None):
     with FeatureBuilder(data_dir, spec or FeatureSpec(), chunk_ticks=chunk) as b:
         if clock_ns is None:
@@ -138,10 +147,7 @@ def test_many_small_steps_give_exactly_the_rows_of_one_build(rtml, tmp_path):
     build(src)
     small = tmp_path / "small"
     # the same ticks, and a build after every few hundred of them
-    ticks = ParquetLog(src, "ticks")
-    with ParquetLog(small, "ticks").writer() as w:
-        for sym in ticks.partitions():
-            w.append(sym, ticks.read_after(sym).drop("offset"))
+    copy_ticks(src, small)
     build(small, chunk=997)
     for name in ("features", "examples"):
         assert_same(features(small, name), features(src, name))
@@ -153,10 +159,7 @@ def test_building_after_every_ingest_run_equals_one_build(rtml, tmp_path):
     for _ in range(4):
         assert rtml("ingest", "--max-ticks", "9000", "--flush-every", "2500", "--data-dir", str(inc), data=False).exit_code == 0
         build(inc)
-    ticks = ParquetLog(inc, "ticks")
-    with ParquetLog(full, "ticks").writer() as w:
-        for sym in ticks.partitions():
-            w.append(sym, ticks.read_after(sym).drop("offset"))
+    copy_ticks(inc, full)
     build(full)
     for name in ("features", "examples"):
         assert_same(features(inc, name), features(full, name))
@@ -169,10 +172,7 @@ def test_no_feature_depends_on_a_tick_after_its_bar(rtml, tmp_path, cut_minutes)
     build(full)
     cut = pl.lit(T0 * 10**9 + int(cut_minutes * 60e9)).cast(pl.Datetime("ns")).dt.replace_time_zone("UTC")
     trunc = tmp_path / "trunc"
-    ticks = ParquetLog(full, "ticks")
-    with ParquetLog(trunc, "ticks").writer() as w:
-        for sym in ticks.partitions():
-            w.append(sym, ticks.read_after(sym).filter(pl.col("ts") < cut).drop("offset"))
+    copy_ticks(full, trunc, pl.col("ts") < cut)
     build(trunc)
     before = features(trunc)
     after = features(full).filter(pl.col("ts") < before["ts"].max() + pl.duration(seconds=1))
@@ -254,10 +254,7 @@ def test_kill_9_of_features_follow_while_ticks_arrive_then_restart_gives_the_one
         ingest.kill()
     r = rtml("features", "--json", "--data-dir", str(live), data=False)
     assert r.exit_code == 0, r.output
-    ticks = ParquetLog(live, "ticks")
-    with ParquetLog(ref, "ticks").writer() as w:
-        for sym in ticks.partitions():
-            w.append(sym, ticks.read_after(sym).drop("offset"))
+    copy_ticks(live, ref)
     build(ref)
     for name in ("features", "examples"):
         assert_same(features(live, name), features(ref, name))

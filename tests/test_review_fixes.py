@@ -142,7 +142,7 @@ def test_a_dead_checkpoint_writer_is_replaced_and_training_ends(trained_dir):
 
     newest = CheckpointStore(trained_dir, "linear").list()[-1]
     assert newest.manifest["examples_learned"] == summary["examples_learned"]
-    assert any("writer" in f for f in summary["checkpoint_failures"]) or summary["checkpoints_written"]
+    assert any("writer" in f for f in summary["checkpoint_failures"])  # the death was noticed and reported
 
 
 def test_a_message_cut_short_is_never_written_as_a_checkpoint(tmp_path):
