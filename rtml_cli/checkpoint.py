@@ -121,22 +121,34 @@ class CheckpointStore:
 
     def list(self) -> list[Checkpoint]:
         """Committed checkpoints (those with a readable manifest), oldest first."""
+        found = []
+        for version in self.versions():
+            try:
+                cp = self.get(version)
+            except CheckpointError:
+                continue  # unreadable manifests are reported by `rtml checkpoints`, not loaded
+            if cp is not None:
+                found.append(cp)
+        return found
+
+    def versions(self) -> list[int]:
+        """Versions with a manifest on disk, oldest first, from the directory listing alone."""
         if not self.dir.is_dir():
             return []
-        found = []
-        for entry in sorted(os.listdir(self.dir)):
-            m = _MANIFEST_RE.match(entry)
-            if not m:
-                continue
-            path = self.dir / entry
-            try:
-                manifest = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue  # unreadable manifests are reported by `rtml checkpoints`, not loaded
-            if not isinstance(manifest, dict):
-                continue
-            found.append(Checkpoint(int(m.group(1)), manifest, path, self.dir / f"{m.group(1)}.pkl"))
-        return found
+        return sorted(int(m.group(1)) for m in map(_MANIFEST_RE.match, os.listdir(self.dir)) if m)
+
+    def get(self, version: int) -> Checkpoint | None:
+        """One checkpoint by version; None if it is not there (never was, or pruned)."""
+        path = self.dir / f"{version:010d}.json"
+        try:
+            manifest = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path.name} is not readable JSON ({type(exc).__name__})") from None
+        if not isinstance(manifest, dict):
+            raise CheckpointError(f"{path.name} is not an rtml manifest")
+        return Checkpoint(version, manifest, path, path.with_suffix(".pkl"))
 
     def manifests_on_disk(self) -> list[Path]:
         return sorted(p for p in self.dir.glob("*.json") if _MANIFEST_RE.match(p.name)) if self.dir.is_dir() else []

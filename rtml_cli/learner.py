@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from rtml_cli.models import CLASSIFIER
+
+if TYPE_CHECKING:
+    import polars as pl
 
 # Columns of an examples row that are never model inputs: ids, times, raw price and volume
 # levels (scale-dependent, so they would make the model about the price, not the move).
@@ -26,14 +29,31 @@ def feature_columns(columns: list[str]) -> list[str]:
     return [c for c in columns if c not in NOT_FEATURES]
 
 
-def features_of(row: dict[str, Any], columns: list[str]) -> dict[str, float]:
-    """The model's input: the feature values that are present and finite."""
-    x = {}
-    for c in columns:
-        v = row[c]
-        if v is not None and math.isfinite(v):
-            x[c] = float(v)
-    return x
+def model_inputs(frame: pl.DataFrame, columns: list[str], *extra: str | pl.Expr) -> Iterator[tuple[dict[str, float], tuple]]:
+    """Each row of `frame` as the model's input (the finite values of the feature `columns`),
+    with the row itself, whose values after the features are the `extra` columns.
+
+    Train, predict and backtest all build inputs here, so a model sees the same dict for
+    the same row in every stage.
+    """
+    import polars as pl
+
+    # NaN and infinities become missing values here, once, so the loop only skips None.
+    clean = [pl.when(pl.col(c).is_finite()).then(pl.col(c)).alias(c) for c in columns]
+    for row in frame.select(*clean, *extra).iter_rows():
+        if None in row:
+            yield {c: v for c, v in zip(columns, row) if v is not None}, row
+        else:
+            yield dict(zip(columns, row)), row  # zip stops at the last feature
+
+
+def predict_value(model: Any, kind: str, x: dict[str, float]) -> float:
+    """A number for every model: a classifier's is the expected class, in [-1, 1] for signs."""
+    if kind == CLASSIFIER:
+        proba = model.predict_proba_one(x)
+        return float(sum(float(c) * p for c, p in proba.items())) if proba else 0.0
+    y = model.predict_one(x)
+    return float(y) if y is not None else 0.0
 
 
 class RollingMetrics:
@@ -91,12 +111,7 @@ class Learner:
         self.drifts = drifts
 
     def predict(self, x: dict[str, float]) -> float:
-        """A number for every model: a classifier's is the expected class, in [-1, 1] for signs."""
-        if self.kind == CLASSIFIER:
-            proba = self.model.predict_proba_one(x)
-            return float(sum(float(c) * p for c, p in proba.items())) if proba else 0.0
-        y = self.model.predict_one(x)
-        return float(y) if y is not None else 0.0
+        return predict_value(self.model, self.kind, x)
 
     def step(self, x: dict[str, float], y: float) -> float:
         """Predict `x`, score the prediction against `y`, then learn (x, y); returns the prediction."""

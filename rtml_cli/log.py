@@ -200,6 +200,34 @@ class ParquetLog:
                 time.sleep(0.01 * (attempt + 1))
         raise LogError(f"{self.partition_path(symbol)} kept changing while being read; try again")
 
+    def read_in_time_order(self, symbols: list[str], offsets: dict[str, int], chunk: int) -> pl.DataFrame:
+        """The next rows of `symbols` after `offsets`, in time order (then symbol, offset).
+
+        At most `chunk` rows per symbol are read, so memory stays bounded however long the
+        backlog; a symbol with more to come bounds the batch at its last time read, so that
+        reading in chunks gives the same order as one sort of the whole backlog.
+        """
+        import polars as pl
+
+        frames, horizon = [], None
+        for s in symbols:
+            after = offsets.get(s, -1)
+            frame = self.read_after(s, after, upto=after + chunk)
+            if frame.height == 0:
+                continue
+            frames.append(frame)
+            if self.last_offset(s) > after + chunk:  # more of this symbol to come
+                last = frame["ts"].max()
+                horizon = last if horizon is None else min(horizon, last)
+        if not frames:
+            return pl.DataFrame()
+        batch = pl.concat(frames, how="diagonal_relaxed")
+        if horizon is not None:
+            # strictly before: rows at the horizon's own time may continue past the chunk
+            before = batch.filter(pl.col("ts") < horizon)
+            batch = before if before.height else batch.filter(pl.col("ts") <= horizon)
+        return batch.sort("ts", "symbol", OFFSET)
+
     def read_all(self, columns: list[str] | None = None) -> pl.DataFrame:
         import polars as pl
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from rtml_cli.checkpoint import Checkpointer, CheckpointStore, runtime_versions, signing_key
 from rtml_cli.errors import ConfigError, RtmlError
-from rtml_cli.learner import Learner, feature_columns
+from rtml_cli.learner import Learner, feature_columns, model_inputs
 from rtml_cli.log import OFFSET, ParquetLog
 from rtml_cli.models import CLASSIFIER, resolve
 
@@ -144,40 +144,12 @@ class Trainer:
     def backlog(self) -> int:
         return sum(max(0, self.examples.last_offset(s) - self.offsets.get(s, -1)) for s in self.symbols())
 
-    def _next_batch(self, chunk: int) -> pl.DataFrame:
-        """The next examples after the stored offsets, in time order (then symbol, offset).
-
-        At most `chunk` rows per symbol are read, so memory stays bounded however long the
-        backlog; a symbol with more to come bounds the batch at its last time read, so that
-        the order is the same as one sort of the whole backlog.
-        """
-        import polars as pl
-
-        frames, horizon = [], None
-        for s in self.symbols():
-            after = self.offsets.get(s, -1)
-            frame = self.examples.read_after(s, after, upto=after + chunk)
-            if frame.height == 0:
-                continue
-            frames.append(frame)
-            if self.examples.last_offset(s) > after + chunk:  # more of this symbol to come
-                last = frame["ts"].max()
-                horizon = last if horizon is None else min(horizon, last)
-        if not frames:
-            return pl.DataFrame()
-        batch = pl.concat(frames, how="diagonal_relaxed")
-        if horizon is not None:
-            # strictly before: rows at the horizon's own time may continue past the chunk
-            before = batch.filter(pl.col("ts") < horizon)
-            batch = before if before.height else batch.filter(pl.col("ts") <= horizon)
-        return batch.sort("ts", "symbol", OFFSET)
-
     def step(self, on_progress: Callable[[int], None] | None = None, chunk: int = 10_000,
              stop: Event | None = None) -> int:
         """Learn every example available now (or until `stop`); returns how many."""
         done = 0
         while not (stop is not None and stop.is_set()):
-            n = self._learn(self._next_batch(chunk), on_progress, stop)
+            n = self._learn(self.examples.read_in_time_order(self.symbols(), self.offsets, chunk), on_progress, stop)
             if n == 0:
                 break
             done += n
@@ -191,16 +163,10 @@ class Trainer:
         fcols = feature_columns(frame.columns)
         n_feat = len(fcols)
         learner, every, interval = self.learner, self.opts.checkpoint_every, self.opts.checkpoint_interval
-        # NaN and infinities become missing values here, once, so the loop only skips None.
-        clean = [pl.when(pl.col(c).is_finite()).then(pl.col(c)).alias(c) for c in fcols]
         # (times as integers: turning each into a zoned datetime would cost more than learning)
-        rows = frame.select(*clean, "target", "symbol", OFFSET, pl.col("ts").dt.epoch("ns")).iter_rows()
+        rows = model_inputs(frame, fcols, "target", "symbol", OFFSET, pl.col("ts").dt.epoch("ns"))
         done, ts = 0, None
-        for row in rows:
-            if None in row:
-                x = {c: v for c, v in zip(fcols, row) if v is not None}
-            else:
-                x = dict(zip(fcols, row))  # zip stops at the last feature
+        for x, row in rows:
             try:
                 learner.step(x, row[n_feat])
             except (TypeError, ValueError, AttributeError, ArithmeticError, KeyError) as exc:
