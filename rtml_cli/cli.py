@@ -416,6 +416,59 @@ def checkpoints(name, data_dir, as_json):
     Console().print(ui.checkpoints_table(rows))
 
 
+# -- predict -----------------------------------------------------------------------------------
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--name", "names", multiple=True, metavar="NAME",
+              help="A model to serve: its checkpoint directory name. Repeat it to serve a champion and "
+                   "challengers side by side. [default: linear]")
+@click.option("--follow", is_flag=True, help="Keep predicting new bars and swapping newer checkpoints in, until Ctrl-C.")
+@click.option("--from", "start", type=click.Choice(["earliest", "latest"]), default="earliest", show_default=True,
+              help="Where a model with no predictions yet starts: the first feature row, or the next new one.")
+@click.option("--poll", type=click.FloatRange(min=0.01), default=0.5, show_default=True,
+              help="Seconds between looks at the features log and the checkpoints when no filesystem "
+                   "notification comes (network filesystems send none).")
+@click.option("--no-notify", is_flag=True, help="Poll only; use no filesystem notifications.")
+@symbols_option("Only feature rows of these symbols (default: all).")
+@click.option("--jsonl", is_flag=True, help="Also stream each prediction to stdout as one JSON object per line.")
+@data_dir_option
+@json_option
+def predict(names, follow, start, poll, no_notify, symbols, jsonl, data_dir, as_json):
+    """Predict each new feature row with the newest verified checkpoint, into the predictions log.
+
+    Each model keeps its own offsets in the features log: a restart resumes right after
+    the last prediction published, also after kill -9. With --follow, a newer checkpoint
+    is verified and loaded beside the serving model and swapped in between two rows; one
+    that fails verification is reported once and skipped while the old model serves.
+
+    \b
+    Examples:
+        rtml predict
+        rtml predict --follow --name linear --name arf --jsonl
+    """
+    from rtml_cli import ui
+    from rtml_cli.predict import PredictOptions, Predictor, require_models
+
+    opts = PredictOptions(list(names) or ["linear"], parse_symbols(symbols), start, poll, not no_notify)
+    console = ui.err_console()
+    with _Stopper(console) as stop, Predictor(data_dir, opts) as predictor:
+        predictor.load_all()
+        for problem in predictor.reports():
+            console.print(f"[yellow]{problem}[/]", highlight=False)
+        if not follow:
+            require_models(predictor)
+        ui.run_predictions(predictor, stop, follow, console, as_json, jsonl)
+    summary = predictor.summary()
+    if as_json:
+        text = json.dumps(summary, indent=2)
+        click.echo(text, err=jsonl)  # stdout is the predictions' when streaming them
+    else:
+        from rich.console import Console
+
+        (console if jsonl else Console()).print(ui.predict_table(summary))
+
+
 # -- compact -----------------------------------------------------------------------------------
 
 

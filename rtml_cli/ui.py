@@ -273,3 +273,187 @@ def checkpoints_table(rows: list[dict]):
             _num(m.get("mae")), _num(m.get("hit_rate")), _count(r.get("size"), 1e3, " kB"), r["status"],
         )
     return table
+
+
+# -- predict -----------------------------------------------------------------------------------
+
+PREDICTION_COLUMNS = ("offset", "ts", "symbol", "features_offset", "model", "prediction", "model_version",
+                      "model_trained_until", "latency_ms")
+
+
+def run_predictions(predictor, stop, follow: bool, console: Console, as_json: bool, jsonl: bool) -> None:
+    """One-shot: a progress bar over the backlog. Follow: a live table on a terminal, else a
+    status line every 2 s. `jsonl` streams each published prediction to stdout."""
+    def emit(frame) -> None:
+        if jsonl:
+            write_stdout(frame.select(PREDICTION_COLUMNS).write_ndjson())
+
+    def say_problems() -> None:
+        for problem in predictor.reports():
+            console.print(f"[yellow]{problem}[/]", highlight=False)
+
+    if not follow:
+        backlog = predictor.backlog()
+        if as_json or backlog == 0:
+            predictor.run(stop, False, emit)
+            return
+        with progress_bar(console, "predictions") as bar:
+            task = bar.add_task("predict", total=backlog, status="")
+
+            def on_publish(frame) -> None:
+                emit(frame)
+                bar.update(task, advance=frame.height)
+
+            predictor.run(stop, False, on_publish)
+        return
+
+    for slot in predictor.missing():
+        console.print(f"waiting for a checkpoint of {slot.name!r} in {slot.store.dir} (run `rtml train`)", highlight=False)
+    predictor.start_watching()
+    if as_json:
+        predictor.run(stop, True, emit, on_idle=say_problems)
+        return
+    board = PredictionBoard(predictor)
+    if not console.is_terminal:
+        last = [time.monotonic(), 0]
+
+        def status() -> None:
+            say_problems()
+            now = time.monotonic()
+            if now - last[0] >= 2.0:
+                made = sum(predictor.predicted.values())
+                console.print(board.status_line((made - last[1]) / (now - last[0])), highlight=False)
+                last[:] = [now, made]
+
+        def on_publish_plain(frame) -> None:
+            emit(frame)
+            board.add(frame)
+            status()
+
+        predictor.run(stop, True, on_publish_plain, on_idle=status)
+        return
+    from rich.live import Live
+
+    with Live(board.render(), console=console, refresh_per_second=4, transient=False) as live:
+        shown = [0.0]
+
+        def refresh() -> None:
+            say_problems()
+            if time.monotonic() - shown[0] >= 0.25:
+                live.update(board.render())
+                shown[0] = time.monotonic()
+
+        def on_publish_live(frame) -> None:
+            emit(frame)
+            board.add(frame)
+            refresh()
+
+        predictor.run(stop, True, on_publish_live, on_idle=refresh)
+        live.update(board.render())
+
+
+def write_stdout(text: str) -> None:
+    """Write all of `text` to stdout, whole lines only.
+
+    A pipe that is full blocks the write; a Ctrl-C or SIGTERM arriving then must not cut
+    a line short, which buffered text I/O was seen to do: write the bytes with os.write
+    (retried after signals) until every one is out.
+    """
+    import io
+    import os
+    import sys
+
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):  # not a real file (tests' capture)
+        sys.stdout.write(text)
+        return
+    view = memoryview(text.encode())
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class PredictionBoard:
+    """The newest prediction per symbol and model, for the live view."""
+
+    def __init__(self, predictor):
+        self.predictor = predictor
+        self.rows: dict[tuple[str, str], dict] = {}
+        self.started = time.monotonic()
+
+    def add(self, frame) -> None:
+        for row in frame.group_by("symbol", "model", maintain_order=True).last().iter_rows(named=True):
+            self.rows[row["symbol"], row["model"]] = row
+
+    def status_line(self, rate: float) -> str:
+        p = self.predictor
+        serving = ", ".join(f"{s.name} v{s.latest.version}" if s.latest else f"{s.name} waiting" for s in p.slots)
+        lat = sorted(p.latency_ms)
+        return (
+            f"{datetime.now().strftime('%H:%M:%S')} {sum(p.predicted.values()):,} predicted ({rate:,.0f}/s), "
+            f"{serving}, {p.backlog():,} behind"
+            + (f", latency median {lat[len(lat) // 2]:,.0f} ms" if lat else "")
+        )
+
+    def render(self):
+        from rich.table import Table
+
+        p = self.predictor
+        table = Table(title=f"rtml predict --follow ({p.data_dir})", title_justify="left")
+        for col, just in (("symbol", "left"), ("model", "left"), ("bar", "left"), ("prediction", "right"),
+                          ("", "center"), ("version", "right"), ("model age", "right"), ("latency", "right")):
+            table.add_column(col, justify=just)
+        now = datetime.now(timezone.utc)
+        for (sym, model), r in sorted(self.rows.items()):
+            served = p._serving.get(model)
+            created = _parse_iso(served.created_at) if served is not None else None
+            y = r["prediction"]
+            arrow = "[green]▲[/]" if y > 0 else "[red]▼[/]" if y < 0 else "·"
+            table.add_row(
+                sym, model, f"{r['ts']:%Y-%m-%d %H:%M:%S}", f"{y:+.3g}", arrow, str(r["model_version"]),
+                _age((now - created).total_seconds()) if created else "-", f"{r['latency_ms']:,.0f} ms",
+            )
+        rate = sum(p.predicted.values()) / max(time.monotonic() - self.started, 1e-9)
+        waiting = [s.name for s in p.slots if s.latest is None]
+        table.caption = (
+            f"{sum(p.predicted.values()):,} predicted ({rate:,.1f}/s), {p.backlog():,} behind"
+            + (f"; waiting for a checkpoint of {', '.join(waiting)}" if waiting else "")
+        )
+        return table
+
+
+def _parse_iso(text):
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def predict_table(summary: dict):
+    from rich.table import Table
+
+    table = Table(title="rtml predict", title_justify="left")
+    for col in ("model", "version", "trained until", "predicted", "versions served", "skipped"):
+        table.add_column(col)
+    for name, m in summary["models"].items():
+        served = m["versions_served"]
+        table.add_row(
+            name, str(m["version"] or "-"), str(m["trained_until"] or "")[:19], f"{m['predicted_this_run']:,}",
+            ", ".join(map(str, served[-6:])) + (" ..." if len(served) > 6 else "") or "-",
+            str(len(m["skipped_checkpoints"])),
+        )
+    lat = summary["latency_ms"]
+    table.caption = (
+        f"{summary['predicted_this_run']:,} predictions in {summary['elapsed_s']:.2f}s, {summary['backlog']:,} behind"
+        + (f", latency median {lat['median']:,.0f} ms" if lat["median"] is not None else "")
+    )
+    return table

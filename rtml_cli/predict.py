@@ -1,0 +1,486 @@
+"""The predict stage: features log + the newest verified checkpoint of each model -> predictions log.
+
+Each model served (`--name`, several side by side) is a consumer of the features log with
+offsets of its own, like a Kafka consumer group. The predictions log is the commit point:
+each prediction row carries the features offset it answers, so on start the offsets are
+read back from the log's tail (after the point `state/predict.json` last recorded), and a
+restart after kill -9 neither skips a row nor predicts one twice.
+
+Models are swapped in while serving. A loader thread watches each checkpoint directory
+(filesystem notifications, plus polling as the fallback that also works on network
+filesystems), verifies a newer checkpoint and unpickles it, and only then hands it over by
+one reference assignment. The prediction loop picks the new model up between two rows:
+no prediction waits for a load, and none is made by a half-loaded model.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from threading import Event
+from typing import TYPE_CHECKING, Any, Callable
+
+from rtml_cli import atomic
+from rtml_cli.checkpoint import CheckpointError, CheckpointStore, signing_key
+from rtml_cli.errors import ConfigError, RtmlError
+from rtml_cli.learner import feature_columns, model_inputs, predict_value
+from rtml_cli.log import OFFSET, ParquetLog
+from rtml_cli.models import CLASSIFIER, REGRESSOR
+
+if TYPE_CHECKING:
+    import polars as pl
+
+FEATURES = "features"
+PREDICTIONS = "predictions"
+STATE_FILE = Path("state") / "predict.json"
+NS = 1_000_000_000
+
+
+@dataclass
+class PredictOptions:
+    names: list[str] = field(default_factory=lambda: ["linear"])
+    symbols: list[str] | None = None
+    start: str = "earliest"  # where a model with no offsets yet starts: "earliest" | "latest"
+    poll: float = 0.5
+    notify: bool = True
+    chunk: int = 10_000
+
+
+@dataclass(frozen=True)
+class Served:
+    """A verified, fully loaded model, ready to predict."""
+
+    version: int
+    model: Any
+    kind: str
+    trained_until: str | None
+    created_at: str | None
+
+
+class ModelSlot:
+    """One model name: the newest verified version a load found, and what it refused.
+
+    `latest` is written only by `refresh` (the loader thread) and read by the prediction
+    loop, which swaps to it between two rows; a reference assignment is atomic, so the
+    loop sees either the old model or the whole new one.
+    """
+
+    def __init__(self, data_dir: Path, name: str, key: bytes | None):
+        self.name = name
+        self.store = CheckpointStore(data_dir, name)
+        self.key = key
+        self.latest: Served | None = None
+        self.bad: dict[int, str] = {}  # versions refused, and why; each is reported once
+        self.reports: deque[str] = deque()  # refusals not shown yet
+        self.load_ms: list[float] = []
+
+    def refresh(self) -> bool:
+        """Load the newest checkpoint newer than the one held, if one verifies; True if it did."""
+        held = self.latest.version if self.latest else 0
+        for version in reversed(self.store.versions()):
+            if version <= held:
+                return False
+            if version in self.bad:
+                continue
+            started = time.perf_counter()
+            try:
+                cp = self.store.get(version)
+                if cp is None:
+                    continue  # pruned since the listing
+                payload = cp.load(self.key)
+                kind = cp.manifest.get("spec", {}).get("kind")
+                if kind not in (REGRESSOR, CLASSIFIER):
+                    raise CheckpointError(f"{cp.manifest_path.name} names no model kind (regressor or classifier)")
+            except CheckpointError as exc:
+                if not (self.store.dir / f"{version:010d}.json").exists():
+                    continue  # pruned while being read: not a bad checkpoint
+                self.bad[version] = str(exc)
+                self.reports.append(f"{self.name}: skipped {exc}")
+                continue
+            self.load_ms.append((time.perf_counter() - started) * 1000)
+            self.latest = Served(version, payload["model"], kind, cp.manifest.get("trained_until"),
+                                 cp.manifest.get("created_at"))
+            return True
+        return False
+
+
+class Notifier:
+    """Sets an event when files change in some directories, from the OS's filesystem
+    notifications (watchdog: inotify, FSEvents, ReadDirectoryChangesW).
+
+    It only wakes waiters up early: every waiter also polls, because network filesystems
+    send no notifications. Directories that do not exist yet are watched once they do.
+    """
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._wanted: list[tuple[Path, Event, bool]] = []
+        self._watched: set[Path] = set()
+        self._observer = None
+
+    def add(self, path: Path, event: Event, recursive: bool) -> None:
+        self._wanted.append((path, event, recursive))
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        from watchdog.observers import Observer
+
+        self._observer = Observer()
+        self._observer.daemon = True
+        self._observer.start()
+        self.rescan()
+
+    def rescan(self) -> None:
+        """Watch the wanted directories that exist now (cheap when all are watched)."""
+        if self._observer is None or len(self._watched) == len(self._wanted):
+            return
+        from watchdog.events import FileSystemEventHandler
+
+        class Wake(FileSystemEventHandler):
+            def __init__(self, event: Event):
+                self.event = event
+
+            def on_any_event(self, _e) -> None:
+                self.event.set()
+
+        for path, event, recursive in self._wanted:
+            if path in self._watched or not path.is_dir():
+                continue
+            try:
+                self._observer.schedule(Wake(event), str(path), recursive=recursive)
+            except OSError:
+                continue  # e.g. out of inotify watches: polling still works
+            self._watched.add(path)
+            event.set()  # changes made before the watch began are looked at once
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=2)
+
+
+class Predictor:
+    """Serves one or more models over the features log; use as a context manager (holds the
+    predictions log's writer lock)."""
+
+    def __init__(self, data_dir: Path, opts: PredictOptions):
+        if not opts.names:
+            raise ConfigError("give at least one --name")
+        if len(set(opts.names)) != len(opts.names):
+            raise ConfigError(f"--name values repeat: {', '.join(opts.names)}")
+        if opts.start not in ("earliest", "latest"):
+            raise ConfigError(f"--from must be earliest or latest, not {opts.start!r}")
+        self.data_dir = Path(data_dir)
+        self.opts = opts
+        self.features = ParquetLog(self.data_dir, FEATURES)
+        self.predictions = ParquetLog(self.data_dir, PREDICTIONS)
+        self.state_path = self.data_dir / STATE_FILE
+        key = signing_key()
+        self.slots = [ModelSlot(self.data_dir, n, key) for n in opts.names]
+        # per model, per symbol: the features offset of the newest row predicted and published
+        self.offsets: dict[str, dict[str, int]] = {n: {} for n in opts.names}
+        self.log_offsets: dict[str, int] = {}  # predictions log offsets the state file covers
+        self.predicted: dict[str, int] = {n: 0 for n in opts.names}  # this run
+        self.served: dict[str, list[int]] = {n: [] for n in opts.names}  # versions used, in order
+        self.latency_ms: deque[float] = deque(maxlen=10_000)
+        self.started = time.monotonic()
+        self._serving: dict[str, Served | None] = {n: None for n in opts.names}
+        self._trained_until: dict[tuple[str, int], str | None] = {}  # (model, version) -> trained until
+        self._state_saved = 0.0
+        self.wake = Event()  # new feature rows, or a new model loaded: predict
+        self.wake_checkpoints = Event()  # a checkpoint directory changed: look for a newer model
+        self.notifier = Notifier(opts.notify)
+        self._loader: threading.Thread | None = None
+        self._stop_loader = Event()
+
+    # -- setup -----------------------------------------------------------------------------------
+
+    def __enter__(self) -> Predictor:
+        self._features_params()
+        self._writer_ctx = self.predictions.writer()
+        self.writer = self._writer_ctx.__enter__()
+        try:
+            self._resume()
+        except BaseException:
+            self._writer_ctx.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._stop_loader.set()
+            self.wake_checkpoints.set()
+            if self._loader is not None:
+                self._loader.join(timeout=10)
+            self.notifier.stop()
+            self._save_state()
+        finally:
+            self._writer_ctx.__exit__(None, None, None)
+
+    def _features_params(self) -> None:
+        state = self.data_dir / "state" / "features.json"
+        if not self.features.root.is_dir() or not state.exists():
+            raise ConfigError(f"there is no features log in {self.data_dir}; run `rtml features` first or check --data-dir")
+        try:
+            doc = json.loads(state.read_text())
+            self.bar_ns = int(doc["params"]["bar_s"]) * NS
+            self.features_build = str(doc["build_id"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{state} is damaged ({type(exc).__name__}: {exc}); run `rtml features --rebuild`") from None
+
+    def _resume(self) -> None:
+        """Consumer offsets: the state file's, moved on by whatever the log holds past it."""
+        doc: dict[str, Any] = {}
+        if self.state_path.exists():
+            try:
+                doc = json.loads(self.state_path.read_text())
+                self.log_offsets = {str(k): int(v) for k, v in doc.get("log_offsets", {}).items()}
+                for name, offs in doc.get("consumers", {}).items():
+                    if name in self.offsets:
+                        self.offsets[name] = {str(k): int(v) for k, v in offs.items()}
+            except (OSError, ValueError, TypeError, AttributeError) as exc:
+                raise ConfigError(
+                    f"{self.state_path} is damaged ({type(exc).__name__}: {exc}); delete it: "
+                    "the offsets are read back from the predictions log"
+                ) from None
+        build = doc.get("features_build")
+        if self.predictions.partitions() and build not in (None, self.features_build):
+            raise ConfigError(
+                f"the features in {self.data_dir} were rebuilt since the predictions were written, so their "
+                f"offsets now mean other rows; move {self.predictions.root} and {self.state_path} away to start afresh"
+            )
+        import polars as pl
+
+        for sym in self.predictions.partitions():
+            tail = self.predictions.read_after(sym, self.log_offsets.get(sym, -1), columns=["model", "features_offset"])
+            if tail.height:
+                for name, newest in tail.group_by("model").agg(pl.col("features_offset").max()).iter_rows():
+                    if name in self.offsets:
+                        self.offsets[name][sym] = max(newest, self.offsets[name].get(sym, -1))
+            self.log_offsets[sym] = self.predictions.last_offset(sym)
+        if self.opts.start == "latest":
+            for name, offs in self.offsets.items():
+                if not offs:  # a new consumer: skip the history, and remember where that was
+                    for sym in self.symbols():
+                        offs[sym] = self.features.last_offset(sym)
+        self._save_state()
+
+    def _save_state(self) -> None:
+        doc = {
+            "features_build": self.features_build,
+            "log_offsets": dict(sorted(self.log_offsets.items())),
+            "consumers": {n: dict(sorted(o.items())) for n, o in self.offsets.items()},
+            "saved_at": datetime.now(timezone.utc).isoformat(),
+        }
+        atomic.write_json(self.state_path, doc)
+        self._state_saved = time.monotonic()
+
+    # -- models ----------------------------------------------------------------------------------
+
+    def load_all(self) -> None:
+        for slot in self.slots:
+            slot.refresh()
+
+    def missing(self) -> list[ModelSlot]:
+        return [s for s in self.slots if s.latest is None]
+
+    def start_watching(self) -> None:
+        """Follow mode: a loader thread keeps swapping newer checkpoints in."""
+        for slot in self.slots:
+            self.notifier.add(slot.store.dir, self.wake_checkpoints, recursive=False)
+        self.notifier.add(self.features.root, self.wake, recursive=True)
+        self.notifier.start()
+        self._loader = threading.Thread(target=self._load_loop, name="rtml-model-loader", daemon=True)
+        self._loader.start()
+
+    def _load_loop(self) -> None:
+        while not self._stop_loader.is_set():
+            self.wake_checkpoints.wait(self.opts.poll)
+            self.wake_checkpoints.clear()
+            if self._stop_loader.is_set():
+                return
+            self.notifier.rescan()
+            for slot in self.slots:
+                try:
+                    if slot.refresh():
+                        self.wake.set()
+                except OSError as exc:  # a flaky (network) filesystem: say so, try again next time
+                    slot.reports.append(f"{slot.name}: cannot read {slot.store.dir}: {exc}")
+
+    def reports(self) -> list[str]:
+        """Refused checkpoints and load problems not shown yet."""
+        out = []
+        for slot in self.slots:
+            while slot.reports:
+                out.append(slot.reports.popleft())
+        return out
+
+    # -- predicting ------------------------------------------------------------------------------
+
+    def symbols(self) -> list[str]:
+        present = self.features.partitions()
+        return [s for s in present if self.opts.symbols is None or s in self.opts.symbols]
+
+    def backlog(self) -> int:
+        """Feature rows not predicted yet by the models that are serving, summed over models."""
+        ends = {s: self.features.last_offset(s) for s in self.symbols()}
+        return sum(max(0, end - self.offsets[slot.name].get(s, -1))
+                   for slot in self.slots if slot.latest is not None for s, end in ends.items())
+
+    def step(self, stop: Event | None = None, on_publish: Callable[[pl.DataFrame], None] | None = None) -> int:
+        """Predict every feature row available now (or until `stop`); returns predictions made."""
+        done = 0
+        while not (stop is not None and stop.is_set()):
+            active = [s for s in self.slots if s.latest is not None]
+            if not active:
+                break
+            start = {sym: min(self.offsets[s.name].get(sym, -1) for s in active) for sym in self.symbols()}
+            frame = self.features.read_in_time_order(list(start), start, self.opts.chunk)
+            if frame.height == 0:
+                break
+            published = self._predict(frame, active, stop)
+            if published is None:
+                break
+            done += published.height
+            if on_publish is not None:
+                on_publish(published)
+        if time.monotonic() - self._state_saved > 10:
+            self._save_state()
+        return done
+
+    def _predict(self, frame: pl.DataFrame, active: list[ModelSlot], stop: Event | None) -> pl.DataFrame | None:
+        import polars as pl
+
+        symbols, offsets = frame["symbol"].to_list(), frame[OFFSET].to_list()
+        made: dict[str, tuple[list[int], list[float], list[int]]] = {s.name: ([], [], []) for s in active}
+        consumed = [(s, self.offsets[s.name], made[s.name]) for s in active]
+        for i, (x, _row) in enumerate(model_inputs(frame, feature_columns(frame.columns))):
+            if i & 255 == 0 and i and stop is not None and stop.is_set():
+                break  # finish the row in hand, publish what is predicted, stop
+            sym, off = symbols[i], offsets[i]
+            for slot, done_upto, (rows, preds, versions) in consumed:
+                if off <= done_upto.get(sym, -1):
+                    continue  # this model predicted the row before (a newer consumer is catching up)
+                served = slot.latest  # swapped in between rows, never during one
+                if served is not self._serving[slot.name]:
+                    self._serving[slot.name] = served
+                    self.served[slot.name].append(served.version)
+                    self._trained_until[slot.name, served.version] = served.trained_until
+                rows.append(i)
+                preds.append(predict_value(served.model, served.kind, x))
+                versions.append(served.version)
+        frames = []
+        for slot in active:
+            rows, preds, versions = made[slot.name]
+            if not rows:
+                continue
+            until = {v: _parse_ts(self._trained_until[slot.name, v]) for v in set(versions)}
+            frames.append(
+                frame[rows].select(
+                    "ts", "symbol", pl.col(OFFSET).alias("features_offset"),
+                    pl.lit(slot.name).alias("model"),
+                    pl.Series("prediction", preds, dtype=pl.Float64),
+                    pl.Series("model_version", versions, dtype=pl.Int64),
+                    pl.Series("model_trained_until", [until[v] for v in versions],
+                              dtype=pl.Datetime("ns", "UTC")),
+                )
+            )
+            self.predicted[slot.name] += len(rows)
+        if not frames:
+            return None
+        return self._publish(pl.concat(frames).sort("symbol", "features_offset", "model"))
+
+    def _publish(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Append each symbol's predictions as one part (the commit), then move the offsets."""
+        import polars as pl
+
+        out = []
+        for (sym,), part in batch.group_by("symbol", maintain_order=True):
+            now = time.time_ns()
+            part = part.with_columns(
+                ((now - pl.col("ts").dt.epoch("ns") - self.bar_ns) / 1e6).alias("latency_ms"),
+            )
+            newest = part.group_by("model").agg(pl.col("features_offset").max()).rows()
+            first, last = self.writer.append(sym, part)
+            # the log and the offsets move together: the state file saves both or neither
+            self.log_offsets[sym] = last
+            for name, upto in newest:
+                self.offsets[name][sym] = upto
+            self.latency_ms.extend(part["latency_ms"].to_list())
+            out.append(part.with_columns(pl.int_range(first, last + 1, dtype=pl.Int64).alias(OFFSET)))
+        return pl.concat(out)
+
+    def run(self, stop: Event, follow: bool, on_publish: Callable[[pl.DataFrame], None] | None = None,
+            on_idle: Callable[[], None] | None = None) -> None:
+        """Predict what is there; with `follow`, keep predicting new rows until `stop`."""
+        while not stop.is_set():
+            self.wake.clear()
+            n = self.step(stop, on_publish)
+            if not follow:
+                break
+            if on_idle is not None:
+                on_idle()
+            if n == 0:
+                _wait(stop, self.wake, self.opts.poll)
+
+    def summary(self) -> dict[str, Any]:
+        lat = sorted(self.latency_ms)
+        return {
+            "models": {
+                s.name: {
+                    "version": s.latest.version if s.latest else None,
+                    "trained_until": s.latest.trained_until if s.latest else None,
+                    "predicted_this_run": self.predicted[s.name],
+                    "versions_served": self.served[s.name],
+                    "skipped_checkpoints": [f"{v}: {why}" for v, why in sorted(s.bad.items())],
+                    "load_ms_max": round(max(s.load_ms), 3) if s.load_ms else None,
+                    "offsets": dict(sorted(self.offsets[s.name].items())),
+                }
+                for s in self.slots
+            },
+            "predicted_this_run": sum(self.predicted.values()),
+            "latency_ms": {
+                "median": round(lat[len(lat) // 2], 3) if lat else None,
+                "max": round(lat[-1], 3) if lat else None,
+            },
+            "backlog": self.backlog(),
+            "elapsed_s": round(time.monotonic() - self.started, 3),
+            "predictions_log": str(self.predictions.root),
+        }
+
+
+def _wait(stop: Event, wake: Event, timeout: float) -> None:
+    """Sleep until `wake` is set or `timeout` passes; a `stop` is noticed within 0.1 s."""
+    deadline = time.monotonic() + timeout
+    while not stop.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0 or wake.wait(min(left, 0.1)):
+            return
+
+
+def _parse_ts(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def require_models(predictor: Predictor) -> None:
+    """One-shot mode: every model named must have a checkpoint that verifies."""
+    missing = predictor.missing()
+    if not missing:
+        return
+    lines = []
+    for slot in missing:
+        why = "; ".join(f"{v}: {b}" for v, b in sorted(slot.bad.items())) or "there is none"
+        lines.append(f"no usable checkpoint of {slot.name!r} in {slot.store.dir} ({why})")
+    raise RtmlError("; ".join(lines) + "; run `rtml train` first (see `rtml checkpoints`)")

@@ -1,0 +1,301 @@
+"""rtml predict: every feature row predicted once by each model, hot swaps, refused checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from rtml_cli.checkpoint import CheckpointStore, write_checkpoint
+from rtml_cli.cli import cli
+from rtml_cli.learner import NOT_FEATURES
+from rtml_cli.log import ParquetLog
+from tests.conftest import assert_clean_error, rtml_process
+
+BAR_NS = 60 * 1_000_000_000  # `rtml features` default bar
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """Ticks, features and one `linear` checkpoint, built once and copied for each test."""
+    d = tmp_path_factory.mktemp("predict") / "data"
+    for args in (["ingest", "--max-ticks", "120000"], ["features"], ["train"]):
+        r = CliRunner().invoke(cli, [*args, "--json", "--data-dir", str(d)])
+        assert r.exit_code == 0, r.output
+    return d
+
+
+@pytest.fixture
+def served(trained, data_dir) -> Path:
+    shutil.copytree(trained, data_dir)
+    return data_dir
+
+
+def predict(rtml, *args) -> dict:
+    r = rtml("predict", "--json", *args)
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def predictions(data_dir: Path) -> pl.DataFrame:
+    return ParquetLog(data_dir, "predictions").read_all()
+
+
+def features(data_dir: Path) -> pl.DataFrame:
+    return ParquetLog(data_dir, "features").read_all()
+
+
+def assert_each_row_once(data_dir: Path, model: str = "linear") -> pl.DataFrame:
+    """Every feature row has exactly one prediction of `model`."""
+    p = predictions(data_dir).filter(pl.col("model") == model)
+    f = features(data_dir)
+    got = sorted(zip(p["symbol"], p["features_offset"]))
+    assert got == sorted(zip(f["symbol"], f["offset"])), "a feature row was skipped or predicted twice"
+    return p
+
+
+def more_market(rtml, ticks: int = 20_000) -> None:
+    assert rtml("ingest", "--max-ticks", str(ticks), "--json").exit_code == 0
+    assert rtml("features", "--json").exit_code == 0
+
+
+def test_one_shot_predicts_every_row_with_the_newest_checkpoint(rtml, served):
+    started = time.time_ns()
+    s = predict(rtml)
+    p = assert_each_row_once(served)
+    cp = CheckpointStore(served, "linear").list()[-1]
+    assert s["models"]["linear"]["version"] == cp.version and s["predicted_this_run"] == p.height
+    assert p["model_version"].unique().to_list() == [cp.version]
+    assert p["model_trained_until"].unique().to_list() == [
+        pl.Series([cp.manifest["trained_until"]]).str.to_datetime(time_unit="ns").item()]
+    # the predictions are the checkpoint's model's, on each row's features (NaN/inf left out)
+    model = pickle.loads(cp.pickle_path.read_bytes())["model"]
+    f = features(served).join(p.select("symbol", pl.col("features_offset").alias("offset"), "prediction"),
+                              on=["symbol", "offset"])
+    for row in f.sample(50, seed=1).iter_rows(named=True):
+        x = {k: v for k, v in row.items()
+             if k not in NOT_FEATURES and k != "prediction" and v is not None and math.isfinite(v)}
+        assert row["prediction"] == pytest.approx(model.predict_one(x), rel=1e-12, abs=1e-15)
+    # latency: from the bar's end (ts + 1 minute) to when the prediction was written
+    written = p["ts"].dt.epoch("ns") + BAR_NS + (p["latency_ms"] * 1e6).cast(pl.Int64)
+    assert written.min() >= started - 1e6 and written.max() <= time.time_ns()
+    for _, part in p.group_by("symbol"):  # the log's offsets follow the bars
+        assert part.sort("features_offset")["offset"].to_list() == list(range(part.height))
+    # nothing new: nothing predicted
+    assert predict(rtml)["predicted_this_run"] == 0
+
+
+def test_a_restart_predicts_only_what_is_new(rtml, served):
+    first = predict(rtml)["predicted_this_run"]
+    more_market(rtml)
+    second = predict(rtml)["predicted_this_run"]
+    p = assert_each_row_once(served)
+    assert first > 0 and second > 0 and p.height == first + second
+
+
+def test_the_offsets_survive_a_lost_state_file_and_a_crash_between_publish_and_save(rtml, served):
+    predict(rtml)
+    more_market(rtml)
+    (served / "state" / "predict.json").unlink()  # the log itself is the record
+    predict(rtml)
+    state = json.loads((served / "state" / "predict.json").read_text())
+    # a crash after publishing a part but before saving the state: the state lags the log
+    state["log_offsets"] = {s: 0 for s in state["log_offsets"]}
+    state["consumers"]["linear"] = {s: 0 for s in state["consumers"]["linear"]}
+    (served / "state" / "predict.json").write_text(json.dumps(state))
+    assert predict(rtml)["predicted_this_run"] == 0
+    assert_each_row_once(served)
+
+
+def test_without_a_checkpoint_one_shot_says_to_train(rtml, served):
+    shutil.rmtree(served / "checkpoints")
+    assert_clean_error(rtml("predict"), "no usable checkpoint of 'linear'", "rtml train")
+    assert_clean_error(rtml("predict", "--name", "nope"), "no usable checkpoint of 'nope'")
+
+
+def test_without_features_says_what_to_run(rtml):
+    assert_clean_error(rtml("predict"), "no features log", "rtml features")
+
+
+def test_two_models_side_by_side_and_a_challenger_added_later_catches_up(rtml, served):
+    assert rtml("train", "--model", "pa", "--json").exit_code == 0
+    s = predict(rtml, "--name", "linear", "--name", "pa")
+    assert set(s["models"]) == {"linear", "pa"}
+    assert_each_row_once(served, "linear")
+    pa = assert_each_row_once(served, "pa")
+    lin = predictions(served).filter(pl.col("model") == "linear")
+    assert pa["prediction"].to_list() != lin["prediction"].to_list()
+    # a challenger that joins later starts at the beginning (earliest); the others go on
+    assert rtml("train", "--model", "bayes", "--json").exit_code == 0
+    more_market(rtml)
+    s = predict(rtml, "--name", "linear", "--name", "bayes")
+    n_new = features(served).height - lin.height
+    assert s["models"]["linear"]["predicted_this_run"] == n_new
+    assert s["models"]["bayes"]["predicted_this_run"] == features(served).height
+    for m in ("linear", "bayes"):
+        assert_each_row_once(served, m)
+
+
+def test_from_latest_skips_the_history_and_remembers_where_it_started(rtml, served):
+    assert predict(rtml, "--from", "latest")["predicted_this_run"] == 0
+    # a restart does not skip what arrived meanwhile, and --from no longer matters
+    more_market(rtml)
+    before = features(served)
+    s = predict(rtml, "--from", "earliest")
+    p = predictions(served)
+    assert s["predicted_this_run"] == p.height > 0
+    assert p.height < before.height  # the history before the first run was skipped
+
+
+def test_a_corrupt_or_tampered_checkpoint_is_skipped_and_the_old_model_serves(rtml, served, tmp_path):
+    store = CheckpointStore(served, "linear")
+    good = store.list()[-1]
+    # v2: a damaged manifest; v3: a pickle changed after its manifest was written; v4: a
+    # valid-looking manifest whose pickle would run code when loaded
+    (store.dir / "0000000002.json").write_text("{not json")
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps({"model": _Evil(str(marker))})
+    manifest = {k: v for k, v in good.manifest.items() if k not in ("pickle", "version", "signature")}
+    write_checkpoint(store.dir, 3, good.pickle_path.read_bytes(), {**manifest, "version": 3}, None)
+    (store.dir / "0000000003.pkl").write_bytes(good.pickle_path.read_bytes()[:-1] + b"X")
+    write_checkpoint(store.dir, 4, good.pickle_path.read_bytes(), {**manifest, "version": 4}, None)
+    (store.dir / "0000000004.pkl").write_bytes(evil)
+    s = predict(rtml)
+    m = s["models"]["linear"]
+    assert m["version"] == good.version and m["versions_served"] == [good.version]
+    skipped = " | ".join(m["skipped_checkpoints"])
+    assert "0000000002.json is not readable JSON" in skipped
+    assert "0000000003.pkl does not match the sha256" in skipped
+    assert "0000000004.pkl does not match the sha256" in skipped
+    assert not marker.exists(), "an unverified pickle was loaded"
+    assert_each_row_once(served)
+
+
+def test_with_a_key_unsigned_or_wrongly_signed_checkpoints_are_refused(rtml, served, tmp_path, monkeypatch):
+    store = CheckpointStore(served, "linear")
+    good = store.list()[-1]
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps({"model": _Evil(str(marker))})
+    manifest = {k: v for k, v in good.manifest.items() if k not in ("pickle", "version", "signature")}
+    write_checkpoint(store.dir, 2, evil, {**manifest, "version": 2}, None)  # a correct sha256, no signature
+    write_checkpoint(store.dir, 3, evil, {**manifest, "version": 3}, b"not-the-key")
+    monkeypatch.setenv("RTML_CHECKPOINT_KEY", "the-key")
+    r = rtml("predict", "--json")
+    assert_clean_error(r, "no usable checkpoint", "not signed", "wrong signature")  # v1 is unsigned too
+    assert not marker.exists()
+    write_checkpoint(store.dir, 4, good.pickle_path.read_bytes(), {**manifest, "version": 4}, b"the-key")
+    s = predict(rtml)
+    assert s["models"]["linear"]["version"] == 4 and not marker.exists()
+
+
+def test_features_rebuilt_since_the_predictions_is_an_error(rtml, served):
+    predict(rtml)
+    assert rtml("features", "--rebuild", "--json").exit_code == 0
+    assert_clean_error(rtml("predict"), "rebuilt", "start afresh")
+
+
+class _Evil:
+    """Unpickling this creates a file: the proof that a pickle was (or was not) loaded."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+# -- follow mode, in real subprocesses -----------------------------------------------------------
+
+
+def read_jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_follow_waits_for_a_first_checkpoint_then_serves_it(rtml, served):
+    shutil.rmtree(served / "checkpoints")
+    p = rtml_process(["predict", "--follow", "--jsonl", "--poll", "0.1", "--data-dir", str(served)])
+    try:
+        time.sleep(2.0)
+        assert p.poll() is None
+        assert rtml("train", "--json").exit_code == 0
+        log = ParquetLog(served, "predictions")
+        deadline = time.monotonic() + 30
+        while log.read_all().height < features(served).height and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert "waiting for a checkpoint of 'linear'" in err
+    streamed = read_jsonl(out)
+    logged = assert_each_row_once(served)
+    assert [(r["symbol"], r["features_offset"], r["prediction"]) for r in streamed] == list(
+        zip(logged["symbol"], logged["features_offset"], logged["prediction"]))
+    assert {r["model_version"] for r in streamed} == {1}
+
+
+def test_hot_swap_while_rows_flow_and_kill_9_loses_and_repeats_nothing(rtml, served):
+    """Ingest, features and train follow a paced market; predict --follow is killed and restarted;
+    a corrupt checkpoint of the second model is dropped in meanwhile and reported once."""
+    d = str(served)
+    assert rtml("train", "--model", "pa", "--json").exit_code == 0
+    ingest = rtml_process(["ingest", "--speed", "600", "--duration", "14", "--flush-interval", "0.2", "--json", "--data-dir", d])
+    feats = rtml_process(["features", "--follow", "--poll", "0.1", "--json", "--data-dir", d])
+    trainer = rtml_process(["train", "--follow", "--checkpoint-every", "3", "--poll", "0.05", "--json", "--data-dir", d])
+    predict_args = ["predict", "--follow", "--jsonl", "--name", "linear", "--name", "pa", "--poll", "0.1", "--data-dir", d]
+    errs = []
+    try:
+        p = rtml_process(predict_args)
+        time.sleep(5)
+        p.send_signal(signal.SIGKILL)
+        p.wait(30)
+        p = rtml_process(predict_args)
+        time.sleep(2)
+        pa = CheckpointStore(served, "pa")
+        (pa.dir / "0000000002.json").write_text("{damaged")  # reported once, pa v1 keeps serving
+        assert ingest.wait(120) == 0
+        time.sleep(1.5)
+        feats.send_signal(signal.SIGTERM)
+        assert feats.wait(60) == 0
+        time.sleep(1.5)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+        errs.append(err)
+        assert p.returncode == 0, err
+    finally:
+        for proc in (ingest, feats, trainer):
+            proc.kill()
+        trainer.wait(30)
+    assert errs[0].count("0000000002.json is not readable JSON") == 1
+    predict(rtml, "--name", "linear", "--name", "pa")  # whatever arrived after the stop
+    lin = assert_each_row_once(served, "linear")
+    pa_rows = assert_each_row_once(served, "pa")
+    assert pa_rows["model_version"].unique().to_list() == [1]
+    # the trainer published new versions while rows flowed, and predictions picked them up in order
+    versions = lin.sort("offset")["model_version"].to_list()
+    assert len(set(versions)) >= 3, set(versions)
+    for sym, part in lin.sort("offset").group_by("symbol"):
+        v = part["model_version"].to_list()
+        assert v == sorted(v), f"{sym}: a model older than one already served came back"
+
+
+def test_sigterm_exits_0_after_publishing(rtml, served):
+    p = rtml_process(["predict", "--follow", "--poll", "0.1", "--data-dir", str(served)])
+    deadline = time.monotonic() + 30
+    while ParquetLog(served, "predictions").read_all().height < features(served).height and time.monotonic() < deadline:
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert "Traceback" not in err
+    assert_each_row_once(served)
+    assert os.path.exists(served / "state" / "predict.json")
