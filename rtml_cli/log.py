@@ -200,19 +200,21 @@ class ParquetLog:
                 time.sleep(0.01 * (attempt + 1))
         raise LogError(f"{self.partition_path(symbol)} kept changing while being read; try again")
 
-    def read_in_time_order(self, symbols: list[str], offsets: dict[str, int], chunk: int) -> pl.DataFrame:
+    def read_in_time_order(self, symbols: list[str], offsets: dict[str, int], chunk: int,
+                           columns: list[str] | None = None) -> pl.DataFrame:
         """The next rows of `symbols` after `offsets`, in time order (then symbol, offset).
 
         At most `chunk` rows per symbol are read, so memory stays bounded however long the
         backlog; a symbol with more to come bounds the batch at its last time read, so that
-        reading in chunks gives the same order as one sort of the whole backlog.
+        reading in chunks gives the same order as one sort of the whole backlog. `columns`
+        (which must include ts and symbol) reads only those.
         """
         import polars as pl
 
         frames, horizon = [], None
         for s in symbols:
             after = offsets.get(s, -1)
-            frame = self.read_after(s, after, upto=after + chunk)
+            frame = self.read_after(s, after, columns, upto=after + chunk)
             if frame.height == 0:
                 continue
             frames.append(frame)

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from threading import Event
 from typing import TYPE_CHECKING, Any, Callable
@@ -39,6 +39,7 @@ FEATURES = "features"
 PREDICTIONS = "predictions"
 STATE_FILE = Path("state") / "predict.json"
 NS = 1_000_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass
@@ -48,7 +49,7 @@ class PredictOptions:
     start: str = "earliest"  # where a model with no offsets yet starts: "earliest" | "latest"
     poll: float = 0.5
     notify: bool = True
-    chunk: int = 10_000
+    chunk: int = 65_536  # rows per symbol per read: one Parquet row group of the log
 
 
 @dataclass(frozen=True)
@@ -341,7 +342,7 @@ class Predictor:
             if not active:
                 break
             start = {sym: min(self.offsets[s.name].get(sym, -1) for s in active) for sym in self.symbols()}
-            frame = self.features.read_in_time_order(list(start), start, self.opts.chunk)
+            frame = self.features.read_in_time_order(list(start), start, self.opts.chunk, self._columns(start))
             if frame.height == 0:
                 break
             published = self._predict(frame, active, stop)
@@ -354,47 +355,67 @@ class Predictor:
             self._save_state()
         return done
 
+    def _columns(self, symbols) -> list[str] | None:
+        """What a prediction needs of a features row: its place and the model inputs."""
+        import polars as pl
+
+        parts = next((self.features.parts(s) for s in symbols if self.features.parts(s)), None)
+        if not parts:
+            return None
+        names = list(pl.read_parquet_schema(parts[-1].path))
+        return [OFFSET, "ts", "symbol", *feature_columns(names)]
+
     def _predict(self, frame: pl.DataFrame, active: list[ModelSlot], stop: Event | None) -> pl.DataFrame | None:
         import polars as pl
 
-        symbols, offsets = frame["symbol"].to_list(), frame[OFFSET].to_list()
-        made: dict[str, tuple[list[int], list[float], list[int]]] = {s.name: ([], [], []) for s in active}
-        consumed = [(s, self.offsets[s.name], made[s.name]) for s in active]
-        for i, (x, _row) in enumerate(model_inputs(frame, feature_columns(frame.columns))):
-            if i & 255 == 0 and i and stop is not None and stop.is_set():
-                break  # finish the row in hand, publish what is predicted, stop
-            sym, off = symbols[i], offsets[i]
-            for slot, done_upto, (rows, preds, versions) in consumed:
-                if off <= done_upto.get(sym, -1):
-                    continue  # this model predicted the row before (a newer consumer is catching up)
-                served = slot.latest  # swapped in between rows, never during one
-                if served is not self._serving[slot.name]:
-                    self._serving[slot.name] = served
-                    self.served[slot.name].append(served.version)
-                    self._trained_until[slot.name, served.version] = served.trained_until
-                rows.append(i)
-                preds.append(predict_value(served.model, served.kind, x))
-                versions.append(served.version)
-        frames = []
+        # per model: which rows are due (None: all of them; a model that joined later may be
+        # behind the others), its predictions and the versions that made them, row by row
+        plans = []
         for slot in active:
-            rows, preds, versions = made[slot.name]
-            if not rows:
-                continue
-            until = {v: _parse_ts(self._trained_until[slot.name, v]) for v in set(versions)}
-            frames.append(
-                frame[rows].select(
-                    "ts", "symbol", pl.col(OFFSET).alias("features_offset"),
-                    pl.lit(slot.name).alias("model"),
-                    pl.Series("prediction", preds, dtype=pl.Float64),
-                    pl.Series("model_version", versions, dtype=pl.Int64),
-                    pl.Series("model_trained_until", [until[v] for v in versions],
-                              dtype=pl.Datetime("ns", "UTC")),
-                )
+            start = pl.col("symbol").replace_strict(self.offsets[slot.name], default=-1, return_dtype=pl.Int64)
+            due = frame.select(pl.col(OFFSET) > start).to_series()
+            plans.append([slot, None if due.all() else due.to_list(), [], [], self._serving[slot.name]])
+        for i, (x, _row) in enumerate(model_inputs(frame, feature_columns(frame.columns))):
+            if not i & 255 and i and stop is not None and stop.is_set():
+                break  # finish the row in hand, publish what is predicted, stop
+            for plan in plans:
+                slot, due, preds, versions, serving = plan
+                if due is not None and not due[i]:
+                    preds.append(None)
+                    versions.append(None)
+                    continue
+                if slot.latest is not serving:  # a new model: swapped in between rows, never during one
+                    plan[4] = serving = self._swap(slot)
+                preds.append(predict_value(serving.model, serving.kind, x))
+                versions.append(serving.version)
+        frames = []
+        for slot, due, preds, versions, _ in plans:
+            done = len(preds)
+            until = {v: _epoch_ns(self._trained_until[slot.name, v]) for v in set(versions) if v is not None}
+            version = pl.Series("model_version", versions, dtype=pl.Int64)
+            out = frame.head(done).select(
+                "ts", "symbol", pl.col(OFFSET).alias("features_offset"),
+                pl.lit(slot.name).alias("model"),
+                pl.Series("prediction", preds, dtype=pl.Float64),
+                version,
+                version.replace_strict(until, default=None, return_dtype=pl.Int64).cast(pl.Datetime("ns", "UTC"))
+                .alias("model_trained_until"),
             )
-            self.predicted[slot.name] += len(rows)
+            if due is not None:
+                out = out.filter(pl.Series(due[:done]))
+            if out.height:
+                frames.append(out)
+                self.predicted[slot.name] += out.height
         if not frames:
             return None
         return self._publish(pl.concat(frames).sort("symbol", "features_offset", "model"))
+
+    def _swap(self, slot: ModelSlot) -> Served:
+        served = slot.latest
+        self._serving[slot.name] = served
+        self.served[slot.name].append(served.version)
+        self._trained_until[slot.name, served.version] = served.trained_until
+        return served
 
     def _publish(self, batch: pl.DataFrame) -> pl.DataFrame:
         """Append each symbol's predictions as one part (the commit), then move the offsets."""
@@ -464,14 +485,16 @@ def _wait(stop: Event, wake: Event, timeout: float) -> None:
             return
 
 
-def _parse_ts(text: str | None) -> datetime | None:
+def _epoch_ns(text: str | None) -> int | None:
+    """An ISO time from a manifest as ns since the epoch (UTC when it names no zone)."""
     if not text:
         return None
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
         return None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return (value - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
 def require_models(predictor: Predictor) -> None:
