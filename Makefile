@@ -18,25 +18,29 @@ test: install
 	$(BIN)/python -m pytest -q
 
 # The pipeline so far on the simulated market, in ./data/demo: six hours of history, its
-# features and a model trained on them; then a live-looking market (300x real time) with
-# `rtml features --follow` and `rtml train --follow` running beside it.
+# features, a model trained on them and its predictions; then a live-looking market (300x
+# real time) with `rtml features --follow`, `rtml train --follow` and `rtml predict --follow`
+# (which swaps each new checkpoint in) running beside it.
 DEMO := data/demo
 demo: install
 	rm -rf $(DEMO) $(DEMO)-*.json
 	$(BIN)/rtml ingest --max-ticks 300000 --data-dir $(DEMO)
 	$(BIN)/rtml features --data-dir $(DEMO)
 	$(BIN)/rtml train --data-dir $(DEMO)
+	$(BIN)/rtml predict --data-dir $(DEMO)
 	$(BIN)/rtml features --follow --data-dir $(DEMO) --json > $(DEMO)-features.json & f=$$!; \
 	$(BIN)/rtml train --follow --checkpoint-every 50 --data-dir $(DEMO) --json > $(DEMO)-train.json & t=$$!; \
+	$(BIN)/rtml predict --follow --data-dir $(DEMO) --json > $(DEMO)-predict.json & p=$$!; \
 	$(BIN)/rtml ingest --speed 300 --duration 15 --data-dir $(DEMO); \
-	sleep 2; kill -INT $$f; wait $$f; sleep 1; kill -INT $$t; wait $$t; \
-	$(BIN)/python tools/demo_summary.py $(DEMO)-features.json $(DEMO)-train.json
+	sleep 2; kill -INT $$f; wait $$f; sleep 1; kill -INT $$t; wait $$t; sleep 1; kill -INT $$p; wait $$p; \
+	$(BIN)/python tools/demo_summary.py $(DEMO)-features.json $(DEMO)-train.json $(DEMO)-predict.json
 	$(BIN)/rtml checkpoints --data-dir $(DEMO)
 
 bench: install
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/features.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/predict.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

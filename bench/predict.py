@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import random
 import shutil
 import statistics
 import subprocess
@@ -86,6 +87,7 @@ def swap_latency(data_dir: Path, notify: bool, poll: float, checkpoints: int = 5
         while not first_seen and time.time() < deadline:
             time.sleep(0.05)  # serving: the predictor is up and predicting the new rows
         version = max(store.versions())
+        pause = random.Random(7)
         for _ in range(checkpoints):
             version += 1
             write_checkpoint(store.dir, version, data, {**manifest, "version": version}, None)
@@ -93,7 +95,7 @@ def swap_latency(data_dir: Path, notify: bool, poll: float, checkpoints: int = 5
             deadline = time.time() + 10
             while version not in first_seen and time.time() < deadline:
                 time.sleep(0.002)
-            time.sleep(0.05)
+            time.sleep(pause.uniform(0.05, 0.6))  # publish at any phase of the poll cycle
     finally:
         stop.set()
         feeder.join()

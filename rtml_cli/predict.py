@@ -311,8 +311,9 @@ class Predictor:
                 try:
                     if slot.refresh():
                         self.wake.set()
-                except OSError as exc:  # a flaky (network) filesystem: say so, try again next time
-                    slot.reports.append(f"{slot.name}: cannot read {slot.store.dir}: {exc}")
+                except Exception as exc:  # noqa: BLE001 - e.g. a flaky network filesystem: say so, serve on, retry
+                    slot.reports.append(f"{slot.name}: cannot look for checkpoints in {slot.store.dir}: "
+                                        f"{type(exc).__name__}: {exc}")
 
     def reports(self) -> list[str]:
         """Refused checkpoints and load problems not shown yet."""

@@ -322,7 +322,7 @@ def run_predictions(predictor, stop, follow: bool, console: Console, as_json: bo
             now = time.monotonic()
             if now - last[0] >= 2.0:
                 made = sum(predictor.predicted.values())
-                console.print(board.status_line((made - last[1]) / (now - last[0])), highlight=False)
+                console.print(board.status_line((made - last[1]) / (now - last[0])), highlight=False, soft_wrap=True)
                 last[:] = [now, made]
 
         def on_publish_plain(frame) -> None:
@@ -393,7 +393,7 @@ class PredictionBoard:
         return (
             f"{datetime.now().strftime('%H:%M:%S')} {sum(p.predicted.values()):,} predicted ({rate:,.0f}/s), "
             f"{serving}, {p.backlog():,} behind"
-            + (f", latency median {lat[len(lat) // 2]:,.0f} ms" if lat else "")
+            + (f", latency median {_latency(lat[len(lat) // 2])}" if lat else "")
         )
 
     def render(self):
@@ -412,7 +412,7 @@ class PredictionBoard:
             arrow = "[green]▲[/]" if y > 0 else "[red]▼[/]" if y < 0 else "·"
             table.add_row(
                 sym, model, f"{r['ts']:%Y-%m-%d %H:%M:%S}", f"{y:+.3g}", arrow, str(r["model_version"]),
-                _age((now - created).total_seconds()) if created else "-", f"{r['latency_ms']:,.0f} ms",
+                _age((now - created).total_seconds()) if created else "-", _latency(r["latency_ms"]),
             )
         rate = sum(p.predicted.values()) / max(time.monotonic() - self.started, 1e-9)
         waiting = [s.name for s in p.slots if s.latest is None]
@@ -430,12 +430,18 @@ def _parse_iso(text):
         return None
 
 
+def _latency(ms: float) -> str:
+    return f"{ms:,.0f} ms" if abs(ms) < 10_000 else _age(ms / 1000)
+
+
 def _age(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f}s"
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86_400:.0f}d"
 
 
 def predict_table(summary: dict):
@@ -454,6 +460,6 @@ def predict_table(summary: dict):
     lat = summary["latency_ms"]
     table.caption = (
         f"{summary['predicted_this_run']:,} predictions in {summary['elapsed_s']:.2f}s, {summary['backlog']:,} behind"
-        + (f", latency median {lat['median']:,.0f} ms" if lat["median"] is not None else "")
+        + (f", latency median {_latency(lat['median'])}" if lat["median"] is not None else "")
     )
     return table
