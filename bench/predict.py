@@ -106,6 +106,31 @@ def swap_latency(data_dir: Path, notify: bool, poll: float, checkpoints: int = 5
     return sorted((first_seen[v] - published[v]) * 1000 for v in published)
 
 
+def load_pause(blob: bytes, loads, model, data) -> tuple[float, float]:
+    """Seconds a load takes in a thread, and the longest pause it causes in a prediction loop."""
+    done = Event()
+    took = []
+
+    def load() -> None:
+        t0 = time.perf_counter()
+        loads(blob)
+        took.append(time.perf_counter() - t0)
+        done.set()
+
+    gaps, i = [], 0
+    loader = threading.Thread(target=load)
+    last = time.perf_counter()
+    loader.start()
+    while not done.is_set():
+        model.predict_one(data[i % len(data)])
+        i += 1
+        now = time.perf_counter()
+        gaps.append(now - last)
+        last = now
+    loader.join()
+    return took[0], max(gaps) * 1000
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=200_000)
@@ -114,7 +139,7 @@ def main() -> None:
     args = ap.parse_args()
     n = args.rows
 
-    from rtml_cli.checkpoint import CheckpointStore
+    from rtml_cli.checkpoint import CheckpointStore, _unpickle
     from rtml_cli.learner import feature_columns, model_inputs
     from rtml_cli.log import ParquetLog
     from rtml_cli.predict import PredictOptions, Predictor
@@ -137,9 +162,9 @@ def main() -> None:
         data = [x for x, _ in model_inputs(rows, cols)]
         model = pickle.loads(pickle_path.read_bytes())["model"]
 
-        # best of three, (a) and (b) taking turns: this machine's timings vary by a third
+        # best of five, (a) and (b) taking turns: this machine's timings vary by a third
         predict_times, floor_times = [], []
-        for _ in range(3):
+        for _ in range(5):
             # (a) rtml predict's own loop, in this process: read, predict, publish
             shutil.rmtree(trimmed / "predictions", ignore_errors=True)
             (trimmed / "state" / "predict.json").unlink(missing_ok=True)
@@ -170,6 +195,18 @@ def main() -> None:
         run("predict", "--json", "--data-dir", str(trimmed))
         cli_s = time.perf_counter() - t0
 
+        # what a big model's load holds the other rows up for: unpickling holds the GIL
+        from rtml_cli.models import SPECS
+
+        arf = SPECS["arf"].build()
+        examples = ParquetLog(d, "examples").read_all().sort("ts", "symbol", "offset").head(20_000)
+        for x, row in model_inputs(examples, feature_columns(examples.columns), "target"):
+            arf.learn_one(x, row[-1])
+        blob = pickle.dumps(arf)
+        del arf
+        plain = load_pause(blob, pickle.loads, model, data)
+        ours = load_pause(blob, lambda b: _unpickle(b, yielding=True), model, data)
+
         notify = swap_latency(d, notify=True, poll=0.5)
         polled = swap_latency(d, notify=False, poll=0.5)
 
@@ -192,6 +229,11 @@ def main() -> None:
         "swap_ms_poll_0.5s_p99": pct(polled, 0.99),
         "swap_ms_poll_0.5s_max": round(polled[-1], 1),
         "swaps_measured": len(notify),
+        "arf_20k_pickle_mb": round(len(blob) / 1e6, 1),
+        "arf_load_s_pickle.loads": round(plain[0], 2),
+        "arf_load_s_rtml": round(ours[0], 2),
+        "prediction_pause_ms_max_during_load_pickle.loads": round(plain[1], 1),
+        "prediction_pause_ms_max_during_load_rtml": round(ours[1], 1),
     }
     if not show(results, args.json):
         return

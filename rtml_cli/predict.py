@@ -93,7 +93,7 @@ class ModelSlot:
                 cp = self.store.get(version)
                 if cp is None:
                     continue  # pruned since the listing
-                payload = cp.load(self.key)
+                payload = cp.load(self.key, yielding=True)
                 kind = cp.manifest.get("spec", {}).get("kind")
                 if kind not in (REGRESSOR, CLASSIFIER):
                     raise CheckpointError(f"{cp.manifest_path.name} names no model kind (regressor or classifier)")

@@ -203,6 +203,21 @@ def test_features_rebuilt_since_the_predictions_is_an_error(rtml, served):
     assert_clean_error(rtml("predict"), "rebuilt", "start afresh")
 
 
+def test_a_big_checkpoint_loads_the_same_beside_a_serving_thread(tmp_path):
+    """Hot swap unpickles big pickles with the pure-Python unpickler and the collector paused."""
+    import gc
+
+    store = CheckpointStore(tmp_path, "big")
+    payload = {"model": {"weights": [float(i) for i in range(150_000)], "names": [str(i) for i in range(30_000)]}}
+    data = pickle.dumps(payload)
+    assert len(data) > 1_000_000
+    manifest = {"spec": {"model": "x", "kind": "regressor"}, "versions": {"river": __import__("river").__version__}}
+    write_checkpoint(store.dir, 1, data, {**manifest, "version": 1}, None)
+    cp = store.get(1)
+    assert cp.load(yielding=True) == payload == cp.load()
+    assert gc.isenabled()
+
+
 class _Evil:
     """Unpickling this creates a file: the proof that a pickle was (or was not) loaded."""
 
