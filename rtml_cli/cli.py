@@ -469,6 +469,87 @@ def predict(names, follow, start, poll, no_notify, symbols, jsonl, data_dir, as_
         (console if jsonl else Console()).print(ui.predict_table(summary))
 
 
+# -- backtest ----------------------------------------------------------------------------------
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--model", "models", multiple=True, metavar="SPEC",
+              help="A model spec (see `rtml models`) or module:factory; repeat it to compare models. [default: linear]")
+@click.option("--refresh", default="1", show_default=True, metavar="R,R,...",
+              help="Serving refresh intervals in rows, comma-separated; 1 (a live model) and never (frozen "
+                   "after --warmup) are always included.")
+@click.option("--warmup", type=click.IntRange(min=0), default=500, show_default=True,
+              help="Rows learned before scoring starts; the frozen baseline is the model after them.")
+@click.option("--fee-bps", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Trading cost in basis points per unit of position changed.")
+@click.option("--band", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Dead band: no position while |prediction| <= band.")
+@symbols_option("Only these symbols (default: all).")
+@click.option("--from", "start", metavar="TS", default=None, help="Only rows at or after this time.")
+@click.option("--to", "end", metavar="TS", default=None, help="Only rows before this time.")
+@click.option("--table", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Backtest a Parquet or CSV table of yours instead of the examples log.")
+@click.option("--target", default=None, metavar="COL", help="--table: the column to predict.")
+@click.option("--ts", default=None, metavar="COL", help="--table: a time column (rows are replayed in its order).")
+@click.option("--delay", type=click.IntRange(min=0), default=0, show_default=True,
+              help="--table: rows after which a row's label is known.")
+@click.option("--returns", type=click.Choice(["log", "simple", "percent", "none"]), default=None,
+              help="What the target is, for the trading figures. [default: log for the examples log, "
+                   "none (no trading) for a table]")
+@click.option("--periods-per-year", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="For the annualised Sharpe ratio. [default: from the bar, or --ts; else 252]")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write metrics.json, predictions.parquet, charts and report.html here.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Models replayed in parallel processes.")
+@data_dir_option
+@json_option
+def backtest(models, refresh, warmup, fee_bps, band, symbols, start, end, table, target, ts, delay, returns,
+             periods_per_year, report_dir, jobs, data_dir, as_json):
+    """Replay history predict-then-learn, against baselines, and show what model staleness costs.
+
+    Every row is predicted before it is learned, and a label is learned only once it would
+    have been known (the horizon for the examples log, --delay rows for a table). Each model
+    is scored as a live model (refresh 1), with serving copies refreshed every R rows, and
+    frozen after --warmup; beside the zero and last-target baselines.
+
+    \b
+    Examples:
+        rtml backtest --refresh 1,60,1440,never
+        rtml backtest --model linear --model arf --jobs 2 --report out/
+        rtml backtest --table returns.parquet --target next_ret --ts date --returns simple
+    """
+    from rtml_cli import backtest as bt
+    from rtml_cli import ui
+
+    if table is None and (target or ts or delay):
+        raise ConfigError("--target, --ts and --delay describe a --table; the examples log knows its own")
+    opts = bt.BacktestOptions(list(models) or ["linear"], bt.parse_refresh(refresh), warmup, fee_bps, band,
+                              parse_symbols(symbols), start, end, table, target, ts, delay, returns,
+                              periods_per_year, jobs)
+    bt.check_models(opts)
+    console = ui.err_console()
+    ds = bt.load_table(opts) if table is not None else bt.load_examples(data_dir, opts)
+    result = ui.run_backtest(ds, opts, console, as_json)
+    if report_dir is not None:
+        from rtml_cli.report import write_report
+
+        written = write_report(result, ds, report_dir)
+        if not as_json:
+            console.print(f"report: {', '.join(str(p) for p in written)}", highlight=False)
+    from rtml_cli.report import public
+
+    if as_json:
+        click.echo(json.dumps(public(result), indent=2))
+        return
+    from rich.console import Console
+
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=110)  # the tables' natural width, also in a pipe or a file
+    for table_ in ui.backtest_tables(result) + ui.staleness_tables(result):
+        out.print(table_)
+
+
 # -- compact -----------------------------------------------------------------------------------
 
 

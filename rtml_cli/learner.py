@@ -116,12 +116,21 @@ class Learner:
     def step(self, x: dict[str, float], y: float) -> float:
         """Predict `x`, score the prediction against `y`, then learn (x, y); returns the prediction."""
         y_pred = self.predict(x)
+        self.learn(x, y, y_pred)
+        return y_pred
+
+    def learn(self, x: dict[str, float], y: float, y_pred: float) -> bool:
+        """Score `y_pred`, made before `y` was known, then learn (x, y); True if drift was found.
+
+        `step` calls it at once; a backtest with a label delay calls it when the label is due.
+        """
         self.metrics.update(y, y_pred)
         self.detector.update(abs(y_pred - y))
-        if self.detector.drift_detected:
+        drifted = self.detector.drift_detected
+        if drifted:
             self.drifts += 1
             if self.on_drift == "reset":
                 self.model = self.make_model()
         self.model.learn_one(x, int(y) if self.kind == CLASSIFIER else y)
         self.learned += 1
-        return y_pred
+        return drifted

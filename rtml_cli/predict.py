@@ -78,6 +78,7 @@ class ModelSlot:
         self.latest: Served | None = None
         self.bad: dict[int, str] = {}  # versions refused, and why; each is reported once
         self.reports: deque[str] = deque()  # refusals not shown yet
+        self.events: deque[str] = deque()  # models loaded, not shown yet
         self.load_ms: list[float] = []
 
     def refresh(self) -> bool:
@@ -104,6 +105,8 @@ class ModelSlot:
                 self.reports.append(f"{self.name}: skipped {exc}")
                 continue
             self.load_ms.append((time.perf_counter() - started) * 1000)
+            self.events.append(f"{self.name}: loaded v{version} (trained until "
+                               f"{str(cp.manifest.get('trained_until'))[:19]}) in {self.load_ms[-1]:.0f} ms")
             self.latest = Served(version, payload["model"], kind, cp.manifest.get("trained_until"),
                                  cp.manifest.get("created_at"))
             return True
@@ -317,11 +320,11 @@ class Predictor:
 
     def reports(self) -> list[str]:
         """Refused checkpoints and load problems not shown yet."""
-        out = []
-        for slot in self.slots:
-            while slot.reports:
-                out.append(slot.reports.popleft())
-        return out
+        return _drain(s.reports for s in self.slots)
+
+    def events(self) -> list[str]:
+        """Models loaded, not shown yet."""
+        return _drain(s.events for s in self.slots)
 
     # -- predicting ------------------------------------------------------------------------------
 
@@ -475,6 +478,14 @@ class Predictor:
             "elapsed_s": round(time.monotonic() - self.started, 3),
             "predictions_log": str(self.predictions.root),
         }
+
+
+def _drain(queues) -> list[str]:
+    out = []
+    for q in queues:
+        while q:
+            out.append(q.popleft())
+    return out
 
 
 def _wait(stop: Event, wake: Event, timeout: float) -> None:

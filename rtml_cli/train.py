@@ -231,9 +231,13 @@ class Trainer:
                 on_step(n)
             if not follow:
                 break
+            if n == 0 and self._since_checkpoint and (
+                # a due checkpoint was skipped while the previous one was being written; or time is up
+                self._since_checkpoint >= self.opts.checkpoint_every
+                or time.monotonic() - self._last_checkpoint >= self.opts.checkpoint_interval
+            ):
+                self.checkpoint()
             if n == 0:
-                if self._since_checkpoint and time.monotonic() - self._last_checkpoint >= self.opts.checkpoint_interval:
-                    self.checkpoint()
                 stop.wait(poll)
         self.finish()
 

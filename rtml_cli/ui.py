@@ -291,6 +291,9 @@ def run_predictions(predictor, stop, follow: bool, console: Console, as_json: bo
     def say_problems() -> None:
         for problem in predictor.reports():
             console.print(f"[yellow]{problem}[/]", highlight=False)
+        if follow and not as_json:
+            for event in predictor.events():
+                console.print(f"{datetime.now().strftime('%H:%M:%S')} {event}", highlight=False)
 
     if not follow:
         backlog = predictor.backlog()
@@ -463,3 +466,69 @@ def predict_table(summary: dict):
         + (f", latency median {_latency(lat['median'])}" if lat["median"] is not None else "")
     )
     return table
+
+
+# -- backtest ----------------------------------------------------------------------------------
+
+
+def run_backtest(ds, opts, console: Console, as_json: bool) -> dict:
+    """A progress line per model replayed (they can take minutes)."""
+    from rtml_cli.backtest import run_backtest as run
+
+    if as_json:
+        return run(ds, opts)
+    console.print(f"backtest: {ds.n:,} rows from {ds.source}, {len(ds.features)} features, label delay "
+                  f"{ds.delay} rows; models {', '.join(opts.models)}", highlight=False)
+    with console.status(f"replaying {len(opts.models)} model(s) over {ds.n:,} rows..."):
+        return run(ds, opts, on_done=lambda rep: console.print(
+            f"  {rep.model}: {ds.n:,} rows in {rep.seconds:.1f}s, {len(rep.drift_rows)} drifts", highlight=False))
+
+
+def backtest_tables(result: dict) -> list:
+    """Accuracy, then trading (when the target is a return): one row per model and refresh."""
+    from rich.table import Table
+
+    from rtml_cli.report import ACCURACY, TRADING, fmt
+
+    out = []
+    for title, keys in ((f"rtml backtest: {result['source']}", ACCURACY), ("trading a sign strategy", TRADING)):
+        cols = [(k, t) for k, t in keys if k in ("model", "refresh") or any(k in r for r in result["results"])]
+        if len(cols) == 2:
+            continue  # no trading figures: the target is not a return
+        table = Table(title=title, title_justify="left")
+        for _, name in cols:
+            table.add_column(name, justify="left" if name in ("model", "refresh") else "right")
+        for r in result["results"]:
+            table.add_row(*(fmt(r.get(k)) for k, _ in cols), style="dim" if r["baseline"] and r["refresh"] == "-" else None)
+        out.append(table)
+    hold = result.get("buy_and_hold") or {}
+    out[0].caption = (
+        f"{result['scored_rows']:,} rows scored after a warm-up of {result['warmup']:,}; labels {result['label_delay_rows']} "
+        "rows late; refresh: rows between serving-model refreshes (never: frozen after the warm-up)"
+    )
+    if len(out) > 1:
+        out[1].caption = (f"fees {result['fee_bps']:g} bp per unit traded; positions held {result['holding_rows']} rows; "
+                          f"buy and hold: return {fmt(hold.get('total_return'))}, Sharpe {fmt(hold.get('sharpe'))}, "
+                          f"max drawdown {fmt(hold.get('max_drawdown'))}")
+    return out
+
+
+def staleness_tables(result: dict) -> list:
+    """Per model: refresh interval x metrics, the headline of a backtest."""
+    from rich.table import Table
+
+    from rtml_cli.report import fmt
+
+    out = []
+    for model in dict.fromkeys(r["model"] for r in result["results"] if not r["model"] in ("zero", "persistence")):
+        table = Table(title=f"the cost of staleness: {model}", title_justify="left")
+        keys = [("refresh", "refresh every"), ("mae", "MAE"), ("mae_vs_zero", "MAE/zero"), ("hit_rate", "hit rate"),
+                ("ic", "IC"), ("sharpe", "Sharpe"), ("total_return", "return")]
+        rows = [r for r in result["results"] if r["model"] == model]
+        keys = [(k, t) for k, t in keys if any(k in r for r in rows)]
+        for _, title in keys:
+            table.add_column(title, justify="right")
+        for r in rows:
+            table.add_row(*(fmt(r.get(k)) + (" rows" if k == "refresh" and r[k] != "never" else "") for k, _ in keys))
+        out.append(table)
+    return out

@@ -1,0 +1,294 @@
+"""rtml backtest: parity with River, label delay, P&L by hand, the live pipeline, reports, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from rtml_cli.backtest import Dataset, trade
+from rtml_cli.checkpoint import CheckpointStore
+from rtml_cli.log import ParquetLog
+from tests.conftest import assert_clean_error, rtml_process
+
+
+def backtest(rtml, *args, data: bool = True) -> dict:
+    r = rtml("backtest", "--json", *args, data=data)
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def result(summary: dict, model: str, refresh: str) -> dict:
+    return next(r for r in summary["results"] if r["model"] == model and r["refresh"] == refresh)
+
+
+@pytest.fixture
+def sp500(tmp_path) -> Path:
+    """River's own dataset (in its wheel): ten stocks' daily returns, target the next day's."""
+    from river import datasets
+
+    rows = [{**x, "target": y} for x, y in datasets.SP500Stocks()]
+    path = tmp_path / "sp500.parquet"
+    pl.DataFrame(rows).write_parquet(path)
+    return path
+
+
+def test_linear_matches_rivers_progressive_val_score(rtml, sp500):
+    from river import datasets, evaluate, linear_model, metrics, preprocessing
+
+    s = backtest(rtml, "--table", str(sp500), "--target", "target", "--delay", "0", "--refresh", "1",
+                 "--warmup", "0", data=False)
+    river_mae = evaluate.progressive_val_score(
+        datasets.SP500Stocks(), preprocessing.StandardScaler() | linear_model.LinearRegression(), metrics.MAE()
+    ).get()
+    assert s["rows"] == 1257 and s["scored_rows"] == 1257
+    assert result(s, "linear", "1")["mae"] == pytest.approx(river_mae, abs=1e-9)
+
+
+@pytest.fixture
+def user_models(tmp_path, monkeypatch):
+    """A module of test models on sys.path: one that records what it saw, one that echoes a column."""
+    (tmp_path / "bt_models.py").write_text(textwrap.dedent('''
+        EVENTS = []
+
+        class Recorder:
+            def predict_one(self, x):
+                EVENTS.append(("predict", id(self), int(x["i"])))
+                return 0.0
+
+            def learn_one(self, x, y):
+                EVENTS.append(("learn", id(self), int(x["i"])))
+
+        def recorder():
+            return Recorder()
+
+        class Echo:
+            def predict_one(self, x):
+                return x.get("signal", 0.0)
+
+            def learn_one(self, x, y):
+                pass
+
+        def echo():
+            return Echo()
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("bt_models", None)
+    import bt_models
+
+    yield bt_models
+    sys.modules.pop("bt_models", None)
+
+
+@pytest.mark.parametrize("delay", [0, 3])
+def test_a_label_is_learned_only_after_delay_later_rows_were_predicted(rtml, tmp_path, user_models, delay):
+    n = 40
+    table = tmp_path / "t.csv"
+    pl.DataFrame({"i": list(range(n)), "target": [0.01 * (-1) ** k for k in range(n)]}).write_csv(table)
+    backtest(rtml, "--table", str(table), "--target", "target", "--delay", str(delay), "--warmup", "5",
+             "--model", "bt_models:recorder", data=False)
+    live = user_models.EVENTS[0][1]  # the learner's own model predicts first; frozen copies are others
+    events = [(kind, i) for kind, who, i in user_models.EVENTS if who == live]
+    predicted: list[int] = []
+    learned: list[int] = []
+    for kind, i in events:
+        if kind == "predict":
+            predicted.append(i)
+        else:
+            assert i in predicted and len([p for p in predicted if p > i]) >= delay, (i, predicted[-5:])
+            learned.append(i)
+    assert predicted == list(range(n))
+    assert learned == list(range(n - delay))  # the last `delay` labels are never due
+
+
+def test_pnl_of_hand_made_cases_is_exact():
+    def ds(y, hold=1, stream=None, returns="simple"):
+        y = np.asarray(y, dtype=float)
+        stream = stream or [0] * len(y)
+        return Dataset("toy", [{}] * len(y), y, stream, [str(s) for s in sorted(set(stream))], None, 0, hold,
+                       returns, 252.0, [])
+
+    # one trade: long before a +10% bar, flat after; turnover: in, then out
+    s, _, r = trade(ds([0.10, 0.0, 0.0]), np.array([1.0, 0.0, 0.0]), 0, 0.0, 0.0)
+    assert r.tolist() == [0.10, 0.0, 0.0]
+    assert s["total_return"] == pytest.approx(0.10, abs=1e-15)
+    assert s["turnover"] == pytest.approx(2 / 3) and s["exposure"] == pytest.approx(1 / 3)
+    # fees: 10 bp per unit changed, paid on the way in and on the way out
+    s, _, r = trade(ds([0.10, 0.0, 0.0]), np.array([1.0, 0.0, 0.0]), 0, 10.0, 0.0)
+    assert r.tolist() == pytest.approx([0.10 - 0.001, -0.001, 0.0], abs=1e-15)
+    assert s["total_return"] == pytest.approx(1.099 * 0.999 - 1, abs=1e-15)
+    # a short earns the fall; a dead band keeps the small prediction flat
+    s, _, r = trade(ds([-0.05, 0.02]), np.array([-0.3, 0.001]), 0, 0.0, 0.01)
+    assert r.tolist() == pytest.approx([0.05, 0.0], abs=1e-15)
+    # a drawdown: +10%, -20%, +5% held long: from 1.1 down to 0.88
+    s, _, _ = trade(ds([0.10, -0.20, 0.05]), np.array([1.0, 1.0, 1.0]), 0, 0.0, 0.0)
+    assert s["max_drawdown"] == pytest.approx(0.2, abs=1e-12)
+    assert s["total_return"] == pytest.approx(1.1 * 0.8 * 1.05 - 1, abs=1e-12)
+    # held for 2 rows: each row opens half a unit; log returns become simple ones
+    s, _, r = trade(ds([math.log(1.1), math.log(1.2)], hold=2, returns="log"), np.array([1.0, 1.0]), 0, 0.0, 0.0)
+    assert r.tolist() == pytest.approx([0.05, 0.10], abs=1e-12)
+    assert s["turnover"] == pytest.approx(0.5)
+    # two streams are weighted equally in each period
+    d = ds([0.10, -0.10], stream=[0, 1])
+    d.ts = np.array([0, 0])
+    s, _, r = trade(d, np.array([1.0, 1.0]), 0, 0.0, 0.0)
+    assert r.tolist() == pytest.approx([0.0], abs=1e-15)
+
+
+def test_the_cli_trades_the_model_it_is_given(rtml, tmp_path, user_models):
+    table = tmp_path / "t.parquet"
+    pl.DataFrame({"signal": [1.0, -1.0, 0.0, 1.0], "target": [0.02, -0.01, 0.03, -0.04]}).write_parquet(table)
+    s = backtest(rtml, "--table", str(table), "--target", "target", "--returns", "simple", "--warmup", "0",
+                 "--fee-bps", "0", "--model", "bt_models:echo", data=False)
+    echo = result(s, "bt_models:echo", "1")
+    assert echo["total_return"] == pytest.approx(1.02 * 1.01 * 1.0 * 0.96 - 1, abs=1e-12)
+    assert echo["hit_rate"] == pytest.approx(2 / 4)  # right, right, no call (a miss), wrong
+    assert result(s, "zero", "-")["total_return"] == 0
+
+
+def test_examples_of_the_data_dir_with_a_staleness_table_and_a_report(rtml, data_dir, tmp_path):
+    assert rtml("ingest", "--max-ticks", "150000", "--json").exit_code == 0
+    assert rtml("features", "--json").exit_code == 0
+    report = tmp_path / "report"
+    s = backtest(rtml, "--refresh", "1,30,never", "--warmup", "200", "--fee-bps", "1", "--report", str(report))
+    n = sum(ParquetLog(data_dir, "examples").row_count(sym) for sym in ParquetLog(data_dir, "examples").partitions())
+    assert s["rows"] == n and s["label_delay_rows"] == 5 and s["returns"] == "log"
+    assert [r["refresh"] for r in s["results"] if r["model"] == "linear"] == ["1", "30", "never"]
+    zero = result(s, "zero", "-")
+    assert zero["mae_vs_zero"] == 1 and zero["total_return"] == 0
+    for r in s["results"]:
+        assert set(r) >= {"mae", "rmse", "r2", "hit_rate", "ic", "sharpe", "max_drawdown", "turnover"}
+    assert s["periods_per_year"] == pytest.approx(365.25 * 1440, rel=1e-6)
+    files = {p.name for p in report.iterdir()}
+    assert files == {"metrics.json", "predictions.parquet", "report.html", "equity.png", "rolling_error.png", "staleness.png"}
+    preds = pl.read_parquet(report / "predictions.parquet")
+    assert preds.height == n * 5  # zero, persistence, and linear refreshed every 1, 30 rows and never
+    assert json.loads((report / "metrics.json").read_text())["results"] == s["results"]
+    page = (report / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "<script" not in page
+    # the human tables
+    r = rtml("backtest", "--refresh", "1,30", "--warmup", "200")
+    assert r.exit_code == 0, r.output
+    assert "the cost of staleness: linear" in r.stdout and "30 rows" in r.stdout
+
+
+def test_models_in_parallel_jobs_give_the_same_results(rtml, sp500):
+    args = ["--table", str(sp500), "--target", "target", "--returns", "percent", "--warmup", "100",
+            "--model", "linear", "--model", "pa", "--model", "bayes", "--refresh", "1,20"]
+    one = backtest(rtml, *args, "--jobs", "1", data=False)
+    two = backtest(rtml, *args, "--jobs", "2", data=False)
+    assert one["results"] == two["results"]
+    assert {r["model"] for r in one["results"]} == {"zero", "persistence", "linear", "pa", "bayes"}
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--table", "nope.parquet", "--target", "y"], "is not a file"),
+    (["--target", "y"], "describe a --table"),
+    (["--refresh", "1,soon"], "--refresh"),
+    (["--model", "nope"], "unknown model"),
+])
+def test_bad_options_are_clear_errors(rtml, args, fragment):
+    assert_clean_error(rtml("backtest", *args, data=False), fragment)
+
+
+def test_bad_tables_are_clear_errors(rtml, tmp_path, sp500):
+    assert_clean_error(rtml("backtest", "--table", str(sp500), data=False), "needs --target")
+    assert_clean_error(rtml("backtest", "--table", str(sp500), "--target", "nope", data=False), "not a column")
+    assert_clean_error(rtml("backtest", "--table", str(sp500), "--target", "target", "--warmup", "5000", data=False),
+                       "leaves none")
+    assert_clean_error(rtml("backtest", "--table", str(sp500), "--target", "target", "--model", "logistic", data=False),
+                       "is a classifier")
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"\x00\x01 not a table")
+    assert_clean_error(rtml("backtest", "--table", str(bad), "--target", "y", data=False), "not a column")
+    assert_clean_error(rtml("backtest"), "no examples log")
+
+
+# -- the backtest equals a live run ---------------------------------------------------------------
+
+
+def test_the_backtest_gives_the_predictions_of_a_live_train_and_predict_run(rtml, data_dir, tmp_path):
+    """train --follow (a checkpoint per example) and predict --follow serve bar after bar; the
+    backtest of the same examples with refresh 1 predicts every one of those bars the same."""
+    assert rtml("ingest", "--max-ticks", "30000", "--symbols", "BTC/USD", "--json").exit_code == 0
+    assert rtml("features", "--horizon", "2", "--json").exit_code == 0
+    d = str(data_dir)
+    examples, features = ParquetLog(data_dir, "examples"), ParquetLog(data_dir, "features")
+    store = CheckpointStore(data_dir, "linear")
+
+    def learned() -> int:
+        cps = store.list()
+        return cps[-1].manifest["examples_learned"] if cps else -1
+
+    def wait(cond, what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.02)
+
+    trainer = rtml_process(["train", "--follow", "--checkpoint-every", "1", "--keep", "3", "--poll", "0.02", "--data-dir", d])
+    predictor = rtml_process(["predict", "--follow", "--poll", "0.05", "--data-dir", d])
+    loaded: list[str] = []
+    threading.Thread(target=lambda: [loaded.append(line) for line in predictor.stderr], daemon=True).start()
+    n_steps = 8
+    try:
+        wait(lambda: learned() == examples.row_count("BTC/USD"), "train to catch up")
+        wait(lambda: any(f"loaded v{store.list()[-1].version} " in line for line in loaded), "the newest model")
+        ticks = ParquetLog(data_dir, "ticks")
+        last = ticks.read_after("BTC/USD", ticks.last_offset("BTC/USD") - 1)
+        minute = 60_000_000_000
+        t = (last["ts"].dt.epoch("ns")[0] // minute + 1) * minute  # the next bar: closes the open one
+        for step in range(n_steps):
+            trainer.send_signal(signal.SIGSTOP)  # the model learns this bar's label only after it is served
+            with ticks.writer() as w:
+                w.append("BTC/USD", _ticks(last, t + step * minute, step))
+            assert rtml("features", "--horizon", "2", "--json").exit_code == 0
+            newest = features.last_offset("BTC/USD")
+            wait(lambda: _predicted(data_dir, newest), f"the prediction of bar {newest}")
+            trainer.send_signal(signal.SIGCONT)
+            wait(lambda: learned() == examples.row_count("BTC/USD"), "train to learn the new label")
+            wait(lambda: any(f"loaded v{store.list()[-1].version} " in line for line in loaded), "the swap")
+    finally:
+        trainer.send_signal(signal.SIGCONT)
+        for p in (trainer, predictor):
+            p.send_signal(signal.SIGTERM)
+        for p in (trainer, predictor):
+            p.wait(60)
+    live = ParquetLog(data_dir, "predictions").read_all().sort("features_offset")
+    report = tmp_path / "r"
+    backtest(rtml, "--refresh", "1", "--warmup", "0", "--report", str(report))
+    replayed = (pl.read_parquet(report / "predictions.parquet")
+                .filter((pl.col("model") == "linear") & (pl.col("refresh") == "1")))
+    stepped = live.tail(n_steps).join(replayed.select("ts", pl.col("prediction").alias("backtest")), on="ts")
+    assert stepped.height == n_steps - 2  # the last two bars have no label yet: not in the examples
+    assert stepped["prediction"].to_list() == pytest.approx(stepped["backtest"].to_list(), rel=1e-12, abs=1e-15)
+    assert stepped["model_version"].n_unique() == stepped.height  # a new model for every bar
+
+
+def _ticks(last: pl.DataFrame, t0: int, step: int) -> pl.DataFrame:
+    """Three trades in the minute starting at t0 (ns), priced around the last one."""
+    price = last["price"][0] * (1 + 0.001 * ((-1) ** step))
+    return pl.DataFrame({
+        "ts": [t0 + k * 10_000_000_000 for k in range(3)],
+        "recv_ts": [t0 + k * 10_000_000_000 for k in range(3)],
+        "symbol": ["BTC/USD"] * 3,
+        "price": [price, price * 1.0005, price * 0.9995],
+        "qty": [0.5, 0.25, 0.75],
+        "side": ["buy", "sell", "buy"],
+        "trade_id": [f"live-{step}-{k}" for k in range(3)],
+    }).with_columns(pl.col("ts", "recv_ts").cast(pl.Datetime("ns", "UTC"))).select(last.drop("offset").columns)
+
+
+def _predicted(data_dir: Path, offset: int) -> bool:
+    p = ParquetLog(data_dir, "predictions")
+    return p.root.is_dir() and any(
+        p.read_after(s, -1, ["features_offset"])["features_offset"].max() == offset for s in p.partitions())
