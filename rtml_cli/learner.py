@@ -105,7 +105,7 @@ class Learner:
         self.kind = kind
         self.make_model = make_model
         self.on_drift = on_drift
-        self.metrics = RollingMetrics(window)
+        self.metrics = RollingMetrics(window) if window else None  # a backtest scores afterwards
         self.detector = drift.ADWIN()
         self.learned = learned
         self.drifts = drifts
@@ -124,7 +124,8 @@ class Learner:
 
         `step` calls it at once; a backtest with a label delay calls it when the label is due.
         """
-        self.metrics.update(y, y_pred)
+        if self.metrics is not None:
+            self.metrics.update(y, y_pred)
         self.detector.update(abs(y_pred - y))
         drifted = self.detector.drift_detected
         if drifted:
