@@ -78,6 +78,13 @@ def main() -> None:
         # whole commands: one model, and three models in two processes
         one_s = command(*table_args)
         three_s = command(*table_args, "--model", "linear", "--model", "pa", "--model", "bayes", "--jobs", "2")
+        # what two processes get out of this machine's two cores: two one-model commands at once
+        t0 = time.perf_counter()
+        both = [subprocess.Popen([sys.executable, "-m", "rtml_cli", "backtest", "--json", *table_args, *extra],
+                                 stdout=subprocess.DEVNULL) for extra in ([], ["--model", "pa"])]
+        assert all(p.wait() == 0 for p in both)
+        two_at_once_s = time.perf_counter() - t0
+        pa_s = command(*table_args, "--model", "pa")
 
     results = {
         "rows": n,
@@ -89,6 +96,9 @@ def main() -> None:
         "command_one_model_s": round(one_s, 2),
         "command_three_models_jobs_2_s": round(three_s, 2),
         "three_over_one": round(three_s / one_s, 2),
+        "command_pa_alone_s": round(pa_s, 2),
+        "linear_and_pa_commands_at_once_s": round(two_at_once_s, 2),
+        "two_at_once_over_one_after_another": round(two_at_once_s / (one_s + pa_s), 2),
     }
     if not show(results, args.json):
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import signal
@@ -52,6 +53,30 @@ def test_linear_matches_rivers_progressive_val_score(rtml, sp500):
     ).get()
     assert s["rows"] == 1257 and s["scored_rows"] == 1257
     assert result(s, "linear", "1")["mae"] == pytest.approx(river_mae, abs=1e-9)
+
+
+def test_the_frozen_model_is_the_model_after_the_warmup_and_a_refresh_serves_a_stale_copy(rtml, sp500, tmp_path):
+    from river import datasets, linear_model, preprocessing
+
+    report = tmp_path / "r"
+    backtest(rtml, "--table", str(sp500), "--target", "target", "--warmup", "300", "--refresh", "1,50",
+             "--report", str(report), data=False)
+    preds = pl.read_parquet(report / "predictions.parquet").filter(pl.col("model") == "linear")
+    rows = list(datasets.SP500Stocks())
+    model = preprocessing.StandardScaler() | linear_model.LinearRegression()
+    live, stale, frozen = [], [], None
+    for i, (x, y) in enumerate(rows):
+        if i == 300:
+            frozen = copy.deepcopy(model)
+        if i % 50 == 0:
+            serving = copy.deepcopy(model)
+        live.append(model.predict_one(x))
+        stale.append(serving.predict_one(x))
+        model.learn_one(x, y)
+    by = {r: preds.filter(pl.col("refresh") == r)["prediction"].to_list() for r in ("1", "50", "never")}
+    assert by["1"] == pytest.approx(live, rel=1e-12, abs=1e-15)
+    assert by["50"] == pytest.approx(stale, rel=1e-12, abs=1e-15)
+    assert by["never"] == pytest.approx(live[:300] + [frozen.predict_one(x) for x, _ in rows[300:]], rel=1e-12, abs=1e-15)
 
 
 @pytest.fixture
