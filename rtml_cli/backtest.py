@@ -74,6 +74,7 @@ class Dataset:
     features: list[str]
     target_kind: str = "regressor"
     dropped: int = 0  # rows without a target
+    clock: list[int] | None = None  # what --refresh counts per row: bars for the examples log; None: rows
 
     @property
     def n(self) -> int:
@@ -127,6 +128,8 @@ def load_examples(data_dir: Path, opts: BacktestOptions) -> Dataset:
     ds = _dataset(frame, "target", "symbol", "ts", feature_columns(frame.columns), f"examples log of {data_dir}",
                   delay=horizon, hold=horizon, returns=returns, periods_per_year=opts.periods_per_year or YEAR_S / bar_s)
     ds.target_kind = CLASSIFIER if target == "sign" else "regressor"
+    # --refresh counts bars here (all symbols' rows of a bar share a serving model), not rows
+    ds.clock = frame.select(pl.col("ts").rank("dense") - 1).to_series().to_list()
     return ds
 
 
@@ -242,6 +245,8 @@ def replay(ds: Dataset, model: str, refresh: list[int | None], warmup: int) -> R
     live: list[float] = []
     stale = [(r, []) for r in refresh if r not in (1, NEVER)]
     serving = [None] * len(stale)
+    block = [-1] * len(stale)  # the refresh period each serving copy is from
+    clock = ds.clock or range(ds.n)
     frozen = None
     pending = [deque() for _ in ds.stream_names]
     xs, y, stream, delay = ds.xs, ds.y.tolist(), ds.stream, ds.delay  # Python floats: what River is fastest with
@@ -252,7 +257,8 @@ def replay(ds: Dataset, model: str, refresh: list[int | None], warmup: int) -> R
         y_pred = predict_value(learner.model, kind, x)  # what Learner.predict does, one call less
         live.append(y_pred)
         for k, (every, preds) in enumerate(stale):
-            if i % every == 0:  # the serving copy is refreshed from the learner
+            if clock[i] // every != block[k]:  # a new period: the serving copy is refreshed from the learner
+                block[k] = clock[i] // every
                 serving[k] = copy.deepcopy(learner.model)
             preds.append(predict_value(serving[k], kind, x))
         if delay == 0:  # the label is known at once
@@ -485,6 +491,7 @@ def run_backtest(ds: Dataset, opts: BacktestOptions, on_done=None) -> dict[str, 
         "holding_rows": ds.hold,
         "warmup": w,
         "refresh": [refresh_label(r) for r in opts.refresh],
+        "refresh_unit": "rows" if ds.clock is None else "bars",
         "fee_bps": opts.fee_bps,
         "band": opts.band,
         "returns": ds.returns,

@@ -476,8 +476,8 @@ def predict(names, follow, start, poll, no_notify, symbols, jsonl, data_dir, as_
 @click.option("--model", "models", multiple=True, metavar="SPEC",
               help="A model spec (see `rtml models`) or module:factory; repeat it to compare models. [default: linear]")
 @click.option("--refresh", default="1", show_default=True, metavar="R,R,...",
-              help="Serving refresh intervals in rows, comma-separated; 1 (a live model) and never (frozen "
-                   "after --warmup) are always included.")
+              help="Serving refresh intervals, comma-separated: bars for the examples log, rows for a --table; "
+                   "1 (the learner itself) and never (frozen after --warmup) are always included.")
 @click.option("--warmup", type=click.IntRange(min=0), default=500, show_default=True,
               help="Rows learned before scoring starts; the frozen baseline is the model after them.")
 @click.option("--fee-bps", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -509,7 +509,7 @@ def backtest(models, refresh, warmup, fee_bps, band, symbols, start, end, table,
 
     Every row is predicted before it is learned, and a label is learned only once it would
     have been known (the horizon for the examples log, --delay rows for a table). Each model
-    is scored as a live model (refresh 1), with serving copies refreshed every R rows, and
+    is scored as a live model (refresh 1), with serving copies refreshed every R bars, and
     frozen after --warmup; beside the zero and last-target baselines.
 
     \b

@@ -504,7 +504,8 @@ def backtest_tables(result: dict) -> list:
     hold = result.get("buy_and_hold") or {}
     out[0].caption = (
         f"{result['scored_rows']:,} rows scored after a warm-up of {result['warmup']:,}; labels {result['label_delay_rows']} "
-        "rows late; refresh: rows between serving-model refreshes (never: frozen after the warm-up)"
+        f"rows late; refresh: {result['refresh_unit']} between serving-model refreshes (1: the learner itself; "
+        "never: frozen after the warm-up)"
     )
     if len(out) > 1:
         out[1].caption = (f"fees {result['fee_bps']:g} bp per unit traded; positions held {result['holding_rows']} rows; "
@@ -529,6 +530,7 @@ def staleness_tables(result: dict) -> list:
         for _, title in keys:
             table.add_column(title, justify="right")
         for r in rows:
-            table.add_row(*(fmt(r.get(k)) + (" rows" if k == "refresh" and r[k] != "never" else "") for k, _ in keys))
+            unit = f" {result['refresh_unit']}"
+            table.add_row(*(fmt(r.get(k)) + (unit if k == "refresh" and r[k] != "never" else "") for k, _ in keys))
         out.append(table)
     return out

@@ -196,14 +196,14 @@ def test_examples_of_the_data_dir_with_a_staleness_table_and_a_report(rtml, data
     files = {p.name for p in report.iterdir()}
     assert files == {"metrics.json", "predictions.parquet", "report.html", "equity.png", "rolling_error.png", "staleness.png"}
     preds = pl.read_parquet(report / "predictions.parquet")
-    assert preds.height == n * 5  # zero, persistence, and linear refreshed every 1, 30 rows and never
+    assert preds.height == n * 5  # zero, persistence, and linear refreshed every 1, 30 bars and never
     assert json.loads((report / "metrics.json").read_text())["results"] == s["results"]
     page = (report / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "<script" not in page
     # the human tables
     r = rtml("backtest", "--refresh", "1,30", "--warmup", "200")
     assert r.exit_code == 0, r.output
-    assert "the cost of staleness: linear" in r.stdout and "30 rows" in r.stdout
+    assert "the cost of staleness: linear" in r.stdout and "30 bars" in r.stdout
 
 
 def test_models_in_parallel_jobs_give_the_same_results(rtml, sp500):
