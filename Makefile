@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench docs clean
+.PHONY: install test demo bench docs results clean
 
 install: $(STAMP)
 
@@ -20,10 +20,11 @@ test: install
 # The pipeline so far on the simulated market, in ./data/demo: six hours of history, its
 # features, a model trained on them and its predictions; then a live-looking market (300x
 # real time) with `rtml features --follow`, `rtml train --follow` and `rtml predict --follow`
-# (which swaps each new checkpoint in) running beside it.
+# (which swaps each new checkpoint in) running beside it; last, a backtest of what was seen
+# (its report, with charts, in data/demo-report/report.html).
 DEMO := data/demo
 demo: install
-	rm -rf $(DEMO) $(DEMO)-*.json
+	rm -rf $(DEMO) $(DEMO)-*.json $(DEMO)-report
 	$(BIN)/rtml ingest --max-ticks 300000 --data-dir $(DEMO)
 	$(BIN)/rtml features --data-dir $(DEMO)
 	$(BIN)/rtml train --data-dir $(DEMO)
@@ -35,15 +36,21 @@ demo: install
 	sleep 2; kill -INT $$f; wait $$f; sleep 1; kill -INT $$t; wait $$t; sleep 1; kill -INT $$p; wait $$p; \
 	$(BIN)/python tools/demo_summary.py $(DEMO)-features.json $(DEMO)-train.json $(DEMO)-predict.json
 	$(BIN)/rtml checkpoints --data-dir $(DEMO)
+	$(BIN)/rtml backtest --refresh 1,10,60,never --warmup 300 --data-dir $(DEMO) --report $(DEMO)-report
 
 bench: install
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/features.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/predict.py
+	$(BIN)/python bench/backtest.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 
 docs: install
 	$(BIN)/python tools/cli_reference.py
+
+# The README's real-data backtests (River's SP500Stocks and the simulated market), rerun.
+results: install
+	$(BIN)/python tools/backtest_results.py

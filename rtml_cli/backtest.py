@@ -161,6 +161,9 @@ def load_table(opts: BacktestOptions) -> Dataset:
             frame = frame.with_columns(pl.col(opts.ts).str.to_datetime(time_zone="UTC", strict=False))
         if not isinstance(frame[opts.ts].dtype, pl.Datetime) and frame[opts.ts].dtype != pl.Date:
             raise ConfigError(f"--ts {opts.ts!r} holds {frame[opts.ts].dtype}, not times")
+        if frame[opts.ts].null_count():
+            raise ConfigError(f"--ts {opts.ts!r} has {frame[opts.ts].null_count():,} rows without a readable time; "
+                              "use ISO times like 2026-01-01T12:00:00")
         frame = frame.with_columns(pl.col(opts.ts).cast(pl.Datetime("ns")).dt.replace_time_zone(None)
                                    .dt.replace_time_zone("UTC")).sort(opts.ts, maintain_order=True)
         frame = _between(frame, opts.ts, opts)

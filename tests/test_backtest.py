@@ -232,6 +232,10 @@ def test_bad_tables_are_clear_errors(rtml, tmp_path, sp500):
                        "leaves none")
     assert_clean_error(rtml("backtest", "--table", str(sp500), "--target", "target", "--model", "logistic", data=False),
                        "is a classifier")
+    times = tmp_path / "times.csv"
+    times.write_text("when,x,y\n2026-01-01,1,0.1\nnot a time,2,0.2\n2026-01-03,3,0.3\n")
+    assert_clean_error(rtml("backtest", "--table", str(times), "--target", "y", "--ts", "when", data=False),
+                       "without a readable time")
     bad = tmp_path / "bad.csv"
     bad.write_bytes(b"\x00\x01 not a table")
     assert_clean_error(rtml("backtest", "--table", str(bad), "--target", "y", data=False), "not a column")
