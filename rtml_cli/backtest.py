@@ -23,7 +23,7 @@ from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from rtml_cli.errors import ConfigError, RtmlError
 from rtml_cli.learner import Learner, feature_columns, model_inputs, predict_value
@@ -47,7 +47,7 @@ def parse_refresh(text: str) -> list[int | None]:
             continue
         if item == "never":
             continue
-        if not item.isdigit() or int(item) < 1:
+        if not (item.isascii() and item.isdigit()) or int(item) < 1:
             raise ConfigError(f"--refresh {text!r}: each interval is a number of rows >= 1, or 'never'")
         out.add(int(item))
     return sorted((r for r in out if r is not None)) + [NEVER]
@@ -125,11 +125,11 @@ def load_examples(data_dir: Path, opts: BacktestOptions) -> Dataset:
     frame = pl.concat(frames, how="diagonal_relaxed").sort("ts", "symbol", OFFSET)
     frame = _between(frame, "ts", opts)
     returns = opts.returns or ("log" if target == "logret" else "none")
+    # --refresh counts bars here (all symbols' rows of a bar share a serving copy), not rows
     ds = _dataset(frame, "target", "symbol", "ts", feature_columns(frame.columns), f"examples log of {data_dir}",
-                  delay=horizon, hold=horizon, returns=returns, periods_per_year=opts.periods_per_year or YEAR_S / bar_s)
+                  delay=horizon, hold=horizon, returns=returns, periods_per_year=opts.periods_per_year or YEAR_S / bar_s,
+                  clock_by_ts=True)
     ds.target_kind = CLASSIFIER if target == "sign" else "regressor"
-    # --refresh counts bars here (all symbols' rows of a bar share a serving model), not rows
-    ds.clock = frame.select(pl.col("ts").rank("dense") - 1).to_series().to_list()
     return ds
 
 
@@ -164,18 +164,36 @@ def load_table(opts: BacktestOptions) -> Dataset:
         if frame[opts.ts].null_count():
             raise ConfigError(f"--ts {opts.ts!r} has {frame[opts.ts].null_count():,} rows without a readable time; "
                               "use ISO times like 2026-01-01T12:00:00")
-        frame = frame.with_columns(pl.col(opts.ts).cast(pl.Datetime("ns")).dt.replace_time_zone(None)
-                                   .dt.replace_time_zone("UTC")).sort(opts.ts, maintain_order=True)
+        try:
+            if frame[opts.ts].dtype == pl.Date:
+                frame = frame.with_columns(pl.col(opts.ts).cast(pl.Datetime("us")))
+            zoned = frame[opts.ts].dtype.time_zone is not None  # zoned times convert; naive ones are UTC
+            frame = frame.with_columns(pl.col(opts.ts).dt.convert_time_zone("UTC") if zoned
+                                       else pl.col(opts.ts).dt.replace_time_zone("UTC"))
+            frame = frame.with_columns(pl.col(opts.ts).cast(pl.Datetime("ns", "UTC"))).sort(opts.ts, maintain_order=True)
+        except pl.exceptions.PolarsError as exc:
+            raise ConfigError(f"--ts {opts.ts!r} holds times rtml cannot use (years 1678-2261 only): "
+                              f"{str(exc).splitlines()[0][:160]}") from None
         frame = _between(frame, opts.ts, opts)
     elif opts.start or opts.end:
         raise ConfigError("--from/--to need --ts COLUMN for a --table")
     stream = "symbol" if "symbol" in frame.columns else None
-    if stream and opts.symbols is not None:
-        frame = frame.filter(pl.col("symbol").cast(pl.String).is_in(opts.symbols))
+    if stream:
+        if opts.ts is None:
+            # in file order, a table sorted by symbol would learn one symbol's future before another's past
+            raise ConfigError(f"{path.name} has a symbol column: give --ts COLUMN, so that rows are replayed in time order")
+        frame = frame.with_columns(pl.col("symbol").cast(pl.String))
+        if frame["symbol"].null_count():
+            raise ConfigError(f"{path.name} has {frame['symbol'].null_count():,} rows without a symbol")
+        if opts.symbols is not None:
+            frame = frame.filter(pl.col("symbol").is_in(opts.symbols))
+    elif opts.symbols is not None:
+        raise ConfigError(f"--symbols needs a symbol column, and {path.name} has none")
     skip = {opts.target, opts.ts, stream}
     features = [c for c, t in frame.schema.items() if c not in skip and t.is_numeric()]
     if not features:
         raise ConfigError(f"{path.name} has no numeric feature columns besides the target")
+    frame = frame.with_columns(pl.col(*features, opts.target).cast(pl.Float64))  # decimals and integers alike
     hold = max(opts.delay, 1)
     ppy = opts.periods_per_year or _periods_per_year(frame, opts.ts, stream) or 252.0
     return _dataset(frame, opts.target, stream, opts.ts, features, f"table {path}", delay=opts.delay, hold=hold,
@@ -205,8 +223,7 @@ def _periods_per_year(frame: pl.DataFrame, ts: str | None, stream: str | None) -
 
 
 def _dataset(frame: pl.DataFrame, target: str, stream: str | None, ts: str | None, features: list[str],
-             source: str, **kw: Any) -> Dataset:
-    import numpy as np
+             source: str, clock_by_ts: bool = False, **kw: Any) -> Dataset:
     import polars as pl
 
     keep = frame.filter(pl.col(target).is_not_null() & pl.col(target).cast(pl.Float64).is_finite())
@@ -218,8 +235,9 @@ def _dataset(frame: pl.DataFrame, target: str, stream: str | None, ts: str | Non
     index: dict[str, int] = {}
     streams = [index.setdefault(s, len(index)) for s in names]
     tsv = keep[ts].dt.epoch("ns").to_numpy() if ts else None
+    clock = keep.select(pl.col(ts).rank("dense") - 1).to_series().to_list() if clock_by_ts else None
     return Dataset(source, xs, keep[target].cast(pl.Float64).to_numpy(), streams, list(index), tsv,
-                   features=features, dropped=dropped, **kw)
+                   features=features, dropped=dropped, clock=clock, **kw)
 
 
 # -- the replay ---------------------------------------------------------------------------------
@@ -247,16 +265,31 @@ def replay(ds: Dataset, model: str, refresh: list[int | None], warmup: int) -> R
     kind = spec.kind
     live: list[float] = []
     stale = [(r, []) for r in refresh if r not in (1, NEVER)]
+    drift_rows: list[int] = []
+    frozen_at: list[_PredictRest] = []
+    try:
+        _replay_rows(learner, kind, ds, warmup, live, stale, drift_rows, frozen_at)
+        frozen = frozen_at[0].result()
+    except BaseException:
+        for f in frozen_at:
+            f.abandon()
+        raise
+    preds = {"1": live, **{str(r): p for r, p in stale}, "never": live[:warmup] + frozen}
+    return Replay(model, kind, {refresh_label(r): preds[refresh_label(r)] for r in refresh}, drift_rows,
+                  learner.learned, time.perf_counter() - started)
+
+
+def _replay_rows(learner: Learner, kind: str, ds: Dataset, warmup: int, live: list[float],
+                 stale: list[tuple[int, list[float]]], drift_rows: list[int], frozen_at: list[_PredictRest]) -> None:
+    """The replay's loop, row by row: see `replay`."""
     serving = [None] * len(stale)
     block = [-1] * len(stale)  # the refresh period each serving copy is from
     clock = ds.clock or range(ds.n)
-    frozen = None
     pending = [deque() for _ in ds.stream_names]
     xs, y, stream, delay = ds.xs, ds.y.tolist(), ds.stream, ds.delay  # Python floats: what River is fastest with
-    drift_rows = []
     for i, x in enumerate(xs):
         if i == warmup:  # the model as it is now serves the rest of the rows: the frozen baseline
-            frozen = _predict_rest(learner.model, kind, xs, warmup)
+            frozen_at.append(_PredictRest(learner.model, kind, xs, warmup))
         y_pred = predict_value(learner.model, kind, x)  # what Learner.predict does, one call less
         live.append(y_pred)
         for k, (every, preds) in enumerate(stale):
@@ -274,47 +307,57 @@ def replay(ds: Dataset, model: str, refresh: list[int | None], warmup: int) -> R
             j = queue.popleft()
             if learner.learn(xs[j], y[j], live[j]):
                 drift_rows.append(i)
-    preds = {"1": live, **{str(r): p for r, p in stale}, "never": live[:warmup] + frozen()}
-    return Replay(model, kind, {refresh_label(r): preds[refresh_label(r)] for r in refresh}, drift_rows,
-                  learner.learned, time.perf_counter() - started)
 
 
-def _predict_rest(model: Any, kind: str, xs: list[dict[str, float]], start: int) -> Callable[[], list[float]]:
+class _PredictRest:
     """Predictions of rows `start`.. by `model` as it is now, while the caller goes on learning.
 
     With a second core, a forked child holds the model as it was (copy-on-write: no copy
     made), predicts, and sends the numbers back through a pipe, so the frozen baseline costs
-    the replay almost nothing; the result is the same as predicting here, now.
+    the replay little; the result is the same as predicting here, now.
     """
-    if not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
-        preds = [predict_value(model, kind, x) for x in xs[start:]]
-        return lambda: preds
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: predict, send, and leave without running the parent's exit handlers
-        code = 1
-        try:
-            os.close(read_fd)
-            data = memoryview(array("d", (predict_value(model, kind, x) for x in xs[start:])).tobytes())
-            while data:
-                data = data[os.write(write_fd, data):]
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
 
-    def collect() -> list[float]:
-        chunks = []
-        with os.fdopen(read_fd, "rb") as pipe:
-            while chunk := pipe.read(1 << 20):
-                chunks.append(chunk)
-        _, status = os.waitpid(pid, 0)
-        data = b"".join(chunks)
-        if status != 0 or len(data) != 8 * (len(xs) - start):
+    def __init__(self, model: Any, kind: str, xs: list[dict[str, float]], start: int):
+        self.n = len(xs) - start
+        self.pid = None
+        if not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
+            self.preds = [predict_value(model, kind, x) for x in xs[start:]]
+            return
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: predict, send, and leave without running the parent's exit handlers
+            code = 1
+            try:
+                os.close(read_fd)
+                data = memoryview(array("d", (predict_value(model, kind, x) for x in xs[start:])).tobytes())
+                while data:
+                    data = data[os.write(write_fd, data):]
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        self.pid, self.pipe = pid, os.fdopen(read_fd, "rb")
+
+    def result(self) -> list[float]:
+        if self.pid is None:
+            return self.preds
+        with self.pipe:
+            data = self.pipe.read()
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = None
+        if status != 0 or len(data) != 8 * self.n:
             raise RtmlError("the process predicting with the frozen model failed; run the backtest again")
         return array("d", data).tolist()
 
-    return collect
+    def abandon(self) -> None:
+        """The replay failed or was interrupted: stop the child and collect it."""
+        if self.pid is not None:
+            import signal
+
+            os.kill(self.pid, signal.SIGKILL)
+            self.pipe.close()
+            os.waitpid(self.pid, 0)
+            self.pid = None
 
 
 def persistence(ds: Dataset) -> np.ndarray:
@@ -373,10 +416,12 @@ def trade(ds: Dataset, pred: np.ndarray, start: int, fee_bps: float, band: float
           always_long: bool = False) -> tuple[dict[str, float | None], np.ndarray, np.ndarray]:
     """A sign strategy on `pred` from row `start` on: long above `band`, short below -band.
 
-    Each row opens a position held for `ds.hold` rows, sized 1/hold so that the overlapping
-    positions add up to at most one unit per stream; it earns the row's target (the return
-    *after* the decision, never before it) and pays `fee_bps` per unit of position changed.
-    Streams are weighted equally. Returns the summary, and the period keys and returns.
+    Each row opens a position held for `ds.hold` periods, sized 1/hold so that the open
+    positions add up to at most one unit per stream. It pays `fee_bps` per unit of position
+    changed when it opens, and earns the row's target, the return *after* the decision, when
+    it closes, hold periods later: so the equity curve and the drawdown never show a return
+    before it happened. Each stream has an equal share of the capital. Returns the summary,
+    and the period numbers and returns (which run up to hold periods past the last row).
     """
     import numpy as np
     import polars as pl
@@ -387,22 +432,24 @@ def trade(ds: Dataset, pred: np.ndarray, start: int, fee_bps: float, band: float
     ret = {"log": np.expm1(y), "simple": y, "percent": y / 100.0}[ds.returns]
     p = np.asarray(pred[start:], dtype=float)
     pos = np.ones_like(p) if always_long else np.where(p > band, 1.0, np.where(p < -band, -1.0, 0.0))
-    stream = np.asarray(ds.stream[start:])
-    key = ds.ts[start:] if ds.ts is not None else None
-    frame = pl.DataFrame({"stream": stream, "pos": pos, "ret": ret, "row": np.arange(len(y))})
+    frame = pl.DataFrame({"stream": np.asarray(ds.stream[start:]), "pos": pos, "ret": ret,
+                          "period": period_numbers(ds, start)})
+    h, n_streams, fee = ds.hold, len(ds.stream_names), fee_bps / 10_000
     frame = frame.with_columns(
-        prev=pl.col("pos").shift(ds.hold, fill_value=0.0).over("stream"),
-        seq=pl.int_range(pl.len()).over("stream"),
+        turnover=(pl.col("pos") - pl.col("pos").shift(h, fill_value=0.0).over("stream")).abs() / h,
+        net=pl.col("pos").rolling_sum(h, min_samples=1).over("stream") / h,  # the open positions together
+        gain=pl.col("pos") * pl.col("ret") / h,
+        closes=pl.col("period") + h,
     )
-    fee = fee_bps / 10_000
-    frame = frame.with_columns(
-        turnover=(pl.col("pos") - pl.col("prev")).abs() / ds.hold,
-        key=pl.Series(key) if key is not None else pl.col("seq"),
-    ).with_columns(pnl=pl.col("pos") * pl.col("ret") / ds.hold - fee * pl.col("turnover"))
-    periods = frame.group_by("key", maintain_order=True).agg(
-        pl.col("pnl").mean(), pl.col("turnover").mean(), pl.col("pos").abs().mean().alias("exposure"),
-    ).sort("key")
-    r = periods["pnl"].to_numpy()
+    opened = frame.group_by("period").agg(
+        (pl.col("turnover").sum() / n_streams).alias("turnover"),
+        (pl.col("net").abs().sum() / n_streams).alias("exposure"),
+    )
+    closed = frame.group_by(pl.col("closes").alias("period")).agg((pl.col("gain").sum() / n_streams).alias("gain"))
+    periods = opened.join(closed, on="period", how="full", coalesce=True).sort("period").with_columns(
+        r=pl.col("gain").fill_null(0.0) - fee * pl.col("turnover").fill_null(0.0),
+    )
+    r = periods["r"].to_numpy()
     equity = np.cumprod(1 + r)
     peak = np.maximum.accumulate(np.concatenate([[1.0], equity]))[1:]
     sd = float(r.std(ddof=1)) if len(r) > 1 else 0.0
@@ -410,10 +457,39 @@ def trade(ds: Dataset, pred: np.ndarray, start: int, fee_bps: float, band: float
         "total_return": float(equity[-1] - 1) if len(r) else None,
         "sharpe": float(r.mean() / sd * math.sqrt(ds.periods_per_year)) if sd > 0 else None,
         "max_drawdown": float(np.max(1 - equity / peak)) if len(r) else None,
-        "turnover": float(periods["turnover"].mean()) if len(r) else None,
-        "exposure": float(periods["exposure"].mean()) if len(r) else None,
+        "turnover": float(opened["turnover"].mean()) if len(r) else None,  # per period with decisions
+        "exposure": float(opened["exposure"].mean()) if len(r) else None,
     }
-    return summary, periods["key"].to_numpy(), r
+    return summary, periods["period"].to_numpy(), r
+
+
+def period_numbers(ds: Dataset, start: int) -> np.ndarray:
+    """Each row's period, counted from 0: its bar (the examples log), its time's rank (a table
+    with --ts), or its place in its stream."""
+    import numpy as np
+    import polars as pl
+
+    if ds.clock is not None:
+        clock = np.asarray(ds.clock[start:])
+        return clock - clock.min() if len(clock) else clock
+    if ds.ts is not None:
+        return pl.Series(ds.ts[start:]).rank("dense").to_numpy().astype(np.int64) - 1
+    return pl.DataFrame({"s": ds.stream[start:]}).select(pl.int_range(pl.len()).over("s")).to_series().to_numpy()
+
+
+def period_times(ds: Dataset, start: int, periods: np.ndarray) -> np.ndarray:
+    """The time of each period number (extrapolated past the last row), for charts."""
+    import numpy as np
+
+    if ds.ts is None:
+        return periods
+    known, first = np.unique(period_numbers(ds, start), return_index=True)
+    times = ds.ts[start:][first].astype(np.float64)
+    step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
+    out = np.interp(periods, known, times)
+    beyond = periods > known[-1]
+    out[beyond] = times[-1] + (periods[beyond] - known[-1]) * step
+    return out.astype(np.int64).astype("datetime64[ns]")
 
 
 # -- the whole run ------------------------------------------------------------------------------

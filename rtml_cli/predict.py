@@ -79,6 +79,7 @@ class ModelSlot:
         self.bad: dict[int, str] = {}  # versions refused, and why; each is reported once
         self.reports: deque[str] = deque()  # refusals not shown yet
         self.events: deque[str] = deque()  # models loaded, not shown yet
+        self.failing: str | None = None  # the last problem looking for checkpoints, while it lasts
         self.load_ms: list[float] = []
 
     def refresh(self) -> bool:
@@ -239,20 +240,29 @@ class Predictor:
             raise ConfigError(f"{state} is damaged ({type(exc).__name__}: {exc}); run `rtml features --rebuild`") from None
 
     def _resume(self) -> None:
-        """Consumer offsets: the state file's, moved on by whatever the log holds past it."""
+        """Consumer offsets: the state file's, moved on by whatever the log holds past it.
+
+        Every model that ever wrote to the log keeps its offsets, also while it is not
+        served, so that serving it again later resumes it instead of repeating it.
+        """
         doc: dict[str, Any] = {}
         if self.state_path.exists():
             try:
                 doc = json.loads(self.state_path.read_text())
-                self.log_offsets = {str(k): int(v) for k, v in doc.get("log_offsets", {}).items()}
-                for name, offs in doc.get("consumers", {}).items():
-                    if name in self.offsets:
-                        self.offsets[name] = {str(k): int(v) for k, v in offs.items()}
+                log_offsets = {str(k): int(v) for k, v in doc.get("log_offsets", {}).items()}
+                consumers = {str(n): {str(k): int(v) for k, v in offs.items()}
+                             for n, offs in doc.get("consumers", {}).items()}
             except (OSError, ValueError, TypeError, AttributeError) as exc:
                 raise ConfigError(
                     f"{self.state_path} is damaged ({type(exc).__name__}: {exc}); delete it: "
                     "the offsets are read back from the predictions log"
                 ) from None
+            if all(v <= self.predictions.last_offset(s) for s, v in log_offsets.items()):
+                self.log_offsets = log_offsets
+                for name, offs in consumers.items():
+                    self.offsets[name] = offs
+            # else the file is ahead of the log (a log moved away or restored): it is only a
+            # bookmark, so it is dropped and the offsets are read from the whole log
         build = doc.get("features_build")
         if self.predictions.partitions() and build not in (None, self.features_build):
             raise ConfigError(
@@ -265,14 +275,14 @@ class Predictor:
             tail = self.predictions.read_after(sym, self.log_offsets.get(sym, -1), columns=["model", "features_offset"])
             if tail.height:
                 for name, newest in tail.group_by("model").agg(pl.col("features_offset").max()).iter_rows():
-                    if name in self.offsets:
-                        self.offsets[name][sym] = max(newest, self.offsets[name].get(sym, -1))
+                    offs = self.offsets.setdefault(name, {})
+                    offs[sym] = max(newest, offs.get(sym, -1))
             self.log_offsets[sym] = self.predictions.last_offset(sym)
         if self.opts.start == "latest":
-            for name, offs in self.offsets.items():
-                if not offs:  # a new consumer: skip the history, and remember where that was
+            for name in self.opts.names:
+                if not self.offsets[name]:  # a new consumer: skip the history, and remember where that was
                     for sym in self.symbols():
-                        offs[sym] = self.features.last_offset(sym)
+                        self.offsets[name][sym] = self.features.last_offset(sym)
         self._save_state()
 
     def _save_state(self) -> None:
@@ -309,14 +319,17 @@ class Predictor:
             self.wake_checkpoints.clear()
             if self._stop_loader.is_set():
                 return
-            self.notifier.rescan()
             for slot in self.slots:
                 try:
+                    self.notifier.rescan()
                     if slot.refresh():
                         self.wake.set()
+                    slot.failing = None
                 except Exception as exc:  # noqa: BLE001 - e.g. a flaky network filesystem: say so, serve on, retry
-                    slot.reports.append(f"{slot.name}: cannot look for checkpoints in {slot.store.dir}: "
-                                        f"{type(exc).__name__}: {exc}")
+                    problem = f"{slot.name}: cannot look for checkpoints in {slot.store.dir}: {type(exc).__name__}: {exc}"
+                    if problem != slot.failing:  # said once, until it changes or goes away
+                        slot.reports.append(problem)
+                        slot.failing = problem
 
     def reports(self) -> list[str]:
         """Refused checkpoints and load problems not shown yet."""
@@ -366,7 +379,10 @@ class Predictor:
         parts = next((self.features.parts(s) for s in symbols if self.features.parts(s)), None)
         if not parts:
             return None
-        names = list(pl.read_parquet_schema(parts[-1].path))
+        try:
+            names = list(pl.read_parquet_schema(parts[-1].path))
+        except FileNotFoundError:
+            return None  # compacted away since the listing: read every column this time
         return [OFFSET, "ts", "symbol", *feature_columns(names)]
 
     def _predict(self, frame: pl.DataFrame, active: list[ModelSlot], stop: Event | None) -> pl.DataFrame | None:

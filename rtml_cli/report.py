@@ -70,7 +70,7 @@ def _charts(result: dict[str, Any], ds) -> dict[str, bytes]:
     import polars as pl
     from matplotlib import pyplot as plt
 
-    from rtml_cli.backtest import trade
+    from rtml_cli.backtest import period_times, trade
 
     w, window = result["warmup"], max(10, min(500, result["scored_rows"] // 20))
     out: dict[str, bytes] = {}
@@ -103,9 +103,9 @@ def _charts(result: dict[str, Any], ds) -> dict[str, bytes]:
         curves = [(m, lab, p) for m, lab, p in series if m != "zero"] + [("persistence", "-", result["_baselines"]["persistence"])]
         for model, label, pred in curves:
             _, keys, r = trade(ds, pred, w, result["fee_bps"], result["band"])
-            ax.plot(_keys(keys, ds), np.cumprod(1 + r), label=name(model, label), lw=1)
+            ax.plot(period_times(ds, w, keys), np.cumprod(1 + r), label=name(model, label), lw=1)
         _, keys, r = trade(ds, np.zeros(ds.n), w, result["fee_bps"], result["band"], always_long=True)
-        ax.plot(_keys(keys, ds), np.cumprod(1 + r), label="buy and hold", lw=1, color="grey")
+        ax.plot(period_times(ds, w, keys), np.cumprod(1 + r), label="buy and hold", lw=1, color="grey")
         ax.set_title(f"Equity of a sign strategy (fees {result['fee_bps']:g} bp per unit traded)")
         ax.set_ylabel("equity (start = 1)")
         ax.legend(fontsize=8)
@@ -127,10 +127,6 @@ def _charts(result: dict[str, Any], ds) -> dict[str, bytes]:
         axes[0][1].set_xlabel("serving refresh interval (rows)")
     out["staleness"] = png(fig)
     return out
-
-
-def _keys(keys, ds):
-    return keys.astype("datetime64[ns]") if ds.ts is not None else keys
 
 
 ACCURACY = [("model", "model"), ("refresh", "refresh"), ("mae", "MAE"), ("rmse", "RMSE"), ("r2", "R²"),

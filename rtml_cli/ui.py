@@ -530,7 +530,8 @@ def staleness_tables(result: dict) -> list:
         for _, title in keys:
             table.add_column(title, justify="right")
         for r in rows:
-            unit = f" {result['refresh_unit']}"
+            unit = result["refresh_unit"]
+            unit = f" {unit[:-1]}" if r["refresh"] == "1" else f" {unit}"  # 1 bar, 60 bars
             table.add_row(*(fmt(r.get(k)) + (unit if k == "refresh" and r[k] != "never" else "") for k, _ in keys))
         out.append(table)
     return out

@@ -142,31 +142,34 @@ def test_pnl_of_hand_made_cases_is_exact():
         return Dataset("toy", [{}] * len(y), y, stream, [str(s) for s in sorted(set(stream))], None, 0, hold,
                        returns, 252.0, [])
 
-    # one trade: long before a +10% bar, flat after; turnover: in, then out
-    s, _, r = trade(ds([0.10, 0.0, 0.0]), np.array([1.0, 0.0, 0.0]), 0, 0.0, 0.0)
-    assert r.tolist() == [0.10, 0.0, 0.0]
+    # one trade: long before a +10% bar, flat after; the gain is booked when the position
+    # closes, a period later; turnover: in, then out
+    s, periods, r = trade(ds([0.10, 0.0, 0.0]), np.array([1.0, 0.0, 0.0]), 0, 0.0, 0.0)
+    assert periods.tolist() == [0, 1, 2, 3] and r.tolist() == [0.0, 0.10, 0.0, 0.0]
     assert s["total_return"] == pytest.approx(0.10, abs=1e-15)
     assert s["turnover"] == pytest.approx(2 / 3) and s["exposure"] == pytest.approx(1 / 3)
     # fees: 10 bp per unit changed, paid on the way in and on the way out
     s, _, r = trade(ds([0.10, 0.0, 0.0]), np.array([1.0, 0.0, 0.0]), 0, 10.0, 0.0)
-    assert r.tolist() == pytest.approx([0.10 - 0.001, -0.001, 0.0], abs=1e-15)
-    assert s["total_return"] == pytest.approx(1.099 * 0.999 - 1, abs=1e-15)
+    assert r.tolist() == pytest.approx([-0.001, 0.10 - 0.001, 0.0, 0.0], abs=1e-15)
+    assert s["total_return"] == pytest.approx(0.999 * 1.099 - 1, abs=1e-15)
     # a short earns the fall; a dead band keeps the small prediction flat
     s, _, r = trade(ds([-0.05, 0.02]), np.array([-0.3, 0.001]), 0, 0.0, 0.01)
-    assert r.tolist() == pytest.approx([0.05, 0.0], abs=1e-15)
+    assert r.tolist() == pytest.approx([0.0, 0.05, 0.0], abs=1e-15)
     # a drawdown: +10%, -20%, +5% held long: from 1.1 down to 0.88
-    s, _, _ = trade(ds([0.10, -0.20, 0.05]), np.array([1.0, 1.0, 1.0]), 0, 0.0, 0.0)
+    s, _, r = trade(ds([0.10, -0.20, 0.05]), np.array([1.0, 1.0, 1.0]), 0, 0.0, 0.0)
+    assert r.tolist() == pytest.approx([0.0, 0.10, -0.20, 0.05], abs=1e-15)
     assert s["max_drawdown"] == pytest.approx(0.2, abs=1e-12)
     assert s["total_return"] == pytest.approx(1.1 * 0.8 * 1.05 - 1, abs=1e-12)
-    # held for 2 rows: each row opens half a unit; log returns become simple ones
+    # held for 2 periods: each row opens half a unit, closed 2 periods later; log returns
+    # become simple ones; two open halves make one unit of exposure
     s, _, r = trade(ds([math.log(1.1), math.log(1.2)], hold=2, returns="log"), np.array([1.0, 1.0]), 0, 0.0, 0.0)
-    assert r.tolist() == pytest.approx([0.05, 0.10], abs=1e-12)
-    assert s["turnover"] == pytest.approx(0.5)
-    # two streams are weighted equally in each period
-    d = ds([0.10, -0.10], stream=[0, 1])
+    assert r.tolist() == pytest.approx([0.0, 0.0, 0.05, 0.10], abs=1e-12)
+    assert s["turnover"] == pytest.approx(0.5) and s["exposure"] == pytest.approx((0.5 + 1.0) / 2)
+    # two streams share the capital equally
+    d = ds([0.10, -0.06], stream=[0, 1])
     d.ts = np.array([0, 0])
     s, _, r = trade(d, np.array([1.0, 1.0]), 0, 0.0, 0.0)
-    assert r.tolist() == pytest.approx([0.0], abs=1e-15)
+    assert r.tolist() == pytest.approx([0.0, 0.02], abs=1e-15)
 
 
 def test_the_cli_trades_the_model_it_is_given(rtml, tmp_path, user_models):
@@ -206,6 +209,16 @@ def test_examples_of_the_data_dir_with_a_staleness_table_and_a_report(rtml, data
     assert "the cost of staleness: linear" in r.stdout and "30 bars" in r.stdout
 
 
+def test_decimal_and_integer_columns_are_numbers(rtml, tmp_path):
+    from decimal import Decimal
+
+    table = tmp_path / "dec.parquet"
+    pl.DataFrame({"x": [Decimal("1.25"), Decimal("-0.5")] * 20, "n": list(range(40)),
+                  "y": [Decimal("0.01"), Decimal("-0.02")] * 20}).write_parquet(table)
+    s = backtest(rtml, "--table", str(table), "--target", "y", "--warmup", "5", data=False)
+    assert s["features"] == ["x", "n"] and result(s, "linear", "1")["mae"] is not None
+
+
 def test_models_in_parallel_jobs_give_the_same_results(rtml, sp500):
     args = ["--table", str(sp500), "--target", "target", "--returns", "percent", "--warmup", "100",
             "--model", "linear", "--model", "pa", "--model", "bayes", "--refresh", "1,20"]
@@ -236,6 +249,18 @@ def test_bad_tables_are_clear_errors(rtml, tmp_path, sp500):
     times.write_text("when,x,y\n2026-01-01,1,0.1\nnot a time,2,0.2\n2026-01-03,3,0.3\n")
     assert_clean_error(rtml("backtest", "--table", str(times), "--target", "y", "--ts", "when", data=False),
                        "without a readable time")
+    panel = tmp_path / "panel.parquet"
+    pl.DataFrame({"symbol": ["A", "A", "B", "B"], "x": [1.0, 2, 3, 4], "y": [0.1, 0.2, 0.3, 0.4]}).write_parquet(panel)
+    assert_clean_error(rtml("backtest", "--table", str(panel), "--target", "y", data=False), "give --ts")
+    assert_clean_error(rtml("backtest", "--table", str(sp500), "--target", "target", "--symbols", "A", data=False),
+                       "needs a symbol column")
+    assert_clean_error(rtml("backtest", "--table", str(sp500), "--target", "target", "--refresh", "1,\u00b2", data=False),
+                       "--refresh")
+    nulls = tmp_path / "nulls.parquet"
+    pl.DataFrame({"symbol": [None, "A", "B"], "t": [1, 2, 3], "x": [1.0, 2, 3], "y": [0.1, 0.2, 0.3]}).with_columns(
+        pl.col("t").cast(pl.Datetime("us"))).write_parquet(nulls)
+    assert_clean_error(rtml("backtest", "--table", str(nulls), "--target", "y", "--ts", "t", data=False),
+                       "without a symbol")
     bad = tmp_path / "bad.csv"
     bad.write_bytes(b"\x00\x01 not a table")
     assert_clean_error(rtml("backtest", "--table", str(bad), "--target", "y", data=False), "not a column")

@@ -116,6 +116,25 @@ def test_the_offsets_survive_a_lost_state_file_and_a_crash_between_publish_and_s
     assert_each_row_once(served)
 
 
+def test_a_model_left_out_for_a_run_resumes_where_it_was(rtml, served):
+    assert rtml("train", "--model", "pa", "--json").exit_code == 0
+    first = predict(rtml, "--name", "linear", "--name", "pa")["models"]
+    assert first["linear"]["predicted_this_run"] == first["pa"]["predicted_this_run"] > 0
+    more_market(rtml)
+    predict(rtml, "--name", "linear")  # pa is not served in this run
+    again = predict(rtml, "--name", "pa")["models"]["pa"]
+    assert again["predicted_this_run"] == features(served).height - first["pa"]["predicted_this_run"]
+    for m in ("linear", "pa"):
+        assert_each_row_once(served, m)
+
+
+def test_a_state_file_ahead_of_the_log_is_not_trusted(rtml, served, tmp_path):
+    predict(rtml)
+    shutil.move(served / "predictions", tmp_path / "moved")  # the log goes; its bookmark stays
+    assert predict(rtml)["predicted_this_run"] == features(served).height
+    assert_each_row_once(served)
+
+
 def test_without_a_checkpoint_one_shot_says_to_train(rtml, served):
     shutil.rmtree(served / "checkpoints")
     assert_clean_error(rtml("predict"), "no usable checkpoint of 'linear'", "rtml train")
