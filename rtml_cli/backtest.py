@@ -293,8 +293,12 @@ def _replay_rows(learner: Learner, kind: str, ds: Dataset, warmup: int, live: li
         y_pred = predict_value(learner.model, kind, x)  # what Learner.predict does, one call less
         live.append(y_pred)
         for k, (every, preds) in enumerate(stale):
-            if clock[i] // every != block[k]:  # a new period: the serving copy is refreshed from the learner
-                block[k] = clock[i] // every
+            if i < warmup:  # like the frozen model, a served copy starts at the end of the warm-up
+                preds.append(y_pred)
+                continue
+            period = (clock[i] - clock[warmup]) // every
+            if period != block[k]:  # a new period: the serving copy is refreshed from the learner
+                block[k] = period
                 serving[k] = copy.deepcopy(learner.model)
             preds.append(predict_value(serving[k], kind, x))
         if delay == 0:  # the label is known at once

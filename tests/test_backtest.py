@@ -68,10 +68,10 @@ def test_the_frozen_model_is_the_model_after_the_warmup_and_a_refresh_serves_a_s
     for i, (x, y) in enumerate(rows):
         if i == 300:
             frozen = copy.deepcopy(model)
-        if i % 50 == 0:
+        if i >= 300 and (i - 300) % 50 == 0:  # served copies start where the warm-up ends
             serving = copy.deepcopy(model)
         live.append(model.predict_one(x))
-        stale.append(serving.predict_one(x))
+        stale.append(serving.predict_one(x) if i >= 300 else live[-1])
         model.learn_one(x, y)
     by = {r: preds.filter(pl.col("refresh") == r)["prediction"].to_list() for r in ("1", "50", "never")}
     assert by["1"] == pytest.approx(live, rel=1e-12, abs=1e-15)

@@ -31,14 +31,14 @@ def main() -> None:
         pl.DataFrame([{**x, "target": y} for x, y in datasets.SP500Stocks()]).write_parquet(sp)
         sp_args = ["--table", str(sp), "--target", "target", "--returns", "percent", "--warmup", "250",
                    "--refresh", "1,5,21,63,never", "--model", "linear", "--model", "bayes", "--model", "hat", "--jobs", "2"]
-        sp_out = rtml("backtest", *sp_args)
+        sp_out = rtml("backtest", *sp_args).replace(str(sp), "sp500.parquet")
 
         d = str(Path(tmp) / "market")
         rtml("ingest", "--max-ticks", "3000000", "--json", "--data-dir", d)
         rtml("features", "--json", "--data-dir", d)
         mk_args = ["--warmup", "1000", "--refresh", "1,60,1440,never", "--fee-bps", "1",
                    "--model", "linear", "--model", "bayes", "--model", "hat", "--jobs", "2"]
-        mk_out = rtml("backtest", *mk_args, "--data-dir", d)
+        mk_out = rtml("backtest", *mk_args, "--data-dir", d).replace(d, "data")
 
     def block(title: str, cmd: list[str], out: str) -> str:
         shown = " ".join(a if not a.startswith("/") else Path(a).name for a in cmd)
