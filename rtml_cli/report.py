@@ -89,13 +89,20 @@ def _charts(result: dict[str, Any], ds) -> dict[str, bytes]:
         return buf.getvalue()
 
     x = ds.ts[w:].astype("datetime64[ns]") if ds.ts is not None else np.arange(w, ds.n)
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, (ax, ax_hit) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
+    y = ds.y[w:]
     for model, label, pred in series:
-        err = pl.Series(np.abs(pred[w:] - ds.y[w:])).rolling_mean(window).to_numpy()
-        ax.plot(x, err, label=name(model, label), lw=1)
-    ax.set_title(f"Rolling MAE ({window} rows)")
+        err = pl.Series(np.abs(pred[w:] - y)).rolling_mean(window).to_numpy()
+        (line,) = ax.plot(x, err, label=name(model, label), lw=1)
+        if model != "zero":  # rows with a zero target are left out, as in the hit rate
+            hit = np.where(y != 0, ((np.sign(pred[w:]) == np.sign(y)) & (pred[w:] != 0)).astype(float), np.nan)
+            ax_hit.plot(x, pl.Series(hit).rolling_mean(window, min_samples=window // 2).to_numpy(),
+                        color=line.get_color(), lw=1)
+    ax.set_title(f"Rolling MAE and hit rate ({window} rows)")
     ax.set_ylabel("MAE")
     ax.legend(fontsize=8)
+    ax_hit.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax_hit.set_ylabel("hit rate")
     out["rolling_error"] = png(fig)
 
     if ds.returns != "none":
@@ -154,7 +161,7 @@ def _html(result: dict[str, Any], charts: dict[str, bytes]) -> str:
         f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="data:image/png;base64,'
         f'{base64.b64encode(charts[key]).decode()}">'
         for key, title in (("staleness", "The cost of staleness"), ("equity", "Equity curves"),
-                           ("rolling_error", "Rolling error"))
+                           ("rolling_error", "Rolling error and hit rate"))
         if key in charts
     )
     meta = html.escape(json.dumps({k: result[k] for k in ("source", "rows", "scored_rows", "label_delay_rows",
