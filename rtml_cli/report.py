@@ -96,7 +96,7 @@ def _charts(result: dict[str, Any], ds) -> dict[str, bytes]:
         (line,) = ax.plot(x, err, label=name(model, label), lw=1)
         if model != "zero":  # rows with a zero target are left out, as in the hit rate
             hit = np.where(y != 0, ((np.sign(pred[w:]) == np.sign(y)) & (pred[w:] != 0)).astype(float), np.nan)
-            ax_hit.plot(x, pl.Series(hit).rolling_mean(window, min_samples=window // 2).to_numpy(),
+            ax_hit.plot(x, pl.Series(hit).fill_nan(None).rolling_mean(window, min_samples=window // 2).to_numpy(),
                         color=line.get_color(), lw=1)
     ax.set_title(f"Rolling MAE and hit rate ({window} rows)")
     ax.set_ylabel("MAE")
