@@ -15,7 +15,6 @@ after `--warmup` rows and never refreshed: the static model a batch system would
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rtml_cli.errors import ConfigError, RtmlError
+from rtml_cli.features import read_build
 from rtml_cli.learner import Learner, feature_columns, model_inputs, predict_value
 from rtml_cli.log import OFFSET, ParquetLog
 from rtml_cli.models import CLASSIFIER, resolve
@@ -109,14 +109,10 @@ def load_examples(data_dir: Path, opts: BacktestOptions) -> Dataset:
     import polars as pl
 
     log = ParquetLog(data_dir, "examples")
-    state = Path(data_dir) / "state" / "features.json"
-    if not log.root.is_dir() or not state.exists():
+    build = read_build(data_dir)
+    if not log.root.is_dir() or build is None:
         raise ConfigError(f"there is no examples log in {data_dir}; run `rtml features` first, or give --table")
-    try:
-        params = json.loads(state.read_text())["params"]
-        horizon, bar_s, target = int(params["horizon"]), int(params["bar_s"]), str(params["target"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{state} is damaged ({type(exc).__name__}); run `rtml features --rebuild`") from None
+    horizon, bar_s, target = build.horizon, build.bar_s, build.target
     symbols = [s for s in log.partitions() if opts.symbols is None or s in opts.symbols]
     frames = [log.read_after(s) for s in symbols]
     frames = [f for f in frames if f.height]

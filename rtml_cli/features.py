@@ -556,6 +556,30 @@ def _check_contract(out: pl.DataFrame, rows_in: int) -> None:
         raise FeatureError(f"feature column(s) {', '.join(bad)} are not numeric; models need numbers")
 
 
+@dataclass(frozen=True)
+class Build:
+    """What the features and examples logs of a data directory were built with."""
+
+    bar_s: int
+    horizon: int
+    target: str
+    build_id: str | None  # None for a state written before builds had ids
+
+
+def read_build(data_dir: Path) -> Build | None:
+    """The build settings from the features state; None if there is none (no `rtml features`
+    ran here). A damaged state is a ConfigError."""
+    path = Path(data_dir) / STATE_FILE
+    try:
+        doc = json.loads(path.read_text())
+        params = doc["params"]
+        return Build(int(params["bar_s"]), int(params["horizon"]), str(params["target"]), doc.get("build_id"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path} is damaged ({type(exc).__name__}: {exc}); run `rtml features --rebuild`") from None
+
+
 def remove_built(data_dir: Path) -> None:
     """Delete the features and examples logs and the builder state (for --rebuild)."""
     import shutil

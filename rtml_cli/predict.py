@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from rtml_cli import atomic
 from rtml_cli.checkpoint import CheckpointError, CheckpointStore, signing_key
 from rtml_cli.errors import ConfigError, RtmlError
+from rtml_cli.features import read_build
 from rtml_cli.learner import feature_columns, model_inputs, predict_value
 from rtml_cli.log import OFFSET, ParquetLog
 from rtml_cli.models import CLASSIFIER, REGRESSOR
@@ -198,6 +199,7 @@ class Predictor:
         self._serving: dict[str, Served | None] = {n: None for n in opts.names}
         self._trained_until: dict[tuple[str, int], str | None] = {}  # (model, version) -> trained until
         self._state_saved = 0.0
+        self._needed: list[str] | None = None  # the features log's columns a prediction reads
         self.wake = Event()  # new feature rows, or a new model loaded: predict
         self.wake_checkpoints = Event()  # a checkpoint directory changed: look for a newer model
         self.notifier = Notifier(opts.notify)
@@ -229,15 +231,10 @@ class Predictor:
             self._writer_ctx.__exit__(None, None, None)
 
     def _features_params(self) -> None:
-        state = self.data_dir / "state" / "features.json"
-        if not self.features.root.is_dir() or not state.exists():
+        build = read_build(self.data_dir)
+        if not self.features.root.is_dir() or build is None:
             raise ConfigError(f"there is no features log in {self.data_dir}; run `rtml features` first or check --data-dir")
-        try:
-            doc = json.loads(state.read_text())
-            self.bar_ns = int(doc["params"]["bar_s"]) * NS
-            self.features_build = str(doc["build_id"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{state} is damaged ({type(exc).__name__}: {exc}); run `rtml features --rebuild`") from None
+        self.bar_ns, self.features_build = build.bar_s * NS, build.build_id
 
     def _resume(self) -> None:
         """Consumer offsets: the state file's, moved on by whatever the log holds past it.
@@ -373,17 +370,21 @@ class Predictor:
         return done
 
     def _columns(self, symbols) -> list[str] | None:
-        """What a prediction needs of a features row: its place and the model inputs."""
+        """What a prediction needs of a features row: its place and the model inputs.
+
+        Read once from a part's schema: one build of the features log has one set of columns.
+        """
         import polars as pl
 
-        parts = next((self.features.parts(s) for s in symbols if self.features.parts(s)), None)
-        if not parts:
-            return None
-        try:
-            names = list(pl.read_parquet_schema(parts[-1].path))
-        except FileNotFoundError:
-            return None  # compacted away since the listing: read every column this time
-        return [OFFSET, "ts", "symbol", *feature_columns(names)]
+        if self._needed is None:
+            parts = next((self.features.parts(s) for s in symbols if self.features.parts(s)), None)
+            try:
+                names = list(pl.read_parquet_schema(parts[-1].path)) if parts else None
+            except FileNotFoundError:
+                names = None  # compacted away since the listing: read every column this time
+            if names is not None:
+                self._needed = [OFFSET, "ts", "symbol", *feature_columns(names)]
+        return self._needed
 
     def _predict(self, frame: pl.DataFrame, active: list[ModelSlot], stop: Event | None) -> pl.DataFrame | None:
         import polars as pl

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from rtml_cli.checkpoint import Checkpointer, CheckpointStore, runtime_versions, signing_key
 from rtml_cli.errors import ConfigError, RtmlError
+from rtml_cli.features import read_build
 from rtml_cli.learner import Learner, feature_columns, model_inputs
 from rtml_cli.log import OFFSET, ParquetLog
 from rtml_cli.models import CLASSIFIER, resolve
@@ -125,13 +126,13 @@ class Trainer:
         self._last_checkpoint = time.monotonic()
 
     def _check_target(self) -> None:
-        state = self.data_dir / "state" / "features.json"
         try:
-            doc = json.loads(state.read_text())
-            target = doc["params"]["target"]
-        except (OSError, ValueError, KeyError, TypeError):
+            build = read_build(self.data_dir)
+        except ConfigError:
+            build = None
+        if build is None:
             return  # examples from elsewhere: nothing to check against
-        self.examples_build = doc.get("build_id")
+        self.examples_build, target = build.build_id, build.target
         if self.spec.kind == CLASSIFIER and target != "sign":
             raise ConfigError(f"{self.spec.name} is a classifier; build examples with `rtml features --target sign --rebuild`")
         if self.spec.kind != CLASSIFIER and target == "sign":
