@@ -29,6 +29,9 @@ from rtml_cli.features import read_build
 from rtml_cli.learner import Learner, feature_columns, model_inputs, predict_value
 from rtml_cli.log import OFFSET, ParquetLog
 from rtml_cli.models import CLASSIFIER, resolve
+from rtml_cli import stats
+from rtml_cli.learner import DIVERGENCE_FACTOR, MIN_TARGETS
+from rtml_cli.trading import FEE_LADDER_BPS, Book, Tape, directions, mark, summarize, tape_from_prices
 
 if TYPE_CHECKING:
     import numpy as np
@@ -59,7 +62,8 @@ def refresh_label(r: int | None) -> str:
 
 @dataclass
 class Dataset:
-    """The rows to replay, in order: model inputs, targets, streams and times."""
+    """The rows to replay, in order: model inputs, targets, streams and times, and the tape
+    that trading is marked to."""
 
     source: str
     xs: list[dict[str, float]]
@@ -68,17 +72,27 @@ class Dataset:
     stream_names: list[str]
     ts: np.ndarray | None  # int64 ns, or None
     delay: int
-    hold: int  # rows a position is held: the target's horizon
-    returns: str  # what the target is, for trading: log | simple | percent | none
+    hold: int  # periods a position is held: the target's horizon
     periods_per_year: float
     features: list[str]
+    period: np.ndarray | None = None  # int64 per row: its bar, its time's rank, or its place in the stream
     target_kind: str = "regressor"
     dropped: int = 0  # rows without a target
     clock: list[int] | None = None  # what --refresh counts per row: bars for the examples log; None: rows
+    tape: Tape | None = None  # prices (or returns) that positions are marked to
+    point: np.ndarray | None = None  # each row's point on the tape
+    trades_on: str | None = None  # what the tape is, in words
+    no_trading: str | None = None  # why there are no trading figures, when there are none
 
     @property
     def n(self) -> int:
         return len(self.xs)
+
+    @property
+    def periods(self) -> np.ndarray:
+        import numpy as np
+
+        return self.period if self.period is not None else np.arange(self.n)
 
 
 @dataclass
@@ -99,15 +113,21 @@ class BacktestOptions:
     periods_per_year: float | None = None
     jobs: int = 1
     window: int = 500
+    price: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 # -- input --------------------------------------------------------------------------------------
 
 
 def load_examples(data_dir: Path, opts: BacktestOptions) -> Dataset:
-    """The examples log of a data directory: label delay and holding period = the horizon."""
+    """The examples log of a data directory: label delay and holding period = the horizon;
+    trading is marked to the bars' closes (from the features log, which also holds the h
+    bars after the newest example)."""
     import polars as pl
 
+    if opts.price or opts.returns:
+        raise ConfigError("--price and --returns describe a --table; the examples log trades on its bars' closes")
     log = ParquetLog(data_dir, "examples")
     build = read_build(data_dir)
     if not log.root.is_dir() or build is None:
@@ -120,18 +140,32 @@ def load_examples(data_dir: Path, opts: BacktestOptions) -> Dataset:
         raise ConfigError(f"the examples log in {data_dir} has no rows{' for --symbols' if opts.symbols else ''}")
     frame = pl.concat(frames, how="diagonal_relaxed").sort("ts", "symbol", OFFSET)
     frame = _between(frame, "ts", opts)
-    returns = opts.returns or ("log" if target == "logret" else "none")
-    # --refresh counts bars here (all symbols' rows of a bar share a serving copy), not rows
+    if frame.height == 0:
+        raise ConfigError("no examples between --from and --to")
+    bars = _bar_closes(data_dir, frame, horizon)
     ds = _dataset(frame, "target", "symbol", "ts", feature_columns(frame.columns), f"examples log of {data_dir}",
-                  delay=horizon, hold=horizon, returns=returns, periods_per_year=opts.periods_per_year or YEAR_S / bar_s,
-                  clock_by_ts=True)
+                  delay=horizon, hold=horizon, periods_per_year=opts.periods_per_year or YEAR_S / bar_s,
+                  prices=bars, by_bar=True)
     ds.target_kind = CLASSIFIER if target == "sign" else "regressor"
     return ds
 
 
+def _bar_closes(data_dir: Path, examples: pl.DataFrame, horizon: int) -> pl.DataFrame:
+    """symbol, ts, close of every bar from each symbol's first example to `horizon` bars after
+    its last: the prices its positions are marked to. Example k is features row k."""
+    import polars as pl
+
+    features = ParquetLog(data_dir, "features")
+    out = []
+    for sym, lo, hi in examples.group_by("symbol").agg(pl.col(OFFSET).min().alias("lo"), pl.col(OFFSET).max().alias("hi")).iter_rows():
+        bars = features.read_after(sym, lo - 1, columns=["ts", "close"], upto=hi + horizon)
+        out.append(bars.with_columns(symbol=pl.lit(sym, dtype=pl.String)))
+    return pl.concat(out).select("symbol", "ts", "close")
+
+
 def load_table(opts: BacktestOptions) -> Dataset:
-    """A user's Parquet or CSV table: feature columns (every numeric column but the target and
-    --ts) and a target; a `symbol` column, if there is one, makes each symbol a stream."""
+    """A user's Parquet or CSV table: feature columns (every numeric column but the target,
+    --ts and --price) and a target; a `symbol` column, if there is one, makes each symbol a stream."""
     import polars as pl
 
     path = Path(opts.table)
@@ -147,11 +181,19 @@ def load_table(opts: BacktestOptions) -> Dataset:
                           "give a Parquet file or a CSV file with a header") from None
     if not opts.target:
         raise ConfigError("--table needs --target COLUMN: the column to predict")
-    for name, col in (("--target", opts.target), ("--ts", opts.ts)):
+    for name, col in (("--target", opts.target), ("--ts", opts.ts), ("--price", opts.price)):
         if col is not None and col not in frame.columns:
             raise ConfigError(f"{name} {col!r} is not a column of {path.name}; it has {', '.join(frame.columns[:30])}")
     if not frame[opts.target].dtype.is_numeric():
         raise ConfigError(f"--target {opts.target!r} is {frame[opts.target].dtype}, not numbers")
+    if opts.price is not None:
+        if opts.returns is not None:
+            raise ConfigError("--price and --returns both say how to trade: give one (--price marks positions to "
+                              "that column; --returns reads the target as the next row's return)")
+        if opts.price == opts.target:
+            raise ConfigError("--price is the --target column; give the column of prices")
+        if not frame[opts.price].dtype.is_numeric():
+            raise ConfigError(f"--price {opts.price!r} is {frame[opts.price].dtype}, not numbers")
     if opts.ts is not None:
         if frame[opts.ts].dtype == pl.String:
             frame = frame.with_columns(pl.col(opts.ts).str.to_datetime(time_zone="UTC", strict=False))
@@ -185,15 +227,50 @@ def load_table(opts: BacktestOptions) -> Dataset:
             frame = frame.filter(pl.col("symbol").is_in(opts.symbols))
     elif opts.symbols is not None:
         raise ConfigError(f"--symbols needs a symbol column, and {path.name} has none")
-    skip = {opts.target, opts.ts, stream}
+    skip = {opts.target, opts.ts, stream, opts.price}
     features = [c for c, t in frame.schema.items() if c not in skip and t.is_numeric()]
     if not features:
         raise ConfigError(f"{path.name} has no numeric feature columns besides the target")
     frame = frame.with_columns(pl.col(*features, opts.target).cast(pl.Float64))  # decimals and integers alike
+    longest = frame.group_by(stream).len()["len"].max() if stream else frame.height
+    if frame.height and opts.delay >= longest:
+        raise ConfigError(f"--delay {opts.delay} is longer than the data: the longest stream has {longest:,} rows, "
+                          "so no label would ever arrive")
     hold = max(opts.delay, 1)
-    ppy = opts.periods_per_year or _periods_per_year(frame, opts.ts, stream) or 252.0
+    prices = None
+    if opts.price is not None:
+        prices = _table_prices(frame, opts.price, stream, opts.ts, path.name)
+    ppy = opts.periods_per_year or _periods_per_year(frame, opts.ts) or 252.0
     return _dataset(frame, opts.target, stream, opts.ts, features, f"table {path}", delay=opts.delay, hold=hold,
-                    returns=opts.returns or "none", periods_per_year=ppy)
+                    periods_per_year=ppy, prices=prices, returns=opts.returns or "none", price_name=opts.price)
+
+
+def _table_prices(frame: pl.DataFrame, price: str, stream: str | None, ts: str | None, name: str) -> pl.DataFrame:
+    """symbol, ts (or row), close from a table's --price column, checked: positive numbers,
+    one per symbol and time."""
+    import polars as pl
+
+    col = frame[price].cast(pl.Float64)
+    missing = int(col.is_null().sum() + col.is_nan().sum())
+    if missing:
+        raise ConfigError(f"--price {price!r} has {missing:,} rows without a price; trading needs a price on every row")
+    bad = frame.with_row_index("_row").filter(pl.col(price).cast(pl.Float64) <= 0)
+    if bad.height:
+        row = bad.row(0, named=True)
+        raise ConfigError(f"--price {price!r} has {bad.height:,} rows at or below zero (the first: row {row['_row'] + 1}, "
+                          f"{row[price]}); a price must be positive")
+    if not col.is_finite().all():
+        raise ConfigError(f"--price {price!r} has infinite values; a price must be a positive number")
+    out = frame.select(
+        (pl.col(stream) if stream else pl.lit("all")).alias("symbol"),
+        pl.col(ts).alias("ts") if ts else pl.int_range(pl.len()).alias("ts"),
+        pl.col(price).cast(pl.Float64).alias("close"),
+    )
+    dupes = out.height - out.select("symbol", "ts").n_unique()
+    if dupes:
+        raise ConfigError(f"{name} has {dupes:,} rows with the same {'symbol and ' if stream else ''}time; "
+                          "trading on --price needs one price per symbol and time")
+    return out
 
 
 def _between(frame: pl.DataFrame, ts: str, opts: BacktestOptions) -> pl.DataFrame:
@@ -209,31 +286,79 @@ def _between(frame: pl.DataFrame, ts: str, opts: BacktestOptions) -> pl.DataFram
     return frame
 
 
-def _periods_per_year(frame: pl.DataFrame, ts: str | None, stream: str | None) -> float | None:
-    """Rows per year of one stream, from its first and last times."""
+def _periods_per_year(frame: pl.DataFrame, ts: str | None) -> float | None:
+    """Periods (distinct times) per year, from the first and last times."""
     if ts is None or frame.height < 3:
         return None
-    first = frame.filter(frame[stream] == frame[stream][0]) if stream else frame
-    span = (first[ts].max() - first[ts].min()).total_seconds()
-    return (first.height - 1) / (span / YEAR_S) if span > 0 else None
+    span = (frame[ts].max() - frame[ts].min()).total_seconds()
+    return (frame[ts].n_unique() - 1) / (span / YEAR_S) if span > 0 else None
 
 
 def _dataset(frame: pl.DataFrame, target: str, stream: str | None, ts: str | None, features: list[str],
-             source: str, clock_by_ts: bool = False, **kw: Any) -> Dataset:
+             source: str, prices: pl.DataFrame | None = None, by_bar: bool = False, returns: str = "none",
+             price_name: str | None = None, **kw: Any) -> Dataset:
+    """The rows with a target, their periods, and the tape trading is marked to: `prices`
+    (symbol, ts, close), or, without them, the target itself as the next row's return when
+    the holding period is one row and `returns` says what kind of return it is."""
+    import numpy as np
     import polars as pl
 
+    timed = ts is not None or by_bar  # periods are times; else a table's rows (one stream)
+    frame = frame.with_columns((pl.col(stream).cast(pl.String) if stream else pl.lit("all")).alias("_stream"),
+                               (pl.col(ts).dt.epoch("ns") if ts else pl.int_range(pl.len())).alias("_t"))
     keep = frame.filter(pl.col(target).is_not_null() & pl.col(target).cast(pl.Float64).is_finite())
     dropped = frame.height - keep.height
     if keep.height == 0:
         raise ConfigError(f"{source} has no rows with a target")
     xs = [x for x, _ in model_inputs(keep, features)]
-    names = keep[stream].cast(pl.String).to_list() if stream else ["all"] * keep.height
     index: dict[str, int] = {}
-    streams = [index.setdefault(s, len(index)) for s in names]
-    tsv = keep[ts].dt.epoch("ns").to_numpy() if ts else None
-    clock = keep.select(pl.col(ts).rank("dense") - 1).to_series().to_list() if clock_by_ts else None
-    return Dataset(source, xs, keep[target].cast(pl.Float64).to_numpy(), streams, list(index), tsv,
-                   features=features, dropped=dropped, clock=clock, **kw)
+    stream_arr = np.asarray([index.setdefault(s, len(index)) for s in keep["_stream"].to_list()], dtype=np.int64)
+    row_t = keep["_t"].to_numpy()
+    y = keep[target].cast(pl.Float64).to_numpy()
+    if prices is not None:
+        prices = prices.filter(pl.col("symbol").is_in(list(index)))
+        p_t = (prices["ts"].dt.epoch("ns") if timed else prices["ts"]).to_numpy()
+    # the periods: the distinct times of the rows and of the prices they are marked to, in order
+    times = np.unique(np.concatenate([row_t, p_t]) if prices is not None else row_t) if timed else None
+    period = np.searchsorted(times, row_t).astype(np.int64) if timed else row_t.astype(np.int64)
+    ds = Dataset(source, xs, y, stream_arr.tolist(), list(index), row_t if ts else None, features=features,
+                 dropped=dropped, period=period, clock=period.tolist() if by_bar else None, **kw)
+    if prices is not None:
+        p_stream = np.asarray([index[s] for s in prices["symbol"].to_list()], dtype=np.int64)
+        p_period = np.searchsorted(times, p_t) if timed else p_t.astype(np.int64)
+        ds.tape = tape_from_prices(p_stream, p_period, prices["close"].to_numpy(), times)
+        ds.trades_on = "the bars' closes" if by_bar else f"--price {price_name}"
+    elif ds.hold == 1 and returns != "none":
+        ds.tape = _returns_tape(stream_arr, period, y, returns, times)
+        ds.trades_on = f"the target as the next row's {returns} return"
+    else:
+        ds.no_trading = ("the target is not a return: give --price COLUMN, or --returns if the target is the next "
+                         "row's return" if ds.hold == 1 else
+                         f"labels are {ds.hold} rows ahead: give --price COLUMN to mark positions to market row by row")
+    if ds.tape is not None:
+        width = int(max(ds.tape.period.max(), period.max())) + 1
+        ds.point = np.searchsorted(ds.tape.stream * width + ds.tape.period, stream_arr * width + period)
+    return ds
+
+
+def _returns_tape(stream: np.ndarray, period: np.ndarray, y: np.ndarray, returns: str,
+                  period_ns: np.ndarray | None) -> Tape:
+    """A tape from targets that are the next row's return: a point per row, and one more per
+    stream after its last row, the step into each point earning the previous row's target."""
+    import numpy as np
+
+    simple = {"log": np.expm1(y), "simple": y, "percent": y / 100.0}[returns]
+    after = int(period.max()) + 1
+    p_stream, p_period, p_ret = [], [], []
+    for s in np.unique(stream):
+        at = np.flatnonzero(stream == s)
+        p_stream.append(np.full(len(at) + 1, s))
+        p_period.append(np.concatenate([period[at], [after]]))
+        p_ret.append(np.concatenate([[0.0], simple[at]]))
+    if period_ns is not None and len(period_ns):
+        step = int(np.median(np.diff(period_ns))) if len(period_ns) > 1 else 1
+        period_ns = np.concatenate([period_ns, [period_ns[-1] + step]])
+    return Tape(np.concatenate(p_stream), np.concatenate(p_period).astype(np.int64), np.concatenate(p_ret), period_ns)
 
 
 # -- the replay ---------------------------------------------------------------------------------
@@ -251,13 +376,20 @@ class Replay:
     seconds: float
 
 
-def replay(ds: Dataset, model: str, refresh: list[int | None], warmup: int) -> Replay:
+def replay(ds: Dataset, model: str, refresh: list[int | None], warmup: int,
+           params: dict[str, Any] | None = None) -> Replay:
     """Predict every row, learn each label when it is due, for every serving refresh interval."""
     spec = resolve(model)
     if spec.kind == CLASSIFIER and ds.target_kind != CLASSIFIER:
         raise ConfigError(f"{spec.name} is a classifier; backtest it on sign targets (`rtml features --target sign`)")
+    if spec.kind != CLASSIFIER and ds.target_kind == CLASSIFIER:
+        raise ConfigError(f"the examples have --target sign; {spec.name} is a regressor: use logistic, hat-clf or arf-clf")
     started = time.perf_counter()
-    learner = Learner(spec.build(), spec.kind, spec.build, window=0)  # scored from the predictions afterwards
+
+    def build() -> Any:
+        return spec.build(params)
+
+    learner = Learner(build(), spec.kind, build, window=0)  # scored from the predictions afterwards
     kind = spec.kind
     live: list[float] = []
     stale = [(r, []) for r in refresh if r not in (1, NEVER)]
@@ -413,113 +545,89 @@ def _finite(v: float) -> float | None:
 
 
 def trade(ds: Dataset, pred: np.ndarray, start: int, fee_bps: float, band: float,
-          always_long: bool = False) -> tuple[dict[str, float | None], np.ndarray, np.ndarray]:
-    """A sign strategy on `pred` from row `start` on: long above `band`, short below -band.
-
-    Each row opens a position held for `ds.hold` periods, sized 1/hold so that the open
-    positions add up to at most one unit per stream. It pays `fee_bps` per unit of position
-    changed when it opens, and earns the row's target, the return *after* the decision, when
-    it closes, hold periods later: so the equity curve and the drawdown never show a return
-    before it happened. Each stream has an equal share of the capital. Returns the summary,
-    and the period numbers and returns (which run up to hold periods past the last row).
-    """
-    import numpy as np
-    import polars as pl
-
-    if ds.returns == "none":
-        return {}, np.array([]), np.array([])
-    y = ds.y[start:]
-    ret = {"log": np.expm1(y), "simple": y, "percent": y / 100.0}[ds.returns]
-    p = np.asarray(pred[start:], dtype=float)
-    pos = np.ones_like(p) if always_long else np.where(p > band, 1.0, np.where(p < -band, -1.0, 0.0))
-    frame = pl.DataFrame({"stream": np.asarray(ds.stream[start:]), "pos": pos, "ret": ret,
-                          "period": period_numbers(ds, start)})
-    h, n_streams, fee = ds.hold, len(ds.stream_names), fee_bps / 10_000
-    frame = frame.with_columns(
-        turnover=(pl.col("pos") - pl.col("pos").shift(h, fill_value=0.0).over("stream")).abs() / h,
-        net=pl.col("pos").rolling_sum(h, min_samples=1).over("stream") / h,  # the open positions together
-        gain=pl.col("pos") * pl.col("ret") / h,
-        closes=pl.col("period") + h,
-    )
-    opened = frame.group_by("period").agg(
-        (pl.col("turnover").sum() / n_streams).alias("turnover"),
-        (pl.col("net").abs().sum() / n_streams).alias("exposure"),
-    )
-    closed = frame.group_by(pl.col("closes").alias("period")).agg((pl.col("gain").sum() / n_streams).alias("gain"))
-    periods = opened.join(closed, on="period", how="full", coalesce=True).sort("period").with_columns(
-        r=pl.col("gain").fill_null(0.0) - fee * pl.col("turnover").fill_null(0.0),
-    )
-    r = periods["r"].to_numpy()
-    equity = np.cumprod(1 + r)
-    peak = np.maximum.accumulate(np.concatenate([[1.0], equity]))[1:]
-    sd = float(r.std(ddof=1)) if len(r) > 1 else 0.0
-    summary = {
-        "total_return": float(equity[-1] - 1) if len(r) else None,
-        "sharpe": float(r.mean() / sd * math.sqrt(ds.periods_per_year)) if sd > 0 else None,
-        "max_drawdown": float(np.max(1 - equity / peak)) if len(r) else None,
-        "turnover": float(opened["turnover"].mean()) if len(r) else None,  # per period with decisions
-        "exposure": float(opened["exposure"].mean()) if len(r) else None,
-    }
-    return summary, periods["period"].to_numpy(), r
-
-
-def period_numbers(ds: Dataset, start: int) -> np.ndarray:
-    """Each row's period, counted from 0: its bar (the examples log), its time's rank (a table
-    with --ts), or its place in its stream."""
-    import numpy as np
-    import polars as pl
-
-    if ds.clock is not None:
-        clock = np.asarray(ds.clock[start:])
-        return clock - clock.min() if len(clock) else clock
-    if ds.ts is not None:
-        return pl.Series(ds.ts[start:]).rank("dense").to_numpy().astype(np.int64) - 1
-    return pl.DataFrame({"s": ds.stream[start:]}).select(pl.int_range(pl.len()).over("s")).to_series().to_numpy()
-
-
-def period_times(ds: Dataset, start: int, periods: np.ndarray) -> np.ndarray:
-    """The time of each period number (extrapolated past the last row), for charts."""
+          always_long: bool = False) -> tuple[dict[str, Any], Book | None]:
+    """The sign strategy on `pred` from row `start` on, marked to market (see `trading`):
+    its summary at `fee_bps` (with the fee ladder and the Sharpe ratio's interval), and the
+    book for charts. Empty when the data gives nothing to mark positions to."""
     import numpy as np
 
-    if ds.ts is None:
+    if ds.tape is None:
+        return {}, None
+    direction = np.full(len(ds.tape.ret), np.nan)
+    direction[ds.point[start:]] = 1.0 if always_long else directions(np.asarray(pred[start:]), band)
+    book = mark(ds.tape, direction, ds.hold, (fee_bps, *FEE_LADDER_BPS), always_long)
+    summary = summarize(book, ds.periods_per_year)
+    if summary["sharpe"] is not None:
+        summary.update(stats.sharpe_interval(book.returns(0), ds.periods_per_year))
+    return summary, book
+
+
+def period_times(ds: Dataset, periods: np.ndarray) -> np.ndarray:
+    """The time of each period number (extrapolated past the last known one), for charts;
+    the period numbers themselves when the data has no times."""
+    import numpy as np
+
+    known = ds.tape.period_ns if ds.tape is not None and ds.tape.period_ns is not None else None
+    if known is None or len(known) == 0:
         return periods
-    known, first = np.unique(period_numbers(ds, start), return_index=True)
-    times = ds.ts[start:][first].astype(np.float64)
-    step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
-    out = np.interp(periods, known, times)
-    beyond = periods > known[-1]
-    out[beyond] = times[-1] + (periods[beyond] - known[-1]) * step
-    return out.astype(np.int64).astype("datetime64[ns]")
+    step = int(np.median(np.diff(known))) if len(known) > 1 else 1
+    at = np.minimum(periods, len(known) - 1)
+    out = known[at] + (periods - at) * step
+    return out.astype("datetime64[ns]")
+
+
+def diverged_at(ds: Dataset, pred: np.ndarray, start: int) -> int | None:
+    """The first row from `start` on whose prediction is not finite or is more than
+    DIVERGENCE_FACTOR times the mean absolute target known when it was made (the check the
+    live `Learner` makes), or None."""
+    import numpy as np
+
+    known_at = np.arange(ds.n)  # the row after which each label is known
+    if ds.delay:
+        stream = np.asarray(ds.stream)
+        for s in range(len(ds.stream_names)):
+            at = np.flatnonzero(stream == s)
+            known_at[at] = np.concatenate([at[ds.delay:], np.full(min(ds.delay, len(at)), ds.n)])
+    size = np.zeros(ds.n + 1)
+    count = np.zeros(ds.n + 1)
+    valid = known_at < ds.n
+    np.add.at(size, known_at[valid] + 1, np.abs(ds.y[valid]))
+    np.add.at(count, known_at[valid] + 1, 1)
+    size, count = np.cumsum(size)[:-1], np.cumsum(count)[:-1]  # targets known before row i is predicted
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = np.where((count >= MIN_TARGETS) & (size > 0), DIVERGENCE_FACTOR * size / count, np.inf)
+    p = np.asarray(pred, dtype=np.float64)
+    bad = np.flatnonzero(~(np.abs(p[start:]) <= bound[start:]))
+    return int(bad[0]) + start if len(bad) else None
 
 
 # -- the whole run ------------------------------------------------------------------------------
 
 
 def _replay_job(args: tuple) -> Replay:
-    ds, model, refresh, warmup = args
-    return replay(_JOB_DATA if ds is None else ds, model, refresh, warmup)
+    ds, model, refresh, warmup, params = args
+    return replay(_JOB_DATA if ds is None else ds, model, refresh, warmup, params)
 
 
 _JOB_DATA: Dataset | None = None  # the dataset, inherited by forked workers instead of pickled
 
 
 def check_models(opts: BacktestOptions) -> None:
-    """Unknown models are errors before any data is read."""
+    """Unknown models and parameters they do not take are errors before any data is read."""
     if len(set(opts.models)) != len(opts.models):
         raise ConfigError(f"--model values repeat: {', '.join(opts.models)}")
     for m in opts.models:
-        resolve(m)
+        resolve(m).build(opts.params)
 
 
 def run_backtest(ds: Dataset, opts: BacktestOptions, on_done=None) -> dict[str, Any]:
     """Replay every model (in `opts.jobs` processes), then score all against the baselines."""
-    import numpy as np
-
     check_models(opts)
     if opts.warmup >= ds.n:
         raise ConfigError(f"--warmup {opts.warmup} leaves none of the {ds.n:,} rows to score; lower it")
     started = time.perf_counter()
     replays: list[Replay] = []
+    jobs = [(None, m, opts.refresh, opts.warmup, opts.params) for m in opts.models]
     if opts.jobs > 1 and len(opts.models) > 1:
         import multiprocessing
 
@@ -528,29 +636,55 @@ def run_backtest(ds: Dataset, opts: BacktestOptions, on_done=None) -> dict[str, 
         try:
             ctx = multiprocessing.get_context("fork")
             with ctx.Pool(min(opts.jobs, len(opts.models))) as pool:
-                for rep in pool.imap(_replay_job, [(None, m, opts.refresh, opts.warmup) for m in opts.models]):
+                for rep in pool.imap(_replay_job, jobs):
                     replays.append(rep)
                     if on_done:
                         on_done(rep)
         finally:
             _JOB_DATA = None
     else:
-        for m in opts.models:
-            replays.append(replay(ds, m, opts.refresh, opts.warmup))
+        for job in jobs:
+            replays.append(replay(ds, *job[1:]))
             if on_done:
                 on_done(replays[-1])
+    result = score_all(ds, opts, replays)
+    result["model_seconds"] = {r.model: round(r.seconds, 3) for r in replays}
+    result["elapsed_s"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def score_all(ds: Dataset, opts: BacktestOptions, replays: list[Replay]) -> dict[str, Any]:
+    """Every model and refresh interval against the baselines: accuracy, trading marked to
+    market, and how much to believe each figure."""
+    import numpy as np
+
+    from rtml_cli import __version__
 
     w = opts.warmup
     y = ds.y[w:]
+    periods = ds.periods[w:]
     zero = np.zeros(ds.n)
     naive = persistence(ds)
     zero_mae = float(np.mean(np.abs(y))) or None
     rows: list[dict[str, Any]] = []
+    books: dict[tuple[str, str], Book] = {}
+    frozen = {rep.model: np.asarray(rep.preds["never"]) for rep in replays}
 
     def add(model: str, refresh: str, pred: np.ndarray, baseline: bool, **extra: Any) -> None:
-        metrics = score(y, pred[w:], zero_mae)
-        trading, _, _ = trade(ds, pred, w, opts.fee_bps, opts.band)
-        rows.append({"model": model, "refresh": refresh, "baseline": baseline, **metrics, **trading, **extra})
+        row = {"model": model, "refresh": refresh, "baseline": baseline, **score(y, pred[w:], zero_mae)}
+        trading, book = trade(ds, pred, w, opts.fee_bps, opts.band)
+        row.update(trading)
+        if book is not None:
+            books[model, refresh] = book
+        if np.any(pred[w:] != 0):
+            row["hit_p"] = stats.hit_rate_test(pred[w:], y, periods, ds.hold)
+            vs_zero = stats.diebold_mariano(np.abs(pred[w:] - y), np.abs(y), periods, ds.hold)
+            row["vs_zero_mae_diff"], row["vs_zero_p"] = vs_zero["diff"], vs_zero["p"]
+        if model in frozen and refresh != "never":
+            vs = stats.diebold_mariano(np.abs(pred[w:] - y), np.abs(frozen[model][w:] - y), periods, ds.hold)
+            row["vs_frozen_mae_diff"], row["vs_frozen_p"] = vs["diff"], vs["p"]
+        row["diverged_at_row"] = diverged_at(ds, pred, w) if model not in ("zero", "persistence") else None
+        rows.append({**row, **extra})
 
     add("zero", "-", zero, True)
     add("persistence", "-", naive, True)
@@ -558,28 +692,125 @@ def run_backtest(ds: Dataset, opts: BacktestOptions, on_done=None) -> dict[str, 
         for label, pred in rep.preds.items():
             extra = {"drifts": len(rep.drift_rows)} if label == "1" else {}
             add(rep.model, label, np.asarray(pred), label == "never", **extra)
-    hold, _, _ = trade(ds, zero, w, opts.fee_bps, opts.band, always_long=True)
-    return {
+    hold, hold_book = trade(ds, zero, w, opts.fee_bps, opts.band, always_long=True)
+    if hold_book is not None:
+        books["buy and hold", "-"] = hold_book
+    scored_ts = ds.ts[w:] if ds.ts is not None else None
+    result = {
+        "rtml": __version__,
         "source": ds.source,
         "rows": ds.n,
         "scored_rows": ds.n - w,
+        "scored_periods": int(len(np.unique(periods))),
+        "scored_from": _iso(int(scored_ts.min())) if scored_ts is not None else None,
+        "scored_to": _iso(int(scored_ts.max())) if scored_ts is not None else None,
         "rows_without_target": ds.dropped,
         "streams": len(ds.stream_names),
+        "symbols": ds.stream_names,
         "features": ds.features,
+        "models": {rep.model: {"kind": rep.kind, "params": _params_doc(rep.model, opts.params)} for rep in replays},
         "label_delay_rows": ds.delay,
         "holding_rows": ds.hold,
         "warmup": w,
         "refresh": [refresh_label(r) for r in opts.refresh],
         "refresh_unit": "rows" if ds.clock is None else "bars",
         "fee_bps": opts.fee_bps,
+        "fee_ladder_bps": list(FEE_LADDER_BPS),
         "band": opts.band,
-        "returns": ds.returns,
-        "periods_per_year": round(ds.periods_per_year, 3),
+        "trades_on": ds.trades_on,
+        "no_trading": ds.no_trading,
+        "periods_per_year": ds.periods_per_year,
         "results": rows,
         "buy_and_hold": hold or None,
+        "by_symbol": by_symbol(ds, w, replays, books, zero_mae is not None),
         "drift_rows": {r.model: r.drift_rows for r in replays},
-        "model_seconds": {r.model: round(r.seconds, 3) for r in replays},
-        "elapsed_s": round(time.perf_counter() - started, 3),
         "_replays": replays,
         "_baselines": {"zero": zero, "persistence": naive},
+        "_books": books,
     }
+    result["warnings"] = caveats(result, ds)
+    return result
+
+
+def _iso(ns: int) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ns / 1e9, timezone.utc).isoformat()
+
+
+def _params_doc(model: str, params: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    spec = resolve(model)
+    return json.loads(json.dumps({**spec.defaults, **params}, default=str))
+
+
+def by_symbol(ds: Dataset, w: int, replays: list[Replay], books: dict[tuple[str, str], Book],
+              scorable: bool) -> list[dict[str, Any]]:
+    """Per symbol: the live and frozen models and buy-and-hold, on that symbol's scored rows."""
+    import numpy as np
+
+    stream = np.asarray(ds.stream[w:])
+    y = ds.y[w:]
+    out = []
+    for s, name in enumerate(ds.stream_names):
+        mine = stream == s
+        if not mine.any():
+            continue
+        zero_mae = float(np.mean(np.abs(y[mine]))) or None
+        series = [("buy and hold", "-", None)] + [(rep.model, label, np.asarray(rep.preds[label])[w:])
+                                                  for rep in replays for label in ("1", "never")]
+        for model, label, pred in series:
+            row: dict[str, Any] = {"symbol": name, "model": model, "refresh": label, "rows": int(mine.sum())}
+            if pred is not None and scorable:
+                m = score(y[mine], pred[mine], zero_mae)
+                row.update({k: m[k] for k in ("mae", "mae_vs_zero", "hit_rate", "ic")})
+            book = books.get((model, label))
+            if book is not None:
+                row["total_return"] = book.stream_returns.get(s)
+            out.append(row)
+    return out
+
+
+# Bounds beyond which a result on market returns is a leak until shown otherwise.
+TOO_GOOD = {"r2": ("R²", 0.5), "hit_rate": ("hit rate", 0.75), "ic": ("|IC|", 0.5)}
+
+
+def caveats(result: dict[str, Any], ds: Dataset) -> list[str]:
+    """What a reader of these figures must know before believing them."""
+    out = []
+    n = result["scored_rows"]
+    span_s = None
+    if result["scored_from"] is not None:
+        span_s = (ds.ts[result["warmup"]:].max() - ds.ts[result["warmup"]:].min()) / 1e9
+    if ds.tape is not None and (n < 1_000 or (span_s is not None and span_s < 86_400)):
+        span = f"{_duration(span_s)} of data and " if span_s is not None else ""
+        out.append(f"annualised figures (Sharpe ratios) rest on {span}{n:,} scored rows: too little to annualise; "
+                   "read them, and their intervals, as noise")
+    length = result["scored_periods"] if result["refresh_unit"] == "bars" else n
+    for label in result["refresh"]:
+        if label not in ("1", "never") and int(label) >= length:
+            out.append(f"refresh every {label} {result['refresh_unit']} is at least the {length:,} "
+                       f"{result['refresh_unit']} scored: the copy is never refreshed, the same as never")
+    for r in result["results"]:
+        if r["baseline"] and r["refresh"] == "-":
+            continue
+        good = [f"{name} {r[k]:.3g}" for k, (name, bound) in TOO_GOOD.items()
+                if r.get(k) is not None and (abs(r[k]) if k == "ic" else r[k]) > bound]
+        if good:
+            out.append(f"{r['model']} (refresh {r['refresh']}): {', '.join(good)} is too good to be true for market "
+                       "returns: check the features for look-ahead (a feature computed from the target's own bars)")
+        if r.get("diverged_at_row") is not None:
+            out.append(f"{r['model']} (refresh {r['refresh']}) diverged at row {r['diverged_at_row']:,}: a prediction "
+                       f"over {DIVERGENCE_FACTOR:,.0f}x the targets' mean size; its figures are of a broken model")
+    if ds.no_trading:
+        out.append(f"no trading figures: {ds.no_trading}")
+    return out
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} minutes"
+    if seconds < 86_400 * 2:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 86_400:.1f} days"

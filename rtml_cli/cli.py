@@ -493,18 +493,22 @@ def predict(names, follow, start, poll, no_notify, symbols, jsonl, data_dir, as_
 @click.option("--ts", default=None, metavar="COL", help="--table: a time column (rows are replayed in its order).")
 @click.option("--delay", type=click.IntRange(min=0), default=0, show_default=True,
               help="--table: rows after which a row's label is known.")
+@click.option("--price", default=None, metavar="COL",
+              help="--table: a price column; positions are marked to market on it, row by row.")
 @click.option("--returns", type=click.Choice(["log", "simple", "percent", "none"]), default=None,
-              help="What the target is, for the trading figures. [default: log for the examples log, "
-                   "none (no trading) for a table]")
+              help="--table without --price: the target is the next row's return of this kind, which a "
+                   "position held one row earns. [default: none (no trading)]")
 @click.option("--periods-per-year", type=click.FloatRange(min=0, min_open=True), default=None,
               help="For the annualised Sharpe ratio. [default: from the bar, or --ts; else 252]")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write metrics.json, predictions.parquet, charts and report.html here.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="Override a parameter of every --model (repeatable), as for `rtml train`.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Models replayed in parallel processes.")
 @data_dir_option
 @json_option
-def backtest(models, refresh, warmup, fee_bps, band, symbols, start, end, table, target, ts, delay, returns,
-             periods_per_year, report_dir, jobs, data_dir, as_json):
+def backtest(models, refresh, warmup, fee_bps, band, symbols, start, end, table, target, ts, delay, price, returns,
+             periods_per_year, report_dir, params, jobs, data_dir, as_json):
     """Replay history predict-then-learn, against baselines, and show what model staleness costs.
 
     Every row is predicted before it is learned, and a label is learned only once it would
@@ -517,15 +521,18 @@ def backtest(models, refresh, warmup, fee_bps, band, symbols, start, end, table,
         rtml backtest --refresh 1,60,1440,never
         rtml backtest --model linear --model arf --jobs 2 --report out/
         rtml backtest --table returns.parquet --target next_ret --ts date --returns simple
+        rtml backtest --table bars.parquet --target fwd_5 --ts time --delay 5 --price close
     """
     from rtml_cli import backtest as bt
     from rtml_cli import ui
+    from rtml_cli.models import parse_params
 
-    if table is None and (target or ts or delay):
-        raise ConfigError("--target, --ts and --delay describe a --table; the examples log knows its own")
+    if table is None and (target or ts or delay or price or returns):
+        raise ConfigError("--target, --ts, --delay, --price and --returns describe a --table; the examples log "
+                          "knows its own (and trades on its bars' closes)")
     opts = bt.BacktestOptions(list(models) or ["linear"], bt.parse_refresh(refresh), warmup, fee_bps, band,
                               parse_symbols(symbols), start, end, table, target, ts, delay, returns,
-                              periods_per_year, jobs)
+                              periods_per_year, jobs, price=price, params=parse_params(params))
     bt.check_models(opts)
     console = ui.err_console()
     ds = bt.load_table(opts) if table is not None else bt.load_examples(data_dir, opts)
@@ -546,7 +553,7 @@ def backtest(models, refresh, warmup, fee_bps, band, symbols, start, end, table,
     out = Console()
     if not out.is_terminal:
         out = Console(width=110)  # the tables' natural width, also in a pipe or a file
-    for table_ in ui.backtest_tables(result) + ui.staleness_tables(result):
+    for table_ in ui.backtest_tables(result):
         out.print(table_)
 
 

@@ -199,19 +199,34 @@ def run_training(trainer, stop, follow: bool, poll: float, console: Console, as_
 
         def on_progress(n: int) -> None:
             m = trainer.learner.metrics.as_dict()
-            bar.update(task, advance=n, status=f"MAE {_num(m['mae'])}, hit {_num(m['hit_rate'])}")
+            sick = ", [bold red]DIVERGED[/]" if trainer.learner.diverged else ""
+            bar.update(task, advance=n, status=f"MAE {_num(m['mae'])}, hit {_num(m['hit_rate'])}{sick}")
 
         trainer.step(on_progress, stop=stop)
+    say_diverged(trainer, console)
     if follow:
         trainer.run(stop, True, poll, on_step=_train_status(trainer, console))
     else:
         trainer.run(stop, False, poll)
 
 
+def say_diverged(trainer, console: Console) -> None:
+    """Once per run, as soon as it is known: the model blew up."""
+    d = trainer.learner.diverged
+    if d is None or getattr(trainer, "_said_diverged", False):
+        return
+    trainer._said_diverged = True
+    console.print(
+        f"[bold red]warning:[/] {trainer.name} diverged at example {d['at_example']:,}: {d['why']}. Its checkpoints "
+        "are marked diverged and `rtml predict` keeps serving the last healthy one; train another spec or "
+        "--param under a new --name (see `rtml models`)", highlight=False)
+
+
 def _train_status(trainer, console: Console):
     state = {"last": time.monotonic(), "learned": trainer.learner.learned}
 
     def on_step(_n: int) -> None:
+        say_diverged(trainer, console)
         now = time.monotonic()
         if now - state["last"] < 2.0:
             return
@@ -223,7 +238,8 @@ def _train_status(trainer, console: Console):
             f"{datetime.now().strftime('%H:%M:%S')} {trainer.learner.learned:,} learned ({rate:,.0f}/s), "
             f"v{trainer.version or 0}, MAE {_num(m['mae'])}, hit {_num(m['hit_rate'])}, "
             f"{trainer.backlog():,} behind, trained until {(trainer.trained_until or '')[:19]}"
-            + (f", last stall {stall:.2f} ms" if stall is not None else ""),
+            + (f", last stall {stall:.2f} ms" if stall is not None else "")
+            + (", DIVERGED" if trainer.learner.diverged else ""),
             highlight=False,
         )
 
@@ -253,6 +269,8 @@ def train_table(summary: dict):
         ("trained until", str(summary["trained_until"])),
         (f"rolling MAE / RMSE / hit rate ({m['n']})", f"{_num(m['mae'])} / {_num(m['rmse'])} / {_num(m['hit_rate'])}"),
         ("drifts detected", str(summary["drift_count"])),
+        ("diverged", f"at example {summary['diverged']['at_example']:,}: {summary['diverged']['why']}"
+         if summary.get("diverged") else "no"),
         ("examples behind", f"{summary['backlog']:,}"),
     ]
     for k, v in rows:
@@ -270,7 +288,8 @@ def checkpoints_table(rows: list[dict]):
         m = r.get("metrics") or {}
         table.add_row(
             r["name"], str(r["version"]), _count(r.get("examples_learned")), str(r.get("trained_until") or "")[:19],
-            _num(m.get("mae")), _num(m.get("hit_rate")), _count(r.get("size"), 1e3, " kB"), r["status"],
+            _num(m.get("mae")), _num(m.get("hit_rate")), _count(r.get("size"), 1e3, " kB"),
+            r["status"] + (" (diverged: not served)" if r.get("diverged") else ""),
         )
     return table
 
@@ -485,53 +504,26 @@ def run_backtest(ds, opts, console: Console, as_json: bool) -> dict:
 
 
 def backtest_tables(result: dict) -> list:
-    """Accuracy, then trading (when the target is a return): one row per model and refresh."""
+    """What was run, the tables of `report.sections` and the warnings: the same story the
+    HTML report tells."""
     from rich.table import Table
+    from rich.text import Text
 
-    from rtml_cli.report import ACCURACY, TRADING, fmt
+    from rtml_cli.report import header_lines, sections
 
-    out = []
-    for title, keys in ((f"rtml backtest: {result['source']}", ACCURACY), ("trading a sign strategy", TRADING)):
-        cols = [(k, t) for k, t in keys if k in ("model", "refresh") or any(k in r for r in result["results"])]
-        if len(cols) == 2:
-            continue  # no trading figures: the target is not a return
-        table = Table(title=title, title_justify="left")
-        for _, name in cols:
-            table.add_column(name, justify="left" if name in ("model", "refresh") else "right")
-        for r in result["results"]:
-            table.add_row(*(fmt(r.get(k)) for k, _ in cols), style="dim" if r["baseline"] and r["refresh"] == "-" else None)
+    head = Table(title=f"rtml backtest: {result['source']}", title_justify="left", show_header=False, box=None)
+    head.add_column(style="bold")
+    head.add_column()
+    for key, value in header_lines(result):
+        head.add_row(key, value)
+    out: list = [head]
+    for sec in sections(result):
+        table = Table(title=sec.title, title_justify="left", caption=sec.caption or None, caption_justify="left")
+        for i, name in enumerate(sec.headers):
+            table.add_column(name, justify="left" if i < 2 or name == "symbol" else "right")
+        for row, faint in zip(sec.rows, sec.dim or [False] * len(sec.rows)):
+            table.add_row(*row, style="dim" if faint else None)
         out.append(table)
-    hold = result.get("buy_and_hold") or {}
-    out[0].caption = (
-        f"{result['scored_rows']:,} rows scored after a warm-up of {result['warmup']:,}; labels {result['label_delay_rows']} "
-        f"rows late; refresh: {result['refresh_unit']} between serving-model refreshes (1: the learner itself; "
-        "never: frozen after the warm-up)"
-    )
-    if len(out) > 1:
-        out[1].caption = (f"fees {result['fee_bps']:g} bp per unit traded; positions held {result['holding_rows']} rows; "
-                          f"buy and hold: return {fmt(hold.get('total_return'))}, Sharpe {fmt(hold.get('sharpe'))}, "
-                          f"max drawdown {fmt(hold.get('max_drawdown'))}")
-    return out
-
-
-def staleness_tables(result: dict) -> list:
-    """Per model: refresh interval x metrics, the headline of a backtest."""
-    from rich.table import Table
-
-    from rtml_cli.report import fmt
-
-    out = []
-    for model in dict.fromkeys(r["model"] for r in result["results"] if not r["model"] in ("zero", "persistence")):
-        table = Table(title=f"the cost of staleness: {model}", title_justify="left")
-        keys = [("refresh", "refresh every"), ("mae", "MAE"), ("mae_vs_zero", "MAE/zero"), ("hit_rate", "hit rate"),
-                ("ic", "IC"), ("sharpe", "Sharpe"), ("total_return", "return")]
-        rows = [r for r in result["results"] if r["model"] == model]
-        keys = [(k, t) for k, t in keys if any(k in r for r in rows)]
-        for _, title in keys:
-            table.add_column(title, justify="right")
-        for r in rows:
-            unit = result["refresh_unit"]
-            unit = f" {unit[:-1]}" if r["refresh"] == "1" else f" {unit}"  # 1 bar, 60 bars
-            table.add_row(*(fmt(r.get(k)) + (unit if k == "refresh" and r[k] != "never" else "") for k, _ in keys))
-        out.append(table)
+    for warning in result["warnings"]:
+        out.append(Text(f"warning: {warning}", style="yellow"))
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,38 @@ def assert_clean_error(result: Result, *fragments: str, code: int = 1) -> None:
     assert "Error:" in result.output
     for f in fragments:
         assert f in result.output, (f, result.output)
+
+
+@pytest.fixture
+def user_models(tmp_path, monkeypatch):
+    """A module of test models on sys.path: one that records what it saw, one that echoes a column."""
+    (tmp_path / "bt_models.py").write_text(textwrap.dedent('''
+        EVENTS = []
+
+        class Recorder:
+            def predict_one(self, x):
+                EVENTS.append(("predict", id(self), int(x["i"])))
+                return 0.0
+
+            def learn_one(self, x, y):
+                EVENTS.append(("learn", id(self), int(x["i"])))
+
+        def recorder():
+            return Recorder()
+
+        class Echo:
+            def predict_one(self, x):
+                return x.get("signal", 0.0)
+
+            def learn_one(self, x, y):
+                pass
+
+        def echo():
+            return Echo()
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("bt_models", None)
+    import bt_models
+
+    yield bt_models
+    sys.modules.pop("bt_models", None)

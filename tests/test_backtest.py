@@ -79,41 +79,6 @@ def test_the_frozen_model_is_the_model_after_the_warmup_and_a_refresh_serves_a_s
     assert by["never"] == pytest.approx(live[:300] + [frozen.predict_one(x) for x, _ in rows[300:]], rel=1e-12, abs=1e-15)
 
 
-@pytest.fixture
-def user_models(tmp_path, monkeypatch):
-    """A module of test models on sys.path: one that records what it saw, one that echoes a column."""
-    (tmp_path / "bt_models.py").write_text(textwrap.dedent('''
-        EVENTS = []
-
-        class Recorder:
-            def predict_one(self, x):
-                EVENTS.append(("predict", id(self), int(x["i"])))
-                return 0.0
-
-            def learn_one(self, x, y):
-                EVENTS.append(("learn", id(self), int(x["i"])))
-
-        def recorder():
-            return Recorder()
-
-        class Echo:
-            def predict_one(self, x):
-                return x.get("signal", 0.0)
-
-            def learn_one(self, x, y):
-                pass
-
-        def echo():
-            return Echo()
-    '''))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop("bt_models", None)
-    import bt_models
-
-    yield bt_models
-    sys.modules.pop("bt_models", None)
-
-
 @pytest.mark.parametrize("delay", [0, 3])
 def test_a_label_is_learned_only_after_delay_later_rows_were_predicted(rtml, tmp_path, user_models, delay):
     n = 40
@@ -135,43 +100,6 @@ def test_a_label_is_learned_only_after_delay_later_rows_were_predicted(rtml, tmp
     assert learned == list(range(n - delay))  # the last `delay` labels are never due
 
 
-def test_pnl_of_hand_made_cases_is_exact():
-    def ds(y, hold=1, stream=None, returns="simple"):
-        y = np.asarray(y, dtype=float)
-        stream = stream or [0] * len(y)
-        return Dataset("toy", [{}] * len(y), y, stream, [str(s) for s in sorted(set(stream))], None, 0, hold,
-                       returns, 252.0, [])
-
-    # one trade: long before a +10% bar, flat after; the gain is booked when the position
-    # closes, a period later; turnover: in, then out
-    s, periods, r = trade(ds([0.10, 0.0, 0.0]), np.array([1.0, 0.0, 0.0]), 0, 0.0, 0.0)
-    assert periods.tolist() == [0, 1, 2, 3] and r.tolist() == [0.0, 0.10, 0.0, 0.0]
-    assert s["total_return"] == pytest.approx(0.10, abs=1e-15)
-    assert s["turnover"] == pytest.approx(2 / 3) and s["exposure"] == pytest.approx(1 / 3)
-    # fees: 10 bp per unit changed, paid on the way in and on the way out
-    s, _, r = trade(ds([0.10, 0.0, 0.0]), np.array([1.0, 0.0, 0.0]), 0, 10.0, 0.0)
-    assert r.tolist() == pytest.approx([-0.001, 0.10 - 0.001, 0.0, 0.0], abs=1e-15)
-    assert s["total_return"] == pytest.approx(0.999 * 1.099 - 1, abs=1e-15)
-    # a short earns the fall; a dead band keeps the small prediction flat
-    s, _, r = trade(ds([-0.05, 0.02]), np.array([-0.3, 0.001]), 0, 0.0, 0.01)
-    assert r.tolist() == pytest.approx([0.0, 0.05, 0.0], abs=1e-15)
-    # a drawdown: +10%, -20%, +5% held long: from 1.1 down to 0.88
-    s, _, r = trade(ds([0.10, -0.20, 0.05]), np.array([1.0, 1.0, 1.0]), 0, 0.0, 0.0)
-    assert r.tolist() == pytest.approx([0.0, 0.10, -0.20, 0.05], abs=1e-15)
-    assert s["max_drawdown"] == pytest.approx(0.2, abs=1e-12)
-    assert s["total_return"] == pytest.approx(1.1 * 0.8 * 1.05 - 1, abs=1e-12)
-    # held for 2 periods: each row opens half a unit, closed 2 periods later; log returns
-    # become simple ones; two open halves make one unit of exposure
-    s, _, r = trade(ds([math.log(1.1), math.log(1.2)], hold=2, returns="log"), np.array([1.0, 1.0]), 0, 0.0, 0.0)
-    assert r.tolist() == pytest.approx([0.0, 0.0, 0.05, 0.10], abs=1e-12)
-    assert s["turnover"] == pytest.approx(0.5) and s["exposure"] == pytest.approx((0.5 + 1.0) / 2)
-    # two streams share the capital equally
-    d = ds([0.10, -0.06], stream=[0, 1])
-    d.ts = np.array([0, 0])
-    s, _, r = trade(d, np.array([1.0, 1.0]), 0, 0.0, 0.0)
-    assert r.tolist() == pytest.approx([0.0, 0.02], abs=1e-15)
-
-
 def test_the_cli_trades_the_model_it_is_given(rtml, tmp_path, user_models):
     table = tmp_path / "t.parquet"
     pl.DataFrame({"signal": [1.0, -1.0, 0.0, 1.0], "target": [0.02, -0.01, 0.03, -0.04]}).write_parquet(table)
@@ -189,7 +117,7 @@ def test_examples_of_the_data_dir_with_a_staleness_table_and_a_report(rtml, data
     report = tmp_path / "report"
     s = backtest(rtml, "--refresh", "1,30,never", "--warmup", "200", "--fee-bps", "1", "--report", str(report))
     n = sum(ParquetLog(data_dir, "examples").row_count(sym) for sym in ParquetLog(data_dir, "examples").partitions())
-    assert s["rows"] == n and s["label_delay_rows"] == 5 and s["returns"] == "log"
+    assert s["rows"] == n and s["label_delay_rows"] == 5 and s["trades_on"] == "the bars' closes"
     assert [r["refresh"] for r in s["results"] if r["model"] == "linear"] == ["1", "30", "never"]
     zero = result(s, "zero", "-")
     assert zero["mae_vs_zero"] == 1 and zero["total_return"] == 0
@@ -197,16 +125,23 @@ def test_examples_of_the_data_dir_with_a_staleness_table_and_a_report(rtml, data
         assert set(r) >= {"mae", "rmse", "r2", "hit_rate", "ic", "sharpe", "max_drawdown", "turnover"}
     assert s["periods_per_year"] == pytest.approx(365.25 * 1440, rel=1e-6)
     files = {p.name for p in report.iterdir()}
-    assert files == {"metrics.json", "predictions.parquet", "report.html", "equity.png", "rolling_error.png", "staleness.png"}
+    assert files == {"metrics.json", "predictions.parquet", "report.html", "equity.png", "drawdown.png",
+                     "rolling_error.png", "staleness.png"}
     preds = pl.read_parquet(report / "predictions.parquet")
     assert preds.height == n * 5  # zero, persistence, and linear refreshed every 1, 30 bars and never
     assert json.loads((report / "metrics.json").read_text())["results"] == s["results"]
     page = (report / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and "<script" not in page
-    # the human tables
+    assert page.count("data:image/png;base64,") == 4 and "<script" not in page
+    # the page tells what ran (data range, symbols, models with their parameters, horizon, fees,
+    # version) and holds the tables the terminal shows
+    for text in ("2026-01-01T0", "BTC/USD, ETH/USD, SOL/USD", "linear {", "positions held 5 bars", "fees 1 bp",
+                 "the cost of staleness: linear", "p vs zero", "Sharpe 95% CI", "by symbol", "1 bp", "10 bp"):
+        assert text in page, text
+    assert {r["symbol"] for r in s["by_symbol"]} == {"BTC/USD", "ETH/USD", "SOL/USD"}
+    # the human tables; with no fees every trading figure says it is before costs
     r = rtml("backtest", "--refresh", "1,30", "--warmup", "200")
     assert r.exit_code == 0, r.output
-    assert "the cost of staleness: linear" in r.stdout and "30 bars" in r.stdout
+    assert "the cost of staleness: linear" in r.stdout and "30 bars" in r.stdout and "before costs" in r.stdout
 
 
 def test_decimal_and_integer_columns_are_numbers(rtml, tmp_path):
