@@ -184,14 +184,19 @@ class CheckpointStore:
             yield
 
     def prune(self, keep: int) -> list[int]:
-        """Delete all but the newest `keep` committed versions (never the newest valid one)."""
+        """Delete all but the newest `keep` committed versions (never the newest valid one,
+        nor the newest valid one of a healthy model, which `rtml predict` serves while the
+        newer ones are of a model that diverged)."""
         committed = self.list()
         doomed = committed[:-keep] if keep > 0 else []
         kept = committed[len(doomed):]
-        if doomed and not any(_verifies(cp) for cp in reversed(kept)):
-            # the newest ones are all broken: spare the newest that still verifies
-            survivor = next((cp for cp in reversed(doomed) if _verifies(cp)), None)
-            doomed = [cp for cp in doomed if cp is not survivor]
+        for wanted in (_verifies, lambda cp: _healthy(cp) and _verifies(cp)):
+            if doomed and not any(wanted(cp) for cp in reversed(kept)):
+                # the newest ones are all broken (or diverged): spare the newest that is not
+                survivor = next((cp for cp in reversed(doomed) if wanted(cp)), None)
+                if survivor is not None:
+                    doomed = [cp for cp in doomed if cp is not survivor]
+                    kept.append(survivor)
         removed = []
         for cp in doomed:
             cp.manifest_path.unlink(missing_ok=True)  # the commit point goes first
@@ -231,6 +236,10 @@ def _sign(key: bytes, manifest: dict[str, Any]) -> str:
     body = {k: v for k, v in manifest.items() if k != "signature"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+
+def _healthy(cp: Checkpoint) -> bool:
+    return cp.manifest.get("diverged") is not True
 
 
 def _verifies(cp: Checkpoint) -> bool:

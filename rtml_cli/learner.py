@@ -48,12 +48,35 @@ def model_inputs(frame: pl.DataFrame, columns: list[str], *extra: str | pl.Expr)
 
 
 def predict_value(model: Any, kind: str, x: dict[str, float]) -> float:
-    """A number for every model: a classifier's is the expected class, in [-1, 1] for signs."""
+    """A number for every model: a regressor's prediction; a classifier's expected sign,
+    P(up) - P(down), in [-1, 1].
+
+    River's binary classifiers label their classes False/True (True: the target was
+    positive, False: it was not), multiclass ones by the labels they learned (-1, 0, 1).
+    """
     if kind == CLASSIFIER:
         proba = model.predict_proba_one(x)
-        return float(sum(float(c) * p for c, p in proba.items())) if proba else 0.0
+        return float(sum(_class_sign(c) * p for c, p in proba.items())) if proba else 0.0
     y = model.predict_one(x)
     return float(y) if y is not None else 0.0
+
+
+def _class_sign(label: Any) -> float:
+    if isinstance(label, bool):
+        return 1.0 if label else -1.0
+    return float((label > 0) - (label < 0))
+
+
+# A prediction is a sign of divergence when it is not finite, or when it is this many times
+# the mean absolute target learned so far (judged once MIN_TARGETS targets are known): a
+# model predicting a thousand typical moves has blown up, whatever the data's scale.
+DIVERGENCE_FACTOR = 1_000.0
+MIN_TARGETS = 20
+
+
+def divergence_bound(abs_sum: float, n: int) -> float:
+    """The largest |prediction| still taken as sane after `n` targets of summed size `abs_sum`."""
+    return DIVERGENCE_FACTOR * abs_sum / n if n >= MIN_TARGETS and abs_sum > 0 else math.inf
 
 
 class RollingMetrics:
@@ -89,14 +112,17 @@ class RollingMetrics:
 
 
 class Learner:
-    """A model learning a stream of examples prequentially, with metrics and drift detection.
+    """A model learning a stream of examples prequentially, with metrics, drift detection and
+    a watch on its own predictions.
 
     `on_drift="reset"` replaces the model with a fresh one from `make_model` when ADWIN finds
-    a change in the absolute error; "ignore" only counts it.
+    a change in the absolute error; "ignore" only counts it. A prediction that is not finite,
+    or far outside the scale of the targets learned so far (see `divergence_bound`), marks
+    the model as diverged: `diverged` then says when and how, until the model is replaced.
     """
 
     def __init__(self, model: Any, kind: str, make_model: Callable[[], Any], on_drift: str = "ignore",
-                 window: int = 500, learned: int = 0, drifts: int = 0):
+                 window: int = 500, learned: int = 0, drifts: int = 0, health: dict[str, Any] | None = None):
         from river import drift
 
         if on_drift not in ("ignore", "reset"):
@@ -109,6 +135,11 @@ class Learner:
         self.detector = drift.ADWIN()
         self.learned = learned
         self.drifts = drifts
+        health = health or {}
+        self.targets_seen = int(health.get("targets_seen", 0))
+        self.target_abs_sum = float(health.get("target_abs_sum", 0.0))
+        self.diverged: dict[str, Any] | None = health.get("diverged")
+        self._bound = divergence_bound(self.target_abs_sum, self.targets_seen)
 
     def predict(self, x: dict[str, float]) -> float:
         return predict_value(self.model, self.kind, x)
@@ -124,6 +155,8 @@ class Learner:
 
         `step` calls it at once; a backtest with a label delay calls it when the label is due.
         """
+        if not abs(y_pred) <= self._bound and self.diverged is None:  # also true for NaN
+            self._diverge(y_pred)
         if self.metrics is not None:
             self.metrics.update(y, y_pred)
         self.detector.update(abs(y_pred - y))
@@ -132,6 +165,24 @@ class Learner:
             self.drifts += 1
             if self.on_drift == "reset":
                 self.model = self.make_model()
+                self.diverged = None
         self.model.learn_one(x, int(y) if self.kind == CLASSIFIER else y)
         self.learned += 1
+        self.targets_seen += 1
+        self.target_abs_sum += abs(y)
+        self._bound = divergence_bound(self.target_abs_sum, self.targets_seen)
         return drifted
+
+    def _diverge(self, y_pred: float) -> None:
+        scale = self.target_abs_sum / self.targets_seen if self.targets_seen else None
+        self.diverged = {
+            "at_example": self.learned + 1,
+            "prediction": y_pred if math.isfinite(y_pred) else str(y_pred),  # JSON has no inf or nan
+            "mean_abs_target": scale,
+            "why": (f"prediction {y_pred:.4g} is not a number" if not math.isfinite(y_pred) else
+                    f"prediction {y_pred:.4g} is {abs(y_pred) / scale:,.0f}x the mean absolute target ({scale:.3g})"),
+        }
+
+    def health(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the watch: the targets' scale, and the divergence if any."""
+        return {"targets_seen": self.targets_seen, "target_abs_sum": self.target_abs_sum, "diverged": self.diverged}

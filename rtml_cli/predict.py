@@ -100,6 +100,11 @@ class ModelSlot:
                 kind = cp.manifest.get("spec", {}).get("kind")
                 if kind not in (REGRESSOR, CLASSIFIER):
                     raise CheckpointError(f"{cp.manifest_path.name} names no model kind (regressor or classifier)")
+                if cp.manifest.get("diverged") is True:
+                    why = (cp.manifest.get("health") or {}).get("diverged") or {}
+                    raise CheckpointError(f"{cp.manifest_path.name} is of a model that diverged"
+                                          + (f" at example {why['at_example']:,} ({why['why']})" if why else "")
+                                          + "; the last healthy version serves on")
             except CheckpointError as exc:
                 if not (self.store.dir / f"{version:010d}.json").exists():
                     continue  # pruned while being read: not a bad checkpoint

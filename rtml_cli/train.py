@@ -111,10 +111,11 @@ class Trainer:
             self.resumed_from = cp.version
             self.version = cp.version
             learned, drifts = int(cp.manifest.get("examples_learned", 0)), int(cp.manifest.get("drift_count", 0))
+            health = cp.manifest.get("health") if isinstance(cp.manifest.get("health"), dict) else None
         else:
-            model, learned, drifts = self.spec.build(self.opts.params), 0, 0
+            model, learned, drifts, health = self.spec.build(self.opts.params), 0, 0, None
         self.learner = Learner(model, self.spec.kind, lambda: self.spec.build(self.opts.params),
-                               self.opts.on_drift, self.opts.window, learned, drifts)
+                               self.opts.on_drift, self.opts.window, learned, drifts, health)
         if payload is not None and "detector" in payload:
             self.learner.detector = payload["detector"]
             if payload["metrics"].window == self.opts.window:  # a new --window starts afresh
@@ -211,6 +212,8 @@ class Trainer:
             "metrics": self.learner.metrics.as_dict(),
             "drift_count": self.learner.drifts,
             "on_drift": self.opts.on_drift,
+            "health": self.learner.health(),
+            "diverged": self.learner.diverged is not None,  # predict serves no diverged model
         }
         payload = {"model": self.learner.model, "detector": self.learner.detector, "metrics": self.learner.metrics}
         version = self.checkpointer.snapshot(payload, manifest)
@@ -284,6 +287,7 @@ class Trainer:
             "backlog": self.backlog(),
             "metrics": self.learner.metrics.as_dict(),
             "drift_count": self.learner.drifts,
+            "diverged": self.learner.diverged,
             "elapsed_s": round(time.monotonic() - self.report.started, 3),
             "finished_at": datetime.now(timezone.utc).isoformat(),
         }
@@ -329,6 +333,7 @@ def list_checkpoints(data_dir: Path, name: str | None) -> list[dict[str, Any]]:
                 "name": n, "version": cp.version, "created_at": m.get("created_at"),
                 "examples_learned": m.get("examples_learned"), "trained_until": m.get("trained_until"),
                 "metrics": part("metrics"), "drift_count": m.get("drift_count"), "river": part("versions").get("river"),
+                "diverged": m.get("diverged") is True,
                 "size": part("pickle").get("size"), "status": status,
             })
         for path in store.manifests_on_disk():

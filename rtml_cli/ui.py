@@ -289,7 +289,7 @@ def checkpoints_table(rows: list[dict]):
         table.add_row(
             r["name"], str(r["version"]), _count(r.get("examples_learned")), str(r.get("trained_until") or "")[:19],
             _num(m.get("mae")), _num(m.get("hit_rate")), _count(r.get("size"), 1e3, " kB"),
-            r["status"] + (" (diverged: not served)" if r.get("diverged") else ""),
+            "diverged" if r.get("diverged") and r["status"] == "ok" else r["status"],  # predict serves neither
         )
     return table
 

@@ -83,6 +83,21 @@ def user_models(tmp_path, monkeypatch):
 
         def echo():
             return Echo()
+
+        class Blowup:
+            """Sane small predictions, then, after 120 examples learned, absurd ones."""
+
+            def __init__(self):
+                self.n = 0
+
+            def predict_one(self, x):
+                return 1e12 if self.n >= 120 else (0.0001 if self.n % 2 else -0.0001)
+
+            def learn_one(self, x, y):
+                self.n += 1
+
+        def blowup():
+            return Blowup()
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("bt_models", None)
