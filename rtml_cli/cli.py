@@ -162,7 +162,9 @@ SYNTHETIC_DEFAULT_TICKS = 1_000_000
 @click.option("--speed", default="max", show_default=True, help="synthetic/replay clock: X times wall time, or max.")
 @click.option("--seed", type=click.IntRange(min=0), default=42, show_default=True, help="synthetic: random seed; the same seed gives the same ticks.")
 @click.option("--start", default=None, help="synthetic: simulated start time (ISO). [default: where the log ends, else now when paced, else 2026-01-01]")
-@click.option("--regime-minutes", type=click.FloatRange(min=1), default=30.0, show_default=True, help="synthetic: mean length of a market regime.")
+@click.option("--regime-minutes", type=click.FloatRange(min=1), default=720.0, show_default=True, help="synthetic: mean length of a market regime.")
+@click.option("--regime", type=click.Choice(["switching", "momentum", "reversion", "random_walk"]), default="switching",
+              show_default=True, help="synthetic: hold one market regime throughout (a stationary market), or switch.")
 @click.option("--path", default=None, help="replay: a trade file or a glob of them (CSV, .csv.gz, .zip, Parquet).")
 @click.option(
     "--format",
@@ -177,7 +179,7 @@ SYNTHETIC_DEFAULT_TICKS = 1_000_000
 @data_dir_option
 @json_option
 def ingest(source, symbols, max_ticks, duration, flush_every, flush_interval, speed, seed, start,
-           regime_minutes, path, fmt, symbol, url, data_dir, as_json):
+           regime_minutes, regime, path, fmt, symbol, url, data_dir, as_json):
     """Write trades into the ticks log, validated and de-duplicated.
 
     Bad records (missing or unparseable fields, non-positive or non-finite price or qty, a
@@ -197,7 +199,7 @@ def ingest(source, symbols, max_ticks, duration, flush_every, flush_interval, sp
     from rtml_cli.ingest import IngestOptions, open_source, run_ingest
 
     ctx = click.get_current_context()
-    _only_for(ctx, source, {"seed": "synthetic", "start": "synthetic", "regime_minutes": "synthetic",
+    _only_for(ctx, source, {"seed": "synthetic", "start": "synthetic", "regime_minutes": "synthetic", "regime": "synthetic",
                             "path": "replay", "fmt": "replay", "symbol": "replay", "url": "kraken"})
     if source == "kraken" and _given(ctx, "speed"):
         raise click.UsageError("--speed does not apply to --source kraken: a live feed runs at its own pace")
@@ -213,7 +215,7 @@ def ingest(source, symbols, max_ticks, duration, flush_every, flush_interval, sp
     with _Stopper(console) as stop:
         src, batches = open_source(
             source, data_dir, stop, symbols=wanted, speed=pace, seed=seed, start_ns=parse_start(start),
-            regime_minutes=regime_minutes, max_ticks=max_ticks, path=path, fmt=fmt, symbol=symbol, url=url,
+            regime_minutes=regime_minutes, regime=None if regime == "switching" else regime, max_ticks=max_ticks, path=path, fmt=fmt, symbol=symbol, url=url,
             on_event=lambda msg: console.print(f"[yellow]{msg}[/]"),
         )
         bounded = src.total is not None and pace is None

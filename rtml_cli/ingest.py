@@ -412,7 +412,8 @@ def open_source(
     speed: float | None = None,
     seed: int = 42,
     start_ns: int | None = None,
-    regime_minutes: float = 30.0,
+    regime_minutes: float = 720.0,
+    regime: str | None = None,
     max_ticks: int | None = None,
     path: str | None = None,
     fmt: str = "auto",
@@ -434,7 +435,7 @@ def open_source(
             # (so it looks live) and at a fixed time when generating history (reproducible).
             fresh = time.time_ns() // 1_000_000_000 * 1_000_000_000 if speed else SYNTHETIC_EPOCH_NS
             start_ns = resume_start if resume_start is not None else fresh
-        src = SyntheticSource(names, seed, start_ns, max_ticks, resume, regime_minutes)
+        src = SyntheticSource(names, seed, start_ns, max_ticks, resume, regime_minutes, regime)
     elif kind == "replay":
         from rtml_cli.sources.replay import ReplaySource
 

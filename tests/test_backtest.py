@@ -43,27 +43,38 @@ def sp500(tmp_path) -> Path:
     return path
 
 
-def test_linear_matches_rivers_progressive_val_score(rtml, sp500):
-    from river import datasets, evaluate, linear_model, metrics, preprocessing
+def river_sgd(lr: float = 0.001):
+    """The `sgd` spec, built from River's own pieces."""
+    from river import linear_model, optim, preprocessing
+
+    return preprocessing.TargetStandardScaler(regressor=preprocessing.StandardScaler() | linear_model.LinearRegression(
+        optimizer=optim.SGD(lr), intercept_lr=lr))
+
+
+@pytest.mark.parametrize("model", ["sgd", "linear"])
+def test_the_backtest_matches_rivers_progressive_val_score(rtml, sp500, model):
+    from river import datasets, evaluate, metrics
+
+    from rtml_cli.models import SPECS
 
     s = backtest(rtml, "--table", str(sp500), "--target", "target", "--delay", "0", "--refresh", "1",
-                 "--warmup", "0", data=False)
-    river_mae = evaluate.progressive_val_score(
-        datasets.SP500Stocks(), preprocessing.StandardScaler() | linear_model.LinearRegression(), metrics.MAE()
-    ).get()
+                 "--warmup", "0", "--model", model, data=False)
+    river_mae = evaluate.progressive_val_score(datasets.SP500Stocks(), SPECS[model].build(), metrics.MAE()).get()
     assert s["rows"] == 1257 and s["scored_rows"] == 1257
-    assert result(s, "linear", "1")["mae"] == pytest.approx(river_mae, abs=1e-9)
+    assert result(s, model, "1")["mae"] == pytest.approx(river_mae, abs=1e-9)
+    if model == "sgd":  # and the spec is River's own pipeline
+        assert river_mae == evaluate.progressive_val_score(datasets.SP500Stocks(), river_sgd(), metrics.MAE()).get()
 
 
 def test_the_frozen_model_is_the_model_after_the_warmup_and_a_refresh_serves_a_stale_copy(rtml, sp500, tmp_path):
-    from river import datasets, linear_model, preprocessing
+    from river import datasets
 
     report = tmp_path / "r"
     backtest(rtml, "--table", str(sp500), "--target", "target", "--warmup", "300", "--refresh", "1,50",
-             "--report", str(report), data=False)
-    preds = pl.read_parquet(report / "predictions.parquet").filter(pl.col("model") == "linear")
+             "--model", "sgd", "--report", str(report), data=False)
+    preds = pl.read_parquet(report / "predictions.parquet").filter(pl.col("model") == "sgd")
     rows = list(datasets.SP500Stocks())
-    model = preprocessing.StandardScaler() | linear_model.LinearRegression()
+    model = river_sgd()
     live, stale, frozen = [], [], None
     for i, (x, y) in enumerate(rows):
         if i == 300:

@@ -205,7 +205,8 @@ def test_manifests_of_the_wrong_shape_are_skipped_not_crashed_on(rtml, trained_d
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--param", "l2=abc"], "check the --param values"),
+    (["--model", "sgd", "--param", "l2=abc"], "check the --param values"),
+    (["--param", "ridge=-1"], "does not take these parameters"),
     (["--model", "knn", "--param", "n_neighbors=0"], "check the --param values"),
     (["--model", "os:getcwd"], "not a River model"),
 ])

@@ -60,11 +60,12 @@ def test_every_spec_round_trips_through_pickle_leaves_inputs_alone_and_repeats_w
     assert any(p != 0 for p in preds)
 
 
-def test_linear_is_exactly_standard_scaler_then_river_linear_regression():
-    from river import linear_model, preprocessing
+def test_sgd_is_exactly_rivers_linear_regression_on_a_standardised_target():
+    from river import linear_model, optim, preprocessing
 
-    ours = Learner(SPECS["linear"].build(), "regressor", SPECS["linear"].build)
-    theirs = preprocessing.StandardScaler() | linear_model.LinearRegression()
+    ours = Learner(SPECS["sgd"].build(), "regressor", SPECS["sgd"].build)
+    theirs = preprocessing.TargetStandardScaler(regressor=preprocessing.StandardScaler() | linear_model.LinearRegression(
+        optimizer=optim.SGD(0.001), intercept_lr=0.001))
     for x, y in stream(500):
         expected = theirs.predict_one(x)
         assert ours.step(x, y) == expected
@@ -74,8 +75,8 @@ def test_linear_is_exactly_standard_scaler_then_river_linear_regression():
 def test_params_are_literals_never_code_and_reach_the_model():
     assert parse_params(["l2=0.01", "seed=3", "flag=True", "name=abc"]) == {"l2": 0.01, "seed": 3, "flag": True, "name": "abc"}
     assert parse_params(["x=__import__('os').system('echo pwned')"]) == {"x": "__import__('os').system('echo pwned')"}
-    model = SPECS["linear"].build({"l2": 0.5})
-    assert model["LinearRegression"].l2 == 0.5
+    assert SPECS["sgd"].build({"l2": 0.5}).regressor["LinearRegression"].l2 == 0.5
+    assert SPECS["linear"].build({"ridge": 2.0}).regressor["ForgettingRidge"].ridge == 2.0
 
 
 def test_a_users_factory_is_imported_by_name(tmp_path, monkeypatch):
@@ -102,7 +103,7 @@ def test_bad_model_names_are_clear_errors(model, fragment):
 
 
 def test_adwin_finds_the_flip_and_reset_replaces_the_model():
-    spec = SPECS["linear"]
+    spec = SPECS["sgd"]
     for on_drift in ("ignore", "reset"):
         learner = Learner(spec.build(), spec.kind, spec.build, on_drift=on_drift)
         first = learner.model
@@ -229,7 +230,7 @@ def test_train_learns_every_example_once_and_resumes_where_it_stopped(rtml, exam
     assert m["examples_learned"] == total and m["offsets"] == first["offsets"]
     assert set(m) >= {"version", "created_at", "spec", "versions", "pickle", "trained_until", "metrics",
                       "drift_count", "write_seconds"}
-    assert m["spec"] == {"model": "linear", "kind": "regressor", "params": {}}
+    assert m["spec"] == {"model": "linear", "kind": "regressor", "params": {"memory": 500.0, "ridge": 4.0}}
     again = train(rtml)
     assert again["learned_this_run"] == 0 and again["resumed_from"] == first["version"]
     assert rtml("ingest", "--max-ticks", "30000").exit_code == 0
@@ -259,8 +260,8 @@ def test_a_second_trainer_on_the_same_name_is_refused(rtml, examples_dir):
 
 def test_changed_model_params_need_another_name(rtml, examples_dir):
     train(rtml)
-    assert_clean_error(rtml("train", "--param", "l2=0.1"), "use --name")
-    assert train(rtml, "--param", "l2=0.1", "--name", "linear-l2")["name"] == "linear-l2"
+    assert_clean_error(rtml("train", "--param", "ridge=1.0"), "use --name")
+    assert train(rtml, "--param", "ridge=1.0", "--name", "linear-r1")["name"] == "linear-r1"
 
 
 def test_a_tampered_checkpoint_is_skipped_and_training_resumes_from_the_last_good_one(rtml, examples_dir):

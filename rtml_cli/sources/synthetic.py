@@ -1,23 +1,32 @@
 """The built-in market simulator: seeded multi-symbol trades with regime-switching predictability.
 
-The generating process (also described in the README): on a one-second grid, each symbol's
-log price moves by
+The generating process (also described in the README, with its calibration): on a
+one-second grid, each symbol's log price moves by
 
-    r_t = vol_t * sigma * (beta * f_t + sqrt(1 - beta^2) * e_t)   common factor + own noise
-        + [momentum regime]  mu_t       a persistent drift:  mu_t = rho_m * mu_{t-1} + noise
-        + [reversion regime] d_t - d_{t-1}   a mispricing that decays: d_t = rho_d * d_{t-1} + noise
+    r_t = v_t * sigma * (beta * f_t + sqrt(1 - beta^2) * e_t)   common factor + own noise
+        + [momentum regime]  MOMENTUM * sigma * q_t             a drift in the flow's direction
+        + [reversion regime] d_t - d_{t-1}                      d follows IMPACT * sigma * q_t:
+                                                                the price pushed off fair value
 
-A hidden market regime (momentum, mean reversion, random walk) switches at random times
-(exponential durations, mean `regime_minutes`), and independently a volatility regime
-(calm/stormy, stormy = 2.5x volatility and 1.5x trading). Taker flow carries information:
-in the momentum regime buyers lean with the drift (order-flow imbalance leads price), in the
-reversion regime the flow is the noise that pushes the price away (imbalance predicts a
-reversal), in the random walk it is balanced. So the sign and strength of the relation
-between recent returns, flow and the next minutes' return switch between regimes: an online
-model can follow it, a frozen one cannot.
+f and e are Student-t shocks (4 degrees of freedom, unit variance): fat tails. v_t is a
+stochastic volatility shared by the market, exp of an AR(1) with a half-life of hours:
+volatility clusters. q_t is each symbol's order-flow pressure, an AR(1) with a half-life of
+about 7 minutes, which takers' sides reveal in every regime (buy probability 0.5 + 0.05
+tanh(q)). A hidden market regime switches at random times (exponential durations, mean
+`regime_minutes`) between momentum (informed flow: the price follows it) and reversion
+(uninformed flow: it pushes the price off fair value, which comes back as the pressure
+fades). So the sign of the relation between order flow and the next minutes' return
+flips with the regime: an online model can follow it, a frozen one cannot. A market held
+in the random walk (`regime="random_walk"`) has flow that moves nothing.
 
-Trades arrive as a Poisson process per symbol; each trade prints at the interpolated price
-plus half a spread on its taker side, rounded to the symbol's tick size.
+Calibrated to crypto (`tools/market_calibration.py`, the README and tests/test_synthetic.py):
+annualised volatility 45-75% per symbol, no drift, fat-tailed returns, volatility
+clustering, and an oracle knowing the hidden state hits the sign of the next five minutes
+about 57% of the time (`oracle`).
+
+Trades arrive as a Poisson process per symbol, faster when volatility is high; each trade
+prints at the interpolated price plus half a spread on its taker side, rounded to the
+symbol's tick size.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from threading import Event
 
 import numpy as np
@@ -35,25 +44,31 @@ from rtml_cli.sources import TickBatch
 DEFAULT_SYMBOLS = ["BTC/USD", "ETH/USD", "SOL/USD"]
 BLOCK_SECONDS = 600  # generation granularity; the output does not depend on it
 BLOCKS_PER_BATCH = 6
+YEAR_SECONDS = 365.25 * 86_400
 
 
 @dataclass(frozen=True)
 class Profile:
     price: float  # starting price
     tick: float  # price increment
-    rate: float  # trades per second in a calm market
-    sigma: float  # log-return volatility per second
+    rate: float  # trades per second at average volatility
+    vol: float  # annualised volatility of the noise (before the regimes' own moves)
     qty: float  # median trade size
 
     @property
     def decimals(self) -> int:
         return max(0, round(-math.log10(self.tick)))
 
+    @property
+    def sigma(self) -> float:
+        """The noise's standard deviation per second."""
+        return self.vol / math.sqrt(YEAR_SECONDS)
+
 
 PROFILES = {
-    "BTC/USD": Profile(65_000.0, 0.1, 8.0, 1.5e-4, 0.02),
-    "ETH/USD": Profile(3_200.0, 0.01, 5.0, 2.0e-4, 0.3),
-    "SOL/USD": Profile(150.0, 0.001, 3.0, 3.0e-4, 5.0),
+    "BTC/USD": Profile(65_000.0, 0.1, 5.0, 0.45, 0.02),
+    "ETH/USD": Profile(3_200.0, 0.01, 3.0, 0.60, 0.3),
+    "SOL/USD": Profile(150.0, 0.001, 2.0, 0.75, 5.0),
 }
 
 
@@ -61,18 +76,24 @@ def profile_for(symbol: str) -> Profile:
     if symbol in PROFILES:
         return PROFILES[symbol]
     h = zlib.crc32(symbol.encode())
-    return Profile(20.0 + h % 980, 0.001, 2.0 + h % 5, 2.5e-4, 1.0 + h % 10)
+    return Profile(20.0 + h % 980, 0.001, 1.0 + h % 3, 0.5 + (h % 30) / 100, 1.0 + h % 10)
 
 
 REGIMES = ("momentum", "reversion", "random_walk")
-RHO_MOMENTUM = math.exp(-1 / 120)  # drift persists ~2 minutes
-RHO_REVERSION = math.exp(-1 / 120)  # mispricing decays over ~2 minutes
-MU_STD = 0.12  # stationary std of the drift, in units of sigma
-D_STD = 15.0  # stationary std of the mispricing, in units of sigma
+SWITCHING = (0, 1)  # the regimes a switching market moves between; random_walk only when held
+TAU_PRESSURE = 600.0  # seconds: the memory of a symbol's order-flow pressure q (half-life ~7 minutes)
+MOMENTUM = 0.022  # momentum: the drift per second is MOMENTUM * sigma * q
+IMPACT = 12.0  # reversion: the price sits IMPACT * sigma * q off fair value (smoothed over a minute)
+TAU_IMPACT = 60.0
 BETA = 0.6  # loading on the common market factor
-FLOW_TILT = 0.35  # how far flow leans: buy probability within 0.5 +/- this
+T_DF = 4.0  # Student-t degrees of freedom of the shocks
+FLOW_TILT = 0.05  # takers' buy probability is 0.5 + FLOW_TILT * tanh(q)
 HALF_SPREAD = 0.5e-4
-STORM_VOL, STORM_RATE = 2.5, 1.5
+TAU_VOL = 4 * 3600.0  # seconds: volatility's memory
+VOL_STD = 0.45  # stationary std of log volatility
+RHO_PRESSURE = math.exp(-1 / TAU_PRESSURE)
+RHO_IMPACT = math.exp(-1 / TAU_IMPACT)
+RHO_VOL = math.exp(-1 / TAU_VOL)
 
 
 def _ar1(shocks: np.ndarray, rho: float, y_prev: float) -> np.ndarray:
@@ -84,6 +105,11 @@ def _ar1(shocks: np.ndarray, rho: float, y_prev: float) -> np.ndarray:
     return rho**t * (rho * y_prev + np.cumsum(shocks * rho ** (-t)))
 
 
+def _t_shocks(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Student-t shocks scaled to unit variance."""
+    return rng.standard_t(T_DF, n) * math.sqrt((T_DF - 2) / T_DF)
+
+
 @dataclass
 class SymbolState:
     symbol: str
@@ -91,20 +117,38 @@ class SymbolState:
     rng: np.random.Generator
     log_price: float
     next_id: int
-    mu: float = 0.0
-    d: float = 0.0
+    q: float = 0.0  # the order-flow pressure, unit variance
+    d: float = 0.0  # the price's offset from fair value (reversion regime), in log terms
+
+
+@dataclass
+class Trace:
+    """The hidden state each second, kept when asked for: what an oracle would know."""
+
+    regime: list[np.ndarray] = field(default_factory=list)  # int8 per second
+    q: list[list[np.ndarray]] = field(default_factory=list)  # per block, per symbol: the pressure q_t
+    d: list[list[np.ndarray]] = field(default_factory=list)  # per block, per symbol: the offset d_t
+
+    def series(self, name: str, k: int) -> np.ndarray:
+        return np.concatenate([block[k] for block in getattr(self, name)])
 
 
 class Simulator:
-    """Generates trades block by block; the same seed and start give the same trades."""
+    """Generates trades block by block; the same seed and start give the same trades.
+
+    `regime` fixes the market regime (a stationary market); by default it switches.
+    `trace` keeps the hidden state of every second (for `oracle`).
+    """
 
     def __init__(
         self,
         symbols: list[str],
         seed: int,
         start_ns: int,
-        regime_minutes: float = 30.0,
+        regime_minutes: float = 720.0,
         resume: dict[str, tuple[float, int]] | None = None,
+        regime: str | None = None,
+        trace: bool = False,
     ):
         resume = resume or {}
         start_s = start_ns // 1_000_000_000
@@ -117,67 +161,67 @@ class Simulator:
             price, next_id = resume.get(symbol, (prof.price, 0))
             rng = np.random.default_rng([seed, start_s, zlib.crc32(symbol.encode()) + 1])
             self.states.append(SymbolState(symbol, prof, rng, math.log(price), next_id))
+        if regime is not None and regime not in REGIMES:
+            raise ValueError(f"regime must be one of {', '.join(REGIMES)}, not {regime!r}")
+        self.fixed = regime
         self.regime_seconds = regime_minutes * 60
-        self.regime = int(self.market_rng.integers(len(REGIMES)))
-        self.regime_until = self._duration(self.regime_seconds)
-        self.stormy = False
-        self.storm_until = self._duration(2 * self.regime_seconds)
-        self.regime_log: list[tuple[int, str, bool]] = [(0, REGIMES[self.regime], False)]
+        self.regime = REGIMES.index(regime) if regime else SWITCHING[int(self.market_rng.integers(len(SWITCHING)))]
+        self.regime_until = math.inf if regime else self._duration(self.regime_seconds)
+        self.log_vol = float(self.market_rng.standard_normal()) * VOL_STD  # start anywhere in its range
+        self.regime_log: list[tuple[int, str]] = [(0, REGIMES[self.regime])]
+        self.trace = Trace() if trace else None
 
     def _duration(self, mean: float) -> int:
         return self.t + max(60, int(self.market_rng.exponential(mean)))
 
-    def _regime_path(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _regime_path(self, n: int) -> np.ndarray:
         regime = np.empty(n, dtype=np.int8)
-        stormy = np.empty(n, dtype=bool)
         t0 = self.t
         for i in range(n):
             t = t0 + i
             if t >= self.regime_until:
-                others = [r for r in range(len(REGIMES)) if r != self.regime]
+                others = [r for r in SWITCHING if r != self.regime]
                 self.regime = others[int(self.market_rng.integers(len(others)))]
                 self.regime_until = t + max(60, int(self.market_rng.exponential(self.regime_seconds)))
-                self.regime_log.append((t, REGIMES[self.regime], self.stormy))
-            if t >= self.storm_until:
-                self.stormy = not self.stormy
-                self.storm_until = t + max(60, int(self.market_rng.exponential(2 * self.regime_seconds)))
-                self.regime_log.append((t, REGIMES[self.regime], self.stormy))
+                self.regime_log.append((t, REGIMES[self.regime]))
             regime[i] = self.regime
-            stormy[i] = self.stormy
-        return regime, stormy
+        return regime
 
     def block(self, n: int = BLOCK_SECONDS) -> dict[str, np.ndarray]:
         """Simulate the next `n` seconds; returns columns of all symbols' trades in time order."""
-        regime, stormy = self._regime_path(n)
-        factor = self.market_rng.standard_normal(n)
+        regime = self._regime_path(n)
+        factor = _t_shocks(self.market_rng, n)
+        log_vol = _ar1(self.market_rng.standard_normal(n) * VOL_STD * math.sqrt(1 - RHO_VOL**2), RHO_VOL, self.log_vol)
+        self.log_vol = float(log_vol[-1])
+        vol = np.exp(log_vol - VOL_STD**2)  # E[vol^2] = 1: the profile's volatility on average
         momentum = regime == 0
         reversion = regime == 1
-        vol = np.where(stormy, STORM_VOL, 1.0)
+        if self.trace is not None:
+            self.trace.regime.append(regime)
+            self.trace.q.append([])
+            self.trace.d.append([])
         out: dict[str, list[np.ndarray]] = {k: [] for k in ("ts", "lat", "sym", "price", "qty", "buy", "id")}
         for k, st in enumerate(self.states):
             p, rng = st.profile, st.rng
-            own = rng.standard_normal(n)
-            nu = rng.standard_normal(n)
-            eta = rng.standard_normal(n)
-            # AR(1) drift and mispricing, carried across blocks.
-            mu = _ar1(nu * MU_STD * p.sigma * math.sqrt(1 - RHO_MOMENTUM**2), RHO_MOMENTUM, st.mu)
+            sigma = p.sigma
+            own = _t_shocks(rng, n)
+            # The symbol's order-flow pressure: persistent, seen in every regime through the
+            # takers' side. What it does to the price is the regime's: in momentum it is
+            # informed (a drift in its direction follows), in reversion it is not (the price
+            # is pushed off fair value and comes back as the pressure fades), in the random
+            # walk it does nothing.
+            q = _ar1(rng.standard_normal(n) * math.sqrt(1 - RHO_PRESSURE**2), RHO_PRESSURE, st.q)
             d_prev = st.d
-            # The mispricing is only pushed while the market mean-reverts; outside that regime
-            # it decays unseen, so a new reversion spell starts from a fair price instead of
-            # drifting off an old, invisible deviation.
-            d_shock = np.where(reversion, eta, 0.0) * vol * D_STD * p.sigma * math.sqrt(1 - RHO_REVERSION**2)
-            d = _ar1(d_shock, RHO_REVERSION, st.d)
-            st.mu, st.d = float(mu[-1]), float(d[-1])
-            dd = np.diff(d, prepend=d_prev)
-            ret = vol * p.sigma * (BETA * factor + math.sqrt(1 - BETA**2) * own)
-            ret += np.where(momentum, mu, 0.0) + np.where(reversion, dd, 0.0)
-            buy_p = 0.5 + FLOW_TILT * np.where(
-                momentum,
-                np.tanh(mu / (MU_STD * p.sigma)),
-                np.where(reversion, np.tanh(eta), 0.0),
-            )
-            # Trades: Poisson counts per second, uniform times within the second.
-            counts = rng.poisson(p.rate * np.where(stormy, STORM_RATE, 1.0))
+            d = _ar1(np.where(reversion, (1 - RHO_IMPACT) * IMPACT * sigma * q, 0.0), RHO_IMPACT, st.d)
+            st.q, st.d = float(q[-1]), float(d[-1])
+            if self.trace is not None:
+                self.trace.q[-1].append(q)
+                self.trace.d[-1].append(d)
+            ret = vol * sigma * (BETA * factor + math.sqrt(1 - BETA**2) * own)
+            ret += np.where(momentum, MOMENTUM * sigma * q, 0.0) + (d - np.concatenate(([d_prev], d[:-1])))
+            buy_p = 0.5 + FLOW_TILT * np.tanh(q)
+            # Trades: Poisson counts per second (more when volatile), uniform times within the second.
+            counts = rng.poisson(p.rate * np.minimum(vol, 4.0))
             sec = np.repeat(np.arange(n), counts)
             m = sec.size
             frac = np.sort(rng.random(m) + sec) - sec  # sorted times, fractions within seconds
@@ -202,6 +246,47 @@ class Simulator:
         return {k: v[order] for k, v in cols.items()}
 
 
+def expected_move(regime: np.ndarray, q: np.ndarray, d: np.ndarray, sigma: float, seconds: int) -> np.ndarray:
+    """The expected log return over the next `seconds`, given the regime and the state now
+    (regime switches on the way not foreseen; the common factor and noise have mean zero)."""
+    rq, ri = RHO_PRESSURE, RHO_IMPACT
+    drift = MOMENTUM * sigma * q * rq * (1 - rq**seconds) / (1 - rq)  # sum of the expected drifts
+    # d follows (1 - ri) * IMPACT * sigma * q smoothed: its expected value H seconds on, less now
+    later = ri**seconds * d + (1 - ri) * IMPACT * sigma * q * rq * (ri**seconds - rq**seconds) / (ri - rq)
+    return np.where(regime == 0, drift, np.where(regime == 1, later - d, 0.0))
+
+
+def oracle(sim: Simulator, closes: np.ndarray, bar_s: int, horizon: int) -> dict[str, float]:
+    """What knowing the hidden state is worth: the hit rate of the sign of the expected log
+    return over the next `horizon` bars, given the regime, drift and mispricing at each bar's
+    close (and the parameters), against the realised one.
+
+    `closes` is symbols x bars: each bar's last trade price (bars of `bar_s` seconds from the
+    simulation's start, as `rtml features` builds them). Bars in the random walk have no
+    view (an expectation of exactly zero): the overall hit rate counts them as a coin flip.
+    """
+    tr = sim.trace
+    regime = np.concatenate(tr.regime)
+    n_bars = closes.shape[1]
+    ends = np.arange(1, n_bars + 1) * bar_s - 1  # the last second of each bar
+    ends = ends[ends + horizon * bar_s < len(regime)]
+    hits, views = [], []
+    for k, st in enumerate(sim.states):
+        expect = expected_move(regime[ends], tr.series("q", k)[ends], tr.series("d", k)[ends], st.profile.sigma,
+                               horizon * bar_s)
+        c = closes[k]
+        realised = np.log(c[horizon:] / c[:-horizon])[: len(ends)]
+        expect = expect[: len(realised)]
+        has_view = (expect != 0) & (realised != 0)
+        hits.append((np.sign(expect) == np.sign(realised))[has_view])
+        views.append(has_view)
+    hit = np.concatenate(hits)
+    view = np.concatenate(views)
+    share = float(view.mean())
+    return {"hit_rate_with_a_view": float(hit.mean()), "share_with_a_view": share,
+            "hit_rate": float(hit.mean()) * share + 0.5 * (1 - share)}
+
+
 class SyntheticSource:
     """`rtml ingest --source synthetic`: the simulator as a tick source."""
 
@@ -214,10 +299,11 @@ class SyntheticSource:
         start_ns: int,
         max_ticks: int | None,
         resume: dict[str, tuple[float, int]] | None = None,
-        regime_minutes: float = 30.0,
+        regime_minutes: float = 720.0,
+        regime: str | None = None,
     ):
         self.symbols = symbols
-        self.sim = Simulator(symbols, seed, start_ns, regime_minutes, resume)
+        self.sim = Simulator(symbols, seed, start_ns, regime_minutes, resume, regime)
         self.max_ticks = max_ticks
         self.total = max_ticks
 
