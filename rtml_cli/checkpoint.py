@@ -383,7 +383,7 @@ class Checkpointer:
 
     A snapshot is `pickle.dumps` of the payload in the training loop while that is cheap
     (a linear model: a fraction of a millisecond); the bytes go down a pipe to a writer
-    process. Once a pickle takes longer than `inline_limit` seconds (a big forest),
+    process. Once a pickle costs more than `inline_limit` seconds of CPU (a big forest),
     snapshots are taken by `os.fork()` instead: the child holds a copy-on-write image of the
     model as it was, pickles and writes it, and exits, while the parent trains on. One write
     is in flight at a time; the stall (time the training loop was held) is measured for
@@ -432,9 +432,11 @@ class Checkpointer:
             self._child = (pid, version)
             self.stalls_ms.append((time.perf_counter() - started) * 1000)
             return version
+        cpu = time.thread_time()
         data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
-        took = time.perf_counter() - started
-        if took > self.inline_limit:
+        # what the pickle cost in CPU, not in wall time: a busy machine or a paused process
+        # (SIGSTOP, a laptop's sleep) must not make a small model look like a big one
+        if time.thread_time() - cpu > self.inline_limit:
             self.use_fork = True  # the model has outgrown inline snapshots
         if self._writer is None:
             self._writer = _WriterProcess(self.store, self.keep, self.key)

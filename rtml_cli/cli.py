@@ -605,8 +605,12 @@ def _param_names() -> dict[str, set[str]]:
 
 
 def main() -> None:
+    import faulthandler
+
     from rtml_cli.config import default_map, load_config
 
+    # `kill -USR1 <pid>` prints where every thread of a running stage is, to its stderr
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         defaults = default_map(load_config(), _param_names())
     except RtmlError as exc:

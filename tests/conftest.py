@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -36,15 +38,32 @@ def rtml(data_dir: Path, monkeypatch):
 def rtml_process(args: list[str], cwd: Path | None = None, env: dict | None = None, **kw) -> subprocess.Popen:
     """Start the real `rtml` console entry point as a subprocess."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.Popen(
-        [sys.executable, "-m", "rtml_cli", *args],
-        cwd=cwd,
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
-    )
+    kw = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **kw}
+    return subprocess.Popen([sys.executable, "-m", "rtml_cli", *args], cwd=cwd, env=full_env, **kw)
+
+
+def stop_processes(*procs: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM each (after SIGCONT, in case a test paused it) and wait for it to exit. One that
+    does not exit in time has its threads' stacks dumped (SIGUSR1), is killed, and fails the
+    test with what it printed."""
+    for p in procs:
+        p.send_signal(signal.SIGCONT)
+        p.send_signal(signal.SIGTERM)
+    stuck = []
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            p.kill()
+            p.wait()
+            stuck.append(p)
+    if stuck:
+        def said(p: subprocess.Popen) -> str:
+            err = p.stderr.read() if p.stderr and not p.stderr.closed else ""
+            return f"{' '.join(map(str, p.args[3:]))}:\n{err[-6000:] if isinstance(err, str) else err}"
+        raise AssertionError(f"did not stop within {timeout} s of SIGTERM:\n" + "\n".join(map(said, stuck)))
 
 
 def assert_clean_error(result: Result, *fragments: str, code: int = 1) -> None:

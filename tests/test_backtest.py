@@ -19,7 +19,7 @@ import pytest
 from rtml_cli.backtest import Dataset, trade
 from rtml_cli.checkpoint import CheckpointStore
 from rtml_cli.log import ParquetLog
-from tests.conftest import assert_clean_error, rtml_process
+from tests.conftest import assert_clean_error, rtml_process, stop_processes
 
 
 def backtest(rtml, *args, data: bool = True) -> dict:
@@ -258,11 +258,7 @@ def test_the_backtest_gives_the_predictions_of_a_live_train_and_predict_run(rtml
             wait(lambda: learned() == examples.row_count("BTC/USD"), "train to learn the new label")
             wait(lambda: any(f"loaded v{store.list()[-1].version} " in line for line in loaded), "the swap")
     finally:
-        trainer.send_signal(signal.SIGCONT)
-        for p in (trainer, predictor):
-            p.send_signal(signal.SIGTERM)
-        for p in (trainer, predictor):
-            p.wait(60)
+        stop_processes(trainer, predictor)
     live = ParquetLog(data_dir, "predictions").read_all().sort("features_offset")
     report = tmp_path / "r"
     backtest(rtml, "--refresh", "1", "--warmup", "0", "--report", str(report))
