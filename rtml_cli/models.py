@@ -61,6 +61,14 @@ def _sgd(lr: float = 0.001, l2: float = 0.0, **params: Any) -> Any:
     return preprocessing.TargetStandardScaler(regressor=model)
 
 
+def _ridge(**params: Any) -> Any:
+    """`rtml_cli.ridge.ForgettingRidge`: it standardises its own inputs and target (with
+    forgetting, so a bad print fades), so it needs neither scaler."""
+    from rtml_cli.ridge import ForgettingRidge
+
+    return ForgettingRidge(**params)
+
+
 def _regressor(name: str, description: str, module: str, estimator: str, **defaults: Any) -> ModelSpec:
     return ModelSpec(name, description, REGRESSOR, _scaled(module, estimator, True), defaults)
 
@@ -75,9 +83,9 @@ def _classifier(name: str, description: str, module: str, estimator: str, **defa
 SPECS: dict[str, ModelSpec] = {
     s.name: s
     for s in [
-        _regressor("linear", "StandardScaler | ridge regression with exponential forgetting (the default): adapts to "
-                   "drift, shrinks toward no move, cannot diverge", "rtml_cli.ridge", "ForgettingRidge",
-                   memory=500.0, ridge=4.0),
+        ModelSpec("linear", "ridge regression with exponential forgetting (the default): adapts to drift, shrinks "
+                  "toward no move, clips bad prints, cannot diverge (memory, ridge, clip, scale_memory)", REGRESSOR,
+                  _ridge, {"memory": 500.0, "ridge": 4.0, "clip": 5.0, "scale_memory": 5000.0}),
         ModelSpec("sgd", "StandardScaler | LinearRegression: River's stochastic gradient descent (lr, l2)", REGRESSOR,
                   _sgd, {"lr": 0.001, "l2": 0.0}),
         _regressor("pa", "StandardScaler | PARegressor: passive-aggressive regression (C: how aggressive)",

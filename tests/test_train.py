@@ -76,7 +76,7 @@ def test_params_are_literals_never_code_and_reach_the_model():
     assert parse_params(["l2=0.01", "seed=3", "flag=True", "name=abc"]) == {"l2": 0.01, "seed": 3, "flag": True, "name": "abc"}
     assert parse_params(["x=__import__('os').system('echo pwned')"]) == {"x": "__import__('os').system('echo pwned')"}
     assert SPECS["sgd"].build({"l2": 0.5}).regressor["LinearRegression"].l2 == 0.5
-    assert SPECS["linear"].build({"ridge": 2.0}).regressor["ForgettingRidge"].ridge == 2.0
+    assert SPECS["linear"].build({"ridge": 2.0}).ridge == 2.0
 
 
 def test_a_users_factory_is_imported_by_name(tmp_path, monkeypatch):
@@ -230,7 +230,7 @@ def test_train_learns_every_example_once_and_resumes_where_it_stopped(rtml, exam
     assert m["examples_learned"] == total and m["offsets"] == first["offsets"]
     assert set(m) >= {"version", "created_at", "spec", "versions", "pickle", "trained_until", "metrics",
                       "drift_count", "write_seconds"}
-    assert m["spec"] == {"model": "linear", "kind": "regressor", "params": {"memory": 500.0, "ridge": 4.0}}
+    assert m["spec"] == {"model": "linear", "kind": "regressor", "params": {"memory": 500.0, "ridge": 4.0, "clip": 5.0, "scale_memory": 5000.0}}
     again = train(rtml)
     assert again["learned_this_run"] == 0 and again["resumed_from"] == first["version"]
     assert rtml("ingest", "--max-ticks", "30000").exit_code == 0
