@@ -17,15 +17,16 @@ $(STAMP): pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q
 
-# The pipeline so far on the simulated market, in ./data/demo: six hours of history, its
-# features, a model trained on them and its predictions; then a live-looking market (300x
-# real time) with `rtml features --follow`, `rtml train --follow` and `rtml predict --follow`
-# (which swaps each new checkpoint in) running beside it; last, a backtest of what was seen
-# (its report, with charts, in data/demo-report/report.html).
+# The pipeline on the simulated market, in ./data/demo: two weeks of history (12.6M trades,
+# many regimes), its features, a model trained on them and its predictions; then a
+# live-looking market (300x real time) with `rtml features --follow`, `rtml train --follow`
+# and `rtml predict --follow` (which swaps each new checkpoint in) running beside it; last, a
+# backtest of all of it: what keeping the model fresh is worth, and whether it is significant
+# (its report, with charts, in data/demo-report/report.html). About two minutes.
 DEMO := data/demo
 demo: install
 	rm -rf $(DEMO) $(DEMO)-*.json $(DEMO)-report
-	$(BIN)/rtml ingest --max-ticks 300000 --data-dir $(DEMO)
+	$(BIN)/rtml ingest --max-ticks 12600000 --data-dir $(DEMO)
 	$(BIN)/rtml features --data-dir $(DEMO)
 	$(BIN)/rtml train --data-dir $(DEMO)
 	$(BIN)/rtml predict --data-dir $(DEMO)
@@ -36,7 +37,7 @@ demo: install
 	sleep 2; kill -INT $$f; wait $$f; sleep 1; kill -INT $$t; wait $$t; sleep 1; kill -INT $$p; wait $$p; \
 	$(BIN)/python tools/demo_summary.py $(DEMO)-features.json $(DEMO)-train.json $(DEMO)-predict.json
 	$(BIN)/rtml checkpoints --data-dir $(DEMO)
-	$(BIN)/rtml backtest --refresh 1,10,60,never --warmup 300 --data-dir $(DEMO) --report $(DEMO)-report
+	$(BIN)/rtml backtest --refresh 1,10,60,240,1440,never --warmup 1000 --data-dir $(DEMO) --report $(DEMO)-report
 
 bench: install
 	$(BIN)/python bench/ingest.py

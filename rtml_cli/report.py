@@ -83,8 +83,10 @@ def _charts(result: dict[str, Any], ds) -> dict[str, bytes]:
     for rep in result["_replays"]:
         for label in ("1", "never"):
             series.append((rep.model, label, np.asarray(rep.preds[label])))
-    names = [name(m, lab) for m, lab, _ in series] + ["buy and hold"]
-    palette = plt.get_cmap("tab10").colors
+    names = list(dict.fromkeys([name(m, lab) for m, lab, _ in series] +
+                               [name(m, lab) for m, lab in result["_books"]]))  # every refresh traded
+    palette = [c for c in plt.get_cmap("tab10" if len(names) <= 9 else "tab20").colors
+               if len(set(c)) > 1]  # without greys: buy and hold is the grey one
     colour = {n: palette[i % len(palette)] for i, n in enumerate(names)}
     colour["buy and hold"] = "0.45"
     out: dict[str, bytes] = {}
@@ -136,8 +138,8 @@ def _charts(result: dict[str, Any], ds) -> dict[str, bytes]:
             n = name(model, label)
             when = period_times(ds, book.periods)
             equity = book.equity[0]
-            ax.plot(when, equity, label=n, lw=1, color=colour.get(n, "black"))
-            ax_dd.plot(when, equity / np.maximum.accumulate(equity) - 1, label=n, lw=1, color=colour.get(n, "black"))
+            ax.plot(when, equity, label=n, lw=1, color=colour[n])
+            ax_dd.plot(when, equity / np.maximum.accumulate(equity) - 1, label=n, lw=1, color=colour[n])
         ax.set_title(f"Equity of a sign strategy, marked to market ({costs})")
         ax.set_ylabel("equity (start = 1)")
         ax.legend(fontsize=8)

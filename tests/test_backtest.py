@@ -155,6 +155,23 @@ def test_examples_of_the_data_dir_with_a_staleness_table_and_a_report(rtml, data
     assert "the cost of staleness: linear" in r.stdout and "30 bars" in r.stdout and "before costs" in r.stdout
 
 
+def test_on_a_stationary_market_the_frozen_model_is_a_fair_baseline(rtml, data_dir):
+    """A market held in one regime (a random walk): nothing drifts, so a model frozen after
+    the warm-up must be within noise of one refreshed every bar. No feature may make the
+    frozen copy look bad for a reason that is not the market (time of day did: its range is
+    not covered by a warm-up)."""
+    assert rtml("ingest", "--regime", "random_walk", "--max-ticks", "1200000", "--json").exit_code == 0
+    assert rtml("features", "--json").exit_code == 0
+    columns = ParquetLog(data_dir, "examples").read_all().columns
+    assert not any("tod" in c or "hour" in c for c in columns)
+    s = backtest(rtml, "--refresh", "1,never", "--warmup", "1000")
+    live, frozen = result(s, "linear", "1"), result(s, "linear", "never")
+    assert s["scored_rows"] > 3000
+    assert live["vs_frozen_p"] > 0.05, live
+    assert abs(live["mae"] / frozen["mae"] - 1) < 0.01
+    assert live["vs_zero_p"] > 0.01 and frozen["hit_p"] > 0.01  # and neither finds a signal that is not there
+
+
 def test_decimal_and_integer_columns_are_numbers(rtml, tmp_path):
     from decimal import Decimal
 
