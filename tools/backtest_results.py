@@ -1,8 +1,8 @@
 """Run the README's two real-data backtests and write their tables into README.md.
 
 Run: `.venv/bin/python tools/backtest_results.py` (or `make results`). It takes a few
-minutes: River's SP500Stocks (in River's wheel, no download) and two and a half days of the
-simulated market, through the same commands a user types.
+minutes: River's SP500Stocks (in River's wheel, no download) and two weeks of the simulated
+market (the history `make demo` builds), through the same commands a user types.
 """
 
 from __future__ import annotations
@@ -30,14 +30,15 @@ def main() -> None:
         sp = Path(tmp) / "sp500.parquet"
         pl.DataFrame([{**x, "target": y} for x, y in datasets.SP500Stocks()]).write_parquet(sp)
         sp_args = ["--table", str(sp), "--target", "target", "--returns", "percent", "--warmup", "250",
-                   "--refresh", "1,5,21,63,never", "--model", "linear", "--model", "bayes", "--model", "hat", "--jobs", "2"]
+                   "--refresh", "1,5,21,63,never", "--model", "linear", "--model", "sgd", "--model", "bayes", "--model", "hat",
+                   "--jobs", "2"]
         sp_out = rtml("backtest", *sp_args).replace(str(sp), "sp500.parquet")
 
         d = str(Path(tmp) / "market")
-        rtml("ingest", "--max-ticks", "3000000", "--json", "--data-dir", d)
+        rtml("ingest", "--max-ticks", "12600000", "--json", "--data-dir", d)
         rtml("features", "--json", "--data-dir", d)
-        mk_args = ["--warmup", "1000", "--refresh", "1,60,1440,never", "--fee-bps", "1",
-                   "--model", "linear", "--model", "bayes", "--model", "hat", "--jobs", "2"]
+        mk_args = ["--warmup", "1000", "--refresh", "1,10,60,240,1440,never",
+                   "--model", "linear", "--model", "sgd", "--model", "bayes", "--jobs", "2"]
         mk_out = rtml("backtest", *mk_args, "--data-dir", d).replace(d, "data")
 
     def block(title: str, cmd: list[str], out: str) -> str:
@@ -50,8 +51,8 @@ def main() -> None:
                 "target: the next day's return of the equal-weighted ten, in percent):",
                 [a if a != str(sp) else "sp500.parquet" for a in sp_args], sp_out)
         + "\n"
-        + block("**The simulated market** (3M ticks: about 2.5 days, 3 symbols, 1-minute bars, horizon 5; "
-                "`rtml ingest --max-ticks 3000000 && rtml features`):", mk_args, mk_out)
+        + block("**The simulated market** (12.6M trades: two weeks, 3 symbols, 1-minute bars, horizon 5; "
+                "`rtml ingest --max-ticks 12600000 && rtml features`):", mk_args, mk_out)
         + END
     )
     readme = ROOT / "README.md"
