@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 from river import base
+from scipy.linalg.lapack import dposv
 
 
 class ForgettingRidge(base.Regressor):
@@ -56,6 +57,8 @@ class ForgettingRidge(base.Regressor):
         self._zz = np.zeros((0, 0))  # the short memory's decayed sums of z z' and z (y - mean)
         self._zy = np.zeros(0)
         self._w = np.zeros(0)
+        self._penalty = np.zeros((0, 0))
+        self._rescale()
 
     @property
     def weights(self) -> dict:
@@ -73,55 +76,70 @@ class ForgettingRidge(base.Regressor):
         zz = np.zeros((n, n))
         zz[:old, :old] = self._zz
         self._zz = zz
+        self._penalty = self.ridge * self.memory * np.eye(n)
+        self._rescale()
 
-    def _vector(self, x: dict) -> tuple[np.ndarray, np.ndarray]:
-        v = np.zeros(len(self._names))
-        seen = np.zeros(len(self._names), dtype=bool)
-        for name, value in x.items():
-            i = self._index.get(name)
-            if i is not None:
-                v[i] = value
-                seen[i] = True
-        return v, seen
-
-    def _scale(self) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """Means and deviations of the inputs and of the target, as of the examples learned."""
+    def _rescale(self) -> None:
+        """The means and deviations of the examples learned, and what follows from them:
+        computed once per example learned, used by every prediction until the next."""
+        k = len(self._names)
+        if self._n == 0:
+            self._mean, self._inv_sd = np.zeros(k), np.zeros(k)
+            self._lo, self._hi = np.full(k, -np.inf), np.full(k, np.inf)
+            self._mean_y, self._y_lo, self._y_hi = 0.0, -math.inf, math.inf
+            return
         n = self._n
-        mean, mean_y = self._x1 / n, self._y1 / n
+        self._mean = mean = self._x1 / n
         sd = np.sqrt(np.maximum(self._x2 / n - mean * mean, 0.0))
-        return mean, sd, mean_y, math.sqrt(max(self._y2 / n - mean_y * mean_y, 0.0))
+        self._lo, self._hi = mean - self.clip * sd, mean + self.clip * sd
+        if sd.all():
+            self._inv_sd = 1.0 / sd
+        else:  # an input that has not varied is not scaled (its z is 0) nor clipped
+            spread = sd > 0
+            self._inv_sd = np.divide(1.0, sd, out=np.zeros(k), where=spread)
+            self._lo[~spread], self._hi[~spread] = -np.inf, np.inf
+        self._mean_y = mean_y = self._y1 / n
+        sd_y = math.sqrt(max(self._y2 / n - mean_y * mean_y, 0.0))
+        self._y_lo, self._y_hi = (mean_y - self.clip * sd_y, mean_y + self.clip * sd_y) if sd_y > 0 else (-math.inf, math.inf)
+
+    def _inputs(self, x: dict) -> tuple[np.ndarray, np.ndarray]:
+        """The inputs in the model's order, clipped to +-clip deviations (a missing one, or
+        NaN, at its mean), and their standardised values z."""
+        v = np.array([x.get(name, math.nan) for name in self._names], dtype=float)
+        total = v.sum()
+        if total != total:  # a NaN
+            v = np.where(v == v, v, self._mean)
+        v = np.minimum(np.maximum(v, self._lo), self._hi)
+        return v, (v - self._mean) * self._inv_sd
 
     def predict_one(self, x: dict) -> float:
         if self._n == 0:
             return 0.0
-        mean, sd, mean_y, _ = self._scale()
-        v, seen = self._vector(x)
-        return float(mean_y + self._z(v, seen, mean, sd) @ self._w)
-
-    def _z(self, v: np.ndarray, seen: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
-        """Deviations from the means in standard deviations, clipped; a missing input is at its mean."""
-        z = np.divide(v - mean, sd, out=np.zeros(len(v)), where=(sd > 0) & seen)
-        return np.clip(z, -self.clip, self.clip)
+        return float(self._mean_y + self._inputs(x)[1] @ self._w)
 
     def learn_one(self, x: dict, y: float) -> None:
-        if any(name not in self._index for name in x):
+        if not x.keys() <= self._index.keys():
             self._grow(x)
-        v, seen = self._vector(x)
-        if self._n > 0:  # on the scale known before this example, as its prediction was made
-            mean, sd, mean_y, sd_y = self._scale()
-            z = self._z(v, seen, mean, sd)
-            v = np.where(sd > 0, np.clip(v, mean - self.clip * sd, mean + self.clip * sd), v)
-            v = np.where(seen, v, mean)  # a missing input leaves its mean where it was
-            if sd_y > 0:
-                y = min(max(y, mean_y - self.clip * sd_y), mean_y + self.clip * sd_y)
+        v, z = self._inputs(x)  # on the scale known before this example, as its prediction was made
+        if self._n > 0:
+            y = min(max(y, self._y_lo), self._y_hi)
             keep = 1.0 - 1.0 / self.memory
             self._zz *= keep
-            self._zz += np.outer(z, z)
-            self._zy = keep * self._zy + z * (y - mean_y)
-            self._w = np.linalg.solve(self._zz + self.ridge * self.memory * np.eye(len(z)), self._zy)
+            self._zz += z[:, None] * z
+            self._zy *= keep
+            self._zy += z * (y - self._mean_y)
+            self._w = _solve(self._zz + self._penalty, self._zy)
         fade = 1.0 - 1.0 / self.scale_memory
         self._n = fade * self._n + 1.0
         self._x1 = fade * self._x1 + v
         self._x2 = fade * self._x2 + v * v
         self._y1 = fade * self._y1 + y
         self._y2 = fade * self._y2 + y * y
+        self._rescale()
+
+
+def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a^-1 b for a symmetric a: by Cholesky (LAPACK's dposv, without numpy's per-call checks,
+    which cost more than the solve at this size); least squares if a is singular (ridge 0)."""
+    _, w, info = dposv(a.T, b)  # a.T: the same (symmetric) matrix, in the order LAPACK reads
+    return w if info == 0 else np.linalg.lstsq(a, b, rcond=None)[0]

@@ -93,6 +93,19 @@ def test_forgetting_ridge_is_the_ridge_solution_of_the_weighted_examples():
     assert model.predict_one({"a": x[0], "b": x[1]}) == pytest.approx(missing, rel=1e-6)
 
 
+def test_forgetting_ridge_without_a_penalty_copes_with_a_constant_input():
+    """ridge 0 and an input that never varies: the system is singular, and the model falls
+    back to least squares rather than failing: the limit of a vanishing penalty."""
+    rng = np.random.default_rng(2)
+    exact, limit = (ForgettingRidge(memory=1e9, ridge=r, clip=50.0, scale_memory=1e9) for r in (0.0, 1e-15))
+    for x in rng.standard_normal(400):
+        for model in (exact, limit):
+            model.learn_one({"a": float(x), "k": 1.0}, float(3.0 * x))
+    assert exact.weights["k"] == 0.0
+    assert exact.weights["a"] == pytest.approx(limit.weights["a"], rel=1e-6) and exact.weights["a"] > 0.5
+    assert exact.predict_one({"a": 0.5, "k": 1.0}) == pytest.approx(limit.predict_one({"a": 0.5, "k": 1.0}), rel=1e-6)
+
+
 # -- the default model on data that broke River's defaults -----------------------------------------
 
 

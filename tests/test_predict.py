@@ -282,7 +282,7 @@ def test_hot_swap_while_rows_flow_and_kill_9_loses_and_repeats_nothing(rtml, ser
     a corrupt checkpoint of the second model is dropped in meanwhile and reported once."""
     d = str(served)
     assert rtml("train", "--model", "pa", "--json").exit_code == 0
-    ingest = rtml_process(["ingest", "--speed", "600", "--duration", "14", "--flush-interval", "0.2", "--json", "--data-dir", d])
+    ingest = rtml_process(["ingest", "--speed", "600", "--duration", "20", "--flush-interval", "0.2", "--json", "--data-dir", d])
     feats = rtml_process(["features", "--follow", "--poll", "0.1", "--json", "--data-dir", d])
     trainer = rtml_process(["train", "--follow", "--checkpoint-every", "3", "--poll", "0.05", "--json", "--data-dir", d])
     predict_args = ["predict", "--follow", "--jsonl", "--name", "linear", "--name", "pa", "--poll", "0.1", "--data-dir", d]
