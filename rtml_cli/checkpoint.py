@@ -50,7 +50,11 @@ def runtime_versions() -> dict[str, str]:
 
 def signing_key() -> bytes | None:
     key = os.environ.get(KEY_ENV)
-    return key.encode() if key else None
+    if key is None:
+        return None
+    if not key:
+        raise RtmlError(f"{KEY_ENV} is set but empty; set it to your secret, or unset it to sign nothing")
+    return key.encode()
 
 
 @dataclass
@@ -83,6 +87,25 @@ class Checkpoint:
         if m.get("version") != self.version:
             raise CheckpointError(f"{self.manifest_path.name} says it is version {m.get('version')!r}")
         return data
+
+    def foreign(self, key: bytes | None) -> str | None:
+        """Why an intact checkpoint cannot be loaded here (signed with another key, written by
+        another River version), or None. Such a checkpoint is somebody's good model: retention
+        never deletes it."""
+        try:
+            self.verify(None)  # the pickle is what its manifest committed
+        except CheckpointError:
+            return None
+        versions = self.manifest.get("versions")
+        wrote = versions.get("river") if isinstance(versions, dict) else None
+        if wrote != river_version():
+            return f"written by river {wrote}"
+        if key is not None:
+            try:
+                self.verify(key)
+            except CheckpointError as exc:
+                return str(exc)
+        return None
 
     def load(self, key: bytes | None = None, yielding: bool = False) -> dict[str, Any]:
         """Verify, check the River version and the manifest, and only then unpickle the payload.
@@ -186,7 +209,8 @@ class CheckpointStore:
     def prune(self, keep: int) -> list[int]:
         """Delete all but the newest `keep` committed versions (never the newest valid one,
         nor the newest valid one of a healthy model, which `rtml predict` serves while the
-        newer ones are of a model that diverged)."""
+        newer ones are of a model that diverged, nor one that is intact but signed with
+        another key or written by another River version)."""
         committed = self.list()
         doomed = committed[:-keep] if keep > 0 else []
         kept = committed[len(doomed):]
@@ -198,7 +222,10 @@ class CheckpointStore:
                     doomed = [cp for cp in doomed if cp is not survivor]
                     kept.append(survivor)
         removed = []
+        key = signing_key()
         for cp in doomed:
+            if cp.foreign(key):
+                continue  # a good model under another key or River version: not ours to delete
             cp.manifest_path.unlink(missing_ok=True)  # the commit point goes first
             cp.pickle_path.unlink(missing_ok=True)
             removed.append(cp.version)

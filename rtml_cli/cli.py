@@ -337,12 +337,15 @@ def features(follow, bar, horizon, target, sql_file, symbols, lookback, grace, p
 @click.option("--on-drift", type=click.Choice(["ignore", "reset"]), default="ignore", show_default=True,
               help="What a drift found by ADWIN on the error does to the model.")
 @click.option("--window", type=click.IntRange(min=1), default=500, show_default=True, help="Rolling metrics window.")
+@click.option("--fresh", is_flag=True,
+              help="Start a new model although checkpoints exist, none of which loads (another key or River version; "
+                   "those are kept).")
 @click.option("--poll", type=click.FloatRange(min=0.01), default=0.5, show_default=True,
               help="--follow: seconds between looks at the examples log when idle.")
 @data_dir_option
 @json_option
-def train(model, name, params, follow, checkpoint_every, checkpoint_interval, keep, symbols, on_drift, window, poll,
-          data_dir, as_json):
+def train(model, name, params, follow, checkpoint_every, checkpoint_interval, keep, symbols, on_drift, window, fresh,
+          poll, data_dir, as_json):
     """Learn the examples log with a River model, publishing verified checkpoints.
 
     Each example is predicted before it is learned (prequential), so the rolling MAE, RMSE
@@ -360,7 +363,7 @@ def train(model, name, params, follow, checkpoint_every, checkpoint_interval, ke
     from rtml_cli.train import Trainer, TrainOptions
 
     opts = TrainOptions(model, name, parse_params(params), checkpoint_every, checkpoint_interval, keep,
-                        parse_symbols(symbols), on_drift, window)
+                        parse_symbols(symbols), on_drift, window, fresh)
     console = ui.err_console()
     with _Stopper(console) as stop, Trainer(data_dir, opts) as trainer:
         for problem in trainer.skipped:

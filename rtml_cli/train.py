@@ -16,7 +16,7 @@ from pathlib import Path
 from threading import Event
 from typing import TYPE_CHECKING, Any, Callable
 
-from rtml_cli.checkpoint import Checkpointer, CheckpointStore, runtime_versions, signing_key
+from rtml_cli.checkpoint import KEY_ENV, Checkpointer, CheckpointStore, runtime_versions, signing_key
 from rtml_cli.errors import ConfigError, RtmlError
 from rtml_cli.features import read_build
 from rtml_cli.learner import Learner, feature_columns, model_inputs
@@ -40,6 +40,7 @@ class TrainOptions:
     symbols: list[str] | None = None
     on_drift: str = "ignore"
     window: int = 500
+    fresh: bool = False  # start a new model although checkpoints exist (none of which loads)
 
 
 @dataclass
@@ -92,6 +93,18 @@ class Trainer:
         self._check_target()
         cp, payload, problems = self.store.latest_valid(self.key)
         self.skipped = problems
+        if cp is None and problems and not self.opts.fresh:
+            shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+            raise ConfigError(
+                f"none of the {len(problems)} checkpoints in {self.store.dir} can be loaded ({shown}). Fix the cause "
+                f"(the right {KEY_ENV}, the River version they name), or start a new model with --fresh: "
+                "checkpoints signed with another key or written by another River version are kept"
+            )
+        if cp is not None and self.opts.fresh:
+            raise ConfigError(
+                f"checkpoint v{cp.version} in {self.store.dir} loads, so there is nothing to start afresh from; "
+                "train a new model beside it with --name"
+            )
         if cp is not None and cp.manifest.get("examples_build") != self.examples_build:
             raise ConfigError(
                 f"the examples in {self.data_dir} were rebuilt (`rtml features --rebuild`) since the checkpoints in "

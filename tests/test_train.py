@@ -280,9 +280,52 @@ def test_a_tampered_checkpoint_is_skipped_and_training_resumes_from_the_last_goo
 def test_with_a_key_set_an_unsigned_checkpoint_is_not_trusted(rtml, examples_dir, monkeypatch):
     train(rtml)
     monkeypatch.setenv("RTML_CHECKPOINT_KEY", "k3y")
-    again = train(rtml)
+    assert_clean_error(rtml("train"), "none of the 1 checkpoints", "is not signed", "--fresh")
+    again = train(rtml, "--fresh")
     assert again["resumed_from"] is None and "not signed" in again["skipped_checkpoints"][0]
-    assert json.loads(rtml("checkpoints", "--json").stdout)[-1]["status"] == "ok"  # the new one is signed
+    listing = json.loads(rtml("checkpoints", "--json").stdout)
+    assert listing[-1]["status"] == "ok" and len(listing) == 2  # the new one is signed; the old one kept
+
+
+def test_a_mistyped_key_never_loses_the_model(rtml, examples_dir, monkeypatch):
+    """Checkpoints signed with one key, then train with a typo: it refuses to start afresh
+    (it used to, and retention then deleted every good checkpoint); --fresh starts a new model
+    deliberately and keeps the old ones, which the right key still finds."""
+    monkeypatch.setenv("RTML_CHECKPOINT_KEY", "right")
+    train(rtml, "--checkpoint-every", "150")
+    store = CheckpointStore(examples_dir, "linear")
+    signed = [cp.version for cp in store.list()]
+    assert len(signed) >= 3
+    monkeypatch.setenv("RTML_CHECKPOINT_KEY", "typo")
+    assert_clean_error(rtml("train", "--keep", "2"), f"none of the {len(signed)} checkpoints", "wrong signature", "--fresh")
+    assert [cp.version for cp in store.list()] == signed
+    fresh = train(rtml, "--fresh", "--keep", "2", "--checkpoint-every", "150")
+    assert fresh["resumed_from"] is None and fresh["learned_this_run"] == fresh["examples_learned"]
+    versions = [cp.version for cp in store.list()]
+    assert versions[:len(signed)] == signed and len(versions) == len(signed) + 2  # retention spared the old model
+    assert_clean_error(rtml("train", "--fresh"), "loads", "--name")  # nothing to start afresh from now
+    monkeypatch.setenv("RTML_CHECKPOINT_KEY", "right")
+    cp, _, problems = store.latest_valid(b"right")
+    assert cp.version == signed[-1] and len(problems) == 2
+
+
+def test_checkpoints_of_another_river_version_are_kept_and_named(rtml, examples_dir):
+    train(rtml, "--checkpoint-every", "150")
+    store = CheckpointStore(examples_dir, "linear")
+    old = store.list()
+    for cp in old:  # as if written by another River: its pickles may not load here
+        m = json.loads(cp.manifest_path.read_text())
+        m["versions"]["river"] = "0.0.1"
+        cp.manifest_path.write_text(json.dumps(m))
+    assert_clean_error(rtml("train"), "written by river 0.0.1", "install river==0.0.1", "--fresh")
+    train(rtml, "--fresh", "--keep", "1")
+    assert [cp.version for cp in store.list()][:len(old)] == [cp.version for cp in old]
+
+
+@pytest.mark.parametrize("command", [["train"], ["predict"], ["checkpoints"]])
+def test_an_empty_key_is_an_error(rtml, examples_dir, monkeypatch, command):
+    monkeypatch.setenv("RTML_CHECKPOINT_KEY", "")
+    assert_clean_error(rtml(*command), "RTML_CHECKPOINT_KEY is set but empty")
 
 
 def test_a_classifier_needs_sign_targets(rtml, examples_dir):
