@@ -311,7 +311,7 @@ def features(follow, bar, horizon, target, sql_file, symbols, lookback, grace, p
         if follow:
             summary = ui.follow_features(builder, stop, poll, grace, console, as_json)
         else:
-            summary = ui.build_features(builder, console, as_json)
+            summary = ui.build_features(builder, console, as_json, stop)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:

@@ -502,15 +502,16 @@ class FeatureBuilder:
 
     # -- drivers -------------------------------------------------------------------------------
 
-    def build(self, on_progress: Callable[[StepReport], None] | None = None) -> StepReport:
-        """Consume everything in the ticks log now (in chunks), then return."""
+    def build(self, on_progress: Callable[[StepReport], None] | None = None, stop: Event | None = None) -> StepReport:
+        """Consume everything in the ticks log now (in chunks), then return; or, once `stop`
+        is set, after the step in progress (each step is committed: the next run goes on)."""
         total = StepReport()
         while True:
             rep = self.step()
             total.add(rep)
             if on_progress:
                 on_progress(rep)
-            if rep.ticks == 0:
+            if rep.ticks == 0 or (stop is not None and stop.is_set()):
                 return total
 
     def follow(self, stop: Event, poll: float = 0.5, grace: float = 2.0) -> Iterator[StepReport]:

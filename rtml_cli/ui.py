@@ -119,15 +119,16 @@ def _ts(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if value else ""
 
 
-def build_features(builder, console: Console, as_json: bool) -> dict:
-    """One-shot build with a progress bar over the ticks backlog."""
+def build_features(builder, console: Console, as_json: bool, stop=None) -> dict:
+    """One-shot build with a progress bar over the ticks backlog; Ctrl-C or SIGTERM (`stop`)
+    ends it after the step in progress, which is committed."""
     from rtml_cli.features import StepReport, summarize
 
     started = time.monotonic()
     total = StepReport()
     backlog = builder.backlog()
     if as_json or backlog == 0:
-        total = builder.build()
+        total = builder.build(stop=stop)
     else:
         with progress_bar(console, "ticks") as bar:
             task = bar.add_task("features", total=backlog, status="")
@@ -136,8 +137,13 @@ def build_features(builder, console: Console, as_json: bool) -> dict:
                 total.add(rep)
                 bar.update(task, advance=rep.ticks, status=f"{total.bars:,} bars, {total.examples:,} examples")
 
-            builder.build(on_step)
-    return summarize(builder, total, time.monotonic() - started)
+            builder.build(on_step, stop)
+    summary = summarize(builder, total, time.monotonic() - started)
+    if stop is not None and stop.is_set() and builder.backlog():
+        summary["stopped"] = f"by a signal, {builder.backlog():,} ticks before the end; run again to go on"
+        if not as_json:
+            console.print(f"[yellow]stopped {summary['stopped']}[/]")
+    return summary
 
 
 def follow_features(builder, stop, poll: float, grace: float, console: Console, as_json: bool) -> dict:

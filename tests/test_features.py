@@ -239,6 +239,31 @@ def test_a_crash_mid_step_neither_duplicates_nor_skips_a_bar(rtml, tmp_path, mon
         assert_same(features(crashed, name), features(ref, name))
 
 
+def test_a_one_shot_build_stops_after_the_step_in_progress_and_the_next_run_goes_on(rtml, data_dir, tmp_path):
+    """Ctrl-C or SIGTERM during `rtml features` (no --follow) used to be printed and ignored:
+    the build now ends after the step in progress, committed, and the next run finishes the
+    same rows as one uninterrupted build."""
+    from threading import Event
+
+    assert rtml("ingest", "--max-ticks", "90000", "--json").exit_code == 0
+    stop, steps = Event(), []
+
+    def on_progress(rep):
+        steps.append(rep.ticks)
+        stop.set()  # as the signal handler does
+
+    with FeatureBuilder(data_dir, FeatureSpec(), chunk_ticks=5_000) as b:
+        b.build(on_progress, stop)
+        left = b.backlog()
+    assert len(steps) == 1 and left > 50_000
+    build(data_dir, chunk=5_000)
+    whole = tmp_path / "whole"
+    copy_ticks(data_dir, whole)
+    build(whole)
+    assert_same(features(data_dir), features(whole))
+    assert_same(features(data_dir, "examples"), features(whole, "examples"))
+
+
 def test_kill_9_of_features_follow_while_ticks_arrive_then_restart_gives_the_one_shot_result(rtml, tmp_path):
     live, ref = tmp_path / "live", tmp_path / "ref"
     ingest = rtml_process(["ingest", "--speed", "3000", "--flush-interval", "0.1", "--max-ticks", "60000",
