@@ -197,9 +197,13 @@ class FeatureBuilder:
         try:
             self.fw: LogWriter = self._stack.enter_context(self.features.writer())
             self.ew: LogWriter = self._stack.enter_context(self.examples.writer())
+            _check_query(self.spec.sql)
             self._load_state()
-            self.con = duckdb.connect()
+            # The feature query is a query, not a program: no files, no network, no extensions,
+            # no Python variables by name, and no settings it could change back.
+            self.con = duckdb.connect(config={"enable_external_access": False, "python_enable_replacements": False})
             self.con.execute("SET TimeZone = 'UTC'")
+            self.con.execute("SET lock_configuration = true")
         except BaseException:
             self._stack.close()
             raise
@@ -533,6 +537,21 @@ class FeatureBuilder:
             yield rep
             if rep.ticks == 0:
                 stop.wait(poll)
+
+
+def _check_query(sql: str) -> None:
+    """The feature query must be exactly one SELECT (WITH ... SELECT counts)."""
+    import duckdb
+
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise FeatureError(f"the feature query does not parse: {str(exc).splitlines()[0]}") from None
+    if len(statements) != 1:
+        raise FeatureError(f"the feature query must be exactly one SELECT statement; it has {len(statements)} statements")
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        raise FeatureError(f"the feature query must be a SELECT over `bars`, not a {kind.name} statement")
 
 
 def _check_contract(out: pl.DataFrame, rows_in: int) -> None:

@@ -296,8 +296,11 @@ def test_kill_9_of_features_follow_while_ticks_arrive_then_restart_gives_the_one
         ("SELECT * FROM bars WHERE n_trades > 0 LIMIT 3", "rows for"),
         ("SELECT *, 'x' AS word FROM bars", "not numeric"),
         ("SELECT * FROM bars", "no feature columns"),
-        ("SELEKT 1", "the feature query failed"),
-        ("CREATE TABLE t AS SELECT 1", "lacks"),
+        ("SELEKT 1", "does not parse"),
+        ("CREATE TABLE t AS SELECT 1", "not a CREATE statement"),
+        ("SELECT *, r AS x FROM bars; SELECT 1", "exactly one SELECT statement; it has 2"),
+        ("INSTALL httpfs", "not a"),
+        ("SELECT b.*, 1.0 AS x FROM bars b, read_csv('/etc/passwd') p LIMIT 0", "Permission"),
     ],
 )
 def test_a_feature_query_that_breaks_the_contract_is_a_clear_error(rtml, data_dir, tmp_path, sql, fragment):
@@ -305,6 +308,20 @@ def test_a_feature_query_that_breaks_the_contract_is_a_clear_error(rtml, data_di
     q = tmp_path / "f.sql"
     q.write_text(sql)
     assert_clean_error(rtml("features", "--sql", str(q)), fragment)
+
+
+def test_a_feature_query_cannot_write_files_or_run_a_second_statement(rtml, data_dir, tmp_path):
+    """`--sql` used to run every statement in the file with DuckDB's full powers."""
+    write_ticks(data_dir, [[(t, 100 + t, 1, "buy") for t in range(0, 600, 7)]])
+    leak = tmp_path / "leak.csv"
+    q = tmp_path / "f.sql"
+    for sql in (f"COPY (SELECT 1) TO '{leak}'",
+                f"SELECT *, 1.0 AS x FROM bars; COPY (SELECT 1) TO '{leak}'",
+                f"SELECT b.*, 1.0 AS x FROM bars b WHERE (SELECT count(*) FROM read_csv('{q}')) >= 0"):
+        q.write_text(sql)
+        assert_clean_error(rtml("features", "--sql", str(q)))
+        assert not leak.exists()
+    assert not (data_dir / "features").exists() or ParquetLog(data_dir, "features").read_all().height == 0
 
 
 def test_a_custom_feature_query_replaces_the_default(rtml, data_dir, tmp_path):
