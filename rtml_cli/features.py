@@ -240,6 +240,12 @@ class FeatureBuilder:
             raise FeatureError(
                 f"{self.state_path} is damaged ({type(exc).__name__}: {exc}); run `rtml features --rebuild`"
             ) from None
+        for sym, st in [*symbols.items(), *((s, st) for s, (st, _) in pending.items())]:
+            bad = [f for f in ("tick_offset", "open_from", "late", "bars") if type(getattr(st, f)) is not int] + [
+                f for f in ("max_ts", "closed_until") if getattr(st, f) is not None and type(getattr(st, f)) is not int]
+            if bad:
+                raise FeatureError(f"{self.state_path} is damaged ({sym!r}: {', '.join(bad)} not whole numbers); "
+                                   "run `rtml features --rebuild`")
         self.build_id = doc.get("build_id") or "unknown"
         if doc.get("params") != params:
             old = doc.get("params", {})
@@ -595,6 +601,10 @@ def read_build(data_dir: Path) -> Build | None:
         params = doc["params"]
         return Build(int(params["bar_s"]), int(params["horizon"]), str(params["target"]), doc.get("build_id"))
     except FileNotFoundError:
+        built = [name for name in (FEATURES, EXAMPLES) if ParquetLog(data_dir, name).partitions()]
+        if built:
+            raise ConfigError(f"{data_dir} has {' and '.join(built)} logs but no {STATE_FILE}, the record of how they "
+                              "were built; run `rtml features --rebuild` to build them again from the ticks") from None
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path} is damaged ({type(exc).__name__}: {exc}); run `rtml features --rebuild`") from None

@@ -120,10 +120,15 @@ def resolve(model: str) -> ModelSpec:
     if ":" not in model:
         raise ConfigError(f"unknown model {model!r}; choose one of {', '.join(SPECS)} (see `rtml models`), or give module:factory")
     module_name, _, attr = model.partition(":")
+    if not (all(part.isidentifier() for part in module_name.split(".")) and attr.isidentifier()):
+        raise ConfigError(f"--model {model!r} is not module:factory: a module name as Python imports it "
+                          "(my_models, or pkg.models; no paths) and a function name")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"cannot import {module_name!r} for --model {model} ({exc}); is it on PYTHONPATH?") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module failed while it was imported
+        raise ConfigError(f"importing {module_name!r} for --model {model} failed: {type(exc).__name__}: {exc}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ConfigError(f"{module_name} has no callable {attr!r} for --model {model}")

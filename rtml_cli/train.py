@@ -140,12 +140,9 @@ class Trainer:
         self._last_checkpoint = time.monotonic()
 
     def _check_target(self) -> None:
-        try:
-            build = read_build(self.data_dir)
-        except ConfigError:
-            build = None
+        build = read_build(self.data_dir)  # a damaged or missing record of the build is an error
         if build is None:
-            return  # examples from elsewhere: nothing to check against
+            return
         self.examples_build, target = build.build_id, build.target
         if self.spec.kind == CLASSIFIER and target != "sign":
             raise ConfigError(f"{self.spec.name} is a classifier; build examples with `rtml features --target sign --rebuild`")
