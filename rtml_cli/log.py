@@ -180,14 +180,15 @@ class ParquetLog:
         bounds = pl.col(OFFSET) > offset
         if upto is not None:
             bounds &= pl.col(OFFSET) <= upto
+        gap = None
         for attempt in range(5):
             parts = [p for p in self.parts(symbol) if p.last > offset and (upto is None or p.first <= upto)]
             if not parts:
                 return pl.DataFrame()
-            if any(b.first != a.last + 1 for a, b in zip(parts, parts[1:])) or (
-                offset >= 0 and parts[0].first > offset + 1
-            ):
-                # A listing taken while a compaction renamed and deleted may miss parts: list again.
+            gap = _gap(parts, max(offset, -1) + 1)
+            if gap is not None:
+                # A listing taken while a compaction renamed and deleted may miss parts: list
+                # again; a gap that stays is a part that is gone.
                 time.sleep(0.01 * (attempt + 1))
                 continue
             query = pl.scan_parquet([p.path for p in parts]).filter(bounds)
@@ -198,7 +199,31 @@ class ParquetLog:
             except FileNotFoundError:
                 # A compaction replaced parts between our listing and the read: list again.
                 time.sleep(0.01 * (attempt + 1))
+            except (pl.exceptions.PolarsError, OSError) as exc:
+                raise LogError(self._damaged(symbol, parts, exc)) from None
+        if gap is not None:
+            raise LogError(
+                f"part {gap[0]}-{gap[1]} of {self.name}/{symbol} is missing (the parts in "
+                f"{self.partition_path(symbol)} skip those offsets); restore it, or rebuild what it held"
+            )
         raise LogError(f"{self.partition_path(symbol)} kept changing while being read; try again")
+
+    def _damaged(self, symbol: str, parts: list[Part], exc: Exception) -> str:
+        """Which part could not be read, found by reading each alone (only on this error path)."""
+        import polars as pl
+
+        for part in parts:
+            try:
+                pl.read_parquet(part.path)
+            except (pl.exceptions.PolarsError, OSError) as err:
+                exc = err
+                break
+        else:
+            part = None
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = f"{part.path} (offsets {part.first}-{part.last} of {self.name}/{symbol})" if part else (
+            f"a part of {self.name}/{symbol}")
+        return f"{where} is damaged and cannot be read ({why}); move it aside and restore it, or rebuild what it held"
 
     def read_in_time_order(self, symbols: list[str], offsets: dict[str, int], chunk: int,
                            columns: list[str] | None = None) -> pl.DataFrame:
@@ -337,7 +362,10 @@ class LogWriter:
             runs.append(run)
         rows = 0
         for run in runs:
-            merged = pl.read_parquet([p.path for p in run]).sort(OFFSET)
+            try:
+                merged = pl.read_parquet([p.path for p in run]).sort(OFFSET)
+            except (pl.exceptions.PolarsError, OSError) as exc:
+                raise LogError(self.log._damaged(symbol, run, exc)) from None
             first, last = run[0].first, run[-1].last
             if merged.height != last - first + 1:
                 raise LogError(f"parts {first}..{last} of {symbol!r} have gaps; not compacting")
@@ -350,13 +378,29 @@ class LogWriter:
         return CompactResult(symbol, len(parts), len(self.log.parts(symbol)), rows)
 
 
+def _gap(parts: list[Part], first: int) -> tuple[int, int] | None:
+    """The first run of offsets from `first` on that no part holds, or None."""
+    expect = first
+    for part in parts:
+        if part.first > expect:
+            return expect, part.first - 1
+        expect = part.last + 1
+    return None
+
+
 def _write_part(frame: pl.DataFrame, path: Path, level: int = 3) -> None:
     """Appends use zstd level 1 (twice as fast to write); compaction recompresses at 3."""
+    import polars as pl
+
     tmp = atomic.temp_path_for(path)
     try:
         # Row groups of 64k rows: a reader asking for a range of offsets skips the others
         # by their statistics instead of decoding the whole part.
         frame.write_parquet(tmp, compression="zstd", compression_level=level, statistics=True, row_group_size=65_536)
         atomic.publish(tmp, path)
+    except (pl.exceptions.PolarsError, OSError) as exc:  # a full disk comes as either
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LogError(f"cannot write {path} ({why}); nothing of it was published: free space or fix the "
+                       "storage, then run again") from None
     finally:
         tmp.unlink(missing_ok=True)

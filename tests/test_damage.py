@@ -7,6 +7,7 @@ import json
 import pytest
 
 from rtml_cli.features import STATE_FILE
+from rtml_cli.log import ParquetLog
 from tests.conftest import assert_clean_error
 
 
@@ -48,3 +49,82 @@ def test_a_model_that_is_not_an_importable_name_is_a_clear_error(rtml, built, tm
     (tmp_path / "broken_models.py").write_text("1 / 0\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert_clean_error(rtml("train", "--model", spec), fragment)
+
+
+# -- damaged and missing parts ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def parted(rtml, data_dir):
+    """Ticks in several parts per symbol, and their features and examples."""
+    assert rtml("ingest", "--max-ticks", "60000", "--flush-every", "8000", "--json").exit_code == 0
+    assert rtml("features", "--json").exit_code == 0
+    assert len(ParquetLog(data_dir, "ticks").parts("BTC/USD")) >= 3
+    return data_dir
+
+
+def damage(path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if how == "truncated" else b"")
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty"])
+def test_a_damaged_part_is_a_clear_error_naming_it(rtml, parted, how):
+    part = ParquetLog(parted, "examples").parts("BTC/USD")[0]
+    damage(part.path, how)
+    for command in (["backtest"], ["train", "--name", "other"]):
+        assert_clean_error(rtml(*command), str(part.path), "is damaged")
+    ticks = ParquetLog(parted, "ticks").parts("ETH/USD")[1]
+    damage(ticks.path, how)
+    for command in (["compact"], ["features", "--rebuild"]):
+        assert_clean_error(rtml(*command), str(ticks.path), "is damaged")
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_missing_part_is_reported_never_skipped(rtml, parted, which):
+    """The first part used to vanish unnoticed (a rebuild had fewer bars); a middle one gave
+    "kept changing while being read; try again", which retrying never fixed."""
+    part = ParquetLog(parted, "ticks").parts("SOL/USD")[which]
+    part.path.unlink()
+    assert_clean_error(rtml("features", "--rebuild"), f"part {part.first}-{part.last} of ticks/SOL/USD is missing")
+
+
+def _small_disk(size: int) -> None:
+    """In the child: files may not grow past `size` bytes, and writing past that fails (EFBIG)
+    instead of killing the process, as a write to a full disk fails."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+
+def test_a_full_disk_is_a_clear_error_and_the_next_run_goes_on(data_dir):
+    """polars raises its own exception type for a failed write; it used to escape as a
+    traceback (printed twice by ingest)."""
+    import functools
+    import shutil
+    import subprocess
+    import sys
+
+    def run(*args, limit=None):
+        return subprocess.run([sys.executable, "-m", "rtml_cli", *args, "--data-dir", str(data_dir)],
+                              preexec_fn=functools.partial(_small_disk, limit) if limit else None,
+                              capture_output=True, text=True)
+
+    r = run("ingest", "--max-ticks", "200000", "--flush-every", "50000", limit=300_000)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.count("Error: cannot write") == 1 and "nothing of it was published" in r.stderr
+    ticks = ParquetLog(data_dir, "ticks")
+    assert sum(ticks.row_count(s) for s in ticks.partitions()) == 0  # no part, no partial part
+    assert run("ingest", "--max-ticks", "60000").returncode == 0
+    assert sum(ticks.row_count(s) for s in ticks.partitions()) == 60000
+    r = run("features", limit=3_000)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "Error: cannot write" in r.stderr, r.stderr
+    assert run("features").returncode == 0
+    clean = data_dir.parent / "clean"  # the same ticks, built where nothing failed
+    shutil.copytree(data_dir / "ticks", clean / "ticks")
+    assert subprocess.run([sys.executable, "-m", "rtml_cli", "features", "--data-dir", str(clean)]).returncode == 0
+    for name in ("features", "examples"):
+        got, want = ParquetLog(data_dir, name).read_all(), ParquetLog(clean, name).read_all()
+        assert got.height == want.height > 600 and got["close"].to_list() == want["close"].to_list()
