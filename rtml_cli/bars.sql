@@ -4,8 +4,9 @@
 --   (bar start, ns since the epoch), ord (the trades' order by time, then by arrival, so
 --   equal timestamps are not ambiguous), price, qty, is_buy (the taker side; NULL if unknown).
 -- Input `bounds`: per symbol, emit the bars starting in [first, stop); prev_close is the
---   close of the bar before `first` (NULL if none).
--- Parameter $bar: the bar length in ns.
+--   close of the bar before `first` (NULL if none); carry_cap: the end of the empty bars that
+--   may still follow the symbol's last bar with trades before `first`.
+-- Parameters: $bar, the bar length in ns; $max_empty, the most empty bars after a bar with trades.
 -- An empty bar carries the last close forward as open, high, low, close and vwap, with zero
 -- volume and zero trades.
 WITH agg AS (
@@ -25,8 +26,25 @@ WITH agg AS (
     FROM ticks
     GROUP BY symbol, bucket
 ),
+-- The grid of bars to emit: each bar with trades and at most $max_empty empty bars after it
+-- (a gap of days is a gap, not a million bars); and, from `first`, the empty bars still due
+-- after the last bar with trades of an earlier step (up to `carry_cap`, exclusive).
+starts AS (
+    SELECT symbol, bucket AS start, bucket + ($max_empty + 1) * $bar AS cap FROM agg
+    UNION ALL
+    SELECT symbol, first AS start, carry_cap AS cap FROM bounds
+    WHERE NOT EXISTS (SELECT 1 FROM agg WHERE agg.symbol = bounds.symbol AND agg.bucket = bounds.first)
+),
+spans AS (
+    SELECT
+        s.symbol,
+        s.start,
+        least(coalesce(lead(s.start) OVER (PARTITION BY s.symbol ORDER BY s.start), b.stop), b.stop, s.cap) AS stop,
+        b.prev_close
+    FROM starts s JOIN bounds b ON b.symbol = s.symbol
+),
 grid AS (
-    SELECT symbol, unnest(range(first, stop, $bar)) AS bucket, prev_close FROM bounds
+    SELECT symbol, unnest(range(start, stop, $bar)) AS bucket, prev_close FROM spans WHERE stop > start
 ),
 carried AS (
     SELECT

@@ -54,6 +54,9 @@ NS = 1_000_000_000
 _BAR_RE = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _NEVER = -(2**62)  # a time before any tick, in ns
+# After a bar with trades, empty bars are emitted for at most this long: a symbol silent for
+# a month (or one trade stamped years off) makes a gap in the bars, not millions of them.
+MAX_EMPTY_SECONDS = 7 * 86_400
 
 
 class FeatureError(RtmlError):
@@ -105,6 +108,8 @@ class SymbolState:
     closed_until: int | None = None  # every bar starting before this (ns) has been emitted
     late: int = 0  # ticks that arrived after their bar had closed
     bars: int = 0  # features rows emitted
+    last_trade_bar: int | None = None  # start (ns) of the newest emitted bar with trades
+    gap_bars_skipped: int = 0  # empty bars not emitted: past MAX_EMPTY_SECONDS after a trade
 
 
 @dataclass
@@ -113,6 +118,7 @@ class SymbolReport:
     examples: int = 0
     late: int = 0
     ticks: int = 0
+    gap_bars_skipped: int = 0
 
 
 @dataclass
@@ -135,6 +141,10 @@ class StepReport:
     def late(self) -> int:
         return sum(r.late for r in self.symbols.values())
 
+    @property
+    def gap_bars_skipped(self) -> int:
+        return sum(r.gap_bars_skipped for r in self.symbols.values())
+
     def add(self, other: StepReport) -> None:
         for sym, r in other.symbols.items():
             mine = self.symbols.setdefault(sym, SymbolReport())
@@ -142,6 +152,7 @@ class StepReport:
             mine.examples += r.examples
             mine.late += r.late
             mine.ticks += r.ticks
+            mine.gap_bars_skipped += r.gap_bars_skipped
 
 
 @dataclass
@@ -154,6 +165,7 @@ class _Plan:
     ticks: pl.DataFrame  # offset, ts_ns, price, qty, is_buy of the bars in [first, stop)
     first: int  # first bar to emit (ns)
     stop: int  # bars starting before this close in this step
+    carry_cap: int  # empty bars from `first` on end before this (ns): the cap after the last trade
     rows: pl.DataFrame | None = None
 
     @property
@@ -184,6 +196,7 @@ class FeatureBuilder:
         self.state: dict[str, SymbolState] = {}
         self._stack = ExitStack()
         self._bars_sql = _bars_sql()
+        self.max_empty = max(10, MAX_EMPTY_SECONDS // spec.bar_s)
         self._recent: dict[str, pl.DataFrame] = {}  # the newest features rows, per symbol
         self._keep = max(spec.lookback, spec.horizon + 1)
 
@@ -241,8 +254,9 @@ class FeatureBuilder:
                 f"{self.state_path} is damaged ({type(exc).__name__}: {exc}); run `rtml features --rebuild`"
             ) from None
         for sym, st in [*symbols.items(), *((s, st) for s, (st, _) in pending.items())]:
-            bad = [f for f in ("tick_offset", "open_from", "late", "bars") if type(getattr(st, f)) is not int] + [
-                f for f in ("max_ts", "closed_until") if getattr(st, f) is not None and type(getattr(st, f)) is not int]
+            bad = [f for f in ("tick_offset", "open_from", "late", "bars", "gap_bars_skipped")
+                   if type(getattr(st, f)) is not int] + [f for f in ("max_ts", "closed_until", "last_trade_bar")
+                                                          if getattr(st, f) is not None and type(getattr(st, f)) is not int]
             if bad:
                 raise FeatureError(f"{self.state_path} is damaged ({sym!r}: {', '.join(bad)} not whole numbers); "
                                    "run `rtml features --rebuild`")
@@ -302,6 +316,9 @@ class FeatureBuilder:
                 plan.rows = rows.get(plan.symbol)
                 plan.report.bars = plan.rows.height if plan.rows is not None else 0
                 plan.state.bars += plan.report.bars
+                if plan.closes_bars:
+                    plan.report.gap_bars_skipped = (plan.stop - plan.first) // self.bar_ns - plan.report.bars
+                    plan.state.gap_bars_skipped += plan.report.gap_bars_skipped
             self._publish(plans, report)
         # Every symbol, not only the updated ones: a crash may have come between publishing
         # features and deriving their examples.
@@ -375,9 +392,15 @@ class FeatureBuilder:
         if has_new or used.height:
             still_open = used.filter(pl.col("ts_ns") >= closed)
             st.open_from = int(still_open[OFFSET].min()) if still_open.height else limit + 1
+        closing = used.filter(pl.col("ts_ns") < closed) if used.height else used
+        if closing.height:
+            newest_bar = int(closing["ts_ns"].max()) // self.bar_ns * self.bar_ns
+            st.last_trade_bar = max(newest_bar, old.last_trade_bar if old.last_trade_bar is not None else _NEVER)
         if st == old:
             return None
-        return _Plan(sym, st, rep, used.filter(pl.col("ts_ns") < closed) if used.height else used, first, closed)
+        cap_from = old.last_trade_bar if old.last_trade_bar is not None else first
+        carry_cap = cap_from + (self.max_empty + 1) * self.bar_ns
+        return _Plan(sym, st, rep, closing, first, closed, carry_cap)
 
     def _bars_and_features(self, plans: list[_Plan]) -> dict[str, pl.DataFrame]:
         """The new features rows of every planned symbol: one bars query, one feature query."""
@@ -391,7 +414,7 @@ class FeatureBuilder:
         tick_frames, bounds, histories = [], [], []
         for sid, p in enumerate(plans):
             history = self._lookback(p.symbol)
-            bounds.append((sid, p.first, p.stop, float(history["close"][-1]) if history.height else None))
+            bounds.append((sid, p.first, p.stop, float(history["close"][-1]) if history.height else None, p.carry_cap))
             if history.height:
                 histories.append(history.select(BAR_COLUMNS))
             if p.ticks.height:
@@ -410,14 +433,15 @@ class FeatureBuilder:
             "is_buy": pl.Boolean,
         })
         bounds_df = pl.DataFrame(
-            bounds, schema={"symbol": pl.Int32, "first": pl.Int64, "stop": pl.Int64, "prev_close": pl.Float64},
+            bounds, schema={"symbol": pl.Int32, "first": pl.Int64, "stop": pl.Int64, "prev_close": pl.Float64,
+                            "carry_cap": pl.Int64},
             orient="row",
         )
         con = self.con
         con.register("ticks", ticks.to_arrow())
         con.register("bounds", bounds_df.to_arrow())
         try:
-            bars = con.sql(self._bars_sql, params={"bar": self.bar_ns}).pl()
+            bars = con.sql(self._bars_sql, params={"bar": self.bar_ns, "max_empty": self.max_empty}).pl()
         finally:
             con.unregister("ticks")
             con.unregister("bounds")
@@ -644,6 +668,8 @@ def summarize(builder: FeatureBuilder, report: StepReport, elapsed: float) -> di
             "closed_until": iso(st.closed_until),
             "newest_tick": iso(st.max_ts),
             "late_ticks_total": st.late,
+            "gap_bars_skipped": r.gap_bars_skipped,
+            "gap_bars_skipped_total": st.gap_bars_skipped,
             "ticks_backlog": max(0, builder.ticks.last_offset(sym) - st.tick_offset),
         }
     return {
@@ -652,6 +678,7 @@ def summarize(builder: FeatureBuilder, report: StepReport, elapsed: float) -> di
         "bars_emitted": report.bars,
         "examples_emitted": report.examples,
         "late_ticks": report.late,
+        "gap_bars_skipped": report.gap_bars_skipped,
         "ticks_read": report.ticks,
         "elapsed_s": round(elapsed, 3),
         "symbols": symbols,

@@ -191,6 +191,13 @@ def features_table(summary: dict):
             f"{s['features_rows']:,}", f"{s['examples_rows']:,}", (s["closed_until"] or "")[:19],
         )
     table.caption = f"{summary['ticks_read']:,} ticks read in {summary['elapsed_s']:.2f}s"
+    gaps = {sym: s["gap_bars_skipped"] for sym, s in summary["symbols"].items() if s.get("gap_bars_skipped")}
+    if gaps:
+        from rtml_cli.features import MAX_EMPTY_SECONDS
+
+        table.caption += "\n[yellow]" + ", ".join(f"{sym}: {n:,}" for sym, n in gaps.items()) + (
+            f" empty bars not emitted: gaps of more than {MAX_EMPTY_SECONDS // 86_400} days without a trade "
+            "(or a trade stamped far off)[/]")
     return table
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime
 import signal
 import time
 from pathlib import Path
@@ -402,3 +403,37 @@ def test_follow_closes_an_idle_symbols_bars_on_the_market_clock_and_stops_on_sig
     # trade, the ones after carry its price with no volume
     assert idle["close"].to_list()[:2] == [50, 50] and idle["volume"].to_list()[:2] == [1, 0]
     assert summary["symbols"]["LIQUID"]["features_rows"] >= 3
+
+
+# -- gaps ----------------------------------------------------------------------------------------
+
+
+def test_a_gap_of_years_makes_a_gap_in_the_bars_not_millions_of_them(rtml, data_dir, tmp_path):
+    """One trade stamped three years later used to make 1.6 million empty bars (1.8 GB); after
+    a bar with trades, empty bars now run for at most MAX_EMPTY_SECONDS, the rest are counted,
+    and an incremental build gives the same rows as a one-shot one."""
+    from rtml_cli.features import MAX_EMPTY_SECONDS
+
+    years = 3 * 365 * 86_400
+    before = [(t, 100 + t % 7, 1, "buy") for t in range(0, 3_000, 13)]
+    after = [(years + t, 90 + t % 5, 1, "sell") for t in range(0, 3_000, 11)]
+    write_ticks(data_dir, [before, after[:1], after[1:]])
+    r = rtml("features", "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    bars = features(data_dir)
+    cap = MAX_EMPTY_SECONDS // 60
+    closed_until = datetime.fromisoformat(summary["symbols"]["X"]["closed_until"]).timestamp()
+    dense = round(closed_until - T0) // 60  # every minute from the first trade's bar to the last closed one
+    assert bars.height + summary["gap_bars_skipped"] == dense  # each one either emitted or counted
+    assert summary["gap_bars_skipped"] == summary["symbols"]["X"]["gap_bars_skipped_total"] > dense - cap - 200
+    gap = bars.filter(pl.col("ts").diff() > pl.duration(minutes=1))
+    assert gap.height == 1  # one jump, from the last empty bar to the first bar after the gap
+    empties_after = bars.filter((pl.col("ts") >= pl.lit(T0 * 10**9).cast(pl.Datetime("ns", "UTC")) + pl.duration(seconds=3_000))
+                                & (pl.col("ts") < gap["ts"][0]))
+    assert empties_after.height == cap and (empties_after["n_trades"] == 0).all()
+    step = tmp_path / "step"  # tick by tick, as a live run would
+    for batch in ([before], [after[:1]], [after[1:]]):
+        write_ticks(step, batch)
+        build(step)
+    assert_same(features(step), bars)
