@@ -18,7 +18,7 @@ import numpy as np
 from rtml_cli import atomic
 from rtml_cli.errors import LogError, SymbolError
 from rtml_cli.log import LogWriter, ParquetLog, check_symbol
-from rtml_cli.schema import TICK_COLUMNS, problems, tick_schema
+from rtml_cli.schema import MAX_JUMP_SECONDS, TICK_COLUMNS, isolated_in_time, problems, tick_schema
 from rtml_cli.sources import Source, TickBatch
 
 if TYPE_CHECKING:
@@ -186,6 +186,7 @@ class _Pipeline:
         self.buffered = 0
         self.last_flush = time.monotonic()
         self.symbol_ok: dict[str, str | None] = {}  # symbol -> None if fine, else the reason
+        self.last_ts: dict[str, int] = {}  # symbol -> time (ns) of its newest tick judged plausible
         self.keep = set(opts.symbols) if opts.symbols else None
 
     def _symbol_problem(self, symbol: str | None) -> str | None:
@@ -221,6 +222,7 @@ class _Pipeline:
                 .otherwise(reason)
             ).to_series()
         frame = frame.with_columns(_reason=reason)
+        frame = self._mark_isolated(frame)
         frame = self._mark_duplicates(frame)
         good = frame.filter(pl.col("_reason").is_null())
         if self.opts.max_ticks is not None:
@@ -246,6 +248,31 @@ class _Pipeline:
             self.good.append(good)
             self.buffered += good.height
         return good.height
+
+    def _mark_isolated(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Mark a tick stamped more than MAX_JUMP_SECONDS from both its neighbours (in its
+        symbol's arrival order) as implausible; remember each symbol's newest good time."""
+        import polars as pl
+
+        rows = frame.with_row_index("_i").filter(pl.col("_reason").is_null())
+        if rows.height == 0:
+            return frame
+        flagged = []
+        for (sym,), part in rows.select("_i", "symbol", pl.col("ts").dt.epoch("ns").alias("t")).group_by(
+                "symbol", maintain_order=True):
+            t = part["t"].to_numpy()
+            odd = isolated_in_time(t, self.last_ts.get(sym), int(MAX_JUMP_SECONDS * 1e9))
+            flagged.append(part["_i"].to_numpy()[odd])
+            ok = t[~odd]
+            if ok.size:
+                self.last_ts[sym] = int(ok[-1])
+        odd_rows = np.concatenate(flagged)
+        if odd_rows.size == 0:
+            return frame
+        mask = np.zeros(frame.height, dtype=bool)
+        mask[odd_rows] = True
+        return frame.with_columns(
+            _reason=pl.when(pl.Series(mask)).then(pl.lit("implausible_ts")).otherwise("_reason"))
 
     def _mark_duplicates(self, frame: pl.DataFrame) -> pl.DataFrame:
         """Mark repeated trade ids, within the batch and against the log, as duplicates."""

@@ -6,12 +6,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     import polars as pl
 
 TICK_COLUMNS = ["ts", "recv_ts", "symbol", "price", "qty", "side", "trade_id"]
 # A tick stamped further than this after its receive time is rejected (a broken clock or
 # a unit mix-up, such as microseconds read as milliseconds).
 MAX_FUTURE_SECONDS = 300
+# Plausible time: no trade before this (2000-01-01T00:00:00Z; a zero or 1970 timestamp is a
+# broken field), and none far from both of its neighbours in its symbol's stream.
+MIN_TS_NS = 946_684_800 * 1_000_000_000
+MAX_JUMP_SECONDS = 7 * 86_400
 
 
 def tick_schema() -> dict[str, pl.DataType]:
@@ -86,6 +91,8 @@ def problems(frame: pl.DataFrame, max_future_seconds: float = MAX_FUTURE_SECONDS
         .then(pl.lit("non_positive_qty"))
         .when(future)
         .then(pl.lit("future_ts"))
+        .when(pl.col("ts").dt.epoch("ns") < MIN_TS_NS)
+        .then(pl.lit("implausible_ts"))
         .otherwise(pl.lit(None, dtype=pl.String))
     )
 
@@ -95,3 +102,19 @@ def ns_to_utc(expr: pl.Expr) -> pl.Expr:
     import polars as pl
 
     return expr.cast(pl.Datetime("ns")).dt.replace_time_zone("UTC")
+
+
+def isolated_in_time(ts_ns: np.ndarray, previous: int | None, max_jump_ns: int) -> np.ndarray:
+    """Which of one symbol's ticks (in arrival order) lie more than `max_jump_ns` from both the
+    tick before (`previous` for the first one) and the tick after: a single trade stamped far
+    away from its neighbours, where a real gap in trading has neighbours on its far side too.
+    A tick without a known neighbour on either side is not judged."""
+    import numpy as np
+
+    before = np.concatenate(([previous if previous is not None else -1], ts_ns[:-1]))
+    after = np.concatenate((ts_ns[1:], [-1]))
+    known_before = np.ones(ts_ns.size, dtype=bool)
+    known_before[0] = previous is not None
+    known_after = np.ones(ts_ns.size, dtype=bool)
+    known_after[-1] = False
+    return known_before & known_after & (np.abs(ts_ns - before) > max_jump_ns) & (np.abs(after - ts_ns) > max_jump_ns)

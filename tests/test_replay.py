@@ -757,3 +757,24 @@ def test_symbol_does_not_rename_a_file_that_has_a_symbol_column(rtml, tmp_path):
     assert_clean_error(
         rtml("ingest", "--source", "replay", "--path", str(f), "--symbol", "X"), "has a symbol column", "--symbols"
     )
+
+
+# -- plausible time ------------------------------------------------------------------------------
+
+
+def test_a_trade_stamped_far_from_its_neighbours_is_quarantined_a_real_pause_is_not(rtml, data_dir, tmp_path):
+    """A 2023 file with one row stamped in 2026 and one at 1970 (which made `rtml features`
+    emit a million empty bars, or run for ten minutes into 7.7 GB); a pause of ten days with
+    trades on both sides is a real pause."""
+    t0 = 1_672_531_200  # 2023-01-01
+    times = [t0 + 10 * i for i in range(200)] + [t0 + 10 * 86_400 + 10 * i for i in range(200)]
+    rows = [f"{t:.1f},{100 + i % 7}.5,0.1" for i, t in enumerate(times)]
+    rows.insert(100, "1767225600.0,101.5,0.1")  # 2026-01-01, amid 2023
+    rows.insert(300, "0.5,101.5,0.1")  # 1970
+    s = replay(rtml, write(tmp_path / "XBTUSD.csv", "\n".join(rows) + "\n"))
+    assert s["written"] == 400 and s["quarantined"] == {"implausible_ts": 2}
+    got = [(w.rsplit(":", 1)[1], r) for w, r, _ in quarantined(data_dir)]
+    assert got == [("101", "implausible_ts"), ("301", "implausible_ts")]  # the file's lines
+    assert ns(ticks(data_dir)) == [t * 1_000_000_000 for t in times]
+    r = rtml("features", "--json")  # the ten-day pause: seven days of empty bars, three left out
+    assert r.exit_code == 0 and 3 * 1440 - 60 < json.loads(r.stdout)["gap_bars_skipped"] <= 3 * 1440

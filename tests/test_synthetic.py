@@ -136,11 +136,24 @@ def test_the_market_is_calibrated_to_crypto():
     assert abs(daily.mean()) < 3 * daily.std(ddof=1) / np.sqrt(len(daily))
 
 
-def _batch(ts_seconds: list[float]) -> TickBatch:
-    frame = pl.DataFrame({"ts": [int(t * 1e9) for t in ts_seconds]}).select(
-        pl.col("ts").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC")
-    )
+def _batch(ts_seconds: list[float | None]) -> TickBatch:
+    """Trades at these seconds after START (a seconds value below -START/1e9 + 1 is 1970)."""
+    frame = pl.DataFrame({"ts": [None if t is None else START + int(t * 1e9) for t in ts_seconds]},
+                         schema={"ts": pl.Int64}).select(pl.col("ts").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC"))
     return TickBatch(frame, raw=pl.lit(""), where=pl.lit(""), progress=len(ts_seconds))
+
+
+def _paced(batches: list[TickBatch], speed: float = 10.0) -> list[tuple[float, list[float]]]:
+    """(wall seconds since the start, the trades' seconds after START) of each release, on a fake clock."""
+    now = [100.0]
+
+    def wait(seconds):
+        now[0] += max(seconds, 0.001)
+
+    out = []
+    for b in pace(iter(batches), speed=speed, stop=Event(), clock=lambda: now[0], wait=wait):
+        out.append((now[0] - 100.0, [(t - START) / 1e9 for t in b.frame["ts"].dt.epoch("ns").fill_null(START).to_list()]))
+    return out
 
 
 def test_pace_releases_each_trade_when_scaled_wall_time_reaches_it():
@@ -157,7 +170,7 @@ def test_pace_releases_each_trade_when_scaled_wall_time_reaches_it():
     released = []
     for out in pace(iter(batches), speed=10.0, stop=stop, clock=lambda: now[0], wait=wait):
         ts = out.frame["ts"].dt.epoch("ns").to_list()
-        released.append((now[0] - 100.0, [t / 1e9 for t in ts]))
+        released.append((now[0] - 100.0, [(t - START) / 1e9 for t in ts]))
     flat = [t for _, ts in released for t in ts]
     assert flat == [0, 1, 2, 10, 10.5, 30]  # nothing lost, nothing reordered
     for elapsed, ts in released:
@@ -176,6 +189,31 @@ def test_pace_stops_promptly_when_asked():
 
     got = list(pace(iter([_batch([0, 1000])]), speed=1.0, stop=stop, clock=lambda: now[0], wait=wait))
     assert [o.frame.height for o in got] == [1]
+
+
+def test_pace_is_not_stalled_by_a_trade_stamped_far_off():
+    """A 1970 row first used to set the origin (the next row due in weeks at 1000x); a row
+    stamped a year ahead in the middle blocked every row after it. They now go out at once
+    (to quarantine), and the rest keeps the file's pace."""
+    year = 365 * 86_400.0
+    released = _paced([_batch([-START / 1e9, 0, 1, 2, year, 3]), _batch([4, 5]), _batch([6, year, 7, 8])])
+    flat = [t for _, ts in released for t in ts]
+    assert flat == [-START / 1e9, 0, 1, 2, year, 3, 4, 5, 6, year, 7, 8]  # nothing lost, nothing reordered
+    last = max(e for e, _ in released)
+    assert last == pytest.approx(0.8, abs=0.06)  # 8 s of market at 10x: no outlier waited for
+    for elapsed, ts in released:
+        assert all(t == year or t / 10.0 <= elapsed + 1e-9 for t in ts if t >= 0)  # the rest never early
+
+
+def test_pace_skips_a_long_pause_and_judges_a_batchs_last_trade_with_the_next():
+    day = 86_400.0
+    released = _paced([_batch([0, 1, 2]), _batch([10 * day, 10 * day + 1]), _batch([None, 10 * day + 2])])
+    assert [t for _, ts in released for t in ts] == [0, 1, 2, 10 * day, 10 * day + 1, 0, 10 * day + 2]
+    # the ten-day pause (real: trades on both sides) takes no time; the rest keeps pace
+    assert max(e for e, _ in released) == pytest.approx(0.4, abs=0.06)
+    # a year-off trade that ends a batch is caught once the next batch shows where time went on
+    released = _paced([_batch([0, 1, 2, 365 * day]), _batch([3, 4])])
+    assert max(e for e, _ in released) == pytest.approx(0.4, abs=0.06)
 
 
 def test_max_ticks_bounds_the_source_exactly():

@@ -51,37 +51,83 @@ def pace(
 ) -> Iterator[TickBatch]:
     """Release each trade when wall time reaches its exchange time, with the clock scaled by `speed`.
 
-    The first trade sets the origin. Rows without a timestamp go out immediately (they are
-    headed for quarantine anyway). `clock` and `wait` can be replaced in tests.
+    The clock follows the trades' own time from the first plausible one, in order of
+    appearance (never reordered). A trade that cannot set the pace goes out at once and
+    leaves the clock where it was: no time, a time before 2000, or one more than
+    MAX_JUMP_SECONDS from both of its neighbours (one trade stamped far off; these are
+    headed for quarantine). To judge a batch's last trade the next batch's first is needed,
+    so each batch's last trade goes out with the next batch. A pause of more than
+    MAX_JUMP_SECONDS between plausible trades is skipped, not waited for. `clock` and `wait`
+    can be replaced in tests.
     """
+    import numpy as np
+    import polars as pl
+
+    from rtml_cli.schema import MAX_JUMP_SECONDS, MIN_TS_NS, isolated_in_time
+
     wait = wait or stop.wait
-    origin_sim: int | None = None
-    origin_wall = 0.0
-    for batch in batches:
-        frame = batch.frame
-        ts_ns = frame["ts"].dt.epoch("ns")
-        if origin_sim is None and ts_ns.drop_nulls().len():
-            origin_sim = int(ts_ns.drop_nulls().min())
-            origin_wall = clock()
-        if origin_sim is None:
-            yield batch
-            continue
-        due_wall = (ts_ns.fill_null(origin_sim) - origin_sim) / 1e9 / speed
-        frame = frame.with_columns(_due=due_wall)
-        sent = 0
-        progress_left = batch.progress
+    jump = int(MAX_JUMP_SECONDS * 1e9)
+    clock_state: dict[str, float | int] = {}  # prev_ts, prev_c (file time with long pauses cut), origin_c, origin_wall
+    held: TickBatch | None = None
+
+    def dues(ts: np.ndarray, valid: np.ndarray, judge_last: bool) -> np.ndarray:
+        """Wall seconds after the origin at which each trade is due (-inf: at once)."""
+        due = np.full(ts.size, -np.inf)
+        cand = np.flatnonzero(valid & (ts >= MIN_TS_NS))
+        if cand.size == 0:
+            return due
+        t = ts[cand]
+        odd = isolated_in_time(t, clock_state.get("prev_ts"), jump)
+        if judge_last and "prev_ts" in clock_state and t[-1] - clock_state["prev_ts"] > jump:
+            odd[-1] = True  # the very last trade, far after the rest: nothing after it to pace
+        t, cand = t[~odd], cand[~odd]
+        if not judge_last and cand.size and cand[-1] == ts.size - 1:
+            t, cand = t[:-1], cand[:-1]  # the held trade: it told us about its neighbour; its turn comes later
+        if t.size == 0:
+            return due
+        if "prev_ts" not in clock_state:
+            clock_state.update(prev_ts=int(t[0]), prev_c=int(t[0]), origin_c=int(t[0]), origin_wall=clock())
+        steps = np.diff(np.concatenate(([clock_state["prev_ts"]], t)))
+        c = clock_state["prev_c"] + np.cumsum(np.where(steps > jump, 0, steps))  # a long pause takes no time
+        clock_state.update(prev_ts=int(t[-1]), prev_c=int(c[-1]))
+        due[cand] = (c - clock_state["origin_c"]) / 1e9 / speed
+        return due
+
+    def release(part: TickBatch, due: np.ndarray) -> Iterator[TickBatch]:
+        frame = part.frame.with_columns(_due=pl.Series(due))
+        sent, progress_left = 0, part.progress
         while sent < frame.height and not stop.is_set():
-            elapsed = clock() - origin_wall
-            # Rows are released in order of appearance, never reordered.
+            elapsed = clock() - clock_state.get("origin_wall", clock())
             n = _leading_true(frame["_due"].slice(sent) <= elapsed)
             if n:
-                part = frame.slice(sent, n).drop("_due")
+                out = frame.slice(sent, n).drop("_due")
                 sent += n
-                share = batch.progress * n // frame.height if sent < frame.height else progress_left
+                share = part.progress * n // frame.height if sent < frame.height else progress_left
                 progress_left -= share
-                yield TickBatch(part, batch.raw, batch.where, share, batch.gaps if sent == n else [])
+                yield TickBatch(out, part.raw, part.where, share, part.gaps if sent == n else [])
             else:
                 wait(min(max(float(frame["_due"][sent]) - elapsed, 0.0), step))
+
+    def times(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        ts = frame["ts"].dt.epoch("ns")
+        return ts.fill_null(0).to_numpy().astype(np.int64), ts.is_not_null().to_numpy()
+
+    for batch in batches:
+        if batch.frame.height == 0:
+            yield batch
+            continue
+        parts = ([held] if held is not None else []) + [
+            TickBatch(batch.frame.slice(0, batch.frame.height - 1), batch.raw, batch.where, batch.progress, batch.gaps)]
+        held = TickBatch(batch.frame.slice(batch.frame.height - 1), batch.raw, batch.where, 0, [])
+        ts, valid = (np.concatenate(x) for x in zip(*(times(p.frame) for p in [*parts, held])))
+        due = dues(ts, valid, judge_last=False)[:-1]  # the held trade is judged with the next batch
+        at = 0
+        for part in parts:
+            yield from release(part, due[at:at + part.frame.height])
+            at += part.frame.height
+    if held is not None and not stop.is_set():
+        ts, valid = times(held.frame)
+        yield from release(held, dues(ts, valid, judge_last=True))
 
 
 def _leading_true(mask: pl.Series) -> int:
