@@ -75,7 +75,9 @@ def problems(frame: pl.DataFrame, max_future_seconds: float = MAX_FUTURE_SECONDS
     )
     symbol_bad = pl.col("symbol").is_null() | (pl.col("symbol") == "")
     return (
-        pl.when(symbol_bad)
+        pl.when(pl.col("_parse_problem") == "line_too_long")  # no field of it was read: not even the symbol
+        .then(pl.lit("line_too_long"))
+        .when(symbol_bad)
         .then(pl.lit("bad_symbol"))
         .when(pl.col("_parse_problem").is_not_null())
         .then(pl.col("_parse_problem"))

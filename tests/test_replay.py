@@ -778,3 +778,30 @@ def test_a_trade_stamped_far_from_its_neighbours_is_quarantined_a_real_pause_is_
     assert ns(ticks(data_dir)) == [t * 1_000_000_000 for t in times]
     r = rtml("features", "--json")  # the ten-day pause: seven days of empty bars, three left out
     assert r.exit_code == 0 and 3 * 1440 - 60 < json.loads(r.stdout)["gap_bars_skipped"] <= 3 * 1440
+
+
+def test_a_line_longer_than_a_read_is_quarantined_in_bounded_memory(rtml, data_dir, tmp_path):
+    """A 100 MB line used to take quadratic time (never finishing as a first line) and 1.6 GB;
+    a line that runs on past MAX_LINE_BYTES beyond a read chunk is now read past and
+    quarantined with its first bytes."""
+    rows = [f"{1_672_531_200 + 10 * i:.1f},{100 + i % 7}.5,0.1" for i in range(400)]
+    path = tmp_path / "XBTUSD.csv"
+    with path.open("wb") as f:
+        f.write(("\n".join(rows[:200]) + "\n").encode())
+        f.write(b"1672533300.0," + b"9" * (10 << 20) + b",0.1\n")  # longer than a read (8 MB)
+        f.write(("\n".join(rows[200:]) + "\n").encode())
+    s = replay(rtml, path)
+    assert s["written"] == 400 and s["quarantined"] == {"line_too_long": 1}
+    [(where, reason, raw)] = quarantined(data_dir)
+    assert where == "XBTUSD.csv:201" and raw.startswith("RTML-LINE-TOO-LONG 1672533300.0 999") and len(raw) < 300
+    # in chunks far smaller than the line, as the first-rows probe reads: the same records
+    got = parsed(path, 64 * 1024)
+    assert got.height == 401 and got["_parse_problem"].to_list().count("line_too_long") == 1
+
+
+def test_a_stray_nul_byte_early_in_a_file_is_one_bad_record_not_a_binary_file(rtml, data_dir, tmp_path):
+    rows = [f"{1_672_531_200 + 10 * i:.1f},{100 + i % 7}.5,0.1" for i in range(300)]
+    rows[5] = "1672531250.0,10\x001.5,0.1"
+    s = replay(rtml, write(tmp_path / "XBTUSD.csv", "\n".join(rows) + "\n"))
+    assert s["written"] == 299 and s["quarantined"] == {"unparseable_price": 1}
+    assert [w for w, _, _ in quarantined(data_dir)] == ["XBTUSD.csv:6"]

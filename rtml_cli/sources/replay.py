@@ -116,22 +116,56 @@ class _Input:
         self._raw.close()
 
 
+MAX_LINE_BYTES = 1 << 20  # a trade record is well under a kilobyte
+# what stands in for a line longer than MAX_LINE_BYTES: its first bytes, quarantined as line_too_long
+TOO_LONG = b"RTML-LINE-TOO-LONG "
+
+
 def _csv_chunks(inp: _Input, chunk_bytes: int) -> Iterator[tuple[bytes, int]]:
-    """Chunks of whole lines, with the bytes of the file on disk consumed so far."""
-    rest = b""
+    """Chunks of whole lines, with the bytes of the file on disk consumed so far.
+
+    A line still unfinished MAX_LINE_BYTES past the end of a read is not held: it is read
+    past in constant memory and stands in the chunk as one short line, TOO_LONG and its
+    first 200 bytes, which the parser quarantines. So time stays linear and memory bounded
+    whatever the file holds. (A long line that fits inside one read is an ordinary bad
+    record.)
+    """
+    rest = b""  # the unfinished line carried over from the last read
+    skipping: bytes | None = None  # the start of an overlong line being read past
     while True:
         data = inp.read(chunk_bytes)
         if not data:
-            if rest.strip():
+            if skipping is not None:
+                yield _too_long(skipping), inp.position()
+            elif rest.strip():
                 yield rest, inp.position()
             return
-        buf = rest + data
-        cut = buf.rfind(b"\n")
+        if skipping is not None:
+            nl = data.find(b"\n")
+            if nl < 0:
+                continue
+            yield _too_long(skipping), inp.position()
+            rest, data, skipping = b"", data[nl + 1:], None
+        cut = data.rfind(b"\n")
         if cut < 0:
-            rest = buf
+            if len(rest) + len(data) > MAX_LINE_BYTES:
+                skipping, rest = (rest + data[:200])[:200], b""
+            else:
+                rest += data
             continue
-        rest = buf[cut + 1 :]
-        yield buf[: cut + 1], inp.position()
+        nl = data.find(b"\n")
+        if len(rest) + nl > MAX_LINE_BYTES:  # the carried line ended here, too long
+            buf = _too_long((rest + data[:200])[:200]) + data[nl + 1: cut + 1]
+        else:
+            buf = rest + data[: cut + 1]
+        rest = data[cut + 1:]
+        if len(rest) > MAX_LINE_BYTES:
+            skipping, rest = rest[:200], b""
+        yield buf, inp.position()
+
+
+def _too_long(start: bytes) -> bytes:
+    return TOO_LONG + start.replace(b"\r", b" ").replace(b"\n", b" ").replace(b",", b" ") + b"\n"
 
 
 def _split_line(line: str) -> list[str]:
@@ -348,14 +382,18 @@ class ReplaySource:
                 header, has_header = names, False
             else:
                 head = inp.read(64 * 1024)
-                if b"\x00" in head:
-                    raise InputFormatError(
-                        f"{path} is a binary file, not a CSV, gzip, zip or Parquet trade file"
-                    )
+                # a binary file is full of NULs; a text file with a stray NUL has a bad record
+                # (quarantined, as it would be past these first 64 KiB)
+                binary = InputFormatError(f"{path} is a binary file, not a CSV, gzip, zip or Parquet trade file")
+                nuls = head.count(b"\x00")
+                if nuls > max(8, len(head) // 1000):
+                    raise binary
                 try:
                     # final=False: the 64 KiB window may end inside a multi-byte character
                     text = codecs.getincrementaldecoder("utf-8-sig")().decode(head, final=False)
                 except UnicodeDecodeError:
+                    if nuls:
+                        raise binary from None
                     raise InputFormatError(f"{path} is not UTF-8 text; rtml reads CSV trade files") from None
                 first_line = next((ln for ln in text.splitlines() if ln.strip()), "")
                 if not first_line:
@@ -475,6 +513,10 @@ class ReplaySource:
                 # a blank line is no record: skipped, not quarantined
                 chunk = chunk.filter(~pl.all_horizontal(pl.col(header).is_null()))
                 parsed, carry = self._parse(chunk, fmt, symbol, carry)
+                too_long = chunk[header[0]].str.starts_with(TOO_LONG.decode()).fill_null(False)
+                if too_long.any():
+                    parsed.frame = parsed.frame.with_columns(
+                        _parse_problem=pl.when(too_long).then(pl.lit("line_too_long")).otherwise("_parse_problem"))
                 if not checked:
                     _check_mostly_parses(parsed.frame, path, fmt)
                     checked = True
