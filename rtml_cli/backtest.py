@@ -22,6 +22,7 @@ from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from threading import Event
 from typing import TYPE_CHECKING, Any
 
 from rtml_cli.errors import ConfigError, RtmlError
@@ -376,8 +377,12 @@ class Replay:
     seconds: float
 
 
+class Stopped(RtmlError):
+    """Ctrl-C or SIGTERM during a backtest: nothing is written."""
+
+
 def replay(ds: Dataset, model: str, refresh: list[int | None], warmup: int,
-           params: dict[str, Any] | None = None) -> Replay:
+           params: dict[str, Any] | None = None, stop: Event | None = None) -> Replay:
     """Predict every row, learn each label when it is due, for every serving refresh interval."""
     spec = resolve(model)
     if spec.kind == CLASSIFIER and ds.target_kind != CLASSIFIER:
@@ -396,7 +401,7 @@ def replay(ds: Dataset, model: str, refresh: list[int | None], warmup: int,
     drift_rows: list[int] = []
     frozen_at: list[_PredictRest] = []
     try:
-        _replay_rows(learner, kind, ds, warmup, live, stale, drift_rows, frozen_at)
+        _replay_rows(learner, kind, ds, warmup, live, stale, drift_rows, frozen_at, stop)
         frozen = frozen_at[0].result()
     except BaseException:
         for f in frozen_at:
@@ -408,7 +413,8 @@ def replay(ds: Dataset, model: str, refresh: list[int | None], warmup: int,
 
 
 def _replay_rows(learner: Learner, kind: str, ds: Dataset, warmup: int, live: list[float],
-                 stale: list[tuple[int, list[float]]], drift_rows: list[int], frozen_at: list[_PredictRest]) -> None:
+                 stale: list[tuple[int, list[float]]], drift_rows: list[int], frozen_at: list[_PredictRest],
+                 stop: Event | None = None) -> None:
     """The replay's loop, row by row: see `replay`."""
     serving = [None] * len(stale)
     block = [-1] * len(stale)  # the refresh period each serving copy is from
@@ -416,6 +422,8 @@ def _replay_rows(learner: Learner, kind: str, ds: Dataset, warmup: int, live: li
     pending = [deque() for _ in ds.stream_names]
     xs, y, stream, delay = ds.xs, ds.y.tolist(), ds.stream, ds.delay  # Python floats: what River is fastest with
     for i, x in enumerate(xs):
+        if stop is not None and i & 1023 == 0 and stop.is_set():
+            raise Stopped(f"stopped by a signal at row {i:,} of {ds.n:,}; nothing was written")
         if i == warmup:  # the model as it is now serves the rest of the rows: the frozen baseline
             frozen_at.append(_PredictRest(learner.model, kind, xs, warmup))
         y_pred = predict_value(learner.model, kind, x)  # what Learner.predict does, one call less
@@ -609,6 +617,15 @@ def _replay_job(args: tuple) -> Replay:
     return replay(_JOB_DATA if ds is None else ds, model, refresh, warmup, params)
 
 
+def _worker_signals() -> None:
+    """A replay worker leaves Ctrl-C to the parent, which stops the pool; the pool's
+    terminate() (SIGTERM) ends it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 _JOB_DATA: Dataset | None = None  # the dataset, inherited by forked workers instead of pickled
 
 
@@ -620,8 +637,9 @@ def check_models(opts: BacktestOptions) -> None:
         resolve(m).build(opts.params)
 
 
-def run_backtest(ds: Dataset, opts: BacktestOptions, on_done=None) -> dict[str, Any]:
-    """Replay every model (in `opts.jobs` processes), then score all against the baselines."""
+def run_backtest(ds: Dataset, opts: BacktestOptions, on_done=None, stop: Event | None = None) -> dict[str, Any]:
+    """Replay every model (in `opts.jobs` processes), then score all against the baselines.
+    `stop` (Ctrl-C, SIGTERM) ends it within about a second with `Stopped`."""
     check_models(opts)
     if opts.warmup >= ds.n:
         raise ConfigError(f"--warmup {opts.warmup} leaves none of the {ds.n:,} rows to score; lower it")
@@ -635,8 +653,16 @@ def run_backtest(ds: Dataset, opts: BacktestOptions, on_done=None) -> dict[str, 
         _JOB_DATA = ds
         try:
             ctx = multiprocessing.get_context("fork")
-            with ctx.Pool(min(opts.jobs, len(opts.models))) as pool:
-                for rep in pool.imap(_replay_job, jobs):
+            with ctx.Pool(min(opts.jobs, len(opts.models)), initializer=_worker_signals) as pool:
+                results = pool.imap(_replay_job, jobs)
+                while len(replays) < len(jobs):
+                    try:
+                        rep = results.next(timeout=0.2)
+                    except multiprocessing.TimeoutError:
+                        if stop is not None and stop.is_set():
+                            pool.terminate()
+                            raise Stopped("stopped by a signal; nothing was written") from None
+                        continue
                     replays.append(rep)
                     if on_done:
                         on_done(rep)
@@ -644,7 +670,7 @@ def run_backtest(ds: Dataset, opts: BacktestOptions, on_done=None) -> dict[str, 
             _JOB_DATA = None
     else:
         for job in jobs:
-            replays.append(replay(ds, *job[1:]))
+            replays.append(replay(ds, *job[1:], stop=stop))
             if on_done:
                 on_done(replays[-1])
     result = score_all(ds, opts, replays)

@@ -541,7 +541,8 @@ def backtest(models, refresh, warmup, fee_bps, band, symbols, start, end, table,
     bt.check_models(opts)
     console = ui.err_console()
     ds = bt.load_table(opts) if table is not None else bt.load_examples(data_dir, opts)
-    result = ui.run_backtest(ds, opts, console, as_json)
+    with _Stopper(console) as stop:
+        result = ui.run_backtest(ds, opts, console, as_json, stop)
     if report_dir is not None:
         from rtml_cli.report import write_report
 

@@ -503,17 +503,18 @@ def predict_table(summary: dict):
 # -- backtest ----------------------------------------------------------------------------------
 
 
-def run_backtest(ds, opts, console: Console, as_json: bool) -> dict:
+def run_backtest(ds, opts, console: Console, as_json: bool, stop=None) -> dict:
     """A progress line per model replayed (they can take minutes)."""
     from rtml_cli.backtest import run_backtest as run
 
     if as_json:
-        return run(ds, opts)
+        return run(ds, opts, stop=stop)
     console.print(f"backtest: {ds.n:,} rows from {ds.source}, {len(ds.features)} features, label delay "
                   f"{ds.delay} rows; models {', '.join(opts.models)}", highlight=False)
     with console.status(f"replaying {len(opts.models)} model(s) over {ds.n:,} rows..."):
         return run(ds, opts, on_done=lambda rep: console.print(
-            f"  {rep.model}: {ds.n:,} rows in {rep.seconds:.1f}s, {len(rep.drift_rows)} drifts", highlight=False))
+            f"  {rep.model}: {ds.n:,} rows in {rep.seconds:.1f}s, {len(rep.drift_rows)} drifts", highlight=False),
+            stop=stop)
 
 
 def backtest_tables(result: dict) -> list:

@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import signal
+import subprocess
 import sys
 import textwrap
 import threading
@@ -305,3 +306,41 @@ def _predicted(data_dir: Path, offset: int) -> bool:
     p = ParquetLog(data_dir, "predictions")
     return p.root.is_dir() and any(
         p.read_after(s, -1, ["features_offset"])["features_offset"].max() == offset for s in p.partitions())
+
+
+@pytest.mark.parametrize("sig, extra", [(signal.SIGINT, []), (signal.SIGTERM, ["--model", "pa", "--jobs", "2"])])
+def test_ctrl_c_or_sigterm_stops_a_backtest_in_the_middle(tmp_path, sig, extra):
+    """It used to run to the end whatever the signal; now it stops within a second or two,
+    in one process or in a pool, writes nothing, and leaves no process behind."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = 400_000
+    frame = pl.DataFrame({f"x{i}": rng.standard_normal(n) for i in range(6)}).with_columns(
+        y=pl.Series(rng.standard_normal(n)))
+    table = tmp_path / "big.parquet"
+    frame.write_parquet(table)
+    report = tmp_path / "report"
+    p = rtml_process(["backtest", "--table", str(table), "--target", "y", "--model", "bayes", *extra,
+                      "--report", str(report)], stderr=subprocess.PIPE)
+    started = time.monotonic()
+    for line in p.stderr:  # the replay is under way once the command says what it replays
+        if line.startswith("backtest:"):
+            break
+    time.sleep(1.0)
+    assert p.poll() is None, "the backtest finished before the signal: make the table bigger"
+    p.send_signal(sig)
+    sent = time.monotonic()
+    p.wait(60)
+    err = p.stderr.read()
+    assert p.returncode == 1 and "stopped by a signal" in err and "nothing was written" in err, err
+    assert time.monotonic() - sent < 10 and not report.exists()
+    assert time.monotonic() - started < 60
+    left = []  # workers and forked children: none may outlive the command
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(table).encode() in (proc / "cmdline").read_bytes():
+                left.append(proc.name)
+        except OSError:
+            pass
+    assert left == []
