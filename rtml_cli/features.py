@@ -196,6 +196,7 @@ class FeatureBuilder:
         self.state: dict[str, SymbolState] = {}
         self._stack = ExitStack()
         self._bars_sql = _bars_sql()
+        self._verified: set[Path] = set()  # ticks parts checked against their checksums by this builder
         self.max_empty = max(10, MAX_EMPTY_SECONDS // spec.bar_s)
         self._recent: dict[str, pl.DataFrame] = {}  # the newest features rows, per symbol
         self._keep = max(spec.lookback, spec.horizon + 1)
@@ -358,7 +359,7 @@ class FeatureBuilder:
         has_open = old.open_from <= old.tick_offset
         used = pl.DataFrame()
         if has_new or (has_open and clock_closed > old_closed):
-            ticks = self.ticks.read_after(sym, old.open_from - 1, upto=limit, columns=[
+            ticks = self.ticks.read_after(sym, old.open_from - 1, upto=limit, verified=self._verified, columns=[
                 pl.col(OFFSET),
                 pl.col("ts").dt.epoch("ns").alias("ts_ns"),
                 pl.col("price"),

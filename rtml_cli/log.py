@@ -1,7 +1,8 @@
 """The Parquet log: append-only, per-symbol partitions of immutable parts with Kafka-style offsets.
 
-Layout: `<data-dir>/<log>/symbol=<percent-encoded symbol>/<first>-<last>.parquet`, where
-`first` and `last` are the zero-padded offsets of the part's first and last rows. Offsets
+Layout: `<data-dir>/<log>/symbol=<percent-encoded symbol>/<first>-<last>-<crc32>.parquet`,
+where `first` and `last` are the zero-padded offsets of the part's first and last rows and
+`crc32` the checksum of the file's bytes (parts written before checksums have none). Offsets
 are strictly increasing within a partition, so the tail after offset N, and the last offset,
 come from the directory listing alone.
 
@@ -21,6 +22,7 @@ import os
 import re
 import time
 import unicodedata
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,7 +41,7 @@ PARTITION_KEY = "symbol"
 OFFSET = "offset"
 MAX_SYMBOL_LEN = 64
 MAX_ENCODED_LEN = 200  # file names may have 255 bytes; "symbol=" and room to spare
-_PART_RE = re.compile(r"^(\d{20})-(\d{20})\.parquet$")
+_PART_RE = re.compile(r"^(\d{20})-(\d{20})(?:-([0-9a-f]{8}))?\.parquet$")
 _LOCK_NAME = ".writer.lock"
 
 
@@ -81,14 +83,29 @@ class Part:
     first: int
     last: int
     path: Path
+    crc: int | None = None  # CRC-32 of the file's bytes, from its name (None: written before checksums)
 
     @property
     def rows(self) -> int:
         return self.last - self.first + 1
 
+    def verify(self, log: str, symbol: str) -> None:
+        """A LogError if the file's bytes are not those it was written with (a flipped bit
+        reads as good data otherwise)."""
+        if self.crc is None:
+            return
+        crc = 0
+        with open(self.path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                crc = zlib.crc32(chunk, crc)
+        if crc != self.crc:
+            raise LogError(f"{self.path} (offsets {self.first}-{self.last} of {log}/{symbol}) is damaged: its bytes "
+                           "do not match the checksum it was written with; move it aside and restore it, or rebuild "
+                           "what it held")
 
-def part_name(first: int, last: int) -> str:
-    return f"{first:020d}-{last:020d}.parquet"
+
+def part_name(first: int, last: int, crc: int | None = None) -> str:
+    return f"{first:020d}-{last:020d}.parquet" if crc is None else f"{first:020d}-{last:020d}-{crc:08x}.parquet"
 
 
 def _live_parts(paths: list[Path]) -> list[Part]:
@@ -97,7 +114,7 @@ def _live_parts(paths: list[Path]) -> list[Part]:
     for p in paths:
         m = _PART_RE.match(p.name)
         if m:
-            parts.append(Part(int(m.group(1)), int(m.group(2)), p))
+            parts.append(Part(int(m.group(1)), int(m.group(2)), p, int(m.group(3), 16) if m.group(3) else None))
     # Widest first among parts that start at the same offset, so a covering part wins.
     parts.sort(key=lambda part: (part.first, -part.last))
     live: list[Part] = []
@@ -169,11 +186,13 @@ class ParquetLog:
         offset: int = -1,
         columns: list[str] | list[pl.Expr] | None = None,
         upto: int | None = None,
+        verified: set[Path] | None = None,
     ) -> pl.DataFrame:
         """Rows with offsets greater than `offset` (and at most `upto`), in offset order.
 
         `columns` selects columns, or expressions over them, so that polars reads no more
-        than it needs.
+        than it needs. With `verified`, each part not in it is checked against its checksum
+        first (and added to it).
         """
         import polars as pl
 
@@ -191,6 +210,11 @@ class ParquetLog:
                 # again; a gap that stays is a part that is gone.
                 time.sleep(0.01 * (attempt + 1))
                 continue
+            if verified is not None:
+                for part in parts:
+                    if part.path not in verified:
+                        part.verify(self.name, symbol)
+                        verified.add(part.path)
             query = pl.scan_parquet([p.path for p in parts]).filter(bounds)
             if columns is not None:
                 query = query.select(columns)
@@ -336,7 +360,7 @@ class LogWriter:
         )
         d = self.log.partition_path(symbol)
         d.mkdir(parents=True, exist_ok=True)
-        _write_part(frame, d / part_name(first, last), level=1)
+        _write_part(frame, d, first, last, level=1)
         self._next[symbol] = last + 1
         return first, last
 
@@ -362,6 +386,8 @@ class LogWriter:
             runs.append(run)
         rows = 0
         for run in runs:
+            for p in run:  # never rewrite damaged bytes into a new, trusted part
+                p.verify(self.log.name, symbol)
             try:
                 merged = pl.read_parquet([p.path for p in run]).sort(OFFSET)
             except (pl.exceptions.PolarsError, OSError) as exc:
@@ -369,8 +395,7 @@ class LogWriter:
             first, last = run[0].first, run[-1].last
             if merged.height != last - first + 1:
                 raise LogError(f"parts {first}..{last} of {symbol!r} have gaps; not compacting")
-            target = self.log.partition_path(symbol) / part_name(first, last)
-            _write_part(merged, target)
+            target = _write_part(merged, self.log.partition_path(symbol), first, last)
             for p in run:  # readers already prefer the covering part; now drop the originals
                 p.path.unlink(missing_ok=True)
             atomic.fsync_dir(target.parent)
@@ -388,16 +413,24 @@ def _gap(parts: list[Part], first: int) -> tuple[int, int] | None:
     return None
 
 
-def _write_part(frame: pl.DataFrame, path: Path, level: int = 3) -> None:
-    """Appends use zstd level 1 (twice as fast to write); compaction recompresses at 3."""
+def _write_part(frame: pl.DataFrame, directory: Path, first: int, last: int, level: int = 3) -> Path:
+    """Write a part, named by its offsets and the CRC-32 of its bytes; returns its path.
+    Appends use zstd level 1 (twice as fast to write); compaction recompresses at 3."""
     import polars as pl
 
+    path = directory / part_name(first, last)
     tmp = atomic.temp_path_for(path)
     try:
         # Row groups of 64k rows: a reader asking for a range of offsets skips the others
         # by their statistics instead of decoding the whole part.
         frame.write_parquet(tmp, compression="zstd", compression_level=level, statistics=True, row_group_size=65_536)
+        crc = 0
+        with open(tmp, "rb") as f:  # just written: read back from the page cache
+            while chunk := f.read(1 << 20):
+                crc = zlib.crc32(chunk, crc)
+        path = directory / part_name(first, last, crc)
         atomic.publish(tmp, path)
+        return path
     except (pl.exceptions.PolarsError, OSError) as exc:  # a full disk comes as either
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LogError(f"cannot write {path} ({why}); nothing of it was published: free space or fix the "

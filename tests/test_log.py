@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 import signal
 import subprocess
 import sys
@@ -32,7 +33,9 @@ def test_append_assigns_strictly_increasing_offsets_and_names_parts_by_them(tmp_
         assert w.append("BTC/USD", frame(2, 3)) == (3, 4)
         assert w.append("ETH/USD", frame(1)) == (0, 0)
     names = sorted(os.listdir(log.partition_path("BTC/USD")))
-    assert names == [part_name(0, 2), part_name(3, 4)]
+    d = log.partition_path("BTC/USD")  # offsets, then the CRC-32 of the file's bytes
+    assert names == [part_name(0, 2, zlib.crc32((d / names[0]).read_bytes())),
+                     part_name(3, 4, zlib.crc32((d / names[1]).read_bytes()))]
     assert log.last_offset("BTC/USD") == 4
     assert log.last_offset("ETH/USD") == 0
     assert log.last_offset("SOL/USD") == -1
@@ -51,7 +54,7 @@ def test_read_after_returns_only_the_tail_and_skips_old_parts(tmp_path, monkeypa
     assert log.read_after("S", 37)[OFFSET].to_list() == [38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49]
     assert log.read_after("S", 49).height == 0
     # the tail is found from the listing: only parts past the offset are opened
-    assert [p.name for p in log.files_after("S", 37)] == [part_name(30, 39), part_name(40, 49)]
+    assert [p.name[:41] for p in log.files_after("S", 37)] == [part_name(30, 39)[:41], part_name(40, 49)[:41]]
 
 
 def test_a_new_writer_continues_the_offsets(tmp_path):
@@ -266,3 +269,31 @@ def test_follow_yields_new_rows_until_stopped(tmp_path):
         stop.set()
         assert list(it) == []
     assert [f[OFFSET].to_list() for f in got] == [[0, 1, 2], [3, 4]]
+
+
+def test_a_flipped_bit_is_caught_by_the_part_checksum_before_a_rebuild_or_compact_uses_it(tmp_path):
+    """A bit flipped inside a part used to be read as good data, and compact rewrote it into
+    a new part; the part's name carries the CRC-32 of its bytes, which those readers check."""
+    from rtml_cli.features import FeatureBuilder, FeatureSpec
+
+    log = ParquetLog(tmp_path, "ticks")
+    ticks = pl.DataFrame({
+        "ts": [1_767_225_600_000_000_000 + i * 1_000_000_000 for i in range(600)],
+        "recv_ts": [1_767_225_600_000_000_000 + i * 1_000_000_000 for i in range(600)],
+        "symbol": ["S"] * 600, "price": [100.0 + (i % 9) for i in range(600)], "qty": [1.0] * 600,
+        "side": ["buy"] * 600, "trade_id": [str(i) for i in range(600)],
+    }).with_columns(pl.col("ts", "recv_ts").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC"))
+    with log.writer() as w:
+        for k in range(3):
+            w.append("S", ticks.slice(200 * k, 200))
+    part = log.parts("S")[1]
+    data = bytearray(part.path.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    part.path.write_bytes(bytes(data))
+    with pytest.raises(LogError, match="do not match the checksum"):
+        with FeatureBuilder(tmp_path, FeatureSpec()) as b:
+            b.build()
+    with log.writer() as w, pytest.raises(LogError, match="do not match the checksum"):
+        w.compact("S", target_rows=10_000)
+    assert log.parts("S")[1].path == part.path  # nothing rewritten
+
