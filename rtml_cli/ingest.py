@@ -468,7 +468,7 @@ def open_source(
 
         if symbol is not None:
             check_symbol(symbol)
-        src = ReplaySource(path or "", fmt, symbol)
+        src = ReplaySource(path or "", fmt, symbol, stop=stop)
     elif kind == "kraken":
         from rtml_cli.sources.kraken import KrakenSource
 

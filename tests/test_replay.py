@@ -805,3 +805,28 @@ def test_a_stray_nul_byte_early_in_a_file_is_one_bad_record_not_a_binary_file(rt
     s = replay(rtml, write(tmp_path / "XBTUSD.csv", "\n".join(rows) + "\n"))
     assert s["written"] == 299 and s["quarantined"] == {"unparseable_price": 1}
     assert [w for w, _, _ in quarantined(data_dir)] == ["XBTUSD.csv:6"]
+
+
+def test_ctrl_c_while_many_files_are_checked_stops_before_anything_is_written(data_dir, tmp_path):
+    """Every file is sniffed before the first is read; with thousands of files that takes a
+    while, and Ctrl-C used to wait for all of them."""
+    import signal
+    import subprocess
+
+    from tests.conftest import rtml_process
+
+    files = tmp_path / "dumps"
+    files.mkdir()
+    rows = "\n".join(f"{1_672_531_200 + 10 * i:.1f},{100 + i % 7}.5,0.1" for i in range(50)) + "\n"
+    for k in range(3_000):
+        (files / f"XBTUSD-{k:05d}.csv").write_text(rows)
+    p = rtml_process(["ingest", "--source", "replay", "--path", str(files / "*.csv"), "--symbol", "BTC/USD",
+                      "--data-dir", str(data_dir)],
+                     stderr=subprocess.PIPE)
+    time.sleep(4)  # the interpreter's start and imports, then the checking
+    assert p.poll() is None, "the files were all checked before the signal: make more of them"
+    p.send_signal(signal.SIGINT)
+    p.wait(20)
+    err = p.stderr.read()
+    assert p.returncode == 1 and "stopped by a signal while checking the files" in err, err
+    assert not ParquetLog(data_dir, "ticks").partitions()

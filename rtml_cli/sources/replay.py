@@ -23,7 +23,7 @@ from pathlib import Path
 from threading import Event
 from typing import TYPE_CHECKING, BinaryIO
 
-from rtml_cli.errors import InputFormatError
+from rtml_cli.errors import InputFormatError, RtmlError
 from rtml_cli.schema import Field, parse_problems
 from rtml_cli.sources import TickBatch
 
@@ -351,6 +351,7 @@ class ReplaySource:
         symbol: str | None = None,
         chunk_bytes: int | None = None,
         now_ns: int | None = None,
+        stop: Event | None = None,
     ):
         if fmt not in FORMATS:
             raise InputFormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -361,8 +362,14 @@ class ReplaySource:
         self.now_ns = now_ns
         self.total = sum(p.stat().st_size for p in self.paths)
         self.formats_seen: dict[str, str] = {}
-        # Sniff every file up front, so a wrong file fails before anything is written.
-        self._plans = [self._plan(p) for p in self.paths]
+        # Sniff every file up front, so a wrong file fails before anything is written;
+        # Ctrl-C (`stop`) ends that between two files.
+        self._plans = []
+        for p in self.paths:
+            if stop is not None and stop.is_set():
+                raise RtmlError(f"stopped by a signal while checking the files ({len(self._plans):,} of "
+                                f"{len(self.paths):,} checked); nothing was written")
+            self._plans.append(self._plan(p))
 
     def _recv_ns(self) -> int:
         return self.now_ns if self.now_ns is not None else time.time_ns()
