@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 import os
 import time
@@ -222,7 +224,6 @@ class _Pipeline:
                 .otherwise(reason)
             ).to_series()
         frame = frame.with_columns(_reason=reason)
-        frame = self._mark_isolated(frame)
         frame = self._mark_duplicates(frame)
         good = frame.filter(pl.col("_reason").is_null())
         if self.opts.max_ticks is not None:
@@ -249,14 +250,20 @@ class _Pipeline:
             self.buffered += good.height
         return good.height
 
-    def _mark_isolated(self, frame: pl.DataFrame) -> pl.DataFrame:
+    def judge_time(self, batch: TickBatch) -> TickBatch:
         """Mark a tick stamped more than MAX_JUMP_SECONDS from both its neighbours (in its
-        symbol's arrival order) as implausible; remember each symbol's newest good time."""
+        symbol's arrival order, over the whole batch) as implausible_ts; remember each
+        symbol's newest plausible time for the next batch. Each symbol's last tick of a batch
+        has no known next neighbour and is not judged."""
         import polars as pl
 
-        rows = frame.with_row_index("_i").filter(pl.col("_reason").is_null())
+        frame = batch.frame
+        if frame.height == 0:
+            return batch
+        # among the ticks with no other problem (those keep their own reason)
+        rows = frame.with_row_index("_i").with_columns(_other=problems(frame)).filter(pl.col("_other").is_null())
         if rows.height == 0:
-            return frame
+            return batch
         flagged = []
         for (sym,), part in rows.select("_i", "symbol", pl.col("ts").dt.epoch("ns").alias("t")).group_by(
                 "symbol", maintain_order=True):
@@ -268,11 +275,12 @@ class _Pipeline:
                 self.last_ts[sym] = int(ok[-1])
         odd_rows = np.concatenate(flagged)
         if odd_rows.size == 0:
-            return frame
+            return batch
         mask = np.zeros(frame.height, dtype=bool)
         mask[odd_rows] = True
-        return frame.with_columns(
-            _reason=pl.when(pl.Series(mask)).then(pl.lit("implausible_ts")).otherwise("_reason"))
+        frame = frame.with_columns(
+            _parse_problem=pl.when(pl.Series(mask)).then(pl.lit("implausible_ts")).otherwise("_parse_problem"))
+        return dataclasses.replace(batch, frame=frame)
 
     def _mark_duplicates(self, frame: pl.DataFrame) -> pl.DataFrame:
         """Mark repeated trade ids, within the batch and against the log, as duplicates."""
@@ -363,7 +371,7 @@ def run_ingest(
         stream = batches if batches is not None else source.batches(stop)
         try:
             for batch in stream:
-                for piece in _split(batch, opts.flush_every):
+                for piece in _split(pipe.judge_time(batch), opts.flush_every):
                     pipe.accept(piece)
                     if pipe.due():
                         pipe.flush()

@@ -210,11 +210,14 @@ class ParquetLog:
                 # again; a gap that stays is a part that is gone.
                 time.sleep(0.01 * (attempt + 1))
                 continue
-            if verified is not None:
-                for part in parts:
+            try:
+                for part in parts if verified is not None else ():
                     if part.path not in verified:
                         part.verify(self.name, symbol)
                         verified.add(part.path)
+            except FileNotFoundError:  # replaced by a compaction since the listing: list again
+                time.sleep(0.01 * (attempt + 1))
+                continue
             query = pl.scan_parquet([p.path for p in parts]).filter(bounds)
             if columns is not None:
                 query = query.select(columns)
@@ -239,15 +242,14 @@ class ParquetLog:
         for part in parts:
             try:
                 pl.read_parquet(part.path)
+            except FileNotFoundError:
+                continue  # gone since (a compaction): not the culprit
             except (pl.exceptions.PolarsError, OSError) as err:
-                exc = err
-                break
-        else:
-            part = None
+                why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                return (f"{part.path} (offsets {part.first}-{part.last} of {self.name}/{symbol}) is damaged and "
+                        f"cannot be read ({why}); move it aside and restore it, or rebuild what it held")
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        where = f"{part.path} (offsets {part.first}-{part.last} of {self.name}/{symbol})" if part else (
-            f"a part of {self.name}/{symbol}")
-        return f"{where} is damaged and cannot be read ({why}); move it aside and restore it, or rebuild what it held"
+        return f"reading {self.name}/{symbol} failed ({why}), though each of its parts reads on its own; try again"
 
     def read_in_time_order(self, symbols: list[str], offsets: dict[str, int], chunk: int,
                            columns: list[str] | None = None) -> pl.DataFrame:

@@ -49,16 +49,23 @@ class ForgettingRidge(base.Regressor):
         self.scale_memory = scale_memory
         self._index: dict = {}
         self._names: list = []
-        self._n = 0.0  # decayed count of the long memory
-        self._x1 = np.zeros(0)  # its decayed sums of the (clipped) inputs and their squares
-        self._x2 = np.zeros(0)
-        self._y1 = 0.0  # ... of the (clipped) targets and their squares
-        self._y2 = 0.0
+        self._n = 0.0  # decayed count of the examples in the long memory (the target's statistics)
+        self._mean_y = 0.0  # the (clipped) targets' mean, and decayed sum of squared deviations
+        self._m2_y = 0.0
+        self._cnt = np.zeros(0)  # per input: decayed count of the examples that had it,
+        self._mean = np.zeros(0)  # the mean of its (clipped) values,
+        self._m2 = np.zeros(0)  # and their decayed sum of squared deviations (Welford: no cancellation)
         self._zz = np.zeros((0, 0))  # the short memory's decayed sums of z z' and z (y - mean)
         self._zy = np.zeros(0)
         self._w = np.zeros(0)
         self._penalty = np.zeros((0, 0))
         self._rescale()
+
+    def __setstate__(self, state: dict) -> None:
+        if "_cnt" not in state:
+            raise ValueError("this ForgettingRidge was saved by an earlier rtml, whose state this version does not "
+                             "read; train the model afresh (`rtml train --fresh`, or another --name)")
+        self.__dict__.update(state)
 
     @property
     def weights(self) -> dict:
@@ -70,9 +77,9 @@ class ForgettingRidge(base.Regressor):
             if name not in self._index:
                 self._index[name] = len(self._names)
                 self._names.append(name)
-        n, old = len(self._names), len(self._x1)
-        self._x1, self._x2, self._zy, self._w = (np.concatenate([v, np.zeros(n - old)])
-                                                 for v in (self._x1, self._x2, self._zy, self._w))
+        n, old = len(self._names), len(self._cnt)
+        self._cnt, self._mean, self._m2, self._zy, self._w = (
+            np.concatenate([v, np.zeros(n - old)]) for v in (self._cnt, self._mean, self._m2, self._zy, self._w))
         zz = np.zeros((n, n))
         zz[:old, :old] = self._zz
         self._zz = zz
@@ -80,37 +87,30 @@ class ForgettingRidge(base.Regressor):
         self._rescale()
 
     def _rescale(self) -> None:
-        """The means and deviations of the examples learned, and what follows from them:
-        computed once per example learned, used by every prediction until the next."""
+        """The deviations of the examples learned, and what follows from them: computed once
+        per example learned, used by every prediction until the next."""
         k = len(self._names)
-        if self._n == 0:
-            self._mean, self._inv_sd = np.zeros(k), np.zeros(k)
-            self._lo, self._hi = np.full(k, -np.inf), np.full(k, np.inf)
-            self._mean_y, self._y_lo, self._y_hi = 0.0, -math.inf, math.inf
-            return
-        n = self._n
-        self._mean = mean = self._x1 / n
-        sd = np.sqrt(np.maximum(self._x2 / n - mean * mean, 0.0))
-        self._lo, self._hi = mean - self.clip * sd, mean + self.clip * sd
+        sd = np.sqrt(np.divide(self._m2, self._cnt, out=np.zeros(k), where=self._cnt > 0))
+        self._lo, self._hi = self._mean - self.clip * sd, self._mean + self.clip * sd
         if sd.all():
             self._inv_sd = 1.0 / sd
-        else:  # an input that has not varied is not scaled (its z is 0) nor clipped
+        else:  # an input that has not varied (or not been seen) is not scaled (its z is 0) nor clipped
             spread = sd > 0
             self._inv_sd = np.divide(1.0, sd, out=np.zeros(k), where=spread)
             self._lo[~spread], self._hi[~spread] = -np.inf, np.inf
-        self._mean_y = mean_y = self._y1 / n
-        sd_y = math.sqrt(max(self._y2 / n - mean_y * mean_y, 0.0))
-        self._y_lo, self._y_hi = (mean_y - self.clip * sd_y, mean_y + self.clip * sd_y) if sd_y > 0 else (-math.inf, math.inf)
+        sd_y = math.sqrt(self._m2_y / self._n) if self._n > 0 else 0.0
+        self._y_lo, self._y_hi = ((self._mean_y - self.clip * sd_y, self._mean_y + self.clip * sd_y) if sd_y > 0
+                                  else (-math.inf, math.inf))
 
-    def _inputs(self, x: dict) -> tuple[np.ndarray, np.ndarray]:
+    def _inputs(self, x: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The inputs in the model's order, clipped to +-clip deviations (a missing one, or
-        NaN, at its mean), and their standardised values z."""
+        NaN, at its mean), their standardised values z, and which were given."""
         v = np.array([x.get(name, math.nan) for name in self._names], dtype=float)
-        total = v.sum()
-        if total != total:  # a NaN
-            v = np.where(v == v, v, self._mean)
+        seen = v == v
+        if not seen.all():
+            v = np.where(seen, v, self._mean)
         v = np.minimum(np.maximum(v, self._lo), self._hi)
-        return v, (v - self._mean) * self._inv_sd
+        return v, (v - self._mean) * self._inv_sd, seen
 
     def predict_one(self, x: dict) -> float:
         if self._n == 0:
@@ -120,7 +120,7 @@ class ForgettingRidge(base.Regressor):
     def learn_one(self, x: dict, y: float) -> None:
         if not x.keys() <= self._index.keys():
             self._grow(x)
-        v, z = self._inputs(x)  # on the scale known before this example, as its prediction was made
+        v, z, seen = self._inputs(x)  # on the scale known before this example, as its prediction was made
         if self._n > 0:
             y = min(max(y, self._y_lo), self._y_hi)
             keep = 1.0 - 1.0 / self.memory
@@ -129,12 +129,17 @@ class ForgettingRidge(base.Regressor):
             self._zy *= keep
             self._zy += z * (y - self._mean_y)
             self._w = _solve(self._zz + self._penalty, self._zy)
+        # the long memory: exponentially weighted Welford updates, of the inputs this example had
         fade = 1.0 - 1.0 / self.scale_memory
+        cnt = np.where(seen, fade * self._cnt + 1.0, self._cnt)
+        delta = v - self._mean
+        mean = self._mean + np.divide(delta, cnt, out=np.zeros(len(cnt)), where=seen)
+        self._m2 = np.where(seen, fade * self._m2 + delta * (v - mean), self._m2)
+        self._cnt, self._mean = cnt, mean
         self._n = fade * self._n + 1.0
-        self._x1 = fade * self._x1 + v
-        self._x2 = fade * self._x2 + v * v
-        self._y1 = fade * self._y1 + y
-        self._y2 = fade * self._y2 + y * y
+        delta_y = y - self._mean_y
+        self._mean_y += delta_y / self._n
+        self._m2_y = fade * self._m2_y + delta_y * (y - self._mean_y)
         self._rescale()
 
 

@@ -106,6 +106,34 @@ def test_forgetting_ridge_without_a_penalty_copes_with_a_constant_input():
     assert exact.predict_one({"a": 0.5, "k": 1.0}) == pytest.approx(limit.predict_one({"a": 0.5, "k": 1.0}), rel=1e-6)
 
 
+def test_a_forgetting_ridge_pickled_by_an_earlier_rtml_is_refused_with_what_to_do():
+    import pickle
+
+    model = ForgettingRidge()
+    model.learn_one({"a": 1.0}, 0.5)
+    old = ForgettingRidge.__new__(ForgettingRidge)
+    old.__dict__.update({k: v for k, v in model.__dict__.items() if k not in ("_cnt", "_mean", "_m2")})
+    with pytest.raises(ValueError, match="saved by an earlier rtml.*--fresh"):
+        pickle.loads(pickle.dumps(old))
+    assert pickle.loads(pickle.dumps(model)).predict_one({"a": 2.0}) == model.predict_one({"a": 2.0})
+
+
+def test_forgetting_ridge_scales_each_input_over_the_examples_that_had_it():
+    """A price-level input that first appears at example 100 has its own mean and spread (it
+    used to be diluted by the examples before it, as if they had been zeros); a constant gets
+    no spurious spread (E[x^2] - E[x]^2 did give one)."""
+    rng = np.random.default_rng(0)
+    model = ForgettingRidge(memory=1e9, ridge=0.0, clip=50.0)
+    for i in range(2_000):
+        x = {"a": float(rng.standard_normal()), "k": 0.1}
+        if i >= 100:
+            x["p"] = float(5e4 + 100 * rng.standard_normal())
+        model.learn_one(x, 3 * x["a"])
+    p = model._index["p"]
+    assert model._mean[p] == pytest.approx(5e4, rel=1e-4) and 1 / model._inv_sd[p] == pytest.approx(100, rel=0.1)
+    assert model.weights["k"] == 0.0 and model._inv_sd[model._index["k"]] == 0.0
+
+
 # -- the default model on data that broke River's defaults -----------------------------------------
 
 

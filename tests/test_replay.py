@@ -771,7 +771,11 @@ def test_a_trade_stamped_far_from_its_neighbours_is_quarantined_a_real_pause_is_
     rows = [f"{t:.1f},{100 + i % 7}.5,0.1" for i, t in enumerate(times)]
     rows.insert(100, "1767225600.0,101.5,0.1")  # 2026-01-01, amid 2023
     rows.insert(300, "0.5,101.5,0.1")  # 1970
-    s = replay(rtml, write(tmp_path / "XBTUSD.csv", "\n".join(rows) + "\n"))
+    path = write(tmp_path / "XBTUSD.csv", "\n".join(rows) + "\n")
+    for flush in ("101", "7"):  # the verdict does not depend on how the writes are cut
+        other = replay(rtml, path, "--flush-every", flush, into=tmp_path / f"flush-{flush}")
+        assert other["written"] == 400 and other["quarantined"] == {"implausible_ts": 2}
+    s = replay(rtml, path)
     assert s["written"] == 400 and s["quarantined"] == {"implausible_ts": 2}
     got = [(w.rsplit(":", 1)[1], r) for w, r, _ in quarantined(data_dir)]
     assert got == [("101", "implausible_ts"), ("301", "implausible_ts")]  # the file's lines
@@ -830,3 +834,11 @@ def test_ctrl_c_while_many_files_are_checked_stops_before_anything_is_written(da
     err = p.stderr.read()
     assert p.returncode == 1 and "stopped by a signal while checking the files" in err, err
     assert not ParquetLog(data_dir, "ticks").partitions()
+
+
+def test_a_line_with_an_unbalanced_quote_is_a_clear_error(rtml, data_dir, tmp_path):
+    rows = [f"{1_672_531_200 + 10 * i:.1f},{100 + i % 7}.5,0.1" for i in range(50)]
+    rows[20] = '1672531400.0,"99.5,0.1'
+    replay_error(rtml, write(tmp_path / "XBTUSD.csv", "\n".join(rows) + "\n"),
+                 fragments=("is not well-formed CSV", "unbalanced quote"))
+

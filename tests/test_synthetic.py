@@ -216,6 +216,16 @@ def test_pace_skips_a_long_pause_and_judges_a_batchs_last_trade_with_the_next():
     assert max(e for e, _ in released) == pytest.approx(0.4, abs=0.06)
 
 
+def test_pace_keeps_its_clock_through_a_run_of_trades_stamped_years_off():
+    """Two neighbouring trades three years earlier are not each isolated; they used to move
+    the clock back for good, releasing everything after them at once."""
+    years = 3 * 365 * 86_400.0
+    released = _paced([_batch([0, 1, 2, -years, -years + 1, 3, 4, 5, 6, 7, 8])])
+    assert max(e for e, _ in released) == pytest.approx(0.8, abs=0.06)
+    for elapsed, ts in released:
+        assert all(t / 10.0 <= elapsed + 1e-9 for t in ts if t >= 0)
+
+
 def test_max_ticks_bounds_the_source_exactly():
     src = SyntheticSource(["BTC/USD"], seed=1, start_ns=START, max_ticks=12345)
     assert sum(b.frame.height for b in src.batches(Event())) == 12345

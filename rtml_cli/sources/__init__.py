@@ -88,7 +88,9 @@ def pace(
         if "prev_ts" not in clock_state:
             clock_state.update(prev_ts=int(t[0]), prev_c=int(t[0]), origin_c=int(t[0]), origin_wall=clock())
         steps = np.diff(np.concatenate(([clock_state["prev_ts"]], t)))
-        c = clock_state["prev_c"] + np.cumsum(np.where(steps > jump, 0, steps))  # a long pause takes no time
+        # a jump of more than MAX_JUMP_SECONDS (a long pause, or a run of trades stamped far
+        # off) moves the clock by nothing, so it neither stalls nor ends the pacing
+        c = clock_state["prev_c"] + np.cumsum(np.where(np.abs(steps) > jump, 0, steps))
         clock_state.update(prev_ts=int(t[-1]), prev_c=int(c[-1]))
         due[cand] = (c - clock_state["origin_c"]) / 1e9 / speed
         return due
@@ -116,9 +118,12 @@ def pace(
         if batch.frame.height == 0:
             yield batch
             continue
+        rest = batch.frame.slice(0, batch.frame.height - 1)
         parts = ([held] if held is not None else []) + [
-            TickBatch(batch.frame.slice(0, batch.frame.height - 1), batch.raw, batch.where, batch.progress, batch.gaps)]
-        held = TickBatch(batch.frame.slice(batch.frame.height - 1), batch.raw, batch.where, 0, [])
+            TickBatch(rest, batch.raw, batch.where, batch.progress if rest.height else 0, batch.gaps if rest.height else [])]
+        # the batch's last trade waits for the next batch (with the batch's progress if it is all there is)
+        held = TickBatch(batch.frame.slice(batch.frame.height - 1), batch.raw, batch.where,
+                         0 if rest.height else batch.progress, [] if rest.height else batch.gaps)
         ts, valid = (np.concatenate(x) for x in zip(*(times(p.frame) for p in [*parts, held])))
         due = dues(ts, valid, judge_last=False)[:-1]  # the held trade is judged with the next batch
         at = 0

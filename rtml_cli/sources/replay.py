@@ -165,7 +165,9 @@ def _csv_chunks(inp: _Input, chunk_bytes: int) -> Iterator[tuple[bytes, int]]:
 
 
 def _too_long(start: bytes) -> bytes:
-    return TOO_LONG + start.replace(b"\r", b" ").replace(b"\n", b" ").replace(b",", b" ") + b"\n"
+    for ch in (b"\r", b"\n", b",", b'"'):
+        start = start.replace(ch, b" ")
+    return TOO_LONG + start + b"\n"
 
 
 def _split_line(line: str) -> list[str]:
@@ -501,17 +503,24 @@ class ReplaySource:
                     head, data = (data, b"") if nl < 0 else (data[:nl], data[nl + 1 :])
                     line += 1
                     header_pending = not head.strip()
-                chunk = pl.read_csv(
-                    io.BytesIO(data),
-                    has_header=False,
-                    schema=width,
-                    missing_columns="insert",  # short rows get nulls
-                    extra_columns="ignore",  # long ones are cut
-                    truncate_ragged_lines=True,
-                    quote_char='"',
-                    raise_if_empty=False,
-                    encoding="utf8-lossy",  # a bad byte spoils one value (quarantined), not the run
-                )
+                try:
+                    chunk = pl.read_csv(
+                        io.BytesIO(data),
+                        has_header=False,
+                        schema=width,
+                        missing_columns="insert",  # short rows get nulls
+                        extra_columns="ignore",  # long ones are cut
+                        truncate_ragged_lines=True,
+                        quote_char='"',
+                        raise_if_empty=False,
+                        encoding="utf8-lossy",  # a bad byte spoils one value (quarantined), not the run
+                    )
+                except pl.exceptions.ComputeError as exc:
+                    raise InputFormatError(
+                        f"{path.name} is not well-formed CSV in the lines from {line:,} on "
+                        f"({str(exc).strip().splitlines()[0]}); an unbalanced quote? Fix the file and run again: "
+                        "what was written before is kept, and the next run adds only what is new"
+                    ) from None
                 if chunk.height == 0:
                     continue
                 chunk = _name_columns(chunk, header)
