@@ -94,14 +94,18 @@ class Part:
         reads as good data otherwise)."""
         if self.crc is None:
             return
-        crc = 0
-        with open(self.path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                crc = zlib.crc32(chunk, crc)
-        if crc != self.crc:
+        if _crc32(self.path) != self.crc:
             raise LogError(f"{self.path} (offsets {self.first}-{self.last} of {log}/{symbol}) is damaged: its bytes "
                            "do not match the checksum it was written with; move it aside and restore it, or rebuild "
                            "what it held")
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            crc = zlib.crc32(chunk, crc)
+    return crc
 
 
 def part_name(first: int, last: int, crc: int | None = None) -> str:
@@ -426,11 +430,7 @@ def _write_part(frame: pl.DataFrame, directory: Path, first: int, last: int, lev
         # Row groups of 64k rows: a reader asking for a range of offsets skips the others
         # by their statistics instead of decoding the whole part.
         frame.write_parquet(tmp, compression="zstd", compression_level=level, statistics=True, row_group_size=65_536)
-        crc = 0
-        with open(tmp, "rb") as f:  # just written: read back from the page cache
-            while chunk := f.read(1 << 20):
-                crc = zlib.crc32(chunk, crc)
-        path = directory / part_name(first, last, crc)
+        path = directory / part_name(first, last, _crc32(tmp))  # just written: read back from the page cache
         atomic.publish(tmp, path)
         return path
     except (pl.exceptions.PolarsError, OSError) as exc:  # a full disk comes as either
