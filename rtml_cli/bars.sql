@@ -30,7 +30,7 @@ WITH agg AS (
 -- (a gap of days is a gap, not a million bars); and, from `first`, the empty bars still due
 -- after the last bar with trades of an earlier step (up to `carry_cap`, exclusive).
 starts AS (
-    SELECT symbol, bucket AS start, bucket + ($max_empty + 1) * $bar AS cap FROM agg
+    SELECT symbol, bucket AS start, bucket + (CAST($max_empty AS BIGINT) + 1) * CAST($bar AS BIGINT) AS cap FROM agg
     UNION ALL
     SELECT symbol, first AS start, carry_cap AS cap FROM bounds
     WHERE NOT EXISTS (SELECT 1 FROM agg WHERE agg.symbol = bounds.symbol AND agg.bucket = bounds.first)
