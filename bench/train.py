@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import shutil
 import statistics
 import subprocess
 import sys
@@ -85,6 +86,7 @@ def main() -> None:
             with ParquetLog(target, "examples").writer() as w:
                 for (sym,), part in ex.head(rows_kept).sort("symbol", "offset").group_by("symbol", maintain_order=True):
                     w.append(sym, part.drop("offset"))
+            shutil.copytree(d / "state", target / "state")  # how the examples were built (train checks it)
         del ex
 
         # (a) rtml train's own loop, in this process: read, predict, score, learn, checkpoint

@@ -90,7 +90,10 @@ class ForgettingRidge(base.Regressor):
         """The deviations of the examples learned, and what follows from them: computed once
         per example learned, used by every prediction until the next."""
         k = len(self._names)
-        sd = np.sqrt(np.divide(self._m2, self._cnt, out=np.zeros(k), where=self._cnt > 0))
+        if self._cnt.all():
+            sd = np.sqrt(self._m2 / self._cnt)
+        else:  # an input not seen yet
+            sd = np.sqrt(np.divide(self._m2, self._cnt, out=np.zeros(k), where=self._cnt > 0))
         self._lo, self._hi = self._mean - self.clip * sd, self._mean + self.clip * sd
         if sd.all():
             self._inv_sd = 1.0 / sd
@@ -102,12 +105,14 @@ class ForgettingRidge(base.Regressor):
         self._y_lo, self._y_hi = ((self._mean_y - self.clip * sd_y, self._mean_y + self.clip * sd_y) if sd_y > 0
                                   else (-math.inf, math.inf))
 
-    def _inputs(self, x: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _inputs(self, x: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """The inputs in the model's order, clipped to +-clip deviations (a missing one, or
-        NaN, at its mean), their standardised values z, and which were given."""
+        NaN, at its mean), their standardised values z, and which were given (None: all)."""
         v = np.array([x.get(name, math.nan) for name in self._names], dtype=float)
-        seen = v == v
-        if not seen.all():
+        seen = None
+        total = v.sum()
+        if total != total:  # a NaN: some input is missing
+            seen = v == v
             v = np.where(seen, v, self._mean)
         v = np.minimum(np.maximum(v, self._lo), self._hi)
         return v, (v - self._mean) * self._inv_sd, seen
@@ -131,11 +136,16 @@ class ForgettingRidge(base.Regressor):
             self._w = _solve(self._zz + self._penalty, self._zy)
         # the long memory: exponentially weighted Welford updates, of the inputs this example had
         fade = 1.0 - 1.0 / self.scale_memory
-        cnt = np.where(seen, fade * self._cnt + 1.0, self._cnt)
         delta = v - self._mean
-        mean = self._mean + np.divide(delta, cnt, out=np.zeros(len(cnt)), where=seen)
-        self._m2 = np.where(seen, fade * self._m2 + delta * (v - mean), self._m2)
-        self._cnt, self._mean = cnt, mean
+        if seen is None:  # every input given: the usual case
+            self._cnt = fade * self._cnt + 1.0
+            self._mean = self._mean + delta / self._cnt
+            self._m2 = fade * self._m2 + delta * (v - self._mean)
+        else:
+            cnt = np.where(seen, fade * self._cnt + 1.0, self._cnt)
+            mean = self._mean + np.divide(delta, cnt, out=np.zeros(len(cnt)), where=seen)
+            self._m2 = np.where(seen, fade * self._m2 + delta * (v - mean), self._m2)
+            self._cnt, self._mean = cnt, mean
         self._n = fade * self._n + 1.0
         delta_y = y - self._mean_y
         self._mean_y += delta_y / self._n
