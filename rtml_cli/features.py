@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rtml_cli import atomic
+from rtml_cli.beat import missing_tail, read_beat
 from rtml_cli.errors import ConfigError, LogError, RtmlError
 from rtml_cli.log import OFFSET, LogWriter, ParquetLog
 
@@ -309,8 +310,10 @@ class FeatureBuilder:
         without a tick after them.
         """
         report = StepReport()
-        symbols = self.symbols()
-        plans = [plan for sym in symbols if (plan := self._plan(sym, clock_ns)) is not None]
+        beat = read_beat(self.data_dir)
+        written = {s: o for s, o in (beat.offsets if beat else {}).items() if self.wanted is None or s in self.wanted}
+        symbols = sorted(set(self.symbols()) | set(written))
+        plans = [plan for sym in symbols if (plan := self._plan(sym, clock_ns, written.get(sym, -1))) is not None]
         if plans:
             rows = self._bars_and_features([p for p in plans if p.closes_bars])
             for plan in plans:
@@ -341,8 +344,12 @@ class FeatureBuilder:
             report.symbols[p.symbol] = p.report
         self._save_state()
 
-    def _plan(self, sym: str, clock_ns: int | None) -> _Plan | None:
-        """Read one symbol's new ticks and decide what closes; None when nothing changed."""
+    def _plan(self, sym: str, clock_ns: int | None, written: int = -1) -> _Plan | None:
+        """Read one symbol's new ticks and decide what closes; None when nothing changed.
+
+        `written` is the newest offset ingest says it wrote: a log that ends before it, or
+        before what this builder has read, has lost its last part(s).
+        """
         import polars as pl
 
         old = self.state.get(sym, SymbolState())
@@ -350,6 +357,8 @@ class FeatureBuilder:
         rep = SymbolReport()
         old_closed = old.closed_until if old.closed_until is not None else _NEVER
         last_tick = self.ticks.last_offset(sym)
+        if last_tick < max(written, old.tick_offset):
+            raise LogError(missing_tail(self.ticks.name, sym, last_tick, max(written, old.tick_offset), self.data_dir))
         limit = min(last_tick, old.tick_offset + self.chunk_ticks)
         has_new = limit > old.tick_offset
         # The clock closes bars only of a symbol whose ticks have all been read: while one
@@ -554,16 +563,21 @@ class FeatureBuilder:
 
         Bars also close on the market clock: the newest tick time of any symbol, advanced by
         the wall time since it was seen, minus `grace` seconds. So an illiquid symbol's bars
-        still close, and a paused replay of old data does not close every bar at once.
+        still close, and a paused replay of old data does not close every bar at once. When
+        ingest keeps a heartbeat (see `beat`), only wall time during which ingest ran counts:
+        an ingest outage stops the clock instead of closing the bars it has yet to fill.
         """
-        newest, seen_at = None, time.monotonic()
+        newest, seen_at = None, time.time()
         while not stop.is_set():
             known = [st.max_ts for st in self.state.values() if st.max_ts is not None]
+            now = time.time()
             if known and (newest is None or max(known) > newest):
-                newest, seen_at = max(known), time.monotonic()
+                newest, seen_at = max(known), now
             clock = None
             if newest is not None:
-                clock = newest + int((time.monotonic() - seen_at - grace) * NS)
+                beat = read_beat(self.data_dir)
+                ran = now - seen_at if beat is None else beat.alive_between(seen_at, now)
+                clock = newest + int((ran - grace) * NS)
             rep = self.step(clock)
             yield rep
             if rep.ticks == 0:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rtml_cli import atomic
+from rtml_cli.beat import Heartbeat, missing_tail, read_beat
 from rtml_cli.errors import LogError, SymbolError
 from rtml_cli.log import LogWriter, ParquetLog, check_symbol
 from rtml_cli.schema import MAX_JUMP_SECONDS, TICK_COLUMNS, isolated_in_time, problems, tick_schema
@@ -177,8 +178,10 @@ def read_quarantine(data_dir: Path) -> pl.DataFrame:
 
 
 class _Pipeline:
-    def __init__(self, writer: LogWriter, quarantine: Quarantine, opts: IngestOptions, summary: IngestSummary):
+    def __init__(self, writer: LogWriter, quarantine: Quarantine, opts: IngestOptions, summary: IngestSummary,
+                 beat: Heartbeat | None = None):
         self.writer = writer
+        self.beat = beat
         self.quarantine = quarantine
         self.opts = opts
         self.summary = summary
@@ -330,6 +333,8 @@ class _Pipeline:
                         f"could not write to {self.writer.log.root}: {exc.strerror or exc}; "
                         f"{self.buffered:,} ticks received since the last write were not written"
                     ) from None
+                if self.beat is not None:
+                    self.beat.wrote(sym, last)
                 # Written: drop it from the buffer at once, so a retry cannot write it twice.
                 self.good = [f.filter(pl.col("symbol") != sym) for f in self.good]
                 self.good = [f for f in self.good if f.height]
@@ -366,8 +371,8 @@ def run_ingest(
     summary = IngestSummary(source=source.name, data_dir=str(data_dir))
     log = ParquetLog(data_dir, TICKS)
     deadline = time.monotonic() + opts.duration if opts.duration else None
-    with log.writer() as writer:
-        pipe = _Pipeline(writer, Quarantine(data_dir, TICKS), opts, summary)
+    with log.writer() as writer, Heartbeat(data_dir, _written_offsets(log, data_dir)) as beat:
+        pipe = _Pipeline(writer, Quarantine(data_dir, TICKS), opts, summary, beat)
         stream = batches if batches is not None else source.batches(stop)
         try:
             for batch in stream:
@@ -396,6 +401,21 @@ def run_ingest(
             if hasattr(stream, "close"):
                 stream.close()
     return summary
+
+
+def _written_offsets(log: ParquetLog, data_dir: Path) -> dict[str, int]:
+    """Each symbol's newest offset in the ticks log, checked against what the last ingest wrote.
+
+    A partition that ends before the last beat's offset lost its last part(s): appending
+    would hand their offsets to new ticks, which a feature builder that read the old ones
+    would skip. That is an error, not a fresh start.
+    """
+    offsets = {s: log.last_offset(s) for s in log.partitions()}
+    previous = read_beat(data_dir)
+    for sym, expected in (previous.offsets if previous else {}).items():
+        if offsets.get(sym, -1) < expected:
+            raise LogError(missing_tail(TICKS, sym, offsets.get(sym, -1), expected, data_dir))
+    return offsets
 
 
 def _split(batch: TickBatch, rows: int) -> Iterator[TickBatch]:

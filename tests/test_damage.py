@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
+from rtml_cli.beat import BEAT_FILE
 from rtml_cli.features import STATE_FILE
 from rtml_cli.log import ParquetLog
 from tests.conftest import assert_clean_error
@@ -87,6 +89,31 @@ def test_a_missing_part_is_reported_never_skipped(rtml, parted, which):
     part = ParquetLog(parted, "ticks").parts("SOL/USD")[which]
     part.path.unlink()
     assert_clean_error(rtml("features", "--rebuild"), f"part {part.first}-{part.last} of ticks/SOL/USD is missing")
+
+
+def test_a_missing_last_part_or_partition_is_reported_by_features_and_ingest(rtml, parted):
+    """A missing last part used to look like a shorter log: a rebuild had fewer bars, and
+    ingest handed its offsets to new ticks, which a builder that had read them skipped."""
+    ticks = ParquetLog(parted, "ticks")
+    last = ticks.parts("SOL/USD")[-1]
+    last.path.unlink()
+    missing = f"part {last.first}-{last.last} of ticks/SOL/USD is missing"
+    assert_clean_error(rtml("features"), missing)  # the builder had read them
+    assert_clean_error(rtml("features", "--rebuild"), missing)  # ingest's record says they were written
+    assert_clean_error(rtml("ingest", "--max-ticks", "100"), missing)  # and will not reuse their offsets
+    assert ticks.last_offset("SOL/USD") == last.first - 1  # nothing was appended
+    gone = ticks.parts("ETH/USD")
+    shutil.rmtree(ticks.partition_path("ETH/USD"))
+    assert_clean_error(rtml("features", "--rebuild"), f"part 0-{gone[-1].last} of ticks/ETH/USD is missing")
+
+
+def test_without_ingests_record_the_builder_still_sees_a_lost_tail(rtml, parted):
+    (parted / BEAT_FILE).unlink()
+    last = ParquetLog(parted, "ticks").parts("BTC/USD")[-1]
+    last.path.unlink()
+    assert_clean_error(rtml("features"), f"part {last.first}-{last.last} of ticks/BTC/USD is missing")
+    (parted / BEAT_FILE).write_text('{"started": 1, "beat": "soon"')
+    assert_clean_error(rtml("features"), str(parted / BEAT_FILE), "is damaged")
 
 
 def _small_disk(size: int) -> None:

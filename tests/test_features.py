@@ -16,7 +16,7 @@ from polars.testing import assert_frame_equal
 
 from rtml_cli.features import STATE_FILE, FeatureBuilder, FeatureSpec
 from rtml_cli.log import ParquetLog
-from tests.conftest import assert_clean_error, rtml_process
+from tests.conftest import assert_clean_error, rtml_process, stop_processes
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z, a minute boundary
 INT_COLS = ["offset", "symbol", "ts", "n_trades"]
@@ -282,6 +282,45 @@ def test_kill_9_of_features_follow_while_ticks_arrive_then_restart_gives_the_one
     assert r.exit_code == 0, r.output
     copy_ticks(live, ref)
     build(ref)
+    for name in ("features", "examples"):
+        assert_same(features(live, name), features(ref, name))
+
+
+def test_kill_9_of_ingest_and_features_with_the_default_grace_gives_the_one_shot_result(rtml, tmp_path):
+    """Chaos with the default --grace: ingest killed twice and down for longer than the grace
+    each time, the follower killed once. The market clock used to run on through an outage
+    and close bars whose ticks ingest wrote when it was back (late ticks, bars unlike a
+    rebuild's); ingest's heartbeat now stops the clock while it is down. 1 s bars, so that a
+    few seconds of outage cross bar ends."""
+    live, ref = tmp_path / "live", tmp_path / "ref"
+    ingest = ["ingest", "--speed", "50", "--flush-interval", "0.1", "--json", "--data-dir", str(live)]
+    follow = ["features", "--follow", "--bar", "1s", "--poll", "0.05", "--json", "--data-dir", str(live)]
+    feats = None
+    sizes = []
+    try:
+        for kill_features in (False, True):
+            run = rtml_process(ingest)
+            feats = feats or rtml_process(follow)
+            time.sleep(2.0)
+            run.send_signal(signal.SIGKILL)
+            run.wait(30)
+            sizes.append(ParquetLog(live, "ticks").read_all(columns=["offset"]).height)
+            if kill_features:
+                feats.send_signal(signal.SIGKILL)
+                feats.wait(30)
+                feats = rtml_process(follow)
+            time.sleep(4.0)  # ingest down for twice the grace
+        run = rtml_process([*ingest, "--duration", "1.5"])
+        assert run.wait(60) == 0, run.stderr.read()
+    finally:
+        if feats is not None:
+            stop_processes(feats)
+    assert 0 < sizes[0] < sizes[1], sizes  # each run wrote
+    assert sum(s["late"] for s in json.loads((live / STATE_FILE).read_text())["symbols"].values()) == 0
+    r = rtml("features", "--bar", "1s", "--json", "--data-dir", str(live), data=False)
+    assert r.exit_code == 0, r.output
+    copy_ticks(live, ref)
+    build(ref, FeatureSpec(bar_s=1))
     for name in ("features", "examples"):
         assert_same(features(live, name), features(ref, name))
 

@@ -1,0 +1,107 @@
+"""Ingest's heartbeat: what the feature builder needs to know of the writer of the ticks log.
+
+While `rtml ingest` runs it rewrites `state/ingest.json` (atomically, every BEAT_SECONDS) with
+when it started, when it last beat, and each symbol's newest offset written. Two things
+follow from it:
+
+- The market clock of `rtml features --follow` runs on with wall time only while ingest is
+  alive (between its start and its last beat). An ingest that is down, or restarting, stops
+  the clock, so its outage does not close bars whose ticks it has yet to write.
+- A ticks partition that ends before the offset ingest recorded has lost its last part(s):
+  that is reported, not mistaken for a shorter log (and ingest will not reuse the offsets).
+
+The offsets are lower bounds: a beat is written after the parts it counts are published.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rtml_cli import atomic
+from rtml_cli.errors import LogError
+
+BEAT_FILE = Path("state") / "ingest.json"
+BEAT_SECONDS = 0.5
+
+
+@dataclass
+class Beat:
+    started: float  # wall time (epoch seconds) ingest started
+    beat: float  # wall time of its last beat
+    running: bool
+    offsets: dict[str, int] = field(default_factory=dict)  # each symbol's newest offset written
+
+    def alive_between(self, since: float, now: float) -> float:
+        """Seconds of [since, now] during which ingest ran (as far as its beats tell)."""
+        return max(0.0, min(now, self.beat) - max(since, self.started))
+
+
+def read_beat(data_dir: Path) -> Beat | None:
+    """The last beat ingest wrote to `data_dir`, or None when ingest never ran there."""
+    path = Path(data_dir) / BEAT_FILE
+    try:
+        doc = json.loads(path.read_text())
+        beat = Beat(float(doc["started"]), float(doc["beat"]), bool(doc["running"]),
+                    {str(s): int(o) for s, o in doc["offsets"].items()})
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise LogError(f"{path} is damaged ({type(exc).__name__}: {exc}); delete it (the next "
+                       "`rtml ingest` writes it again)") from None
+    return beat
+
+
+def missing_tail(log_name: str, symbol: str, last: int, expected: int, data_dir: Path) -> str:
+    """The error for a partition that ends at `last` though `expected` was written."""
+    return (f"part {last + 1}-{expected} of {log_name}/{symbol} is missing (ingest wrote offsets up to "
+            f"{expected}, the log ends at {last}); restore it. If those ticks were removed on purpose, "
+            f"delete {Path(data_dir) / BEAT_FILE} and rebuild what was built from them "
+            "(`rtml features --rebuild`)")
+
+
+class Heartbeat:
+    """Beats for one ingest run, from a background thread, so a paced wait still beats."""
+
+    def __init__(self, data_dir: Path, offsets: dict[str, int]):
+        self.path = Path(data_dir) / BEAT_FILE
+        self.started = time.time()
+        self.offsets = dict(offsets)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rtml-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self.write(running=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        try:
+            self.write(running=False)
+        except OSError:
+            pass  # a full disk: the error that ends the run says so; the last beat stands
+
+    def wrote(self, symbol: str, last: int) -> None:
+        """Record that `symbol`'s part ending at `last` is published."""
+        with self._lock:
+            self.offsets[symbol] = last
+
+    def write(self, running: bool) -> None:
+        with self._lock:
+            doc = {"pid": os.getpid(), "started": self.started, "beat": time.time(), "running": running,
+                   "offsets": dict(sorted(self.offsets.items()))}
+            atomic.write_json(self.path, doc)
+
+    def _run(self) -> None:
+        while not self._stop.wait(BEAT_SECONDS):
+            try:
+                self.write(running=True)
+            except OSError:
+                pass  # a full disk: the flush that follows reports it; the clock just pauses
