@@ -31,8 +31,13 @@ def make_table(path: Path, n: int, seed: int = 3) -> None:
     y = (x * w).sum(axis=1) * 1e-3 + rng.normal(scale=2e-3, size=n)
     frame = pl.DataFrame({f"f{i}": x[:, i] for i in range(12)}).with_columns(
         target=pl.Series(y),
-        ts=pl.datetime_range(pl.datetime(2026, 1, 1), pl.datetime(2026, 1, 1) + pl.duration(minutes=n - 1),
-                             "1m", eager=True, time_zone="UTC"),
+        ts=pl.datetime_range(
+            pl.datetime(2026, 1, 1),
+            pl.datetime(2026, 1, 1) + pl.duration(minutes=n - 1),
+            "1m",
+            eager=True,
+            time_zone="UTC",
+        ),
     )
     frame.write_parquet(path)
 
@@ -43,8 +48,12 @@ PEAK_MB: dict[str, float] = {}
 def command(*args: str) -> float:
     """Wall seconds of one `rtml backtest`; its peak memory (GNU time) goes to PEAK_MB."""
     t0 = time.perf_counter()
-    out = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "rtml_cli", "backtest", "--json", *args],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "rtml_cli", "backtest", "--json", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     PEAK_MB[" ".join(a for a in args if not a.startswith("/"))] = int(out.stderr.strip().splitlines()[-1]) / 1024
     return time.perf_counter() - t0
 
@@ -57,8 +66,10 @@ def run_floor(table: str) -> None:
     frame = pl.read_parquet(table)
     X, y = frame.drop("target", "ts"), frame["target"]
     # rtml's `sgd` spec, exactly (tests/test_train.py checks it is)
-    model = preprocessing.TargetStandardScaler(regressor=preprocessing.StandardScaler() | linear_model.LinearRegression(
-        optimizer=optim.SGD(0.001), intercept_lr=0.001))
+    model = preprocessing.TargetStandardScaler(
+        regressor=preprocessing.StandardScaler()
+        | linear_model.LinearRegression(optimizer=optim.SGD(0.001), intercept_lr=0.001)
+    )
     print(evaluate.progressive_val_score(stream.iter_polars(X, y), model, metrics.MAE()).get())
 
 
@@ -85,12 +96,17 @@ def main() -> None:
         for _ in range(2):
             a_times.append(command(*table_args, *sgd))
             t0 = time.perf_counter()
-            floor_run = subprocess.run([sys.executable, __file__, "--floor", str(table)], check=True,
-                                   capture_output=True, text=True)
+            floor_run = subprocess.run(
+                [sys.executable, __file__, "--floor", str(table)], check=True, capture_output=True, text=True
+            )
             b_times.append(time.perf_counter() - t0)
         backtest_s, floor_s = min(a_times), min(b_times)
-        out = subprocess.run([sys.executable, "-m", "rtml_cli", "backtest", "--json", *table_args, *sgd, "--warmup", "0"],
-                             check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "rtml_cli", "backtest", "--json", *table_args, *sgd, "--warmup", "0"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         mae = next(r["mae"] for r in json.loads(out.stdout)["results"] if r["model"] == "sgd" and r["refresh"] == "1")
 
         # whole commands: each model alone, and the three in two processes
@@ -101,8 +117,12 @@ def main() -> None:
         three_s = command(*table_args, *sgd, "--model", "pa", "--model", "bayes", "--jobs", "2")
         # what two processes get out of this machine's two cores: two one-model commands at once
         t0 = time.perf_counter()
-        both = [subprocess.Popen([sys.executable, "-m", "rtml_cli", "backtest", "--json", *table_args, *extra],
-                                 stdout=subprocess.DEVNULL) for extra in (sgd, ["--model", "pa"])]
+        both = [
+            subprocess.Popen(
+                [sys.executable, "-m", "rtml_cli", "backtest", "--json", *table_args, *extra], stdout=subprocess.DEVNULL
+            )
+            for extra in (sgd, ["--model", "pa"])
+        ]
         assert all(p.wait() == 0 for p in both)
         two_at_once_s = time.perf_counter() - t0
 
@@ -125,8 +145,10 @@ def main() -> None:
     }
     if not show(results, args.json):
         return
-    print(f"target: (b)/(a) >= 0.8 -> {results['floor_over_backtest (b/a)']}; "
-          f"3 models with --jobs 2 <= 2x one model -> {results['three_over_one']}x")
+    print(
+        f"target: (b)/(a) >= 0.8 -> {results['floor_over_backtest (b/a)']}; "
+        f"3 models with --jobs 2 <= 2x one model -> {results['three_over_one']}x"
+    )
 
 
 if __name__ == "__main__":

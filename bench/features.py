@@ -125,8 +125,10 @@ def main() -> None:
     if not show(results, args.json):
         return
     print(f"target: one-shot <= 3x floor -> {results['one_shot_over_floor']}x")
-    print(f"target: incremental step < 200 ms -> {big_ms:.1f} ms; <= 2x the 10x smaller log -> "
-          f"{results['incremental_big_over_small']}x")
+    print(
+        f"target: incremental step < 200 ms -> {big_ms:.1f} ms; <= 2x the 10x smaller log -> "
+        f"{results['incremental_big_over_small']}x"
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-
 from report import show  # bench/report.py, beside this script
 
 FLOOR = """
@@ -91,16 +90,33 @@ def main() -> None:
         replay_runs = []
         for i in range(3):
             into = tmp / ("a" if i == 0 else f"a{i}")
-            wall, mb, out = timed(rtml("ingest", "--source", "replay", "--path", str(csv), "--json", "--data-dir", str(into)))
+            wall, mb, out = timed(
+                rtml("ingest", "--source", "replay", "--path", str(csv), "--json", "--data-dir", str(into))
+            )
             assert json.loads(out)["written"] == args.rows, out
             replay_runs.append((wall, mb))
         replay_s, replay_mb = min(r[0] for r in replay_runs), max(r[1] for r in replay_runs)
-        big_s, big_mb, out = timed(rtml("ingest", "--source", "replay", "--path", str(big), "--json", "--data-dir", str(tmp / "b")))
+        big_s, big_mb, out = timed(
+            rtml("ingest", "--source", "replay", "--path", str(big), "--json", "--data-dir", str(tmp / "b"))
+        )
         assert json.loads(out)["written"] == 4 * args.rows
-        again_s, _, out = timed(rtml("ingest", "--source", "replay", "--path", str(csv), "--json", "--data-dir", str(tmp / "a")))
+        again_s, _, out = timed(
+            rtml("ingest", "--source", "replay", "--path", str(csv), "--json", "--data-dir", str(tmp / "a"))
+        )
         assert json.loads(out)["written"] == 0
 
-        syn_s, syn_mb, out = timed(rtml("ingest", "--speed", "max", "--max-ticks", str(args.synthetic_ticks), "--json", "--data-dir", str(tmp / "s")))
+        syn_s, _syn_mb, out = timed(
+            rtml(
+                "ingest",
+                "--speed",
+                "max",
+                "--max-ticks",
+                str(args.synthetic_ticks),
+                "--json",
+                "--data-dir",
+                str(tmp / "s"),
+            )
+        )
         syn = json.loads(out)
 
         from threading import Event
@@ -130,8 +146,10 @@ def main() -> None:
     }
     if not show(results, args.json):
         return
-    print(f"target: replay <= 4x floor -> {results['replay_over_floor']}x "
-          f"({'met' if results['replay_over_floor'] <= 4 else 'NOT met'})")
+    print(
+        f"target: replay <= 4x floor -> {results['replay_over_floor']}x "
+        f"({'met' if results['replay_over_floor'] <= 4 else 'NOT met'})"
+    )
     print(f"target: synthetic >= 500k ticks/s -> ingest {syn['ticks_per_s']:,.0f}/s, generator {gen_rate:,.0f}/s")
     print(f"memory: {replay_mb:.0f} MB for {args.rows:,} rows, {big_mb:.0f} MB for {4 * args.rows:,} rows")
 

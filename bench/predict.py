@@ -56,8 +56,9 @@ def swap_latency(data_dir: Path, notify: bool, poll: float, checkpoints: int = 5
     sym = features.partitions()[0]
     template = features.read_after(sym, features.last_offset(sym) - 1).drop("offset")
     args = ["predict", "--follow", "--jsonl", "--from", "latest", "--poll", str(poll), "--data-dir", str(data_dir)]
-    proc = subprocess.Popen(rtml(*args, *([] if notify else ["--no-notify"])), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        rtml(*args, *([] if notify else ["--no-notify"])), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     first_seen: dict[int, float] = {}
 
     def read() -> None:
@@ -238,9 +239,11 @@ def main() -> None:
     if not show(results, args.json):
         return
     print(f"target: (b)/(a) >= 0.5 -> {results['floor_over_predict (b/a)']}")
-    print(f"target: swap latency with notifications median < 100 ms -> {results['swap_ms_notify_median']} ms, "
-          f"p99 < 500 ms -> {results['swap_ms_notify_p99']} ms (polling every 0.5 s: median "
-          f"{results['swap_ms_poll_0.5s_median']} ms)")
+    print(
+        f"target: swap latency with notifications median < 100 ms -> {results['swap_ms_notify_median']} ms, "
+        f"p99 < 500 ms -> {results['swap_ms_notify_p99']} ms (polling every 0.5 s: median "
+        f"{results['swap_ms_poll_0.5s_median']} ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,14 @@ def make_examples(data_dir: Path, n: int) -> None:
     # 2 s bars of 3 symbols: 1.5 bars per simulated second, ~16 trades a second (more when
     # stormy): ~11 trades per bar, with room to spare
     ticks = int(n * 16 / 1.5 * 1.6)
-    subprocess.run(rtml("ingest", "--max-ticks", str(ticks), "--json", "--data-dir", str(data_dir)), check=True, capture_output=True)
-    subprocess.run(rtml("features", "--bar", "2s", "--json", "--data-dir", str(data_dir)), check=True, capture_output=True)
+    subprocess.run(
+        rtml("ingest", "--max-ticks", str(ticks), "--json", "--data-dir", str(data_dir)),
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        rtml("features", "--bar", "2s", "--json", "--data-dir", str(data_dir)), check=True, capture_output=True
+    )
 
 
 def rows(data_dir: Path, n: int):
@@ -55,7 +61,7 @@ def rows(data_dir: Path, n: int):
     cols = feature_columns(ex.columns)
     out = []
     for row in ex.select(*cols, "target").iter_rows():
-        x = {c: v for c, v in zip(cols, row[:-1]) if v is not None and v == v}
+        x = {c: v for c, v in zip(cols, row[:-1], strict=True) if v is not None and v == v}
         out.append((x, row[-1]))
     assert len(out) == n, f"only {len(out)} examples"
     return out, len(out)
@@ -176,11 +182,15 @@ def main() -> None:
     }
     if not show(results, args.json):
         return
-    print(f"target: (b)/(a) >= 0.7 -> {results['floor_over_train (b/a)']}; "
-          f"(a) >= 10x the seed design -> {results['train_over_seed_design_speed']}x")
-    print(f"target: stall linear < 2 ms -> max {results['linear_stall_ms_max']} ms; "
-          f"ARF after 20k < 50 ms -> max {results['arf_20k_fork_stall_ms_max']} ms (inline pickle would be "
-          f"{results['arf_20k_inline_pickle_ms']} ms)")
+    print(
+        f"target: (b)/(a) >= 0.7 -> {results['floor_over_train (b/a)']}; "
+        f"(a) >= 10x the seed design -> {results['train_over_seed_design_speed']}x"
+    )
+    print(
+        f"target: stall linear < 2 ms -> max {results['linear_stall_ms_max']} ms; "
+        f"ARF after 20k < 50 ms -> max {results['arf_20k_fork_stall_ms_max']} ms (inline pickle would be "
+        f"{results['arf_20k_inline_pickle_ms']} ms)"
+    )
 
 
 if __name__ == "__main__":

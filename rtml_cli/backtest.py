@@ -21,17 +21,17 @@ import time
 from array import array
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from threading import Event
 from typing import TYPE_CHECKING, Any
 
+from rtml_cli import stats
 from rtml_cli.errors import ConfigError, RtmlError
 from rtml_cli.features import read_build
-from rtml_cli.learner import Learner, feature_columns, model_inputs, predict_value
+from rtml_cli.learner import DIVERGENCE_FACTOR, MIN_TARGETS, Learner, feature_columns, model_inputs, predict_value
 from rtml_cli.log import OFFSET, ParquetLog
 from rtml_cli.models import CLASSIFIER, resolve
-from rtml_cli import stats
-from rtml_cli.learner import DIVERGENCE_FACTOR, MIN_TARGETS
 from rtml_cli.trading import FEE_LADDER_BPS, Book, Tape, directions, mark, summarize, tape_from_prices
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def parse_refresh(text: str) -> list[int | None]:
         if not (item.isascii() and item.isdigit()) or int(item) < 1:
             raise ConfigError(f"--refresh {text!r}: each interval is a number of rows >= 1, or 'never'")
         out.add(int(item))
-    return sorted((r for r in out if r is not None)) + [NEVER]
+    return [*sorted(r for r in out if r is not None), NEVER]
 
 
 def refresh_label(r: int | None) -> str:
@@ -144,9 +144,19 @@ def load_examples(data_dir: Path, opts: BacktestOptions) -> Dataset:
     if frame.height == 0:
         raise ConfigError("no examples between --from and --to")
     bars = _bar_closes(data_dir, frame, horizon)
-    ds = _dataset(frame, "target", "symbol", "ts", feature_columns(frame.columns), f"examples log of {data_dir}",
-                  delay=horizon, hold=horizon, periods_per_year=opts.periods_per_year or YEAR_S / bar_s,
-                  prices=bars, by_bar=True)
+    ds = _dataset(
+        frame,
+        "target",
+        "symbol",
+        "ts",
+        feature_columns(frame.columns),
+        f"examples log of {data_dir}",
+        delay=horizon,
+        hold=horizon,
+        periods_per_year=opts.periods_per_year or YEAR_S / bar_s,
+        prices=bars,
+        by_bar=True,
+    )
     ds.target_kind = CLASSIFIER if target == "sign" else "regressor"
     return ds
 
@@ -158,7 +168,9 @@ def _bar_closes(data_dir: Path, examples: pl.DataFrame, horizon: int) -> pl.Data
 
     features = ParquetLog(data_dir, "features")
     out = []
-    for sym, lo, hi in examples.group_by("symbol").agg(pl.col(OFFSET).min().alias("lo"), pl.col(OFFSET).max().alias("hi")).iter_rows():
+    for sym, lo, hi in (
+        examples.group_by("symbol").agg(pl.col(OFFSET).min().alias("lo"), pl.col(OFFSET).max().alias("hi")).iter_rows()
+    ):
         bars = features.read_after(sym, lo - 1, columns=["ts", "close"], upto=hi + horizon)
         out.append(bars.with_columns(symbol=pl.lit(sym, dtype=pl.String)))
     return pl.concat(out).select("symbol", "ts", "close")
@@ -177,9 +189,11 @@ def load_table(opts: BacktestOptions) -> Dataset:
             frame = pl.read_parquet(path)
         else:
             frame = pl.read_csv(path, try_parse_dates=True, infer_schema_length=10_000)
-    except Exception as exc:  # noqa: BLE001 - any reader failure means the same thing to the user
-        raise ConfigError(f"cannot read --table {path} ({type(exc).__name__}: {str(exc)[:200]}); "
-                          "give a Parquet file or a CSV file with a header") from None
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot read --table {path} ({type(exc).__name__}: {str(exc)[:200]}); "
+            "give a Parquet file or a CSV file with a header"
+        ) from None
     if not opts.target:
         raise ConfigError("--table needs --target COLUMN: the column to predict")
     for name, col in (("--target", opts.target), ("--ts", opts.ts), ("--price", opts.price)):
@@ -189,8 +203,10 @@ def load_table(opts: BacktestOptions) -> Dataset:
         raise ConfigError(f"--target {opts.target!r} is {frame[opts.target].dtype}, not numbers")
     if opts.price is not None:
         if opts.returns is not None:
-            raise ConfigError("--price and --returns both say how to trade: give one (--price marks positions to "
-                              "that column; --returns reads the target as the next row's return)")
+            raise ConfigError(
+                "--price and --returns both say how to trade: give one (--price marks positions to "
+                "that column; --returns reads the target as the next row's return)"
+            )
         if opts.price == opts.target:
             raise ConfigError("--price is the --target column; give the column of prices")
         if not frame[opts.price].dtype.is_numeric():
@@ -201,18 +217,24 @@ def load_table(opts: BacktestOptions) -> Dataset:
         if not isinstance(frame[opts.ts].dtype, pl.Datetime) and frame[opts.ts].dtype != pl.Date:
             raise ConfigError(f"--ts {opts.ts!r} holds {frame[opts.ts].dtype}, not times")
         if frame[opts.ts].null_count():
-            raise ConfigError(f"--ts {opts.ts!r} has {frame[opts.ts].null_count():,} rows without a readable time; "
-                              "use ISO times like 2026-01-01T12:00:00")
+            raise ConfigError(
+                f"--ts {opts.ts!r} has {frame[opts.ts].null_count():,} rows without a readable time; "
+                "use ISO times like 2026-01-01T12:00:00"
+            )
         try:
             if frame[opts.ts].dtype == pl.Date:
                 frame = frame.with_columns(pl.col(opts.ts).cast(pl.Datetime("us")))
             zoned = frame[opts.ts].dtype.time_zone is not None  # zoned times convert; naive ones are UTC
-            frame = frame.with_columns(pl.col(opts.ts).dt.convert_time_zone("UTC") if zoned
-                                       else pl.col(opts.ts).dt.replace_time_zone("UTC"))
-            frame = frame.with_columns(pl.col(opts.ts).cast(pl.Datetime("ns", "UTC"))).sort(opts.ts, maintain_order=True)
+            frame = frame.with_columns(
+                pl.col(opts.ts).dt.convert_time_zone("UTC") if zoned else pl.col(opts.ts).dt.replace_time_zone("UTC")
+            )
+            frame = frame.with_columns(pl.col(opts.ts).cast(pl.Datetime("ns", "UTC"))).sort(
+                opts.ts, maintain_order=True
+            )
         except pl.exceptions.PolarsError as exc:
-            raise ConfigError(f"--ts {opts.ts!r} holds times rtml cannot use (years 1678-2261 only): "
-                              f"{str(exc).splitlines()[0][:160]}") from None
+            raise ConfigError(
+                f"--ts {opts.ts!r} holds times rtml cannot use (years 1678-2261 only): {str(exc).splitlines()[0][:160]}"
+            ) from None
         frame = _between(frame, opts.ts, opts)
     elif opts.start or opts.end:
         raise ConfigError("--from/--to need --ts COLUMN for a --table")
@@ -220,7 +242,9 @@ def load_table(opts: BacktestOptions) -> Dataset:
     if stream:
         if opts.ts is None:
             # in file order, a table sorted by symbol would learn one symbol's future before another's past
-            raise ConfigError(f"{path.name} has a symbol column: give --ts COLUMN, so that rows are replayed in time order")
+            raise ConfigError(
+                f"{path.name} has a symbol column: give --ts COLUMN, so that rows are replayed in time order"
+            )
         frame = frame.with_columns(pl.col("symbol").cast(pl.String))
         if frame["symbol"].null_count():
             raise ConfigError(f"{path.name} has {frame['symbol'].null_count():,} rows without a symbol")
@@ -235,15 +259,29 @@ def load_table(opts: BacktestOptions) -> Dataset:
     frame = frame.with_columns(pl.col(*features, opts.target).cast(pl.Float64))  # decimals and integers alike
     longest = frame.group_by(stream).len()["len"].max() if stream else frame.height
     if frame.height and opts.delay >= longest:
-        raise ConfigError(f"--delay {opts.delay} is longer than the data: the longest stream has {longest:,} rows, "
-                          "so no label would ever arrive")
+        raise ConfigError(
+            f"--delay {opts.delay} is longer than the data: the longest stream has {longest:,} rows, "
+            "so no label would ever arrive"
+        )
     hold = max(opts.delay, 1)
     prices = None
     if opts.price is not None:
         prices = _table_prices(frame, opts.price, stream, opts.ts, path.name)
     ppy = opts.periods_per_year or _periods_per_year(frame, opts.ts) or 252.0
-    return _dataset(frame, opts.target, stream, opts.ts, features, f"table {path}", delay=opts.delay, hold=hold,
-                    periods_per_year=ppy, prices=prices, returns=opts.returns or "none", price_name=opts.price)
+    return _dataset(
+        frame,
+        opts.target,
+        stream,
+        opts.ts,
+        features,
+        f"table {path}",
+        delay=opts.delay,
+        hold=hold,
+        periods_per_year=ppy,
+        prices=prices,
+        returns=opts.returns or "none",
+        price_name=opts.price,
+    )
 
 
 def _table_prices(frame: pl.DataFrame, price: str, stream: str | None, ts: str | None, name: str) -> pl.DataFrame:
@@ -258,8 +296,10 @@ def _table_prices(frame: pl.DataFrame, price: str, stream: str | None, ts: str |
     bad = frame.with_row_index("_row").filter(pl.col(price).cast(pl.Float64) <= 0)
     if bad.height:
         row = bad.row(0, named=True)
-        raise ConfigError(f"--price {price!r} has {bad.height:,} rows at or below zero (the first: row {row['_row'] + 1}, "
-                          f"{row[price]}); a price must be positive")
+        raise ConfigError(
+            f"--price {price!r} has {bad.height:,} rows at or below zero (the first: row {row['_row'] + 1}, "
+            f"{row[price]}); a price must be positive"
+        )
     if not col.is_finite().all():
         raise ConfigError(f"--price {price!r} has infinite values; a price must be a positive number")
     out = frame.select(
@@ -269,8 +309,10 @@ def _table_prices(frame: pl.DataFrame, price: str, stream: str | None, ts: str |
     )
     dupes = out.height - out.select("symbol", "ts").n_unique()
     if dupes:
-        raise ConfigError(f"{name} has {dupes:,} rows with the same {'symbol and ' if stream else ''}time; "
-                          "trading on --price needs one price per symbol and time")
+        raise ConfigError(
+            f"{name} has {dupes:,} rows with the same {'symbol and ' if stream else ''}time; "
+            "trading on --price needs one price per symbol and time"
+        )
     return out
 
 
@@ -281,7 +323,7 @@ def _between(frame: pl.DataFrame, ts: str, opts: BacktestOptions) -> pl.DataFram
         if bound:
             try:
                 when = pl.Series([bound]).str.to_datetime(time_zone="UTC").item()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 raise ConfigError(f"{bound!r} is not a time; use e.g. 2026-01-01 or 2026-01-01T12:00") from None
             frame = frame.filter(getattr(pl.col(ts), op)(when))
     return frame
@@ -295,9 +337,19 @@ def _periods_per_year(frame: pl.DataFrame, ts: str | None) -> float | None:
     return (frame[ts].n_unique() - 1) / (span / YEAR_S) if span > 0 else None
 
 
-def _dataset(frame: pl.DataFrame, target: str, stream: str | None, ts: str | None, features: list[str],
-             source: str, prices: pl.DataFrame | None = None, by_bar: bool = False, returns: str = "none",
-             price_name: str | None = None, **kw: Any) -> Dataset:
+def _dataset(
+    frame: pl.DataFrame,
+    target: str,
+    stream: str | None,
+    ts: str | None,
+    features: list[str],
+    source: str,
+    prices: pl.DataFrame | None = None,
+    by_bar: bool = False,
+    returns: str = "none",
+    price_name: str | None = None,
+    **kw: Any,
+) -> Dataset:
     """The rows with a target, their periods, and the tape trading is marked to: `prices`
     (symbol, ts, close), or, without them, the target itself as the next row's return when
     the holding period is one row and `returns` says what kind of return it is."""
@@ -305,8 +357,10 @@ def _dataset(frame: pl.DataFrame, target: str, stream: str | None, ts: str | Non
     import polars as pl
 
     timed = ts is not None or by_bar  # periods are times; else a table's rows (one stream)
-    frame = frame.with_columns((pl.col(stream).cast(pl.String) if stream else pl.lit("all")).alias("_stream"),
-                               (pl.col(ts).dt.epoch("ns") if ts else pl.int_range(pl.len())).alias("_t"))
+    frame = frame.with_columns(
+        (pl.col(stream).cast(pl.String) if stream else pl.lit("all")).alias("_stream"),
+        (pl.col(ts).dt.epoch("ns") if ts else pl.int_range(pl.len())).alias("_t"),
+    )
     keep = frame.filter(pl.col(target).is_not_null() & pl.col(target).cast(pl.Float64).is_finite())
     dropped = frame.height - keep.height
     if keep.height == 0:
@@ -322,8 +376,19 @@ def _dataset(frame: pl.DataFrame, target: str, stream: str | None, ts: str | Non
     # the periods: the distinct times of the rows and of the prices they are marked to, in order
     times = np.unique(np.concatenate([row_t, p_t]) if prices is not None else row_t) if timed else None
     period = np.searchsorted(times, row_t).astype(np.int64) if timed else row_t.astype(np.int64)
-    ds = Dataset(source, xs, y, stream_arr.tolist(), list(index), row_t if ts else None, features=features,
-                 dropped=dropped, period=period, clock=period.tolist() if by_bar else None, **kw)
+    ds = Dataset(
+        source,
+        xs,
+        y,
+        stream_arr.tolist(),
+        list(index),
+        row_t if ts else None,
+        features=features,
+        dropped=dropped,
+        period=period,
+        clock=period.tolist() if by_bar else None,
+        **kw,
+    )
     if prices is not None:
         p_stream = np.asarray([index[s] for s in prices["symbol"].to_list()], dtype=np.int64)
         p_period = np.searchsorted(times, p_t) if timed else p_t.astype(np.int64)
@@ -333,17 +398,20 @@ def _dataset(frame: pl.DataFrame, target: str, stream: str | None, ts: str | Non
         ds.tape = _returns_tape(stream_arr, period, y, returns, times)
         ds.trades_on = f"the target as the next row's {returns} return"
     else:
-        ds.no_trading = ("the target is not a return: give --price COLUMN, or --returns if the target is the next "
-                         "row's return" if ds.hold == 1 else
-                         f"labels are {ds.hold} rows ahead: give --price COLUMN to mark positions to market row by row")
+        ds.no_trading = (
+            "the target is not a return: give --price COLUMN, or --returns if the target is the next row's return"
+            if ds.hold == 1
+            else f"labels are {ds.hold} rows ahead: give --price COLUMN to mark positions to market row by row"
+        )
     if ds.tape is not None:
         width = int(max(ds.tape.period.max(), period.max())) + 1
         ds.point = np.searchsorted(ds.tape.stream * width + ds.tape.period, stream_arr * width + period)
     return ds
 
 
-def _returns_tape(stream: np.ndarray, period: np.ndarray, y: np.ndarray, returns: str,
-                  period_ns: np.ndarray | None) -> Tape:
+def _returns_tape(
+    stream: np.ndarray, period: np.ndarray, y: np.ndarray, returns: str, period_ns: np.ndarray | None
+) -> Tape:
     """A tape from targets that are the next row's return: a point per row, and one more per
     stream after its last row, the step into each point earning the previous row's target."""
     import numpy as np
@@ -381,14 +449,22 @@ class Stopped(RtmlError):
     """Ctrl-C or SIGTERM during a backtest: nothing is written."""
 
 
-def replay(ds: Dataset, model: str, refresh: list[int | None], warmup: int,
-           params: dict[str, Any] | None = None, stop: Event | None = None) -> Replay:
+def replay(
+    ds: Dataset,
+    model: str,
+    refresh: list[int | None],
+    warmup: int,
+    params: dict[str, Any] | None = None,
+    stop: Event | None = None,
+) -> Replay:
     """Predict every row, learn each label when it is due, for every serving refresh interval."""
     spec = resolve(model)
     if spec.kind == CLASSIFIER and ds.target_kind != CLASSIFIER:
         raise ConfigError(f"{spec.name} is a classifier; backtest it on sign targets (`rtml features --target sign`)")
     if spec.kind != CLASSIFIER and ds.target_kind == CLASSIFIER:
-        raise ConfigError(f"the examples have --target sign; {spec.name} is a regressor: use logistic, hat-clf or arf-clf")
+        raise ConfigError(
+            f"the examples have --target sign; {spec.name} is a regressor: use logistic, hat-clf or arf-clf"
+        )
     started = time.perf_counter()
 
     def build() -> Any:
@@ -408,13 +484,27 @@ def replay(ds: Dataset, model: str, refresh: list[int | None], warmup: int,
             f.abandon()
         raise
     preds = {"1": live, **{str(r): p for r, p in stale}, "never": live[:warmup] + frozen}
-    return Replay(model, kind, {refresh_label(r): preds[refresh_label(r)] for r in refresh}, drift_rows,
-                  learner.learned, time.perf_counter() - started)
+    return Replay(
+        model,
+        kind,
+        {refresh_label(r): preds[refresh_label(r)] for r in refresh},
+        drift_rows,
+        learner.learned,
+        time.perf_counter() - started,
+    )
 
 
-def _replay_rows(learner: Learner, kind: str, ds: Dataset, warmup: int, live: list[float],
-                 stale: list[tuple[int, list[float]]], drift_rows: list[int], frozen_at: list[_PredictRest],
-                 stop: Event | None = None) -> None:
+def _replay_rows(
+    learner: Learner,
+    kind: str,
+    ds: Dataset,
+    warmup: int,
+    live: list[float],
+    stale: list[tuple[int, list[float]]],
+    drift_rows: list[int],
+    frozen_at: list[_PredictRest],
+    stop: Event | None = None,
+) -> None:
     """The replay's loop, row by row: see `replay`."""
     serving = [None] * len(stale)
     block = [-1] * len(stale)  # the refresh period each serving copy is from
@@ -471,7 +561,7 @@ class _PredictRest:
                 os.close(read_fd)
                 data = memoryview(array("d", (predict_value(model, kind, x) for x in xs[start:])).tobytes())
                 while data:
-                    data = data[os.write(write_fd, data):]
+                    data = data[os.write(write_fd, data) :]
                 code = 0
             finally:
                 os._exit(code)
@@ -552,8 +642,9 @@ def _finite(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def trade(ds: Dataset, pred: np.ndarray, start: int, fee_bps: float, band: float,
-          always_long: bool = False) -> tuple[dict[str, Any], Book | None]:
+def trade(
+    ds: Dataset, pred: np.ndarray, start: int, fee_bps: float, band: float, always_long: bool = False
+) -> tuple[dict[str, Any], Book | None]:
     """The sign strategy on `pred` from row `start` on, marked to market (see `trading`):
     its summary at `fee_bps` (with the fee ladder and the Sharpe ratio's interval), and the
     book for charts. Empty when the data gives nothing to mark positions to."""
@@ -595,7 +686,7 @@ def diverged_at(ds: Dataset, pred: np.ndarray, start: int) -> int | None:
         stream = np.asarray(ds.stream)
         for s in range(len(ds.stream_names)):
             at = np.flatnonzero(stream == s)
-            known_at[at] = np.concatenate([at[ds.delay:], np.full(min(ds.delay, len(at)), ds.n)])
+            known_at[at] = np.concatenate([at[ds.delay :], np.full(min(ds.delay, len(at)), ds.n)])
     size = np.zeros(ds.n + 1)
     count = np.zeros(ds.n + 1)
     valid = known_at < ds.n
@@ -727,7 +818,7 @@ def score_all(ds: Dataset, opts: BacktestOptions, replays: list[Replay]) -> dict
         "source": ds.source,
         "rows": ds.n,
         "scored_rows": ds.n - w,
-        "scored_periods": int(len(np.unique(periods))),
+        "scored_periods": len(np.unique(periods)),
         "scored_from": _iso(int(scored_ts.min())) if scored_ts is not None else None,
         "scored_to": _iso(int(scored_ts.max())) if scored_ts is not None else None,
         "rows_without_target": ds.dropped,
@@ -759,9 +850,9 @@ def score_all(ds: Dataset, opts: BacktestOptions, replays: list[Replay]) -> dict
 
 
 def _iso(ns: int) -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.fromtimestamp(ns / 1e9, timezone.utc).isoformat()
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat()
 
 
 def _params_doc(model: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -771,8 +862,9 @@ def _params_doc(model: str, params: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps({**spec.defaults, **params}, default=str))
 
 
-def by_symbol(ds: Dataset, w: int, replays: list[Replay], books: dict[tuple[str, str], Book],
-              scorable: bool) -> list[dict[str, Any]]:
+def by_symbol(
+    ds: Dataset, w: int, replays: list[Replay], books: dict[tuple[str, str], Book], scorable: bool
+) -> list[dict[str, Any]]:
     """Per symbol: the live and frozen models and buy-and-hold, on that symbol's scored rows."""
     import numpy as np
 
@@ -784,8 +876,9 @@ def by_symbol(ds: Dataset, w: int, replays: list[Replay], books: dict[tuple[str,
         if not mine.any():
             continue
         zero_mae = float(np.mean(np.abs(y[mine]))) or None
-        series = [("buy and hold", "-", None)] + [(rep.model, label, np.asarray(rep.preds[label])[w:])
-                                                  for rep in replays for label in ("1", "never")]
+        series = [("buy and hold", "-", None)] + [
+            (rep.model, label, np.asarray(rep.preds[label])[w:]) for rep in replays for label in ("1", "never")
+        ]
         for model, label, pred in series:
             row: dict[str, Any] = {"symbol": name, "model": model, "refresh": label, "rows": int(mine.sum())}
             if pred is not None and scorable:
@@ -808,27 +901,38 @@ def caveats(result: dict[str, Any], ds: Dataset) -> list[str]:
     n = result["scored_rows"]
     span_s = None
     if result["scored_from"] is not None:
-        span_s = (ds.ts[result["warmup"]:].max() - ds.ts[result["warmup"]:].min()) / 1e9
+        span_s = (ds.ts[result["warmup"] :].max() - ds.ts[result["warmup"] :].min()) / 1e9
     if ds.tape is not None and (n < 1_000 or (span_s is not None and span_s < 86_400)):
         span = f"{_duration(span_s)} of data and " if span_s is not None else ""
-        out.append(f"annualised figures (Sharpe ratios) rest on {span}{n:,} scored rows: too little to annualise; "
-                   "read them, and their intervals, as noise")
+        out.append(
+            f"annualised figures (Sharpe ratios) rest on {span}{n:,} scored rows: too little to annualise; "
+            "read them, and their intervals, as noise"
+        )
     length = result["scored_periods"] if result["refresh_unit"] == "bars" else n
     for label in result["refresh"]:
         if label not in ("1", "never") and int(label) >= length:
-            out.append(f"refresh every {label} {result['refresh_unit']} is at least the {length:,} "
-                       f"{result['refresh_unit']} scored: the copy is never refreshed, the same as never")
+            out.append(
+                f"refresh every {label} {result['refresh_unit']} is at least the {length:,} "
+                f"{result['refresh_unit']} scored: the copy is never refreshed, the same as never"
+            )
     for r in result["results"]:
         if r["baseline"] and r["refresh"] == "-":
             continue
-        good = [f"{name} {r[k]:.3g}" for k, (name, bound) in TOO_GOOD.items()
-                if r.get(k) is not None and (abs(r[k]) if k == "ic" else r[k]) > bound]
+        good = [
+            f"{name} {r[k]:.3g}"
+            for k, (name, bound) in TOO_GOOD.items()
+            if r.get(k) is not None and (abs(r[k]) if k == "ic" else r[k]) > bound
+        ]
         if good:
-            out.append(f"{r['model']} (refresh {r['refresh']}): {', '.join(good)} is too good to be true for market "
-                       "returns: check the features for look-ahead (a feature computed from the target's own bars)")
+            out.append(
+                f"{r['model']} (refresh {r['refresh']}): {', '.join(good)} is too good to be true for market "
+                "returns: check the features for look-ahead (a feature computed from the target's own bars)"
+            )
         if r.get("diverged_at_row") is not None:
-            out.append(f"{r['model']} (refresh {r['refresh']}) diverged at row {r['diverged_at_row']:,}: a prediction "
-                       f"over {DIVERGENCE_FACTOR:,.0f}x the targets' mean size; its figures are of a broken model")
+            out.append(
+                f"{r['model']} (refresh {r['refresh']}) diverged at row {r['diverged_at_row']:,}: a prediction "
+                f"over {DIVERGENCE_FACTOR:,.0f}x the targets' mean size; its figures are of a broken model"
+            )
     if ds.no_trading:
         out.append(f"no trading figures: {ds.no_trading}")
     return out

@@ -15,6 +15,7 @@ The offsets are lower bounds: a beat is written after the parts it counts are pu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -46,22 +47,29 @@ def read_beat(data_dir: Path) -> Beat | None:
     path = Path(data_dir) / BEAT_FILE
     try:
         doc = json.loads(path.read_text())
-        beat = Beat(float(doc["started"]), float(doc["beat"]), bool(doc["running"]),
-                    {str(s): int(o) for s, o in doc["offsets"].items()})
+        beat = Beat(
+            float(doc["started"]),
+            float(doc["beat"]),
+            bool(doc["running"]),
+            {str(s): int(o) for s, o in doc["offsets"].items()},
+        )
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise LogError(f"{path} is damaged ({type(exc).__name__}: {exc}); delete it (the next "
-                       "`rtml ingest` writes it again)") from None
+        raise LogError(
+            f"{path} is damaged ({type(exc).__name__}: {exc}); delete it (the next `rtml ingest` writes it again)"
+        ) from None
     return beat
 
 
 def missing_tail(log_name: str, symbol: str, last: int, expected: int, data_dir: Path) -> str:
     """The error for a partition that ends at `last` though `expected` was written."""
-    return (f"part {last + 1}-{expected} of {log_name}/{symbol} is missing (ingest wrote offsets up to "
-            f"{expected}, the log ends at {last}); restore it. If those ticks were removed on purpose, "
-            f"delete {Path(data_dir) / BEAT_FILE} and rebuild what was built from them "
-            "(`rtml features --rebuild`)")
+    return (
+        f"part {last + 1}-{expected} of {log_name}/{symbol} is missing (ingest wrote offsets up to "
+        f"{expected}, the log ends at {last}); restore it. If those ticks were removed on purpose, "
+        f"delete {Path(data_dir) / BEAT_FILE} and rebuild what was built from them "
+        "(`rtml features --rebuild`)"
+    )
 
 
 class Heartbeat:
@@ -83,10 +91,8 @@ class Heartbeat:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        try:
+        with contextlib.suppress(OSError):  # a full disk: the error that ends the run says so
             self.write(running=False)
-        except OSError:
-            pass  # a full disk: the error that ends the run says so; the last beat stands
 
     def wrote(self, symbol: str, last: int) -> None:
         """Record that `symbol`'s part ending at `last` is published."""
@@ -95,13 +101,16 @@ class Heartbeat:
 
     def write(self, running: bool) -> None:
         with self._lock:
-            doc = {"pid": os.getpid(), "started": self.started, "beat": time.time(), "running": running,
-                   "offsets": dict(sorted(self.offsets.items()))}
+            doc = {
+                "pid": os.getpid(),
+                "started": self.started,
+                "beat": time.time(),
+                "running": running,
+                "offsets": dict(sorted(self.offsets.items())),
+            }
             atomic.write_json(self.path, doc)
 
     def _run(self) -> None:
         while not self._stop.wait(BEAT_SECONDS):
-            try:
+            with contextlib.suppress(OSError):  # a full disk: the next flush reports it; the clock pauses
                 self.write(running=True)
-            except OSError:
-                pass  # a full disk: the flush that follows reports it; the clock just pauses

@@ -20,9 +20,9 @@ import signal
 import struct
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,11 @@ class Checkpoint:
         """The pickle's bytes, if they are exactly what the manifest committed; else CheckpointError."""
         m = self.manifest
         info = m.get("pickle") if isinstance(m, dict) else None
-        if not isinstance(info, dict) or not isinstance(info.get("size"), int) or not isinstance(info.get("sha256"), str):
+        if (
+            not isinstance(info, dict)
+            or not isinstance(info.get("size"), int)
+            or not isinstance(info.get("sha256"), str)
+        ):
             raise CheckpointError(f"{self.manifest_path.name} is not an rtml manifest (no pickle size and sha256)")
         try:
             data = self.pickle_path.read_bytes()
@@ -123,13 +127,16 @@ class Checkpoint:
                 f"River pickles do not load across versions; install river=={wrote} or train afresh"
             )
         offsets = m.get("offsets", {})
-        if not isinstance(m.get("examples_learned", 0), int) or not isinstance(offsets, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) for k, v in offsets.items()
-        ) or not isinstance(m.get("spec", {}), dict):
+        if (
+            not isinstance(m.get("examples_learned", 0), int)
+            or not isinstance(offsets, dict)
+            or not all(isinstance(k, str) and isinstance(v, int) for k, v in offsets.items())
+            or not isinstance(m.get("spec", {}), dict)
+        ):
             raise CheckpointError(f"{self.manifest_path.name} has fields of the wrong type; it was not written by rtml")
         try:
             payload = _unpickle(data, yielding)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure is reported the same way
+        except Exception as exc:
             raise CheckpointError(f"{self.pickle_path.name} does not unpickle: {type(exc).__name__}: {exc}") from None
         if not isinstance(payload, dict) or "model" not in payload:
             raise CheckpointError(f"{self.pickle_path.name} is not an rtml checkpoint")
@@ -141,7 +148,9 @@ class CheckpointStore:
 
     def __init__(self, data_dir: Path, name: str):
         if not name or "/" in name or name.startswith(".") or not name.isprintable():
-            raise RtmlError(f"checkpoint name {name!r} is not usable: no '/', no leading '.', printable characters only")
+            raise RtmlError(
+                f"checkpoint name {name!r} is not usable: no '/', no leading '.', printable characters only"
+            )
         self.dir = Path(data_dir) / "checkpoints" / name
         self.name = name
 
@@ -190,7 +199,9 @@ class CheckpointStore:
         return None, None, problems
 
     def next_version(self) -> int:
-        versions = [int(p.stem) for p in self.dir.glob("*.json") if _MANIFEST_RE.match(p.name)] if self.dir.is_dir() else []
+        versions = (
+            [int(p.stem) for p in self.dir.glob("*.json") if _MANIFEST_RE.match(p.name)] if self.dir.is_dir() else []
+        )
         pickles = [int(p.stem) for p in self.dir.glob("*.pkl") if p.stem.isdigit()] if self.dir.is_dir() else []
         return max(versions + pickles, default=0) + 1
 
@@ -213,7 +224,7 @@ class CheckpointStore:
         another key or written by another River version)."""
         committed = self.list()
         doomed = committed[:-keep] if keep > 0 else []
-        kept = committed[len(doomed):]
+        kept = committed[len(doomed) :]
         for wanted in (_verifies, lambda cp: _healthy(cp) and _verifies(cp)):
             if doomed and not any(wanted(cp) for cp in reversed(kept)):
                 # the newest ones are all broken (or diverged): spare the newest that is not
@@ -250,7 +261,7 @@ def _unpickle(data: bytes, yielding: bool) -> Any:
     gc.disable()
     try:
         if yielding and len(data) > 1_000_000:
-            return pickle._Unpickler(io.BytesIO(data)).load()  # noqa: SLF001 - see above
+            return pickle._Unpickler(io.BytesIO(data)).load()
         return pickle.loads(data)
     finally:
         if enabled:
@@ -341,14 +352,10 @@ class _WriterProcess:
     def abandon(self) -> None:
         """Forget a writer that died: close the pipes, reap it if it has not been reaped."""
         for fd in (self._req, self._ack):
-            try:
+            with suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
-        try:
+        with suppress(ChildProcessError):
             os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
 
     def close(self) -> list[dict[str, Any]]:
         os.close(self._req)  # end of requests: the writer finishes and exits
@@ -374,7 +381,7 @@ def _child_signals() -> None:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _read_exactly(fd: int, n: int) -> bytes | None:
@@ -442,7 +449,7 @@ class Checkpointer:
             return None
         version = self.version
         self.version += 1
-        manifest = {**manifest, "version": version, "created_at": datetime.now(timezone.utc).isoformat()}
+        manifest = {**manifest, "version": version, "created_at": datetime.now(UTC).isoformat()}
         started = time.perf_counter()
         if self.use_fork:
             pid = os.fork()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from threading import Event
 
@@ -107,8 +107,8 @@ def parse_start(value: str | None) -> int | None:
     except ValueError:
         raise ConfigError(f"--start {value!r} is not an ISO time; use e.g. 2026-01-01T00:00:00Z") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    if not datetime(1971, 1, 1, tzinfo=timezone.utc) <= dt <= datetime(2200, 1, 1, tzinfo=timezone.utc):
+        dt = dt.replace(tzinfo=UTC)
+    if not datetime(1971, 1, 1, tzinfo=UTC) <= dt <= datetime(2200, 1, 1, tzinfo=UTC):
         raise ConfigError(f"--start {value!r} is outside 1971..2200")
     return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
 
@@ -156,15 +156,50 @@ SYNTHETIC_DEFAULT_TICKS = 1_000_000
     "kraken: pairs to subscribe to [BTC/USD]; replay: keep only these."
 )
 @click.option("--max-ticks", type=click.IntRange(min=1), default=None, help="Stop after writing this many ticks.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after this many seconds.")
-@click.option("--flush-every", type=click.IntRange(min=1), default=100_000, show_default=True, help="Write a part every N ticks...")
-@click.option("--flush-interval", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="...or every S seconds, whichever comes first.")
+@click.option(
+    "--duration", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after this many seconds."
+)
+@click.option(
+    "--flush-every",
+    type=click.IntRange(min=1),
+    default=100_000,
+    show_default=True,
+    help="Write a part every N ticks...",
+)
+@click.option(
+    "--flush-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="...or every S seconds, whichever comes first.",
+)
 @click.option("--speed", default="max", show_default=True, help="synthetic/replay clock: X times wall time, or max.")
-@click.option("--seed", type=click.IntRange(min=0), default=42, show_default=True, help="synthetic: random seed; the same seed gives the same ticks.")
-@click.option("--start", default=None, help="synthetic: simulated start time (ISO). [default: where the log ends, else now when paced, else 2026-01-01]")
-@click.option("--regime-minutes", type=click.FloatRange(min=1), default=720.0, show_default=True, help="synthetic: mean length of a market regime.")
-@click.option("--regime", type=click.Choice(["switching", "momentum", "reversion", "random_walk"]), default="switching",
-              show_default=True, help="synthetic: hold one market regime throughout (a stationary market), or switch.")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=42,
+    show_default=True,
+    help="synthetic: random seed; the same seed gives the same ticks.",
+)
+@click.option(
+    "--start",
+    default=None,
+    help="synthetic: simulated start time (ISO). [default: where the log ends, else now when paced, else 2026-01-01]",
+)
+@click.option(
+    "--regime-minutes",
+    type=click.FloatRange(min=1),
+    default=720.0,
+    show_default=True,
+    help="synthetic: mean length of a market regime.",
+)
+@click.option(
+    "--regime",
+    type=click.Choice(["switching", "momentum", "reversion", "random_walk"]),
+    default="switching",
+    show_default=True,
+    help="synthetic: hold one market regime throughout (a stationary market), or switch.",
+)
 @click.option("--path", default=None, help="replay: a trade file or a glob of them (CSV, .csv.gz, .zip, Parquet).")
 @click.option(
     "--format",
@@ -174,12 +209,31 @@ SYNTHETIC_DEFAULT_TICKS = 1_000_000
     show_default=True,
     help="replay: file format.",
 )
-@click.option("--symbol", default=None, help="replay: symbol for files without a symbol column (default: from the file name).")
+@click.option(
+    "--symbol", default=None, help="replay: symbol for files without a symbol column (default: from the file name)."
+)
 @click.option("--url", default=None, help="kraken: WebSocket endpoint. [default: wss://ws.kraken.com/v2]")
 @data_dir_option
 @json_option
-def ingest(source, symbols, max_ticks, duration, flush_every, flush_interval, speed, seed, start,
-           regime_minutes, regime, path, fmt, symbol, url, data_dir, as_json):
+def ingest(
+    source,
+    symbols,
+    max_ticks,
+    duration,
+    flush_every,
+    flush_interval,
+    speed,
+    seed,
+    start,
+    regime_minutes,
+    regime,
+    path,
+    fmt,
+    symbol,
+    url,
+    data_dir,
+    as_json,
+):
     """Write trades into the ticks log, validated and de-duplicated.
 
     Bad records (missing or unparseable fields, non-positive or non-finite price or qty, a
@@ -199,8 +253,20 @@ def ingest(source, symbols, max_ticks, duration, flush_every, flush_interval, sp
     from rtml_cli.ingest import IngestOptions, open_source, run_ingest
 
     ctx = click.get_current_context()
-    _only_for(ctx, source, {"seed": "synthetic", "start": "synthetic", "regime_minutes": "synthetic", "regime": "synthetic",
-                            "path": "replay", "fmt": "replay", "symbol": "replay", "url": "kraken"})
+    _only_for(
+        ctx,
+        source,
+        {
+            "seed": "synthetic",
+            "start": "synthetic",
+            "regime_minutes": "synthetic",
+            "regime": "synthetic",
+            "path": "replay",
+            "fmt": "replay",
+            "symbol": "replay",
+            "url": "kraken",
+        },
+    )
     if source == "kraken" and _given(ctx, "speed"):
         raise click.UsageError("--speed does not apply to --source kraken: a live feed runs at its own pace")
     if source == "replay" and not path:
@@ -214,8 +280,20 @@ def ingest(source, symbols, max_ticks, duration, flush_every, flush_interval, sp
     opts = IngestOptions(flush_every, flush_interval, max_ticks, duration, wanted if source == "replay" else None)
     with _Stopper(console) as stop:
         src, batches = open_source(
-            source, data_dir, stop, symbols=wanted, speed=pace, seed=seed, start_ns=parse_start(start),
-            regime_minutes=regime_minutes, regime=None if regime == "switching" else regime, max_ticks=max_ticks, path=path, fmt=fmt, symbol=symbol, url=url,
+            source,
+            data_dir,
+            stop,
+            symbols=wanted,
+            speed=pace,
+            seed=seed,
+            start_ns=parse_start(start),
+            regime_minutes=regime_minutes,
+            regime=None if regime == "switching" else regime,
+            max_ticks=max_ticks,
+            path=path,
+            fmt=fmt,
+            symbol=symbol,
+            url=url,
             on_event=lambda msg: console.print(f"[yellow]{msg}[/]"),
         )
         bounded = src.total is not None and pace is None
@@ -265,17 +343,42 @@ def _only_for(ctx: click.Context, source: str, owners: dict[str, str]) -> None:
 @click.option("--follow", is_flag=True, help="Keep building as ticks arrive, until Ctrl-C.")
 @click.option("--bar", default="1m", show_default=True, help="Bar length, 1s..1d (e.g. 10s, 1m, 5m, 1h).")
 @click.option("--horizon", type=click.IntRange(min=1), default=5, show_default=True, help="Label horizon h in bars.")
-@click.option("--target", type=click.Choice(["logret", "sign"]), default="logret", show_default=True,
-              help="logret: log return from close t to close t+h; sign: its sign.")
-@click.option("--sql", "sql_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Your own feature query over the `bars` view (see the README).")
+@click.option(
+    "--target",
+    type=click.Choice(["logret", "sign"]),
+    default="logret",
+    show_default=True,
+    help="logret: log return from close t to close t+h; sign: its sign.",
+)
+@click.option(
+    "--sql",
+    "sql_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Your own feature query over the `bars` view (see the README).",
+)
 @symbols_option("Only these symbols (default: all in the ticks log).")
-@click.option("--lookback", type=click.IntRange(min=31), default=60, show_default=True,
-              help="Earlier bars given to the feature query for its windows.")
-@click.option("--grace", type=click.FloatRange(min=0), default=2.0, show_default=True,
-              help="--follow: close a bar this many seconds after its end even without a later tick.")
-@click.option("--poll", type=click.FloatRange(min=0.01), default=0.5, show_default=True,
-              help="--follow: seconds between looks at the ticks log when idle.")
+@click.option(
+    "--lookback",
+    type=click.IntRange(min=31),
+    default=60,
+    show_default=True,
+    help="Earlier bars given to the feature query for its windows.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="--follow: close a bar this many seconds after its end even without a later tick.",
+)
+@click.option(
+    "--poll",
+    type=click.FloatRange(min=0.01),
+    default=0.5,
+    show_default=True,
+    help="--follow: seconds between looks at the ticks log when idle.",
+)
 @click.option("--rebuild", is_flag=True, help="Delete the features and examples logs and build them again.")
 @data_dir_option
 @json_option
@@ -328,24 +431,61 @@ def features(follow, bar, horizon, target, sql_file, symbols, lookback, grace, p
 @click.option("--name", default=None, help="Checkpoint directory name. [default: the model's name]")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a model parameter (repeatable).")
 @click.option("--follow", is_flag=True, help="Keep learning as examples arrive, until Ctrl-C.")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="Checkpoint every N examples...")
-@click.option("--checkpoint-interval", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
-              help="...or every S seconds, whichever comes first.")
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Checkpoint every N examples...",
+)
+@click.option(
+    "--checkpoint-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="...or every S seconds, whichever comes first.",
+)
 @click.option("--keep", type=click.IntRange(min=1), default=10, show_default=True, help="Checkpoint versions to keep.")
 @symbols_option("Only examples of these symbols (default: all).")
-@click.option("--on-drift", type=click.Choice(["ignore", "reset"]), default="ignore", show_default=True,
-              help="What a drift found by ADWIN on the error does to the model.")
+@click.option(
+    "--on-drift",
+    type=click.Choice(["ignore", "reset"]),
+    default="ignore",
+    show_default=True,
+    help="What a drift found by ADWIN on the error does to the model.",
+)
 @click.option("--window", type=click.IntRange(min=1), default=500, show_default=True, help="Rolling metrics window.")
-@click.option("--fresh", is_flag=True,
-              help="Start a new model although checkpoints exist, none of which loads (another key or River version; "
-                   "those are kept).")
-@click.option("--poll", type=click.FloatRange(min=0.01), default=0.5, show_default=True,
-              help="--follow: seconds between looks at the examples log when idle.")
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Start a new model although checkpoints exist, none of which loads (another key or River version; "
+    "those are kept).",
+)
+@click.option(
+    "--poll",
+    type=click.FloatRange(min=0.01),
+    default=0.5,
+    show_default=True,
+    help="--follow: seconds between looks at the examples log when idle.",
+)
 @data_dir_option
 @json_option
-def train(model, name, params, follow, checkpoint_every, checkpoint_interval, keep, symbols, on_drift, window, fresh,
-          poll, data_dir, as_json):
+def train(
+    model,
+    name,
+    params,
+    follow,
+    checkpoint_every,
+    checkpoint_interval,
+    keep,
+    symbols,
+    on_drift,
+    window,
+    fresh,
+    poll,
+    data_dir,
+    as_json,
+):
     """Learn the examples log with a River model, publishing verified checkpoints.
 
     Each example is predicted before it is learned (prequential), so the rolling MAE, RMSE
@@ -362,8 +502,18 @@ def train(model, name, params, follow, checkpoint_every, checkpoint_interval, ke
     from rtml_cli.models import parse_params
     from rtml_cli.train import Trainer, TrainOptions
 
-    opts = TrainOptions(model, name, parse_params(params), checkpoint_every, checkpoint_interval, keep,
-                        parse_symbols(symbols), on_drift, window, fresh)
+    opts = TrainOptions(
+        model,
+        name,
+        parse_params(params),
+        checkpoint_every,
+        checkpoint_interval,
+        keep,
+        parse_symbols(symbols),
+        on_drift,
+        window,
+        fresh,
+    )
     console = ui.err_console()
     with _Stopper(console) as stop, Trainer(data_dir, opts) as trainer:
         for problem in trainer.skipped:
@@ -389,7 +539,9 @@ def models(as_json):
     """
     from rtml_cli.models import SPECS
 
-    rows = [{"name": s.name, "kind": s.kind, "defaults": s.defaults, "description": s.description} for s in SPECS.values()]
+    rows = [
+        {"name": s.name, "kind": s.kind, "defaults": s.defaults, "description": s.description} for s in SPECS.values()
+    ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -425,15 +577,33 @@ def checkpoints(name, data_dir, as_json):
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--name", "names", multiple=True, metavar="NAME",
-              help="A model to serve: its checkpoint directory name. Repeat it to serve a champion and "
-                   "challengers side by side. [default: linear]")
-@click.option("--follow", is_flag=True, help="Keep predicting new bars and swapping newer checkpoints in, until Ctrl-C.")
-@click.option("--from", "start", type=click.Choice(["earliest", "latest"]), default="earliest", show_default=True,
-              help="Where a model with no predictions yet starts: the first feature row, or the next new one.")
-@click.option("--poll", type=click.FloatRange(min=0.01), default=0.5, show_default=True,
-              help="Seconds between looks at the features log and the checkpoints when no filesystem "
-                   "notification comes (network filesystems send none).")
+@click.option(
+    "--name",
+    "names",
+    multiple=True,
+    metavar="NAME",
+    help="A model to serve: its checkpoint directory name. Repeat it to serve a champion and "
+    "challengers side by side. [default: linear]",
+)
+@click.option(
+    "--follow", is_flag=True, help="Keep predicting new bars and swapping newer checkpoints in, until Ctrl-C."
+)
+@click.option(
+    "--from",
+    "start",
+    type=click.Choice(["earliest", "latest"]),
+    default="earliest",
+    show_default=True,
+    help="Where a model with no predictions yet starts: the first feature row, or the next new one.",
+)
+@click.option(
+    "--poll",
+    type=click.FloatRange(min=0.01),
+    default=0.5,
+    show_default=True,
+    help="Seconds between looks at the features log and the checkpoints when no filesystem "
+    "notification comes (network filesystems send none).",
+)
 @click.option("--no-notify", is_flag=True, help="Poll only; use no filesystem notifications.")
 @symbols_option("Only feature rows of these symbols (default: all).")
 @click.option("--jsonl", is_flag=True, help="Also stream each prediction to stdout as one JSON object per line.")
@@ -478,42 +648,120 @@ def predict(names, follow, start, poll, no_notify, symbols, jsonl, data_dir, as_
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--model", "models", multiple=True, metavar="SPEC",
-              help="A model spec (see `rtml models`) or module:factory; repeat it to compare models. [default: linear]")
-@click.option("--refresh", default="1", show_default=True, metavar="R,R,...",
-              help="Serving refresh intervals, comma-separated: bars for the examples log, rows for a --table; "
-                   "1 (the learner itself) and never (frozen after --warmup) are always included.")
-@click.option("--warmup", type=click.IntRange(min=0), default=500, show_default=True,
-              help="Rows learned before scoring starts; the frozen baseline is the model after them.")
-@click.option("--fee-bps", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Trading cost in basis points per unit of position changed.")
-@click.option("--band", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Dead band: no position while |prediction| <= band.")
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="SPEC",
+    help="A model spec (see `rtml models`) or module:factory; repeat it to compare models. [default: linear]",
+)
+@click.option(
+    "--refresh",
+    default="1",
+    show_default=True,
+    metavar="R,R,...",
+    help="Serving refresh intervals, comma-separated: bars for the examples log, rows for a --table; "
+    "1 (the learner itself) and never (frozen after --warmup) are always included.",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=500,
+    show_default=True,
+    help="Rows learned before scoring starts; the frozen baseline is the model after them.",
+)
+@click.option(
+    "--fee-bps",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Trading cost in basis points per unit of position changed.",
+)
+@click.option(
+    "--band",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Dead band: no position while |prediction| <= band.",
+)
 @symbols_option("Only these symbols (default: all).")
 @click.option("--from", "start", metavar="TS", default=None, help="Only rows at or after this time.")
 @click.option("--to", "end", metavar="TS", default=None, help="Only rows before this time.")
-@click.option("--table", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Backtest a Parquet or CSV table of yours instead of the examples log.")
+@click.option(
+    "--table",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Backtest a Parquet or CSV table of yours instead of the examples log.",
+)
 @click.option("--target", default=None, metavar="COL", help="--table: the column to predict.")
 @click.option("--ts", default=None, metavar="COL", help="--table: a time column (rows are replayed in its order).")
-@click.option("--delay", type=click.IntRange(min=0), default=0, show_default=True,
-              help="--table: rows after which a row's label is known.")
-@click.option("--price", default=None, metavar="COL",
-              help="--table: a price column; positions are marked to market on it, row by row.")
-@click.option("--returns", type=click.Choice(["log", "simple", "percent", "none"]), default=None,
-              help="--table without --price: the target is the next row's return of this kind, which a "
-                   "position held one row earns. [default: none (no trading)]")
-@click.option("--periods-per-year", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="For the annualised Sharpe ratio. [default: from the bar, or --ts; else 252]")
-@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write metrics.json, predictions.parquet, charts and report.html here.")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
-              help="Override a parameter of every --model (repeatable), as for `rtml train`.")
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Models replayed in parallel processes.")
+@click.option(
+    "--delay",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="--table: rows after which a row's label is known.",
+)
+@click.option(
+    "--price",
+    default=None,
+    metavar="COL",
+    help="--table: a price column; positions are marked to market on it, row by row.",
+)
+@click.option(
+    "--returns",
+    type=click.Choice(["log", "simple", "percent", "none"]),
+    default=None,
+    help="--table without --price: the target is the next row's return of this kind, which a "
+    "position held one row earns. [default: none (no trading)]",
+)
+@click.option(
+    "--periods-per-year",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="For the annualised Sharpe ratio. [default: from the bar, or --ts; else 252]",
+)
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write metrics.json, predictions.parquet, charts and report.html here.",
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a parameter of every --model (repeatable), as for `rtml train`.",
+)
+@click.option(
+    "--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Models replayed in parallel processes."
+)
 @data_dir_option
 @json_option
-def backtest(models, refresh, warmup, fee_bps, band, symbols, start, end, table, target, ts, delay, price, returns,
-             periods_per_year, report_dir, params, jobs, data_dir, as_json):
+def backtest(
+    models,
+    refresh,
+    warmup,
+    fee_bps,
+    band,
+    symbols,
+    start,
+    end,
+    table,
+    target,
+    ts,
+    delay,
+    price,
+    returns,
+    periods_per_year,
+    report_dir,
+    params,
+    jobs,
+    data_dir,
+    as_json,
+):
     """Replay history predict-then-learn, against baselines, and show what model staleness costs.
 
     Every row is predicted before it is learned, and a label is learned only once it would
@@ -533,11 +781,29 @@ def backtest(models, refresh, warmup, fee_bps, band, symbols, start, end, table,
     from rtml_cli.models import parse_params
 
     if table is None and (target or ts or delay or price or returns):
-        raise ConfigError("--target, --ts, --delay, --price and --returns describe a --table; the examples log "
-                          "knows its own (and trades on its bars' closes)")
-    opts = bt.BacktestOptions(list(models) or ["linear"], bt.parse_refresh(refresh), warmup, fee_bps, band,
-                              parse_symbols(symbols), start, end, table, target, ts, delay, returns,
-                              periods_per_year, jobs, price=price, params=parse_params(params))
+        raise ConfigError(
+            "--target, --ts, --delay, --price and --returns describe a --table; the examples log "
+            "knows its own (and trades on its bars' closes)"
+        )
+    opts = bt.BacktestOptions(
+        list(models) or ["linear"],
+        bt.parse_refresh(refresh),
+        warmup,
+        fee_bps,
+        band,
+        parse_symbols(symbols),
+        start,
+        end,
+        table,
+        target,
+        ts,
+        delay,
+        returns,
+        periods_per_year,
+        jobs,
+        price=price,
+        params=parse_params(params),
+    )
     bt.check_models(opts)
     console = ui.err_console()
     ds = bt.load_table(opts) if table is not None else bt.load_examples(data_dir, opts)
@@ -567,10 +833,22 @@ def backtest(models, refresh, warmup, fee_bps, band, symbols, start, end, table,
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--log", "log_name", type=click.Choice(["ticks", "features", "examples"]), default="ticks",
-              show_default=True, help="Which log to compact.")
+@click.option(
+    "--log",
+    "log_name",
+    type=click.Choice(["ticks", "features", "examples"]),
+    default="ticks",
+    show_default=True,
+    help="Which log to compact.",
+)
 @symbols_option("Only these partitions (default: all).")
-@click.option("--target-rows", type=click.IntRange(min=2), default=1_000_000, show_default=True, help="Merge runs of small parts into parts of up to this many rows.")
+@click.option(
+    "--target-rows",
+    type=click.IntRange(min=2),
+    default=1_000_000,
+    show_default=True,
+    help="Merge runs of small parts into parts of up to this many rows.",
+)
 @data_dir_option
 @json_option
 def compact(log_name, symbols, target_rows, data_dir, as_json):

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from datetime import UTC
 from importlib import resources
 from pathlib import Path
 from threading import Event
@@ -45,7 +46,19 @@ if TYPE_CHECKING:
 
 TICKS, FEATURES, EXAMPLES = "ticks", "features", "examples"
 STATE_FILE = Path("state") / "features.json"
-BAR_COLUMNS = ["symbol", "ts", "open", "high", "low", "close", "volume", "n_trades", "vwap", "buy_volume", "sell_volume"]
+BAR_COLUMNS = [
+    "symbol",
+    "ts",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "n_trades",
+    "vwap",
+    "buy_volume",
+    "sell_volume",
+]
 RESERVED = {OFFSET, "target"}
 TARGETS = {
     "logret": "log return from the close of bar t to the close of bar t+h",
@@ -177,14 +190,17 @@ class _Plan:
 class FeatureBuilder:
     """Builds the features and examples logs from the ticks log; use as a context manager."""
 
-    def __init__(self, data_dir: Path, spec: FeatureSpec, symbols: list[str] | None = None,
-                 chunk_ticks: int = 2_000_000):
+    def __init__(
+        self, data_dir: Path, spec: FeatureSpec, symbols: list[str] | None = None, chunk_ticks: int = 2_000_000
+    ):
         if spec.target not in TARGETS:
             raise ConfigError(f"--target {spec.target!r} is not one of {', '.join(TARGETS)}")
         if spec.horizon < 1:
             raise ConfigError("--horizon must be at least 1 bar")
         if spec.lookback < 31:
-            raise ConfigError("--lookback must be at least 31 bars (the default features use 30-bar windows of returns)")
+            raise ConfigError(
+                "--lookback must be at least 31 bars (the default features use 30-bar windows of returns)"
+            )
         self.data_dir = Path(data_dir)
         self.spec = spec
         self.bar_ns = spec.bar_s * NS
@@ -250,18 +266,29 @@ class FeatureBuilder:
         try:
             doc = json.loads(self.state_path.read_text())
             symbols = {s: SymbolState(**v) for s, v in doc.get("symbols", {}).items()}
-            pending = {s: (SymbolState(**e["state"]), int(e["expect_last_offset"])) for s, e in (doc.get("pending") or {}).items()}
+            pending = {
+                s: (SymbolState(**e["state"]), int(e["expect_last_offset"]))
+                for s, e in (doc.get("pending") or {}).items()
+            }
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             raise FeatureError(
                 f"{self.state_path} is damaged ({type(exc).__name__}: {exc}); run `rtml features --rebuild`"
             ) from None
         for sym, st in [*symbols.items(), *((s, st) for s, (st, _) in pending.items())]:
-            bad = [f for f in ("tick_offset", "open_from", "late", "bars", "gap_bars_skipped")
-                   if type(getattr(st, f)) is not int] + [f for f in ("max_ts", "closed_until", "last_trade_bar")
-                                                          if getattr(st, f) is not None and type(getattr(st, f)) is not int]
+            bad = [
+                f
+                for f in ("tick_offset", "open_from", "late", "bars", "gap_bars_skipped")
+                if type(getattr(st, f)) is not int
+            ] + [
+                f
+                for f in ("max_ts", "closed_until", "last_trade_bar")
+                if getattr(st, f) is not None and type(getattr(st, f)) is not int
+            ]
             if bad:
-                raise FeatureError(f"{self.state_path} is damaged ({sym!r}: {', '.join(bad)} not whole numbers); "
-                                   "run `rtml features --rebuild`")
+                raise FeatureError(
+                    f"{self.state_path} is damaged ({sym!r}: {', '.join(bad)} not whole numbers); "
+                    "run `rtml features --rebuild`"
+                )
         self.build_id = doc.get("build_id") or "unknown"
         if doc.get("params") != params:
             old = doc.get("params", {})
@@ -368,13 +395,19 @@ class FeatureBuilder:
         has_open = old.open_from <= old.tick_offset
         used = pl.DataFrame()
         if has_new or (has_open and clock_closed > old_closed):
-            ticks = self.ticks.read_after(sym, old.open_from - 1, upto=limit, verified=self._verified, columns=[
-                pl.col(OFFSET),
-                pl.col("ts").dt.epoch("ns").alias("ts_ns"),
-                pl.col("price"),
-                pl.col("qty"),
-                (pl.col("side") == "buy").alias("is_buy"),  # null when the side is unknown
-            ])
+            ticks = self.ticks.read_after(
+                sym,
+                old.open_from - 1,
+                upto=limit,
+                verified=self._verified,
+                columns=[
+                    pl.col(OFFSET),
+                    pl.col("ts").dt.epoch("ns").alias("ts_ns"),
+                    pl.col("price"),
+                    pl.col("qty"),
+                    (pl.col("side") == "buy").alias("is_buy"),  # null when the side is unknown
+                ],
+            )
             offsets, ts = ticks[OFFSET].to_numpy(), ticks["ts_ns"].to_numpy()
             seed = old.max_ts if old.max_ts is not None else _NEVER
             # What had closed when each tick arrived: the bars before the one holding the
@@ -434,17 +467,39 @@ class FeatureBuilder:
                     order = pl.int_range(p.ticks.height, dtype=pl.Int64)
                 else:
                     order = pl.struct("ts_ns", OFFSET).rank("ordinal").cast(pl.Int64)
-                tick_frames.append(p.ticks.select(
-                    pl.lit(sid, dtype=pl.Int32).alias("symbol"), (pl.col("ts_ns") // self.bar_ns * self.bar_ns).alias("bucket"),
-                    order.alias("ord"), "price", "qty", "is_buy",
-                ))
-        ticks = pl.concat(tick_frames) if tick_frames else pl.DataFrame(schema={
-            "symbol": pl.Int32, "bucket": pl.Int64, "ord": pl.Int64, "price": pl.Float64, "qty": pl.Float64,
-            "is_buy": pl.Boolean,
-        })
+                tick_frames.append(
+                    p.ticks.select(
+                        pl.lit(sid, dtype=pl.Int32).alias("symbol"),
+                        (pl.col("ts_ns") // self.bar_ns * self.bar_ns).alias("bucket"),
+                        order.alias("ord"),
+                        "price",
+                        "qty",
+                        "is_buy",
+                    )
+                )
+        ticks = (
+            pl.concat(tick_frames)
+            if tick_frames
+            else pl.DataFrame(
+                schema={
+                    "symbol": pl.Int32,
+                    "bucket": pl.Int64,
+                    "ord": pl.Int64,
+                    "price": pl.Float64,
+                    "qty": pl.Float64,
+                    "is_buy": pl.Boolean,
+                }
+            )
+        )
         bounds_df = pl.DataFrame(
-            bounds, schema={"symbol": pl.Int32, "first": pl.Int64, "stop": pl.Int64, "prev_close": pl.Float64,
-                            "carry_cap": pl.Int64},
+            bounds,
+            schema={
+                "symbol": pl.Int32,
+                "first": pl.Int64,
+                "stop": pl.Int64,
+                "prev_close": pl.Float64,
+                "carry_cap": pl.Int64,
+            },
             orient="row",
         )
         con = self.con
@@ -490,7 +545,9 @@ class FeatureBuilder:
     def _remember(self, sym: str, rows: pl.DataFrame, first_offset: int) -> None:
         import polars as pl
 
-        rows = rows.select(pl.int_range(first_offset, first_offset + rows.height, dtype=pl.Int64).alias(OFFSET), pl.all())
+        rows = rows.select(
+            pl.int_range(first_offset, first_offset + rows.height, dtype=pl.Int64).alias(OFFSET), pl.all()
+        )
         recent = self._recent.get(sym)
         merged = rows if recent is None or recent.height == 0 else pl.concat([recent, rows.cast(recent.schema)])
         self._recent[sym] = merged.tail(self._keep)
@@ -516,12 +573,18 @@ class FeatureBuilder:
         out = out.with_columns(pl.col("ts").cast(pl.Datetime("ns", "UTC"))).sort("symbol", "ts")
         keys = bars.select("symbol", "ts").sort("symbol", "ts")
         if not out.select("symbol", "ts").equals(keys):
-            raise FeatureError("the feature query changed `symbol` or `ts`; it must return each bar of `bars` once, as it is")
+            raise FeatureError(
+                "the feature query changed `symbol` or `ts`; it must return each bar of `bars` once, as it is"
+            )
         # The bars are rtml's: whatever the query did to them, the stored ones are the input's.
         features = [c for c in out.columns if c not in BAR_COLUMNS]
-        return keys.join(bars, on=["symbol", "ts"], how="left", maintain_order="left").select(
-            "ts", "symbol", *[c for c in BAR_COLUMNS if c not in ("ts", "symbol")]
-        ).hstack(out.select(pl.col(c).cast(pl.Float64) if out.schema[c].is_decimal() else pl.col(c) for c in features))
+        return (
+            keys.join(bars, on=["symbol", "ts"], how="left", maintain_order="left")
+            .select("ts", "symbol", *[c for c in BAR_COLUMNS if c not in ("ts", "symbol")])
+            .hstack(
+                out.select(pl.col(c).cast(pl.Float64) if out.schema[c].is_decimal() else pl.col(c) for c in features)
+            )
+        )
 
     # -- examples ------------------------------------------------------------------------------
 
@@ -537,7 +600,9 @@ class FeatureBuilder:
             return 0
         rows = self._features_after(sym, ex_last)
         if rows.height == 0 or int(rows[OFFSET][0]) != ex_last + 1:
-            raise LogError(f"the examples log of {sym!r} does not line up with its features log; run `rtml features --rebuild`")
+            raise LogError(
+                f"the examples log of {sym!r} does not line up with its features log; run `rtml features --rebuild`"
+            )
         logret = (pl.col("close").shift(-h) / pl.col("close")).log()
         target = logret if self.spec.target == "logret" else logret.sign()
         examples = rows.with_columns(target=target).filter(pl.col(OFFSET) <= due).drop(OFFSET)
@@ -593,7 +658,9 @@ def _check_query(sql: str) -> None:
     except duckdb.Error as exc:
         raise FeatureError(f"the feature query does not parse: {str(exc).splitlines()[0]}") from None
     if len(statements) != 1:
-        raise FeatureError(f"the feature query must be exactly one SELECT statement; it has {len(statements)} statements")
+        raise FeatureError(
+            f"the feature query must be exactly one SELECT statement; it has {len(statements)} statements"
+        )
     kind = statements[0].type
     if kind != duckdb.StatementType.SELECT:
         raise FeatureError(f"the feature query must be a SELECT over `bars`, not a {kind.name} statement")
@@ -612,7 +679,9 @@ def _check_contract(out: pl.DataFrame, rows_in: int) -> None:
     if clash:
         raise FeatureError(f"the feature query may not return {', '.join(clash)}: rtml adds those columns")
     if out.height != rows_in:
-        raise FeatureError(f"the feature query returned {out.height} rows for {rows_in} bars; it must return one row per bar")
+        raise FeatureError(
+            f"the feature query returned {out.height} rows for {rows_in} bars; it must return one row per bar"
+        )
     features = [c for c in out.columns if c not in BAR_COLUMNS]
     if not features:
         raise FeatureError("the feature query returns no feature columns besides the bar columns")
@@ -642,8 +711,10 @@ def read_build(data_dir: Path) -> Build | None:
     except FileNotFoundError:
         built = [name for name in (FEATURES, EXAMPLES) if ParquetLog(data_dir, name).partitions()]
         if built:
-            raise ConfigError(f"{data_dir} has {' and '.join(built)} logs but no {STATE_FILE}, the record of how they "
-                              "were built; run `rtml features --rebuild` to build them again from the ticks") from None
+            raise ConfigError(
+                f"{data_dir} has {' and '.join(built)} logs but no {STATE_FILE}, the record of how they "
+                "were built; run `rtml features --rebuild` to build them again from the ticks"
+            ) from None
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path} is damaged ({type(exc).__name__}: {exc}); run `rtml features --rebuild`") from None
@@ -664,10 +735,10 @@ def remove_built(data_dir: Path) -> None:
 
 def summarize(builder: FeatureBuilder, report: StepReport, elapsed: float) -> dict:
     """What a run did and where each symbol stands, for the summary table and --json."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     def iso(ns: int | None) -> str | None:
-        return datetime.fromtimestamp(ns / NS, timezone.utc).isoformat() if ns is not None else None
+        return datetime.fromtimestamp(ns / NS, UTC).isoformat() if ns is not None else None
 
     symbols = {}
     for sym in builder.symbols():

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-
 import itertools
 import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from threading import Event
 from typing import TYPE_CHECKING
@@ -156,7 +155,7 @@ class Quarantine:
 
     def write(self, frame: pl.DataFrame) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         # The sequence number is per process, not per run: two runs in one process and one
         # second must not replace each other's file.
         path = self.dir / f"{self.log_name}-{stamp}-{os.getpid()}-{next(_QUARANTINE_SEQ):06d}.parquet"
@@ -178,8 +177,14 @@ def read_quarantine(data_dir: Path) -> pl.DataFrame:
 
 
 class _Pipeline:
-    def __init__(self, writer: LogWriter, quarantine: Quarantine, opts: IngestOptions, summary: IngestSummary,
-                 beat: Heartbeat | None = None):
+    def __init__(
+        self,
+        writer: LogWriter,
+        quarantine: Quarantine,
+        opts: IngestOptions,
+        summary: IngestSummary,
+        beat: Heartbeat | None = None,
+    ):
         self.writer = writer
         self.beat = beat
         self.quarantine = quarantine
@@ -236,7 +241,7 @@ class _Pipeline:
         if bad.height:
             self.bad.append(
                 bad.select(
-                    pl.lit(datetime.now(timezone.utc)).alias("quarantined_at"),
+                    pl.lit(datetime.now(UTC)).alias("quarantined_at"),
                     pl.lit(self.summary.source).alias("source"),
                     pl.col("_reason").alias("reason"),
                     batch.where.alias("where"),
@@ -269,7 +274,8 @@ class _Pipeline:
             return batch
         flagged = []
         for (sym,), part in rows.select("_i", "symbol", pl.col("ts").dt.epoch("ns").alias("t")).group_by(
-                "symbol", maintain_order=True):
+            "symbol", maintain_order=True
+        ):
             t = part["t"].to_numpy()
             odd = isolated_in_time(t, self.last_ts.get(sym), int(MAX_JUMP_SECONDS * 1e9))
             flagged.append(part["_i"].to_numpy()[odd])
@@ -282,7 +288,8 @@ class _Pipeline:
         mask = np.zeros(frame.height, dtype=bool)
         mask[odd_rows] = True
         frame = frame.with_columns(
-            _parse_problem=pl.when(pl.Series(mask)).then(pl.lit("implausible_ts")).otherwise("_parse_problem"))
+            _parse_problem=pl.when(pl.Series(mask)).then(pl.lit("implausible_ts")).otherwise("_parse_problem")
+        )
         return dataclasses.replace(batch, frame=frame)
 
     def _mark_duplicates(self, frame: pl.DataFrame) -> pl.DataFrame:
@@ -327,7 +334,7 @@ class _Pipeline:
             pending = pl.concat(self.good).partition_by("symbol", as_dict=True, maintain_order=True)
             for (sym,), part in pending.items():
                 try:
-                    first, last = self.writer.append(sym, part)
+                    _first, last = self.writer.append(sym, part)
                 except OSError as exc:
                     raise LogError(
                         f"could not write to {self.writer.log.root}: {exc.strerror or exc}; "
@@ -426,8 +433,11 @@ def _split(batch: TickBatch, rows: int) -> Iterator[TickBatch]:
     for start in range(0, batch.frame.height, rows):
         last = start + rows >= batch.frame.height
         yield TickBatch(
-            batch.frame.slice(start, rows), batch.raw, batch.where,
-            batch.progress if last else 0, batch.gaps if last else [],
+            batch.frame.slice(start, rows),
+            batch.raw,
+            batch.where,
+            batch.progress if last else 0,
+            batch.gaps if last else [],
         )
 
 

@@ -19,17 +19,32 @@ if TYPE_CHECKING:
 
 # Columns of an examples row that are never model inputs: ids, times, raw price and volume
 # levels (scale-dependent, so they would make the model about the price, not the move).
-NOT_FEATURES = frozenset({
-    "offset", "ts", "symbol", "target", "open", "high", "low", "close", "vwap",
-    "volume", "n_trades", "buy_volume", "sell_volume",
-})
+NOT_FEATURES = frozenset(
+    {
+        "offset",
+        "ts",
+        "symbol",
+        "target",
+        "open",
+        "high",
+        "low",
+        "close",
+        "vwap",
+        "volume",
+        "n_trades",
+        "buy_volume",
+        "sell_volume",
+    }
+)
 
 
 def feature_columns(columns: list[str]) -> list[str]:
     return [c for c in columns if c not in NOT_FEATURES]
 
 
-def model_inputs(frame: pl.DataFrame, columns: list[str], *extra: str | pl.Expr) -> Iterator[tuple[dict[str, float], tuple]]:
+def model_inputs(
+    frame: pl.DataFrame, columns: list[str], *extra: str | pl.Expr
+) -> Iterator[tuple[dict[str, float], tuple]]:
     """Each row of `frame` as the model's input (the finite values of the feature `columns`),
     with the row itself, whose values after the features are the `extra` columns.
 
@@ -42,9 +57,9 @@ def model_inputs(frame: pl.DataFrame, columns: list[str], *extra: str | pl.Expr)
     clean = [pl.when(pl.col(c).is_finite()).then(pl.col(c)).alias(c) for c in columns]
     for row in frame.select(*clean, *extra).iter_rows():
         if None in row:
-            yield {c: v for c, v in zip(columns, row) if v is not None}, row
+            yield {c: v for c, v in zip(columns, row, strict=False) if v is not None}, row
         else:
-            yield dict(zip(columns, row)), row  # zip stops at the last feature
+            yield dict(zip(columns, row, strict=False)), row  # zip stops at the last feature
 
 
 def predict_value(model: Any, kind: str, x: dict[str, float]) -> float:
@@ -121,8 +136,17 @@ class Learner:
     the model as diverged: `diverged` then says when and how, until the model is replaced.
     """
 
-    def __init__(self, model: Any, kind: str, make_model: Callable[[], Any], on_drift: str = "ignore",
-                 window: int = 500, learned: int = 0, drifts: int = 0, health: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        model: Any,
+        kind: str,
+        make_model: Callable[[], Any],
+        on_drift: str = "ignore",
+        window: int = 500,
+        learned: int = 0,
+        drifts: int = 0,
+        health: dict[str, Any] | None = None,
+    ):
         from river import drift
 
         if on_drift not in ("ignore", "reset"):
@@ -179,8 +203,11 @@ class Learner:
             "at_example": self.learned + 1,
             "prediction": y_pred if math.isfinite(y_pred) else str(y_pred),  # JSON has no inf or nan
             "mean_abs_target": scale,
-            "why": (f"prediction {y_pred:.4g} is not a number" if not math.isfinite(y_pred) else
-                    f"prediction {y_pred:.4g} is {abs(y_pred) / scale:,.0f}x the mean absolute target ({scale:.3g})"),
+            "why": (
+                f"prediction {y_pred:.4g} is not a number"
+                if not math.isfinite(y_pred)
+                else f"prediction {y_pred:.4g} is {abs(y_pred) / scale:,.0f}x the mean absolute target ({scale:.3g})"
+            ),
         }
 
     def health(self) -> dict[str, Any]:

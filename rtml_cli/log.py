@@ -75,7 +75,7 @@ def symbol_from_dirname(name: str) -> str | None:
     prefix = f"{PARTITION_KEY}="
     if not name.startswith(prefix):
         return None
-    return unquote(name[len(prefix):])
+    return unquote(name[len(prefix) :])
 
 
 @dataclass(frozen=True, order=True)
@@ -95,9 +95,11 @@ class Part:
         if self.crc is None:
             return
         if _crc32(self.path) != self.crc:
-            raise LogError(f"{self.path} (offsets {self.first}-{self.last} of {log}/{symbol}) is damaged: its bytes "
-                           "do not match the checksum it was written with; move it aside and restore it, or rebuild "
-                           "what it held")
+            raise LogError(
+                f"{self.path} (offsets {self.first}-{self.last} of {log}/{symbol}) is damaged: its bytes "
+                "do not match the checksum it was written with; move it aside and restore it, or rebuild "
+                "what it held"
+            )
 
 
 def _crc32(path: Path) -> int:
@@ -250,13 +252,16 @@ class ParquetLog:
                 continue  # gone since (a compaction): not the culprit
             except (pl.exceptions.PolarsError, OSError) as err:
                 why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                return (f"{part.path} (offsets {part.first}-{part.last} of {self.name}/{symbol}) is damaged and "
-                        f"cannot be read ({why}); move it aside and restore it, or rebuild what it held")
+                return (
+                    f"{part.path} (offsets {part.first}-{part.last} of {self.name}/{symbol}) is damaged and "
+                    f"cannot be read ({why}); move it aside and restore it, or rebuild what it held"
+                )
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"reading {self.name}/{symbol} failed ({why}), though each of its parts reads on its own; try again"
 
-    def read_in_time_order(self, symbols: list[str], offsets: dict[str, int], chunk: int,
-                           columns: list[str] | None = None) -> pl.DataFrame:
+    def read_in_time_order(
+        self, symbols: list[str], offsets: dict[str, int], chunk: int, columns: list[str] | None = None
+    ) -> pl.DataFrame:
         """The next rows of `symbols` after `offsets`, in time order (then symbol, offset).
 
         At most `chunk` rows per symbol are read, so memory stays bounded however long the
@@ -295,9 +300,7 @@ class ParquetLog:
     def row_count(self, symbol: str) -> int:
         return sum(p.rows for p in self.parts(symbol))
 
-    def follow(
-        self, symbol: str, offset: int, stop: Event, poll: float = 0.2
-    ) -> Iterator[pl.DataFrame]:
+    def follow(self, symbol: str, offset: int, stop: Event, poll: float = 0.2) -> Iterator[pl.DataFrame]:
         """Yield each batch of new rows after `offset` until `stop` is set."""
         while not stop.is_set():
             frame = self.read_after(symbol, offset)
@@ -361,9 +364,7 @@ class LogWriter:
             raise LogError(f"the batch already has an {OFFSET!r} column; the log assigns offsets")
         first = self.next_offset(symbol)
         last = first + frame.height - 1
-        frame = frame.select(
-            pl.int_range(first, last + 1, dtype=pl.Int64).alias(OFFSET), pl.all()
-        )
+        frame = frame.select(pl.int_range(first, last + 1, dtype=pl.Int64).alias(OFFSET), pl.all())
         d = self.log.partition_path(symbol)
         d.mkdir(parents=True, exist_ok=True)
         _write_part(frame, d, first, last, level=1)
@@ -435,7 +436,8 @@ def _write_part(frame: pl.DataFrame, directory: Path, first: int, last: int, lev
         return path
     except (pl.exceptions.PolarsError, OSError) as exc:  # a full disk comes as either
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LogError(f"cannot write {path} ({why}); nothing of it was published: free space or fix the "
-                       "storage, then run again") from None
+        raise LogError(
+            f"cannot write {path} ({why}); nothing of it was published: free space or fix the storage, then run again"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)

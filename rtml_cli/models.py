@@ -28,9 +28,13 @@ class ModelSpec:
         try:
             model = self.factory(**merged)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"model {self.name!r} does not take these parameters ({exc}); see `rtml models`") from None
+            raise ConfigError(
+                f"model {self.name!r} does not take these parameters ({exc}); see `rtml models`"
+            ) from None
         if not (hasattr(model, "learn_one") and hasattr(model, "predict_one")):
-            raise ConfigError(f"{self.name} returned a {type(model).__name__}, not a River model with learn_one and predict_one")
+            raise ConfigError(
+                f"{self.name} returned a {type(model).__name__}, not a River model with learn_one and predict_one"
+            )
         return model
 
 
@@ -57,7 +61,8 @@ def _sgd(lr: float = 0.001, l2: float = 0.0, **params: Any) -> Any:
     from river import linear_model, optim, preprocessing
 
     model = preprocessing.StandardScaler() | linear_model.LinearRegression(
-        optimizer=optim.SGD(lr), intercept_lr=lr, l2=l2, **params)
+        optimizer=optim.SGD(lr), intercept_lr=lr, l2=l2, **params
+    )
     return preprocessing.TargetStandardScaler(regressor=model)
 
 
@@ -83,27 +88,77 @@ def _classifier(name: str, description: str, module: str, estimator: str, **defa
 SPECS: dict[str, ModelSpec] = {
     s.name: s
     for s in [
-        ModelSpec("linear", "ridge regression with exponential forgetting (the default): adapts to drift, shrinks "
-                  "toward no move, clips bad prints, cannot diverge (memory, ridge, clip, scale_memory)", REGRESSOR,
-                  _ridge, {"memory": 500.0, "ridge": 4.0, "clip": 5.0, "scale_memory": 5000.0}),
-        ModelSpec("sgd", "StandardScaler | LinearRegression: River's stochastic gradient descent (lr, l2)", REGRESSOR,
-                  _sgd, {"lr": 0.001, "l2": 0.0}),
-        _regressor("pa", "StandardScaler | PARegressor: passive-aggressive regression (C: how aggressive)",
-                   "river.linear_model", "PARegressor", C=0.001),
-        _regressor("bayes", "StandardScaler | BayesianLinearRegression, with a forgetting factor for drift",
-                   "river.linear_model", "BayesianLinearRegression", smoothing=0.999),
-        _regressor("hat", "StandardScaler | HoeffdingAdaptiveTreeRegressor: a tree that replaces drifting branches",
-                   "river.tree", "HoeffdingAdaptiveTreeRegressor", seed=42),
-        _regressor("arf", "StandardScaler | ARFRegressor: adaptive random forest (big; checkpoints in a forked child)",
-                   "river.forest", "ARFRegressor", n_models=10, seed=42),
-        _regressor("knn", "StandardScaler | KNNRegressor over a sliding window of recent examples", "river.neighbors",
-                   "KNNRegressor"),
-        _classifier("logistic", "StandardScaler | LogisticRegression: classifier for --target sign", "river.linear_model",
-                    "LogisticRegression"),
-        _classifier("hat-clf", "StandardScaler | HoeffdingAdaptiveTreeClassifier, for --target sign", "river.tree",
-                    "HoeffdingAdaptiveTreeClassifier", seed=42),
-        _classifier("arf-clf", "StandardScaler | ARFClassifier: adaptive random forest, for --target sign", "river.forest",
-                    "ARFClassifier", n_models=10, seed=42),
+        ModelSpec(
+            "linear",
+            "ridge regression with exponential forgetting (the default): adapts to drift, shrinks "
+            "toward no move, clips bad prints, cannot diverge (memory, ridge, clip, scale_memory)",
+            REGRESSOR,
+            _ridge,
+            {"memory": 500.0, "ridge": 4.0, "clip": 5.0, "scale_memory": 5000.0},
+        ),
+        ModelSpec(
+            "sgd",
+            "StandardScaler | LinearRegression: River's stochastic gradient descent (lr, l2)",
+            REGRESSOR,
+            _sgd,
+            {"lr": 0.001, "l2": 0.0},
+        ),
+        _regressor(
+            "pa",
+            "StandardScaler | PARegressor: passive-aggressive regression (C: how aggressive)",
+            "river.linear_model",
+            "PARegressor",
+            C=0.001,
+        ),
+        _regressor(
+            "bayes",
+            "StandardScaler | BayesianLinearRegression, with a forgetting factor for drift",
+            "river.linear_model",
+            "BayesianLinearRegression",
+            smoothing=0.999,
+        ),
+        _regressor(
+            "hat",
+            "StandardScaler | HoeffdingAdaptiveTreeRegressor: a tree that replaces drifting branches",
+            "river.tree",
+            "HoeffdingAdaptiveTreeRegressor",
+            seed=42,
+        ),
+        _regressor(
+            "arf",
+            "StandardScaler | ARFRegressor: adaptive random forest (big; checkpoints in a forked child)",
+            "river.forest",
+            "ARFRegressor",
+            n_models=10,
+            seed=42,
+        ),
+        _regressor(
+            "knn",
+            "StandardScaler | KNNRegressor over a sliding window of recent examples",
+            "river.neighbors",
+            "KNNRegressor",
+        ),
+        _classifier(
+            "logistic",
+            "StandardScaler | LogisticRegression: classifier for --target sign",
+            "river.linear_model",
+            "LogisticRegression",
+        ),
+        _classifier(
+            "hat-clf",
+            "StandardScaler | HoeffdingAdaptiveTreeClassifier, for --target sign",
+            "river.tree",
+            "HoeffdingAdaptiveTreeClassifier",
+            seed=42,
+        ),
+        _classifier(
+            "arf-clf",
+            "StandardScaler | ARFClassifier: adaptive random forest, for --target sign",
+            "river.forest",
+            "ARFClassifier",
+            n_models=10,
+            seed=42,
+        ),
     ]
 }
 
@@ -118,17 +173,23 @@ def resolve(model: str) -> ModelSpec:
     if model in SPECS:
         return SPECS[model]
     if ":" not in model:
-        raise ConfigError(f"unknown model {model!r}; choose one of {', '.join(SPECS)} (see `rtml models`), or give module:factory")
+        raise ConfigError(
+            f"unknown model {model!r}; choose one of {', '.join(SPECS)} (see `rtml models`), or give module:factory"
+        )
     module_name, _, attr = model.partition(":")
     if not (all(part.isidentifier() for part in module_name.split(".")) and attr.isidentifier()):
-        raise ConfigError(f"--model {model!r} is not module:factory: a module name as Python imports it "
-                          "(my_models, or pkg.models; no paths) and a function name")
+        raise ConfigError(
+            f"--model {model!r} is not module:factory: a module name as Python imports it "
+            "(my_models, or pkg.models; no paths) and a function name"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"cannot import {module_name!r} for --model {model} ({exc}); is it on PYTHONPATH?") from None
-    except Exception as exc:  # noqa: BLE001 - the user's module failed while it was imported
-        raise ConfigError(f"importing {module_name!r} for --model {model} failed: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:
+        raise ConfigError(
+            f"importing {module_name!r} for --model {model} failed: {type(exc).__name__}: {exc}"
+        ) from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ConfigError(f"{module_name} has no callable {attr!r} for --model {model}")

@@ -19,11 +19,12 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from threading import Event
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from rtml_cli import atomic
 from rtml_cli.checkpoint import CheckpointError, CheckpointStore, signing_key
@@ -40,7 +41,7 @@ FEATURES = "features"
 PREDICTIONS = "predictions"
 STATE_FILE = Path("state") / "predict.json"
 NS = 1_000_000_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -102,9 +103,11 @@ class ModelSlot:
                     raise CheckpointError(f"{cp.manifest_path.name} names no model kind (regressor or classifier)")
                 if cp.manifest.get("diverged") is True:
                     why = (cp.manifest.get("health") or {}).get("diverged") or {}
-                    raise CheckpointError(f"{cp.manifest_path.name} is of a model that diverged"
-                                          + (f" at example {why['at_example']:,} ({why['why']})" if why else "")
-                                          + "; the last healthy version serves on")
+                    raise CheckpointError(
+                        f"{cp.manifest_path.name} is of a model that diverged"
+                        + (f" at example {why['at_example']:,} ({why['why']})" if why else "")
+                        + "; the last healthy version serves on"
+                    )
             except CheckpointError as exc:
                 if not (self.store.dir / f"{version:010d}.json").exists():
                     continue  # pruned while being read: not a bad checkpoint
@@ -112,10 +115,13 @@ class ModelSlot:
                 self.reports.append(f"{self.name}: skipped {exc}")
                 continue
             self.load_ms.append((time.perf_counter() - started) * 1000)
-            self.events.append(f"{self.name}: loaded v{version} (trained until "
-                               f"{str(cp.manifest.get('trained_until'))[:19]}) in {self.load_ms[-1]:.0f} ms")
-            self.latest = Served(version, payload["model"], kind, cp.manifest.get("trained_until"),
-                                 cp.manifest.get("created_at"))
+            self.events.append(
+                f"{self.name}: loaded v{version} (trained until "
+                f"{str(cp.manifest.get('trained_until'))[:19]}) in {self.load_ms[-1]:.0f} ms"
+            )
+            self.latest = Served(
+                version, payload["model"], kind, cp.manifest.get("trained_until"), cp.manifest.get("created_at")
+            )
             return True
         return False
 
@@ -197,11 +203,11 @@ class Predictor:
         # per model, per symbol: the features offset of the newest row predicted and published
         self.offsets: dict[str, dict[str, int]] = {n: {} for n in opts.names}
         self.log_offsets: dict[str, int] = {}  # predictions log offsets the state file covers
-        self.predicted: dict[str, int] = {n: 0 for n in opts.names}  # this run
+        self.predicted: dict[str, int] = dict.fromkeys(opts.names, 0)  # this run
         self.served: dict[str, list[int]] = {n: [] for n in opts.names}  # versions used, in order
         self.latency_ms: deque[float] = deque(maxlen=10_000)
         self.started = time.monotonic()
-        self._serving: dict[str, Served | None] = {n: None for n in opts.names}
+        self._serving: dict[str, Served | None] = dict.fromkeys(opts.names)
         self._trained_until: dict[tuple[str, int], str | None] = {}  # (model, version) -> trained until
         self._state_saved = 0.0
         self._needed: list[str] | None = None  # the features log's columns a prediction reads
@@ -238,7 +244,9 @@ class Predictor:
     def _features_params(self) -> None:
         build = read_build(self.data_dir)
         if not self.features.root.is_dir() or build is None:
-            raise ConfigError(f"there is no features log in {self.data_dir}; run `rtml features` first or check --data-dir")
+            raise ConfigError(
+                f"there is no features log in {self.data_dir}; run `rtml features` first or check --data-dir"
+            )
         self.bar_ns, self.features_build = build.bar_s * NS, build.build_id
 
     def _resume(self) -> None:
@@ -252,8 +260,9 @@ class Predictor:
             try:
                 doc = json.loads(self.state_path.read_text())
                 log_offsets = {str(k): int(v) for k, v in doc.get("log_offsets", {}).items()}
-                consumers = {str(n): {str(k): int(v) for k, v in offs.items()}
-                             for n, offs in doc.get("consumers", {}).items()}
+                consumers = {
+                    str(n): {str(k): int(v) for k, v in offs.items()} for n, offs in doc.get("consumers", {}).items()
+                }
             except (OSError, ValueError, TypeError, AttributeError) as exc:
                 raise ConfigError(
                     f"{self.state_path} is damaged ({type(exc).__name__}: {exc}); delete it: "
@@ -292,7 +301,7 @@ class Predictor:
             "features_build": self.features_build,
             "log_offsets": dict(sorted(self.log_offsets.items())),
             "consumers": {n: dict(sorted(o.items())) for n, o in self.offsets.items()},
-            "saved_at": datetime.now(timezone.utc).isoformat(),
+            "saved_at": datetime.now(UTC).isoformat(),
         }
         atomic.write_json(self.state_path, doc)
         self._state_saved = time.monotonic()
@@ -327,8 +336,10 @@ class Predictor:
                     if slot.refresh():
                         self.wake.set()
                     slot.failing = None
-                except Exception as exc:  # noqa: BLE001 - e.g. a flaky network filesystem: say so, serve on, retry
-                    problem = f"{slot.name}: cannot look for checkpoints in {slot.store.dir}: {type(exc).__name__}: {exc}"
+                except Exception as exc:
+                    problem = (
+                        f"{slot.name}: cannot look for checkpoints in {slot.store.dir}: {type(exc).__name__}: {exc}"
+                    )
                     if problem != slot.failing:  # said once, until it changes or goes away
                         slot.reports.append(problem)
                         slot.failing = problem
@@ -350,8 +361,12 @@ class Predictor:
     def backlog(self) -> int:
         """Feature rows not predicted yet by the models that are serving, summed over models."""
         ends = {s: self.features.last_offset(s) for s in self.symbols()}
-        return sum(max(0, end - self.offsets[slot.name].get(s, -1))
-                   for slot in self.slots if slot.latest is not None for s, end in ends.items())
+        return sum(
+            max(0, end - self.offsets[slot.name].get(s, -1))
+            for slot in self.slots
+            if slot.latest is not None
+            for s, end in ends.items()
+        )
 
     def step(self, stop: Event | None = None, on_publish: Callable[[pl.DataFrame], None] | None = None) -> int:
         """Predict every feature row available now (or until `stop`); returns predictions made."""
@@ -420,11 +435,14 @@ class Predictor:
             until = {v: _epoch_ns(self._trained_until[slot.name, v]) for v in set(versions) if v is not None}
             version = pl.Series("model_version", versions, dtype=pl.Int64)
             out = frame.head(done).select(
-                "ts", "symbol", pl.col(OFFSET).alias("features_offset"),
+                "ts",
+                "symbol",
+                pl.col(OFFSET).alias("features_offset"),
                 pl.lit(slot.name).alias("model"),
                 pl.Series("prediction", preds, dtype=pl.Float64),
                 version,
-                version.replace_strict(until, default=None, return_dtype=pl.Int64).cast(pl.Datetime("ns", "UTC"))
+                version.replace_strict(until, default=None, return_dtype=pl.Int64)
+                .cast(pl.Datetime("ns", "UTC"))
                 .alias("model_trained_until"),
             )
             if due is not None:
@@ -463,8 +481,13 @@ class Predictor:
             out.append(part.with_columns(pl.int_range(first, last + 1, dtype=pl.Int64).alias(OFFSET)))
         return pl.concat(out)
 
-    def run(self, stop: Event, follow: bool, on_publish: Callable[[pl.DataFrame], None] | None = None,
-            on_idle: Callable[[], None] | None = None) -> None:
+    def run(
+        self,
+        stop: Event,
+        follow: bool,
+        on_publish: Callable[[pl.DataFrame], None] | None = None,
+        on_idle: Callable[[], None] | None = None,
+    ) -> None:
         """Predict what is there; with `follow`, keep predicting new rows until `stop`."""
         while not stop.is_set():
             self.wake.clear()
@@ -527,7 +550,7 @@ def _epoch_ns(text: str | None) -> int | None:
         value = datetime.fromisoformat(text)
     except ValueError:
         return None
-    value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
     return (value - _EPOCH) // timedelta(microseconds=1) * 1000
 
 

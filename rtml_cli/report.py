@@ -44,18 +44,27 @@ def _predictions(result: dict[str, Any], ds, path: Path) -> None:
     """Every row, every model and refresh interval, and the baselines: one long table."""
     import polars as pl
 
-    base = pl.DataFrame({
-        "row": pl.int_range(0, ds.n, eager=True),
-        "ts": pl.Series(ds.ts).cast(pl.Datetime("ns", "UTC")) if ds.ts is not None else pl.repeat(None, ds.n, eager=True),
-        "symbol": pl.Series([ds.stream_names[s] for s in ds.stream], dtype=pl.String),
-        "target": ds.y,
-    })
-    parts = [base.with_columns(model=pl.lit(name), refresh=pl.lit("-"), prediction=pl.Series(pred, dtype=pl.Float64))
-             for name, pred in result["_baselines"].items()]
+    base = pl.DataFrame(
+        {
+            "row": pl.int_range(0, ds.n, eager=True),
+            "ts": pl.Series(ds.ts).cast(pl.Datetime("ns", "UTC"))
+            if ds.ts is not None
+            else pl.repeat(None, ds.n, eager=True),
+            "symbol": pl.Series([ds.stream_names[s] for s in ds.stream], dtype=pl.String),
+            "target": ds.y,
+        }
+    )
+    parts = [
+        base.with_columns(model=pl.lit(name), refresh=pl.lit("-"), prediction=pl.Series(pred, dtype=pl.Float64))
+        for name, pred in result["_baselines"].items()
+    ]
     for rep in result["_replays"]:
         for label, pred in rep.preds.items():
-            parts.append(base.with_columns(model=pl.lit(rep.model), refresh=pl.lit(label),
-                                           prediction=pl.Series(pred, dtype=pl.Float64)))
+            parts.append(
+                base.with_columns(
+                    model=pl.lit(rep.model), refresh=pl.lit(label), prediction=pl.Series(pred, dtype=pl.Float64)
+                )
+            )
     tmp = atomic.temp_path_for(path)
     try:
         pl.concat(parts).write_parquet(tmp, compression="zstd")
@@ -83,10 +92,12 @@ def _charts(result: dict[str, Any], ds) -> dict[str, bytes]:
     for rep in result["_replays"]:
         for label in ("1", "never"):
             series.append((rep.model, label, np.asarray(rep.preds[label])))
-    names = list(dict.fromkeys([name(m, lab) for m, lab, _ in series] +
-                               [name(m, lab) for m, lab in result["_books"]]))  # every refresh traded
-    palette = [c for c in plt.get_cmap("tab10" if len(names) <= 9 else "tab20").colors
-               if len(set(c)) > 1]  # without greys: buy and hold is the grey one
+    names = list(
+        dict.fromkeys([name(m, lab) for m, lab, _ in series] + [name(m, lab) for m, lab in result["_books"]])
+    )  # every refresh traded
+    palette = [
+        c for c in plt.get_cmap("tab10" if len(names) <= 9 else "tab20").colors if len(set(c)) > 1
+    ]  # without greys: buy and hold is the grey one
     colour = {n: palette[i % len(palette)] for i, n in enumerate(names)}
     colour["buy and hold"] = "0.45"
     out: dict[str, bytes] = {}
@@ -117,8 +128,12 @@ def _charts(result: dict[str, Any], ds) -> dict[str, bytes]:
         ax.plot(x, err, label=n, lw=1, color=colour[n])
         if model != "zero":  # rows with a zero target are left out, as in the hit rate
             hit = np.where(y != 0, ((np.sign(pred[w:]) == np.sign(y)) & (pred[w:] != 0)).astype(float), np.nan)
-            ax_hit.plot(x, pl.Series(hit).fill_nan(None).rolling_mean(window, min_samples=window // 2).to_numpy(),
-                        color=colour[n], lw=1)
+            ax_hit.plot(
+                x,
+                pl.Series(hit).fill_nan(None).rolling_mean(window, min_samples=window // 2).to_numpy(),
+                color=colour[n],
+                lw=1,
+            )
     ax.set_title(f"Rolling MAE and hit rate (over {window} rows)")
     ax.set_ylabel("MAE")
     ax.legend(fontsize=8)
@@ -210,13 +225,26 @@ def _col(key: str, title: str, show: Callable[[Any], str] = fmt) -> Column:
 
 
 ACCURACY: list[Column] = [
-    _col("model", "model"), _col("refresh", "refresh"), _col("mae", "MAE"), _col("r2", "R²"),
-    _col("mae_vs_zero", "MAE/zero"), _col("vs_zero_p", "p vs zero", fmt_p), _col("hit_rate", "hit rate"),
-    _col("hit_p", "p vs coin", fmt_p), _col("ic", "IC"), _col("drifts", "drifts"), ("diverged", _row_at),
+    _col("model", "model"),
+    _col("refresh", "refresh"),
+    _col("mae", "MAE"),
+    _col("r2", "R²"),
+    _col("mae_vs_zero", "MAE/zero"),
+    _col("vs_zero_p", "p vs zero", fmt_p),
+    _col("hit_rate", "hit rate"),
+    _col("hit_p", "p vs coin", fmt_p),
+    _col("ic", "IC"),
+    _col("drifts", "drifts"),
+    ("diverged", _row_at),
 ]
 TRADING: list[Column] = [
-    _col("model", "model"), _col("refresh", "refresh"), _col("total_return", "return"), _col("sharpe", "Sharpe"),
-    ("Sharpe 95% CI", _interval), _col("max_drawdown", "max DD"), _col("turnover", "turnover"),
+    _col("model", "model"),
+    _col("refresh", "refresh"),
+    _col("total_return", "return"),
+    _col("sharpe", "Sharpe"),
+    ("Sharpe 95% CI", _interval),
+    _col("max_drawdown", "max DD"),
+    _col("turnover", "turnover"),
     _col("exposure", "exposure"),
 ]
 
@@ -235,21 +263,32 @@ class Section:
 def header_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
     """What was backtested: data, models, horizon, fees, version."""
     models = "; ".join(f"{m} {json.dumps(v['params'], sort_keys=True)}" for m, v in result["models"].items())
-    span = (f"{result['scored_from'][:19]} .. {result['scored_to'][:19]} UTC, " if result.get("scored_from") else "")
+    span = f"{result['scored_from'][:19]} .. {result['scored_to'][:19]} UTC, " if result.get("scored_from") else ""
     fees = f"{result['fee_bps']:g} bp per unit of position changed"
     if not result["fee_bps"]:
         fees += " (all trading figures are before costs)"
     return [
         ("data", f"{result['source']}"),
-        ("scored", f"{span}{result['scored_rows']:,} rows after a warm-up of {result['warmup']:,} "
-                   f"({result['rows_without_target']:,} rows without a target left out)"),
-        ("symbols", ", ".join(result["symbols"][:12]) + (f" and {len(result['symbols']) - 12} more"
-                                                         if len(result["symbols"]) > 12 else "")),
+        (
+            "scored",
+            f"{span}{result['scored_rows']:,} rows after a warm-up of {result['warmup']:,} "
+            f"({result['rows_without_target']:,} rows without a target left out)",
+        ),
+        (
+            "symbols",
+            ", ".join(result["symbols"][:12])
+            + (f" and {len(result['symbols']) - 12} more" if len(result["symbols"]) > 12 else ""),
+        ),
         ("models", models or "-"),
-        ("horizon", f"labels {result['label_delay_rows']} rows late; positions held {result['holding_rows']} "
-                    f"{'bars' if result['refresh_unit'] == 'bars' else 'rows'}"),
-        ("trading", f"marked to {result['trades_on']}; fees {fees}" if result["trades_on"] else
-                    f"none: {result['no_trading']}"),
+        (
+            "horizon",
+            f"labels {result['label_delay_rows']} rows late; positions held {result['holding_rows']} "
+            f"{'bars' if result['refresh_unit'] == 'bars' else 'rows'}",
+        ),
+        (
+            "trading",
+            f"marked to {result['trades_on']}; fees {fees}" if result["trades_on"] else f"none: {result['no_trading']}",
+        ),
         ("rtml", result["rtml"]),
     ]
 
@@ -264,28 +303,51 @@ def sections(result: dict[str, Any]) -> list[Section]:
         chosen = rows if subset is None else subset
         cells = [[show(r) for _, show in cols] for r in chosen]
         shown = [i for i in range(len(cols)) if i < 2 or any(row[i] != "-" for row in cells)]  # no empty columns
-        return Section(title, [cols[i][0] for i in shown], [[row[i] for i in shown] for row in cells], caption,
-                       faint if faint is not None else dim)
+        return Section(
+            title,
+            [cols[i][0] for i in shown],
+            [[row[i] for i in shown] for row in cells],
+            caption,
+            faint if faint is not None else dim,
+        )
 
-    out.append(table("accuracy", ACCURACY,
-                     f"p vs zero: Diebold-Mariano test of the absolute errors against the zero baseline's; p vs coin: "
-                     f"the hit rate against 0.5 (both allow for {result['holding_rows']}-period overlap). Refresh: "
-                     f"{result['refresh_unit']} between serving-model refreshes (1: the learner itself; never: frozen "
-                     "after the warm-up)."))
+    out.append(
+        table(
+            "accuracy",
+            ACCURACY,
+            f"p vs zero: Diebold-Mariano test of the absolute errors against the zero baseline's; p vs coin: "
+            f"the hit rate against 0.5 (both allow for {result['holding_rows']}-period overlap). Refresh: "
+            f"{result['refresh_unit']} between serving-model refreshes (1: the learner itself; never: frozen "
+            "after the warm-up).",
+        )
+    )
     if result["trades_on"]:
         hold = result.get("buy_and_hold") or {}
         costs = " (before costs)" if not result["fee_bps"] else f" (fees {result['fee_bps']:g} bp)"
-        out.append(table(f"trading a sign strategy, marked to market{costs}", TRADING,
-                         f"buy and hold: return {fmt(hold.get('total_return'))}, Sharpe {fmt(hold.get('sharpe'))} "
-                         f"({_interval(hold)}), max drawdown {fmt(hold.get('max_drawdown'))}. Sharpe ratios are "
-                         f"annualised at {result['periods_per_year']:,.0f} periods a year; the interval is Lo's (2002), "
-                         "robust to fat tails and autocorrelation."))
+        out.append(
+            table(
+                f"trading a sign strategy, marked to market{costs}",
+                TRADING,
+                f"buy and hold: return {fmt(hold.get('total_return'))}, Sharpe {fmt(hold.get('sharpe'))} "
+                f"({_interval(hold)}), max drawdown {fmt(hold.get('max_drawdown'))}. Sharpe ratios are "
+                f"annualised at {result['periods_per_year']:,.0f} periods a year; the interval is Lo's (2002), "
+                "robust to fat tails and autocorrelation.",
+            )
+        )
         ladder = result["fee_ladder_bps"]
         fee_cols = [_col("model", "model"), _col("refresh", "refresh")] + [
-            _col(f"return_at_{f:g}bp", f"{f:g} bp") for f in ladder]
-        trading_rows = [r for r in rows if not (r["model"] == "zero")]
-        out.append(table("return after fees (bp per unit of position changed)", fee_cols,
-                         "", trading_rows, [r["baseline"] and r["refresh"] == "-" for r in trading_rows]))
+            _col(f"return_at_{f:g}bp", f"{f:g} bp") for f in ladder
+        ]
+        trading_rows = [r for r in rows if r["model"] != "zero"]
+        out.append(
+            table(
+                "return after fees (bp per unit of position changed)",
+                fee_cols,
+                "",
+                trading_rows,
+                [r["baseline"] and r["refresh"] == "-" for r in trading_rows],
+            )
+        )
     out.extend(staleness(result))
     out.append(per_symbol(result))
     return out
@@ -295,32 +357,63 @@ def staleness(result: dict[str, Any]) -> list[Section]:
     """Per model: refresh interval x metrics, with each interval tested against the frozen model."""
     unit = result["refresh_unit"]
     cols: list[Column] = [
-        ("refresh every", lambda r: r["refresh"] if r["refresh"] == "never" else
-         f"{r['refresh']} {unit[:-1] if r['refresh'] == '1' else unit}"),
-        _col("mae", "MAE"), _col("mae_vs_zero", "MAE/zero"), _col("hit_rate", "hit rate"), _col("ic", "IC"),
-        _col("vs_frozen_mae_diff", "MAE - frozen's"), _col("vs_frozen_p", "p", fmt_p),
+        (
+            "refresh every",
+            lambda r: (
+                r["refresh"]
+                if r["refresh"] == "never"
+                else f"{r['refresh']} {unit[:-1] if r['refresh'] == '1' else unit}"
+            ),
+        ),
+        _col("mae", "MAE"),
+        _col("mae_vs_zero", "MAE/zero"),
+        _col("hit_rate", "hit rate"),
+        _col("ic", "IC"),
+        _col("vs_frozen_mae_diff", "MAE - frozen's"),
+        _col("vs_frozen_p", "p", fmt_p),
     ]
     if result["trades_on"]:
         cols += [_col("sharpe", "Sharpe"), _col("total_return", "return")]
     out = []
     for model in result["models"]:
         mine = [r for r in result["results"] if r["model"] == model]
-        out.append(Section(f"the cost of staleness: {model}", [t for t, _ in cols],
-                           [[show(r) for _, show in cols] for r in mine],
-                           "p: Diebold-Mariano test of this copy's absolute errors against the frozen model's "
-                           "(negative difference: the fresher copy is better)", [False] * len(mine)))
+        out.append(
+            Section(
+                f"the cost of staleness: {model}",
+                [t for t, _ in cols],
+                [[show(r) for _, show in cols] for r in mine],
+                "p: Diebold-Mariano test of this copy's absolute errors against the frozen model's "
+                "(negative difference: the fresher copy is better)",
+                [False] * len(mine),
+            )
+        )
     return out
 
 
 def per_symbol(result: dict[str, Any]) -> Section:
-    cols: list[Column] = [_col("symbol", "symbol"), _col("model", "model"), _col("refresh", "refresh"),
-                          _col("rows", "rows"), _col("mae_vs_zero", "MAE/zero"), _col("hit_rate", "hit rate"),
-                          _col("ic", "IC")]
+    cols: list[Column] = [
+        _col("symbol", "symbol"),
+        _col("model", "model"),
+        _col("refresh", "refresh"),
+        _col("rows", "rows"),
+        _col("mae_vs_zero", "MAE/zero"),
+        _col("hit_rate", "hit rate"),
+        _col("ic", "IC"),
+    ]
     if result["trades_on"]:
         cols.append(_col("total_return", "return"))
     rows = result["by_symbol"]
-    return Section("by symbol (live and frozen models, buy and hold)", [t for t, _ in cols],
-                   [[show(r) for _, show in cols] for r in rows], "", [r["model"] == "buy and hold" for r in rows])
+    return Section(
+        "by symbol (live and frozen models, buy and hold)",
+        [t for t, _ in cols],
+        [[show(r) for _, show in cols] for r in rows],
+        "",
+        [r["model"] == "buy and hold" for r in rows],
+    )
+
+
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 def _html(result: dict[str, Any], charts: dict[str, bytes]) -> str:
@@ -330,17 +423,22 @@ def _html(result: dict[str, Any], charts: dict[str, bytes]) -> str:
         head = "".join(f"<th>{e(t)}</th>" for t in sec.headers)
         body = "".join(
             f"<tr{' class=dim' if faint else ''}>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>"
-            for row, faint in zip(sec.rows, sec.dim or [False] * len(sec.rows)))
+            for row, faint in zip(sec.rows, sec.dim or [False] * len(sec.rows), strict=True)
+        )
         caption = f"<p class=cap>{e(sec.caption)}</p>" if sec.caption else ""
         return f"<h2>{e(sec.title)}</h2><table><tr>{head}</tr>{body}</table>{caption}"
 
     header = "".join(f"<tr><th>{e(k)}</th><td class=l>{e(v)}</td></tr>" for k, v in header_lines(result))
     warned = "".join(f"<li>{e(w)}</li>" for w in result["warnings"])
-    warned = f'<div class=warn><b>Read with care</b><ul>{warned}</ul></div>' if warned else ""
+    warned = f"<div class=warn><b>Read with care</b><ul>{warned}</ul></div>" if warned else ""
     images = "".join(
-        f'<h2>{e(title)}</h2><img alt="{e(title)}" src="data:image/png;base64,{base64.b64encode(charts[key]).decode()}">'
-        for key, title in (("staleness", "The cost of staleness"), ("equity", "Equity curves"),
-                           ("drawdown", "Drawdowns"), ("rolling_error", "Rolling error and hit rate"))
+        f'<h2>{e(title)}</h2><img alt="{e(title)}" src="data:image/png;base64,{_base64(charts[key])}">'
+        for key, title in (
+            ("staleness", "The cost of staleness"),
+            ("equity", "Equity curves"),
+            ("drawdown", "Drawdowns"),
+            ("rolling_error", "Rolling error and hit rate"),
+        )
         if key in charts
     )
     return f"""<!doctype html>

@@ -41,8 +41,10 @@ class ForgettingRidge(base.Regressor):
 
     def __init__(self, memory: float = 500.0, ridge: float = 4.0, clip: float = 5.0, scale_memory: float = 5000.0):
         if not (memory >= 1 and scale_memory >= 1 and ridge >= 0 and clip > 0):
-            raise ValueError(f"memory and scale_memory must be >= 1, ridge >= 0 and clip > 0, not {memory}, "
-                             f"{scale_memory}, {ridge} and {clip}")
+            raise ValueError(
+                f"memory and scale_memory must be >= 1, ridge >= 0 and clip > 0, not {memory}, "
+                f"{scale_memory}, {ridge} and {clip}"
+            )
         self.memory = memory
         self.ridge = ridge
         self.clip = clip
@@ -63,14 +65,16 @@ class ForgettingRidge(base.Regressor):
 
     def __setstate__(self, state: dict) -> None:
         if "_cnt" not in state:
-            raise ValueError("this ForgettingRidge was saved by an earlier rtml, whose state this version does not "
-                             "read; train the model afresh (`rtml train --fresh`, or another --name)")
+            raise ValueError(
+                "this ForgettingRidge was saved by an earlier rtml, whose state this version does not "
+                "read; train the model afresh (`rtml train --fresh`, or another --name)"
+            )
         self.__dict__.update(state)
 
     @property
     def weights(self) -> dict:
         """The weights of the standardised inputs."""
-        return dict(zip(self._names, self._w.tolist()))
+        return dict(zip(self._names, self._w.tolist(), strict=True))
 
     def _grow(self, x: dict) -> None:
         for name in x:
@@ -79,7 +83,8 @@ class ForgettingRidge(base.Regressor):
                 self._names.append(name)
         n, old = len(self._names), len(self._cnt)
         self._cnt, self._mean, self._m2, self._zy, self._w = (
-            np.concatenate([v, np.zeros(n - old)]) for v in (self._cnt, self._mean, self._m2, self._zy, self._w))
+            np.concatenate([v, np.zeros(n - old)]) for v in (self._cnt, self._mean, self._m2, self._zy, self._w)
+        )
         zz = np.zeros((n, n))
         zz[:old, :old] = self._zz
         self._zz = zz
@@ -102,8 +107,9 @@ class ForgettingRidge(base.Regressor):
             self._inv_sd = np.divide(1.0, sd, out=np.zeros(k), where=spread)
             self._lo[~spread], self._hi[~spread] = -np.inf, np.inf
         sd_y = math.sqrt(self._m2_y / self._n) if self._n > 0 else 0.0
-        self._y_lo, self._y_hi = ((self._mean_y - self.clip * sd_y, self._mean_y + self.clip * sd_y) if sd_y > 0
-                                  else (-math.inf, math.inf))
+        self._y_lo, self._y_hi = (
+            (self._mean_y - self.clip * sd_y, self._mean_y + self.clip * sd_y) if sd_y > 0 else (-math.inf, math.inf)
+        )
 
     def _inputs(self, x: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """The inputs in the model's order, clipped to +-clip deviations (a missing one, or

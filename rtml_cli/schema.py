@@ -70,9 +70,7 @@ def problems(frame: pl.DataFrame, max_future_seconds: float = MAX_FUTURE_SECONDS
     import polars as pl
 
     price, qty = pl.col("price"), pl.col("qty")
-    future = pl.col("ts") > pl.col("recv_ts") + pl.duration(
-        microseconds=int(max_future_seconds * 1e6)
-    )
+    future = pl.col("ts") > pl.col("recv_ts") + pl.duration(microseconds=int(max_future_seconds * 1e6))
     symbol_bad = pl.col("symbol").is_null() | (pl.col("symbol") == "")
     return (
         pl.when(pl.col("_parse_problem") == "line_too_long")  # no field of it was read: not even the symbol

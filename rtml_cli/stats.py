@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 def _autocov(x: np.ndarray, lag: int) -> float:
-    return float(x[lag:] @ x[:len(x) - lag]) / len(x)
+    return float(x[lag:] @ x[: len(x) - lag]) / len(x)
 
 
 def bandwidth(x: np.ndarray, overlap: int) -> int:
@@ -75,7 +75,9 @@ def mean_test(sums: np.ndarray, overlap: int) -> tuple[float | None, float | Non
     return t, float(2 * stats.t.sf(abs(t), k - 1))
 
 
-def diebold_mariano(loss_a: np.ndarray, loss_b: np.ndarray, periods: np.ndarray, overlap: int) -> dict[str, float | None]:
+def diebold_mariano(
+    loss_a: np.ndarray, loss_b: np.ndarray, periods: np.ndarray, overlap: int
+) -> dict[str, float | None]:
     """Is A's loss different from B's? `diff` is the mean loss of A minus B per row (negative:
     A is better); `p` its p-value."""
     import numpy as np
@@ -100,8 +102,9 @@ def hit_rate_test(pred: np.ndarray, y: np.ndarray, periods: np.ndarray, overlap:
     return p
 
 
-def sharpe_interval(r: np.ndarray, periods_per_year: float, overlap: int = 1,
-                    z: float = 1.959964) -> dict[str, float | None]:
+def sharpe_interval(
+    r: np.ndarray, periods_per_year: float, overlap: int = 1, z: float = 1.959964
+) -> dict[str, float | None]:
     """The annualised Sharpe ratio's standard error and 95% interval, after Lo (2002): the
     delta method over the mean and variance of the period returns, with a Newey-West
     covariance of their moments, so fat tails and autocorrelation widen it."""

@@ -47,11 +47,12 @@ class Tape:
         cuts = np.flatnonzero(np.diff(self.stream)) + 1
         starts = np.concatenate([[0], cuts])
         ends = np.concatenate([cuts, [len(self.stream)]])
-        return [(int(self.stream[a]), int(a), int(b)) for a, b in zip(starts, ends)]
+        return [(int(self.stream[a]), int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
 
 
-def tape_from_prices(stream: np.ndarray, period: np.ndarray, price: np.ndarray,
-                     period_ns: np.ndarray | None = None) -> Tape:
+def tape_from_prices(
+    stream: np.ndarray, period: np.ndarray, price: np.ndarray, period_ns: np.ndarray | None = None
+) -> Tape:
     """A tape of prices (rows in any order): returns between consecutive points of a stream."""
     import numpy as np
 
@@ -89,8 +90,9 @@ class Book:
         return e[1:] / e[:-1] - 1.0
 
 
-def mark(tape: Tape, point_direction: np.ndarray, hold: int, fees_bps: tuple[float, ...],
-         always_long: bool = False) -> Book:
+def mark(
+    tape: Tape, point_direction: np.ndarray, hold: int, fees_bps: tuple[float, ...], always_long: bool = False
+) -> Book:
     """Mark a strategy to market. `point_direction[k]` is the decision at tape point k (NaN
     where no decision is made there); a stream trades from its first decision on.
 
@@ -136,8 +138,9 @@ def mark(tape: Tape, point_direction: np.ndarray, hold: int, fees_bps: tuple[flo
             if level == 0:
                 stream_returns[s] = float(equity[-1] - 1.0)
     equity = total / len(spans)
-    return Book(grid, equity, fees_bps, stream_returns,
-                turn_sum / steps if steps else None, expo_sum / steps if steps else None)
+    return Book(
+        grid, equity, fees_bps, stream_returns, turn_sum / steps if steps else None, expo_sum / steps if steps else None
+    )
 
 
 def summarize(book: Book, periods_per_year: float) -> dict[str, float | None]:

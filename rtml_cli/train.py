@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from threading import Event
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from rtml_cli.checkpoint import KEY_ENV, Checkpointer, CheckpointStore, runtime_versions, signing_key
 from rtml_cli.errors import ConfigError, RtmlError
@@ -89,7 +90,9 @@ class Trainer:
 
     def _start(self) -> None:
         if not self.examples.root.is_dir():
-            raise ConfigError(f"there is no examples log in {self.data_dir}; run `rtml features` first or check --data-dir")
+            raise ConfigError(
+                f"there is no examples log in {self.data_dir}; run `rtml features` first or check --data-dir"
+            )
         self._check_target()
         cp, payload, problems = self.store.latest_valid(self.key)
         self.skipped = problems
@@ -127,8 +130,16 @@ class Trainer:
             health = cp.manifest.get("health") if isinstance(cp.manifest.get("health"), dict) else None
         else:
             model, learned, drifts, health = self.spec.build(self.opts.params), 0, 0, None
-        self.learner = Learner(model, self.spec.kind, lambda: self.spec.build(self.opts.params),
-                               self.opts.on_drift, self.opts.window, learned, drifts, health)
+        self.learner = Learner(
+            model,
+            self.spec.kind,
+            lambda: self.spec.build(self.opts.params),
+            self.opts.on_drift,
+            self.opts.window,
+            learned,
+            drifts,
+            health,
+        )
         if payload is not None and "detector" in payload:
             self.learner.detector = payload["detector"]
             if payload["metrics"].window == self.opts.window:  # a new --window starts afresh
@@ -145,9 +156,13 @@ class Trainer:
             return
         self.examples_build, target = build.build_id, build.target
         if self.spec.kind == CLASSIFIER and target != "sign":
-            raise ConfigError(f"{self.spec.name} is a classifier; build examples with `rtml features --target sign --rebuild`")
+            raise ConfigError(
+                f"{self.spec.name} is a classifier; build examples with `rtml features --target sign --rebuild`"
+            )
         if self.spec.kind != CLASSIFIER and target == "sign":
-            raise ConfigError(f"the examples have --target sign; {self.spec.name} is a regressor: use logistic, hat-clf or arf-clf")
+            raise ConfigError(
+                f"the examples have --target sign; {self.spec.name} is a regressor: use logistic, hat-clf or arf-clf"
+            )
 
     def symbols(self) -> list[str]:
         present = self.examples.partitions()
@@ -156,8 +171,9 @@ class Trainer:
     def backlog(self) -> int:
         return sum(max(0, self.examples.last_offset(s) - self.offsets.get(s, -1)) for s in self.symbols())
 
-    def step(self, on_progress: Callable[[int], None] | None = None, chunk: int = 10_000,
-             stop: Event | None = None) -> int:
+    def step(
+        self, on_progress: Callable[[int], None] | None = None, chunk: int = 10_000, stop: Event | None = None
+    ) -> int:
         """Learn every example available now (or until `stop`); returns how many."""
         done = 0
         while not (stop is not None and stop.is_set()):
@@ -236,8 +252,14 @@ class Trainer:
             self.checkpointer.wait()
         return version
 
-    def run(self, stop: Event, follow: bool, poll: float = 0.5,
-            on_step: Callable[[int], None] | None = None, on_progress: Callable[[int], None] | None = None) -> None:
+    def run(
+        self,
+        stop: Event,
+        follow: bool,
+        poll: float = 0.5,
+        on_step: Callable[[int], None] | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
         """Learn what is there; with `follow`, keep learning as examples arrive until `stop`."""
         while not stop.is_set():
             n = self.step(on_progress, stop=stop)
@@ -245,10 +267,14 @@ class Trainer:
                 on_step(n)
             if not follow:
                 break
-            if n == 0 and self._since_checkpoint and (
-                # a due checkpoint was skipped while the previous one was being written; or time is up
-                self._since_checkpoint >= self.opts.checkpoint_every
-                or time.monotonic() - self._last_checkpoint >= self.opts.checkpoint_interval
+            if (
+                n == 0
+                and self._since_checkpoint
+                and (
+                    # a due checkpoint was skipped while the previous one was being written; or time is up
+                    self._since_checkpoint >= self.opts.checkpoint_every
+                    or time.monotonic() - self._last_checkpoint >= self.opts.checkpoint_interval
+                )
             ):
                 self.checkpoint()
             if n == 0:
@@ -299,7 +325,7 @@ class Trainer:
             "drift_count": self.learner.drifts,
             "diverged": self.learner.diverged,
             "elapsed_s": round(time.monotonic() - self.report.started, 3),
-            "finished_at": datetime.now(timezone.utc).isoformat(),
+            "finished_at": datetime.now(UTC).isoformat(),
         }
 
 
@@ -309,7 +335,7 @@ def _as_json(value: Any) -> Any:
 
 
 def _iso(ts_ns: int) -> str:
-    return datetime.fromtimestamp(ts_ns / 1e9, timezone.utc).isoformat()
+    return datetime.fromtimestamp(ts_ns / 1e9, UTC).isoformat()
 
 
 def list_checkpoints(data_dir: Path, name: str | None) -> list[dict[str, Any]]:
@@ -317,9 +343,13 @@ def list_checkpoints(data_dir: Path, name: str | None) -> list[dict[str, Any]]:
     from rtml_cli.checkpoint import CheckpointError
 
     root = Path(data_dir) / "checkpoints"
-    names = [name] if name else sorted(
-        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-    ) if root.is_dir() else []
+    names = (
+        [name]
+        if name
+        else sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if root.is_dir()
+        else []
+    )
     key = signing_key()
     out = []
     for n in names:
@@ -339,13 +369,21 @@ def list_checkpoints(data_dir: Path, name: str | None) -> list[dict[str, Any]]:
                 value = m.get(key)
                 return value if isinstance(value, dict) else {}
 
-            out.append({
-                "name": n, "version": cp.version, "created_at": m.get("created_at"),
-                "examples_learned": m.get("examples_learned"), "trained_until": m.get("trained_until"),
-                "metrics": part("metrics"), "drift_count": m.get("drift_count"), "river": part("versions").get("river"),
-                "diverged": m.get("diverged") is True,
-                "size": part("pickle").get("size"), "status": status,
-            })
+            out.append(
+                {
+                    "name": n,
+                    "version": cp.version,
+                    "created_at": m.get("created_at"),
+                    "examples_learned": m.get("examples_learned"),
+                    "trained_until": m.get("trained_until"),
+                    "metrics": part("metrics"),
+                    "drift_count": m.get("drift_count"),
+                    "river": part("versions").get("river"),
+                    "diverged": m.get("diverged") is True,
+                    "size": part("pickle").get("size"),
+                    "status": status,
+                }
+            )
         for path in store.manifests_on_disk():
             if path not in listed:
                 out.append({"name": n, "version": int(path.stem), "status": f"{path.name} is not readable JSON"})

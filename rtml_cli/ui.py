@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class StatusLine:
 
 
 def ingest_status(summary: IngestSummary, rate: float) -> str:
-    wall = datetime.now(timezone.utc)
+    wall = datetime.now(UTC)
     prices = [f"{sym} {st.last_price:g}" for sym, st in sorted(summary.symbols.items())]
     newest = max((st.last_ts for st in summary.symbols.values() if st.last_ts), default=None)
     if newest is None:
@@ -187,17 +187,27 @@ def features_table(summary: dict):
         table.add_column(col, justify="left" if col in ("symbol", "closed until") else "right")
     for sym, s in summary["symbols"].items():
         table.add_row(
-            sym, f"{s['bars_emitted']:,}", f"{s['examples_emitted']:,}", f"{s['late_ticks']:,}",
-            f"{s['features_rows']:,}", f"{s['examples_rows']:,}", (s["closed_until"] or "")[:19],
+            sym,
+            f"{s['bars_emitted']:,}",
+            f"{s['examples_emitted']:,}",
+            f"{s['late_ticks']:,}",
+            f"{s['features_rows']:,}",
+            f"{s['examples_rows']:,}",
+            (s["closed_until"] or "")[:19],
         )
     table.caption = f"{summary['ticks_read']:,} ticks read in {summary['elapsed_s']:.2f}s"
     gaps = {sym: s["gap_bars_skipped"] for sym, s in summary["symbols"].items() if s.get("gap_bars_skipped")}
     if gaps:
         from rtml_cli.features import MAX_EMPTY_SECONDS
 
-        table.caption += "\n[yellow]" + ", ".join(f"{sym}: {n:,}" for sym, n in gaps.items()) + (
-            f" empty bars not emitted: gaps of more than {MAX_EMPTY_SECONDS // 86_400} days without a trade "
-            "(or a trade stamped far off)[/]")
+        table.caption += (
+            "\n[yellow]"
+            + ", ".join(f"{sym}: {n:,}" for sym, n in gaps.items())
+            + (
+                f" empty bars not emitted: gaps of more than {MAX_EMPTY_SECONDS // 86_400} days without a trade "
+                "(or a trade stamped far off)[/]"
+            )
+        )
     return table
 
 
@@ -232,7 +242,9 @@ def say_diverged(trainer, console: Console) -> None:
     console.print(
         f"[bold red]warning:[/] {trainer.name} diverged at example {d['at_example']:,}: {d['why']}. Its checkpoints "
         "are marked diverged and `rtml predict` keeps serving the last healthy one; train another spec or "
-        "--param under a new --name (see `rtml models`)", highlight=False)
+        "--param under a new --name (see `rtml models`)",
+        highlight=False,
+    )
 
 
 def _train_status(trainer, console: Console):
@@ -273,17 +285,25 @@ def train_table(summary: dict):
 
     table = Table(title=f"rtml train: {summary['name']} ({summary['model']})", title_justify="left", show_header=False)
     m = summary["metrics"]
+    stall = summary["stall_ms"]
     rows = [
         ("learned this run", f"{summary['learned_this_run']:,}"),
         ("examples learned in all", f"{summary['examples_learned']:,}"),
         ("checkpoint version", str(summary["version"])),
         ("checkpoints written", ", ".join(map(str, summary["checkpoints_written"][-5:])) or "-"),
-        ("stall per checkpoint", f"max {_num(summary['stall_ms']['max'])} ms, median {_num(summary['stall_ms']['median'])} ms ({summary['stall_ms']['snapshots']})"),
+        (
+            "stall per checkpoint",
+            f"max {_num(stall['max'])} ms, median {_num(stall['median'])} ms ({stall['snapshots']})",
+        ),
         ("trained until", str(summary["trained_until"])),
         (f"rolling MAE / RMSE / hit rate ({m['n']})", f"{_num(m['mae'])} / {_num(m['rmse'])} / {_num(m['hit_rate'])}"),
         ("drifts detected", str(summary["drift_count"])),
-        ("diverged", f"at example {summary['diverged']['at_example']:,}: {summary['diverged']['why']}"
-         if summary.get("diverged") else "no"),
+        (
+            "diverged",
+            f"at example {summary['diverged']['at_example']:,}: {summary['diverged']['why']}"
+            if summary.get("diverged")
+            else "no",
+        ),
         ("examples behind", f"{summary['backlog']:,}"),
     ]
     for k, v in rows:
@@ -300,8 +320,13 @@ def checkpoints_table(rows: list[dict]):
     for r in rows:
         m = r.get("metrics") or {}
         table.add_row(
-            r["name"], str(r["version"]), _count(r.get("examples_learned")), str(r.get("trained_until") or "")[:19],
-            _num(m.get("mae")), _num(m.get("hit_rate")), _count(r.get("size"), 1e3, " kB"),
+            r["name"],
+            str(r["version"]),
+            _count(r.get("examples_learned")),
+            str(r.get("trained_until") or "")[:19],
+            _num(m.get("mae")),
+            _num(m.get("hit_rate")),
+            _count(r.get("size"), 1e3, " kB"),
             "diverged" if r.get("diverged") and r["status"] == "ok" else r["status"],  # predict serves neither
         )
     return table
@@ -309,13 +334,23 @@ def checkpoints_table(rows: list[dict]):
 
 # -- predict -----------------------------------------------------------------------------------
 
-PREDICTION_COLUMNS = ("offset", "ts", "symbol", "features_offset", "model", "prediction", "model_version",
-                      "model_trained_until", "latency_ms")
+PREDICTION_COLUMNS = (
+    "offset",
+    "ts",
+    "symbol",
+    "features_offset",
+    "model",
+    "prediction",
+    "model_version",
+    "model_trained_until",
+    "latency_ms",
+)
 
 
 def run_predictions(predictor, stop, follow: bool, console: Console, as_json: bool, jsonl: bool) -> None:
     """One-shot: a progress bar over the backlog. Follow: a live table on a terminal, else a
     status line every 2 s. `jsonl` streams each published prediction to stdout."""
+
     def emit(frame) -> None:
         if jsonl:
             write_stdout(frame.select(PREDICTION_COLUMNS).write_ndjson())
@@ -343,7 +378,9 @@ def run_predictions(predictor, stop, follow: bool, console: Console, as_json: bo
         return
 
     for slot in predictor.missing():
-        console.print(f"waiting for a checkpoint of {slot.name!r} in {slot.store.dir} (run `rtml train`)", highlight=False)
+        console.print(
+            f"waiting for a checkpoint of {slot.name!r} in {slot.store.dir} (run `rtml train`)", highlight=False
+        )
     predictor.start_watching()
     if as_json:
         predictor.run(stop, True, emit, on_idle=say_problems)
@@ -406,7 +443,7 @@ def write_stdout(text: str) -> None:
         return
     view = memoryview(text.encode())
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 class PredictionBoard:
@@ -427,8 +464,7 @@ class PredictionBoard:
         lat = sorted(p.latency_ms)
         return (
             f"{datetime.now().strftime('%H:%M:%S')} {sum(p.predicted.values()):,} predicted ({rate:,.0f}/s), "
-            f"{serving}, {p.backlog():,} behind"
-            + (f", latency median {_latency(lat[len(lat) // 2])}" if lat else "")
+            f"{serving}, {p.backlog():,} behind" + (f", latency median {_latency(lat[len(lat) // 2])}" if lat else "")
         )
 
     def render(self):
@@ -436,24 +472,37 @@ class PredictionBoard:
 
         p = self.predictor
         table = Table(title=f"rtml predict --follow ({p.data_dir})", title_justify="left")
-        for col, just in (("symbol", "left"), ("model", "left"), ("bar", "left"), ("prediction", "right"),
-                          ("", "center"), ("version", "right"), ("model age", "right"), ("latency", "right")):
+        for col, just in (
+            ("symbol", "left"),
+            ("model", "left"),
+            ("bar", "left"),
+            ("prediction", "right"),
+            ("", "center"),
+            ("version", "right"),
+            ("model age", "right"),
+            ("latency", "right"),
+        ):
             table.add_column(col, justify=just)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for (sym, model), r in sorted(self.rows.items()):
             served = p._serving.get(model)
             created = _parse_iso(served.created_at) if served is not None else None
             y = r["prediction"]
             arrow = "[green]▲[/]" if y > 0 else "[red]▼[/]" if y < 0 else "·"
             table.add_row(
-                sym, model, f"{r['ts']:%Y-%m-%d %H:%M:%S}", f"{y:+.3g}", arrow, str(r["model_version"]),
-                _age((now - created).total_seconds()) if created else "-", _latency(r["latency_ms"]),
+                sym,
+                model,
+                f"{r['ts']:%Y-%m-%d %H:%M:%S}",
+                f"{y:+.3g}",
+                arrow,
+                str(r["model_version"]),
+                _age((now - created).total_seconds()) if created else "-",
+                _latency(r["latency_ms"]),
             )
         rate = sum(p.predicted.values()) / max(time.monotonic() - self.started, 1e-9)
         waiting = [s.name for s in p.slots if s.latest is None]
-        table.caption = (
-            f"{sum(p.predicted.values()):,} predicted ({rate:,.1f}/s), {p.backlog():,} behind"
-            + (f"; waiting for a checkpoint of {', '.join(waiting)}" if waiting else "")
+        table.caption = f"{sum(p.predicted.values()):,} predicted ({rate:,.1f}/s), {p.backlog():,} behind" + (
+            f"; waiting for a checkpoint of {', '.join(waiting)}" if waiting else ""
         )
         return table
 
@@ -488,7 +537,10 @@ def predict_table(summary: dict):
     for name, m in summary["models"].items():
         served = m["versions_served"]
         table.add_row(
-            name, str(m["version"] or "-"), str(m["trained_until"] or "")[:19], f"{m['predicted_this_run']:,}",
+            name,
+            str(m["version"] or "-"),
+            str(m["trained_until"] or "")[:19],
+            f"{m['predicted_this_run']:,}",
             ", ".join(map(str, served[-6:])) + (" ..." if len(served) > 6 else "") or "-",
             str(len(m["skipped_checkpoints"])),
         )
@@ -509,12 +561,20 @@ def run_backtest(ds, opts, console: Console, as_json: bool, stop=None) -> dict:
 
     if as_json:
         return run(ds, opts, stop=stop)
-    console.print(f"backtest: {ds.n:,} rows from {ds.source}, {len(ds.features)} features, label delay "
-                  f"{ds.delay} rows; models {', '.join(opts.models)}", highlight=False)
+    console.print(
+        f"backtest: {ds.n:,} rows from {ds.source}, {len(ds.features)} features, label delay "
+        f"{ds.delay} rows; models {', '.join(opts.models)}",
+        highlight=False,
+    )
     with console.status(f"replaying {len(opts.models)} model(s) over {ds.n:,} rows..."):
-        return run(ds, opts, on_done=lambda rep: console.print(
-            f"  {rep.model}: {ds.n:,} rows in {rep.seconds:.1f}s, {len(rep.drift_rows)} drifts", highlight=False),
-            stop=stop)
+        return run(
+            ds,
+            opts,
+            on_done=lambda rep: console.print(
+                f"  {rep.model}: {ds.n:,} rows in {rep.seconds:.1f}s, {len(rep.drift_rows)} drifts", highlight=False
+            ),
+            stop=stop,
+        )
 
 
 def backtest_tables(result: dict) -> list:
@@ -535,7 +595,7 @@ def backtest_tables(result: dict) -> list:
         table = Table(title=sec.title, title_justify="left", caption=sec.caption or None, caption_justify="left")
         for i, name in enumerate(sec.headers):
             table.add_column(name, justify="left" if i < 2 or name == "symbol" else "right")
-        for row, faint in zip(sec.rows, sec.dim or [False] * len(sec.rows)):
+        for row, faint in zip(sec.rows, sec.dim or [False] * len(sec.rows), strict=True):
             table.add_row(*row, style="dim" if faint else None)
         out.append(table)
     for warning in result["warnings"]:

@@ -60,9 +60,11 @@ def stop_processes(*procs: subprocess.Popen, timeout: float = 60) -> None:
             p.wait()
             stuck.append(p)
     if stuck:
+
         def said(p: subprocess.Popen) -> str:
             err = p.stderr.read() if p.stderr and not p.stderr.closed else ""
             return f"{' '.join(map(str, p.args[3:]))}:\n{err[-6000:] if isinstance(err, str) else err}"
+
         raise AssertionError(f"did not stop within {timeout} s of SIGTERM:\n" + "\n".join(map(said, stuck)))
 
 
@@ -79,7 +81,8 @@ def assert_clean_error(result: Result, *fragments: str, code: int = 1) -> None:
 @pytest.fixture
 def user_models(tmp_path, monkeypatch):
     """A module of test models on sys.path: one that records what it saw, one that echoes a column."""
-    (tmp_path / "bt_models.py").write_text(textwrap.dedent('''
+    (tmp_path / "bt_models.py").write_text(
+        textwrap.dedent('''
         EVENTS = []
 
         class Recorder:
@@ -117,7 +120,8 @@ def user_models(tmp_path, monkeypatch):
 
         def blowup():
             return Blowup()
-    '''))
+    ''')
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("bt_models", None)
     import bt_models

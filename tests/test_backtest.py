@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import signal
 import subprocess
-import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -17,7 +14,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rtml_cli.backtest import Dataset, trade
 from rtml_cli.checkpoint import CheckpointStore
 from rtml_cli.log import ParquetLog
 from tests.conftest import assert_clean_error, rtml_process, stop_processes
@@ -48,8 +44,10 @@ def river_sgd(lr: float = 0.001):
     """The `sgd` spec, built from River's own pieces."""
     from river import linear_model, optim, preprocessing
 
-    return preprocessing.TargetStandardScaler(regressor=preprocessing.StandardScaler() | linear_model.LinearRegression(
-        optimizer=optim.SGD(lr), intercept_lr=lr))
+    return preprocessing.TargetStandardScaler(
+        regressor=preprocessing.StandardScaler()
+        | linear_model.LinearRegression(optimizer=optim.SGD(lr), intercept_lr=lr)
+    )
 
 
 @pytest.mark.parametrize("model", ["sgd", "linear"])
@@ -58,8 +56,22 @@ def test_the_backtest_matches_rivers_progressive_val_score(rtml, sp500, model):
 
     from rtml_cli.models import SPECS
 
-    s = backtest(rtml, "--table", str(sp500), "--target", "target", "--delay", "0", "--refresh", "1",
-                 "--warmup", "0", "--model", model, data=False)
+    s = backtest(
+        rtml,
+        "--table",
+        str(sp500),
+        "--target",
+        "target",
+        "--delay",
+        "0",
+        "--refresh",
+        "1",
+        "--warmup",
+        "0",
+        "--model",
+        model,
+        data=False,
+    )
     river_mae = evaluate.progressive_val_score(datasets.SP500Stocks(), SPECS[model].build(), metrics.MAE()).get()
     assert s["rows"] == 1257 and s["scored_rows"] == 1257
     assert result(s, model, "1")["mae"] == pytest.approx(river_mae, abs=1e-9)
@@ -71,8 +83,22 @@ def test_the_frozen_model_is_the_model_after_the_warmup_and_a_refresh_serves_a_s
     from river import datasets
 
     report = tmp_path / "r"
-    backtest(rtml, "--table", str(sp500), "--target", "target", "--warmup", "300", "--refresh", "1,50",
-             "--model", "sgd", "--report", str(report), data=False)
+    backtest(
+        rtml,
+        "--table",
+        str(sp500),
+        "--target",
+        "target",
+        "--warmup",
+        "300",
+        "--refresh",
+        "1,50",
+        "--model",
+        "sgd",
+        "--report",
+        str(report),
+        data=False,
+    )
     preds = pl.read_parquet(report / "predictions.parquet").filter(pl.col("model") == "sgd")
     rows = list(datasets.SP500Stocks())
     model = river_sgd()
@@ -88,7 +114,9 @@ def test_the_frozen_model_is_the_model_after_the_warmup_and_a_refresh_serves_a_s
     by = {r: preds.filter(pl.col("refresh") == r)["prediction"].to_list() for r in ("1", "50", "never")}
     assert by["1"] == pytest.approx(live, rel=1e-12, abs=1e-15)
     assert by["50"] == pytest.approx(stale, rel=1e-12, abs=1e-15)
-    assert by["never"] == pytest.approx(live[:300] + [frozen.predict_one(x) for x, _ in rows[300:]], rel=1e-12, abs=1e-15)
+    assert by["never"] == pytest.approx(
+        live[:300] + [frozen.predict_one(x) for x, _ in rows[300:]], rel=1e-12, abs=1e-15
+    )
 
 
 @pytest.mark.parametrize("delay", [0, 3])
@@ -96,8 +124,20 @@ def test_a_label_is_learned_only_after_delay_later_rows_were_predicted(rtml, tmp
     n = 40
     table = tmp_path / "t.csv"
     pl.DataFrame({"i": list(range(n)), "target": [0.01 * (-1) ** k for k in range(n)]}).write_csv(table)
-    backtest(rtml, "--table", str(table), "--target", "target", "--delay", str(delay), "--warmup", "5",
-             "--model", "bt_models:recorder", data=False)
+    backtest(
+        rtml,
+        "--table",
+        str(table),
+        "--target",
+        "target",
+        "--delay",
+        str(delay),
+        "--warmup",
+        "5",
+        "--model",
+        "bt_models:recorder",
+        data=False,
+    )
     live = user_models.EVENTS[0][1]  # the learner's own model predicts first; frozen copies are others
     events = [(kind, i) for kind, who, i in user_models.EVENTS if who == live]
     predicted: list[int] = []
@@ -115,8 +155,22 @@ def test_a_label_is_learned_only_after_delay_later_rows_were_predicted(rtml, tmp
 def test_the_cli_trades_the_model_it_is_given(rtml, tmp_path, user_models):
     table = tmp_path / "t.parquet"
     pl.DataFrame({"signal": [1.0, -1.0, 0.0, 1.0], "target": [0.02, -0.01, 0.03, -0.04]}).write_parquet(table)
-    s = backtest(rtml, "--table", str(table), "--target", "target", "--returns", "simple", "--warmup", "0",
-                 "--fee-bps", "0", "--model", "bt_models:echo", data=False)
+    s = backtest(
+        rtml,
+        "--table",
+        str(table),
+        "--target",
+        "target",
+        "--returns",
+        "simple",
+        "--warmup",
+        "0",
+        "--fee-bps",
+        "0",
+        "--model",
+        "bt_models:echo",
+        data=False,
+    )
     echo = result(s, "bt_models:echo", "1")
     assert echo["total_return"] == pytest.approx(1.02 * 1.01 * 1.0 * 0.96 - 1, abs=1e-12)
     assert echo["hit_rate"] == pytest.approx(2 / 4)  # right, right, no call (a miss), wrong
@@ -137,8 +191,15 @@ def test_examples_of_the_data_dir_with_a_staleness_table_and_a_report(rtml, data
         assert set(r) >= {"mae", "rmse", "r2", "hit_rate", "ic", "sharpe", "max_drawdown", "turnover"}
     assert s["periods_per_year"] == pytest.approx(365.25 * 1440, rel=1e-6)
     files = {p.name for p in report.iterdir()}
-    assert files == {"metrics.json", "predictions.parquet", "report.html", "equity.png", "drawdown.png",
-                     "rolling_error.png", "staleness.png"}
+    assert files == {
+        "metrics.json",
+        "predictions.parquet",
+        "report.html",
+        "equity.png",
+        "drawdown.png",
+        "rolling_error.png",
+        "staleness.png",
+    }
     preds = pl.read_parquet(report / "predictions.parquet")
     assert preds.height == n * 5  # zero, persistence, and linear refreshed every 1, 30 bars and never
     assert json.loads((report / "metrics.json").read_text())["results"] == s["results"]
@@ -146,8 +207,19 @@ def test_examples_of_the_data_dir_with_a_staleness_table_and_a_report(rtml, data
     assert page.count("data:image/png;base64,") == 4 and "<script" not in page
     # the page tells what ran (data range, symbols, models with their parameters, horizon, fees,
     # version) and holds the tables the terminal shows
-    for text in ("2026-01-01T0", "BTC/USD, ETH/USD, SOL/USD", "linear {", "positions held 5 bars", "fees 1 bp",
-                 "the cost of staleness: linear", "p vs zero", "Sharpe 95% CI", "by symbol", "1 bp", "10 bp"):
+    for text in (
+        "2026-01-01T0",
+        "BTC/USD, ETH/USD, SOL/USD",
+        "linear {",
+        "positions held 5 bars",
+        "fees 1 bp",
+        "the cost of staleness: linear",
+        "p vs zero",
+        "Sharpe 95% CI",
+        "by symbol",
+        "1 bp",
+        "10 bp",
+    ):
         assert text in page, text
     assert {r["symbol"] for r in s["by_symbol"]} == {"BTC/USD", "ETH/USD", "SOL/USD"}
     # the human tables; with no fees every trading figure says it is before costs
@@ -177,27 +249,51 @@ def test_decimal_and_integer_columns_are_numbers(rtml, tmp_path):
     from decimal import Decimal
 
     table = tmp_path / "dec.parquet"
-    pl.DataFrame({"x": [Decimal("1.25"), Decimal("-0.5")] * 20, "n": list(range(40)),
-                  "y": [Decimal("0.01"), Decimal("-0.02")] * 20}).write_parquet(table)
+    pl.DataFrame(
+        {
+            "x": [Decimal("1.25"), Decimal("-0.5")] * 20,
+            "n": list(range(40)),
+            "y": [Decimal("0.01"), Decimal("-0.02")] * 20,
+        }
+    ).write_parquet(table)
     s = backtest(rtml, "--table", str(table), "--target", "y", "--warmup", "5", data=False)
     assert s["features"] == ["x", "n"] and result(s, "linear", "1")["mae"] is not None
 
 
 def test_models_in_parallel_jobs_give_the_same_results(rtml, sp500):
-    args = ["--table", str(sp500), "--target", "target", "--returns", "percent", "--warmup", "100",
-            "--model", "linear", "--model", "pa", "--model", "bayes", "--refresh", "1,20"]
+    args = [
+        "--table",
+        str(sp500),
+        "--target",
+        "target",
+        "--returns",
+        "percent",
+        "--warmup",
+        "100",
+        "--model",
+        "linear",
+        "--model",
+        "pa",
+        "--model",
+        "bayes",
+        "--refresh",
+        "1,20",
+    ]
     one = backtest(rtml, *args, "--jobs", "1", data=False)
     two = backtest(rtml, *args, "--jobs", "2", data=False)
     assert one["results"] == two["results"]
     assert {r["model"] for r in one["results"]} == {"zero", "persistence", "linear", "pa", "bayes"}
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--table", "nope.parquet", "--target", "y"], "is not a file"),
-    (["--target", "y"], "describe a --table"),
-    (["--refresh", "1,soon"], "--refresh"),
-    (["--model", "nope"], "unknown model"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--table", "nope.parquet", "--target", "y"], "is not a file"),
+        (["--target", "y"], "describe a --table"),
+        (["--refresh", "1,soon"], "--refresh"),
+        (["--model", "nope"], "unknown model"),
+    ],
+)
 def test_bad_options_are_clear_errors(rtml, args, fragment):
     assert_clean_error(rtml("backtest", *args, data=False), fragment)
 
@@ -205,26 +301,35 @@ def test_bad_options_are_clear_errors(rtml, args, fragment):
 def test_bad_tables_are_clear_errors(rtml, tmp_path, sp500):
     assert_clean_error(rtml("backtest", "--table", str(sp500), data=False), "needs --target")
     assert_clean_error(rtml("backtest", "--table", str(sp500), "--target", "nope", data=False), "not a column")
-    assert_clean_error(rtml("backtest", "--table", str(sp500), "--target", "target", "--warmup", "5000", data=False),
-                       "leaves none")
-    assert_clean_error(rtml("backtest", "--table", str(sp500), "--target", "target", "--model", "logistic", data=False),
-                       "is a classifier")
+    assert_clean_error(
+        rtml("backtest", "--table", str(sp500), "--target", "target", "--warmup", "5000", data=False), "leaves none"
+    )
+    assert_clean_error(
+        rtml("backtest", "--table", str(sp500), "--target", "target", "--model", "logistic", data=False),
+        "is a classifier",
+    )
     times = tmp_path / "times.csv"
     times.write_text("when,x,y\n2026-01-01,1,0.1\nnot a time,2,0.2\n2026-01-03,3,0.3\n")
-    assert_clean_error(rtml("backtest", "--table", str(times), "--target", "y", "--ts", "when", data=False),
-                       "without a readable time")
+    assert_clean_error(
+        rtml("backtest", "--table", str(times), "--target", "y", "--ts", "when", data=False), "without a readable time"
+    )
     panel = tmp_path / "panel.parquet"
     pl.DataFrame({"symbol": ["A", "A", "B", "B"], "x": [1.0, 2, 3, 4], "y": [0.1, 0.2, 0.3, 0.4]}).write_parquet(panel)
     assert_clean_error(rtml("backtest", "--table", str(panel), "--target", "y", data=False), "give --ts")
-    assert_clean_error(rtml("backtest", "--table", str(sp500), "--target", "target", "--symbols", "A", data=False),
-                       "needs a symbol column")
-    assert_clean_error(rtml("backtest", "--table", str(sp500), "--target", "target", "--refresh", "1,\u00b2", data=False),
-                       "--refresh")
+    assert_clean_error(
+        rtml("backtest", "--table", str(sp500), "--target", "target", "--symbols", "A", data=False),
+        "needs a symbol column",
+    )
+    assert_clean_error(
+        rtml("backtest", "--table", str(sp500), "--target", "target", "--refresh", "1,\u00b2", data=False), "--refresh"
+    )
     nulls = tmp_path / "nulls.parquet"
     pl.DataFrame({"symbol": [None, "A", "B"], "t": [1, 2, 3], "x": [1.0, 2, 3], "y": [0.1, 0.2, 0.3]}).with_columns(
-        pl.col("t").cast(pl.Datetime("us"))).write_parquet(nulls)
-    assert_clean_error(rtml("backtest", "--table", str(nulls), "--target", "y", "--ts", "t", data=False),
-                       "without a symbol")
+        pl.col("t").cast(pl.Datetime("us"))
+    ).write_parquet(nulls)
+    assert_clean_error(
+        rtml("backtest", "--table", str(nulls), "--target", "y", "--ts", "t", data=False), "without a symbol"
+    )
     bad = tmp_path / "bad.csv"
     bad.write_bytes(b"\x00\x01 not a table")
     assert_clean_error(rtml("backtest", "--table", str(bad), "--target", "y", data=False), "not a column")
@@ -253,7 +358,9 @@ def test_the_backtest_gives_the_predictions_of_a_live_train_and_predict_run(rtml
             assert time.monotonic() < deadline, f"timed out waiting for {what}"
             time.sleep(0.02)
 
-    trainer = rtml_process(["train", "--follow", "--checkpoint-every", "1", "--keep", "3", "--poll", "0.02", "--data-dir", d])
+    trainer = rtml_process(
+        ["train", "--follow", "--checkpoint-every", "1", "--keep", "3", "--poll", "0.02", "--data-dir", d]
+    )
     predictor = rtml_process(["predict", "--follow", "--poll", "0.05", "--data-dir", d])
     loaded: list[str] = []
     threading.Thread(target=lambda: [loaded.append(line) for line in predictor.stderr], daemon=True).start()
@@ -271,7 +378,7 @@ def test_the_backtest_gives_the_predictions_of_a_live_train_and_predict_run(rtml
                 w.append("BTC/USD", _ticks(last, t + step * minute, step))
             assert rtml("features", "--horizon", "2", "--json").exit_code == 0
             newest = features.last_offset("BTC/USD")
-            wait(lambda: _predicted(data_dir, newest), f"the prediction of bar {newest}")
+            wait(lambda n=newest: _predicted(data_dir, n), f"the prediction of bar {newest}")
             trainer.send_signal(signal.SIGCONT)
             wait(lambda: learned() == examples.row_count("BTC/USD"), "train to learn the new label")
             wait(lambda: any(f"loaded v{store.list()[-1].version} " in line for line in loaded), "the swap")
@@ -280,8 +387,9 @@ def test_the_backtest_gives_the_predictions_of_a_live_train_and_predict_run(rtml
     live = ParquetLog(data_dir, "predictions").read_all().sort("features_offset")
     report = tmp_path / "r"
     backtest(rtml, "--refresh", "1", "--warmup", "0", "--report", str(report))
-    replayed = (pl.read_parquet(report / "predictions.parquet")
-                .filter((pl.col("model") == "linear") & (pl.col("refresh") == "1")))
+    replayed = pl.read_parquet(report / "predictions.parquet").filter(
+        (pl.col("model") == "linear") & (pl.col("refresh") == "1")
+    )
     stepped = live.tail(n_steps).join(replayed.select("ts", pl.col("prediction").alias("backtest")), on="ts")
     assert stepped.height == n_steps - 2  # the last two bars have no label yet: not in the examples
     assert stepped["prediction"].to_list() == pytest.approx(stepped["backtest"].to_list(), rel=1e-12, abs=1e-15)
@@ -291,38 +399,47 @@ def test_the_backtest_gives_the_predictions_of_a_live_train_and_predict_run(rtml
 def _ticks(last: pl.DataFrame, t0: int, step: int) -> pl.DataFrame:
     """Three trades in the minute starting at t0 (ns), priced around the last one."""
     price = last["price"][0] * (1 + 0.001 * ((-1) ** step))
-    return pl.DataFrame({
-        "ts": [t0 + k * 10_000_000_000 for k in range(3)],
-        "recv_ts": [t0 + k * 10_000_000_000 for k in range(3)],
-        "symbol": ["BTC/USD"] * 3,
-        "price": [price, price * 1.0005, price * 0.9995],
-        "qty": [0.5, 0.25, 0.75],
-        "side": ["buy", "sell", "buy"],
-        "trade_id": [f"live-{step}-{k}" for k in range(3)],
-    }).with_columns(pl.col("ts", "recv_ts").cast(pl.Datetime("ns", "UTC"))).select(last.drop("offset").columns)
+    return (
+        pl.DataFrame(
+            {
+                "ts": [t0 + k * 10_000_000_000 for k in range(3)],
+                "recv_ts": [t0 + k * 10_000_000_000 for k in range(3)],
+                "symbol": ["BTC/USD"] * 3,
+                "price": [price, price * 1.0005, price * 0.9995],
+                "qty": [0.5, 0.25, 0.75],
+                "side": ["buy", "sell", "buy"],
+                "trade_id": [f"live-{step}-{k}" for k in range(3)],
+            }
+        )
+        .with_columns(pl.col("ts", "recv_ts").cast(pl.Datetime("ns", "UTC")))
+        .select(last.drop("offset").columns)
+    )
 
 
 def _predicted(data_dir: Path, offset: int) -> bool:
     p = ParquetLog(data_dir, "predictions")
     return p.root.is_dir() and any(
-        p.read_after(s, -1, ["features_offset"])["features_offset"].max() == offset for s in p.partitions())
+        p.read_after(s, -1, ["features_offset"])["features_offset"].max() == offset for s in p.partitions()
+    )
 
 
 @pytest.mark.parametrize("sig, extra", [(signal.SIGINT, []), (signal.SIGTERM, ["--model", "pa", "--jobs", "2"])])
 def test_ctrl_c_or_sigterm_stops_a_backtest_in_the_middle(tmp_path, sig, extra):
     """It used to run to the end whatever the signal; now it stops within a second or two,
     in one process or in a pool, writes nothing, and leaves no process behind."""
-    import numpy as np
 
     rng = np.random.default_rng(0)
     n = 400_000
     frame = pl.DataFrame({f"x{i}": rng.standard_normal(n) for i in range(6)}).with_columns(
-        y=pl.Series(rng.standard_normal(n)))
+        y=pl.Series(rng.standard_normal(n))
+    )
     table = tmp_path / "big.parquet"
     frame.write_parquet(table)
     report = tmp_path / "report"
-    p = rtml_process(["backtest", "--table", str(table), "--target", "y", "--model", "bayes", *extra,
-                      "--report", str(report)], stderr=subprocess.PIPE)
+    p = rtml_process(
+        ["backtest", "--table", str(table), "--target", "y", "--model", "bayes", *extra, "--report", str(report)],
+        stderr=subprocess.PIPE,
+    )
     started = time.monotonic()
     for line in p.stderr:  # the replay is under way once the command says what it replays
         if line.startswith("backtest:"):

@@ -134,8 +134,18 @@ def test_a_signal_flushes_what_was_received_and_exits_zero(data_dir, sig):
     # Nothing is flushed by size or time before the signal: whatever is in the log got
     # there through the shutdown flush.
     proc = rtml_process(
-        ["ingest", "--speed", "600", "--flush-every", "100000000", "--flush-interval", "3600",
-         "--json", "--data-dir", str(data_dir)]
+        [
+            "ingest",
+            "--speed",
+            "600",
+            "--flush-every",
+            "100000000",
+            "--flush-interval",
+            "3600",
+            "--json",
+            "--data-dir",
+            str(data_dir),
+        ]
     )
     try:
         _wait_for(lambda: (data_dir / "ticks" / ".writer.lock").exists())
@@ -152,7 +162,9 @@ def test_a_signal_flushes_what_was_received_and_exits_zero(data_dir, sig):
 
 
 def test_kill_9_loses_at_most_the_unflushed_batch_and_the_log_stays_usable(data_dir, rtml):
-    proc = rtml_process(["ingest", "--speed", "3000", "--flush-interval", "0.05", "--json", "--data-dir", str(data_dir)])
+    proc = rtml_process(
+        ["ingest", "--speed", "3000", "--flush-interval", "0.05", "--json", "--data-dir", str(data_dir)]
+    )
     log = ParquetLog(data_dir, "ticks")
     try:
         _wait_for(lambda: sum(len(log.parts(s)) for s in log.partitions()) >= 6)
@@ -162,7 +174,7 @@ def test_kill_9_loses_at_most_the_unflushed_batch_and_the_log_stays_usable(data_
         proc.kill()
     before = log.read_all()
     assert before.height > 0
-    for sym, part in before.group_by("symbol"):
+    for _, part in before.group_by("symbol"):
         assert part["offset"].sort().to_list() == list(range(part.height))
     r = rtml("ingest", "--max-ticks", "1000", "--json")
     assert r.exit_code == 0, r.output

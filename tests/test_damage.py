@@ -41,12 +41,15 @@ def test_a_state_field_of_the_wrong_type_is_a_damaged_state(rtml, built, field, 
     assert_clean_error(rtml("features"), "is damaged", field, "--rebuild")
 
 
-@pytest.mark.parametrize("spec, fragment", [
-    ("../../x:y", "is not module:factory"),
-    ("/tmp/evil.py:f", "is not module:factory"),
-    ("my_models:not a name", "is not module:factory"),
-    ("broken_models:f", "failed: ZeroDivisionError"),
-])
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("../../x:y", "is not module:factory"),
+        ("/tmp/evil.py:f", "is not module:factory"),
+        ("my_models:not a name", "is not module:factory"),
+        ("broken_models:f", "failed: ZeroDivisionError"),
+    ],
+)
 def test_a_model_that_is_not_an_importable_name_is_a_clear_error(rtml, built, tmp_path, monkeypatch, spec, fragment):
     (tmp_path / "broken_models.py").write_text("1 / 0\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -135,9 +138,12 @@ def test_a_full_disk_is_a_clear_error_and_the_next_run_goes_on(data_dir):
     import sys
 
     def run(*args, limit=None):
-        return subprocess.run([sys.executable, "-m", "rtml_cli", *args, "--data-dir", str(data_dir)],
-                              preexec_fn=functools.partial(_small_disk, limit) if limit else None,
-                              capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, "-m", "rtml_cli", *args, "--data-dir", str(data_dir)],
+            preexec_fn=functools.partial(_small_disk, limit) if limit else None,
+            capture_output=True,
+            text=True,
+        )
 
     r = run("ingest", "--max-ticks", "200000", "--flush-every", "50000", limit=300_000)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr

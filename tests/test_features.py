@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
@@ -28,15 +28,20 @@ def write_ticks(data_dir: Path, batches: list[list[tuple]], symbol: str = "X") -
     with log.writer() as w:
         for batch in batches:
             n0 = w.next_offset(symbol)
-            w.append(symbol, pl.DataFrame({
-                "ts": [int((T0 + t) * 1e9) for t, *_ in batch],
-                "recv_ts": [int((T0 + t) * 1e9) for t, *_ in batch],
-                "symbol": [symbol] * len(batch),
-                "price": [float(p) for _, p, _, _ in batch],
-                "qty": [float(q) for _, _, q, _ in batch],
-                "side": [s for *_, s in batch],
-                "trade_id": [str(n0 + i) for i in range(len(batch))],
-            }).with_columns(pl.col("ts", "recv_ts").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC")))
+            w.append(
+                symbol,
+                pl.DataFrame(
+                    {
+                        "ts": [int((T0 + t) * 1e9) for t, *_ in batch],
+                        "recv_ts": [int((T0 + t) * 1e9) for t, *_ in batch],
+                        "symbol": [symbol] * len(batch),
+                        "price": [float(p) for _, p, _, _ in batch],
+                        "qty": [float(q) for _, _, q, _ in batch],
+                        "side": [s for *_, s in batch],
+                        "trade_id": [str(n0 + i) for i in range(len(batch))],
+                    }
+                ).with_columns(pl.col("ts", "recv_ts").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC")),
+            )
 
 
 def copy_ticks(src: Path, dst: Path, keep: pl.Expr | None = None) -> None:
@@ -80,9 +85,14 @@ def test_ohlcv_matches_an_independent_polars_computation_on_synthetic_ticks(rtml
         .with_columns(bucket=pl.col("ts").dt.truncate("1m"))
         .group_by("symbol", "bucket", maintain_order=True)
         .agg(
-            open=pl.col("price").first(), high=pl.col("price").max(), low=pl.col("price").min(),
-            close=pl.col("price").last(), volume=pl.col("qty").sum(), n_trades=pl.len().cast(pl.Int64),
-            vwap=(pl.col("price") * pl.col("qty")).sum() / pl.col("qty").sum(), buy_volume=signed,
+            open=pl.col("price").first(),
+            high=pl.col("price").max(),
+            low=pl.col("price").min(),
+            close=pl.col("price").last(),
+            volume=pl.col("qty").sum(),
+            n_trades=pl.len().cast(pl.Int64),
+            vwap=(pl.col("price") * pl.col("qty")).sum() / pl.col("qty").sum(),
+            buy_volume=signed,
         )
         .rename({"bucket": "ts"})
     )
@@ -95,13 +105,16 @@ def test_ohlcv_matches_an_independent_polars_computation_on_synthetic_ticks(rtml
 
 
 def test_edge_cases_one_tick_bars_gaps_equal_timestamps_out_of_order(data_dir):
-    write_ticks(data_dir, [
-        [(5, 100, 1, "buy")],                                      # bar 0: one tick
-        [(61, 101, 1, "sell"), (61, 102, 2, "buy"), (61, 99, 1, "sell")],  # bar 1: equal timestamps
-        [(130, 103, 1, "buy"), (125, 104, 1, None)],               # bar 2: out of order within a flush
-        [(305, 110, 3, "sell")],                                   # bars 3, 4 empty; bar 5 opens
-        [(400, 111, 1, "buy")],                                    # closes bar 5
-    ])
+    write_ticks(
+        data_dir,
+        [
+            [(5, 100, 1, "buy")],  # bar 0: one tick
+            [(61, 101, 1, "sell"), (61, 102, 2, "buy"), (61, 99, 1, "sell")],  # bar 1: equal timestamps
+            [(130, 103, 1, "buy"), (125, 104, 1, None)],  # bar 2: out of order within a flush
+            [(305, 110, 3, "sell")],  # bars 3, 4 empty; bar 5 opens
+            [(400, 111, 1, "buy")],  # closes bar 5
+        ],
+    )
     build(data_dir)
     f = features(data_dir)
     assert [(t.timestamp() - T0) for t in f["ts"].to_list()] == [0, 60, 120, 180, 240, 300]
@@ -158,7 +171,10 @@ def test_many_small_steps_give_exactly_the_rows_of_one_build(rtml, tmp_path):
 def test_building_after_every_ingest_run_equals_one_build(rtml, tmp_path):
     inc, full = tmp_path / "inc", tmp_path / "full"
     for _ in range(4):
-        assert rtml("ingest", "--max-ticks", "9000", "--flush-every", "2500", "--data-dir", str(inc), data=False).exit_code == 0
+        assert (
+            rtml("ingest", "--max-ticks", "9000", "--flush-every", "2500", "--data-dir", str(inc), data=False).exit_code
+            == 0
+        )
         build(inc)
     copy_ticks(inc, full)
     build(full)
@@ -267,8 +283,20 @@ def test_a_one_shot_build_stops_after_the_step_in_progress_and_the_next_run_goes
 
 def test_kill_9_of_features_follow_while_ticks_arrive_then_restart_gives_the_one_shot_result(rtml, tmp_path):
     live, ref = tmp_path / "live", tmp_path / "ref"
-    ingest = rtml_process(["ingest", "--speed", "3000", "--flush-interval", "0.1", "--max-ticks", "60000",
-                           "--json", "--data-dir", str(live)])
+    ingest = rtml_process(
+        [
+            "ingest",
+            "--speed",
+            "3000",
+            "--flush-interval",
+            "0.1",
+            "--max-ticks",
+            "60000",
+            "--json",
+            "--data-dir",
+            str(live),
+        ]
+    )
     try:
         for _ in range(3):
             feats = rtml_process(["features", "--follow", "--poll", "0.05", "--json", "--data-dir", str(live)])
@@ -355,9 +383,11 @@ def test_a_feature_query_cannot_write_files_or_run_a_second_statement(rtml, data
     write_ticks(data_dir, [[(t, 100 + t, 1, "buy") for t in range(0, 600, 7)]])
     leak = tmp_path / "leak.csv"
     q = tmp_path / "f.sql"
-    for sql in (f"COPY (SELECT 1) TO '{leak}'",
-                f"SELECT *, 1.0 AS x FROM bars; COPY (SELECT 1) TO '{leak}'",
-                f"SELECT b.*, 1.0 AS x FROM bars b WHERE (SELECT count(*) FROM read_csv('{q}')) >= 0"):
+    for sql in (
+        f"COPY (SELECT 1) TO '{leak}'",
+        f"SELECT *, 1.0 AS x FROM bars; COPY (SELECT 1) TO '{leak}'",
+        f"SELECT b.*, 1.0 AS x FROM bars b WHERE (SELECT count(*) FROM read_csv('{q}')) >= 0",
+    ):
         q.write_text(sql)
         assert_clean_error(rtml("features", "--sql", str(q)))
         assert not leak.exists()
@@ -372,7 +402,7 @@ def test_a_custom_feature_query_replaces_the_default(rtml, data_dir, tmp_path):
     assert r.exit_code == 0, r.output
     f = features(data_dir)
     assert f.columns[-2:] == ["body", "twice"] and "r_1" not in f.columns
-    assert f["body"].to_list() == [c - o for c, o in zip(f["close"], f["open"])]
+    assert f["body"].to_list() == [c - o for c, o in zip(f["close"], f["open"], strict=True)]
 
 
 # -- the command line -----------------------------------------------------------------------------
@@ -388,9 +418,13 @@ def test_changed_settings_are_refused_until_rebuild(rtml, data_dir):
     assert features(data_dir, "examples").height == features(data_dir).height - 7
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--bar", "90x"], "is not a duration"), (["--bar", "2d"], "outside 1s..1d"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--bar", "90x"], "is not a duration"),
+        (["--bar", "2d"], "outside 1s..1d"),
+    ],
+)
 def test_bad_bar_values(rtml, data_dir, args, fragment):
     write_ticks(data_dir, [[(1, 100, 1, "buy")]])
     assert_clean_error(rtml("features", *args), fragment)
@@ -415,7 +449,7 @@ def test_the_machine_time_zone_changes_nothing(rtml, tmp_path):
     for d, tz in ((utc, "UTC"), (ny, "America/New_York")):
         write_ticks(d, [[(t, 100 + t % 5, 1, "buy") for t in range(0, 3 * 3600, 9)]])
         p = rtml_process(["features", "--json", "--data-dir", str(d)], env={"TZ": tz})
-        out, err = p.communicate(timeout=120)
+        _out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
     assert_same(features(utc), features(ny))
 
@@ -423,7 +457,9 @@ def test_the_machine_time_zone_changes_nothing(rtml, tmp_path):
 def test_follow_closes_an_idle_symbols_bars_on_the_market_clock_and_stops_on_sigterm(data_dir):
     write_ticks(data_dir, [[(t, 100, 1, "buy") for t in range(0, 125, 5)]], symbol="LIQUID")
     write_ticks(data_dir, [[(3, 50, 1, "buy")]], symbol="IDLE")
-    proc = rtml_process(["features", "--follow", "--grace", "0", "--poll", "0.05", "--json", "--data-dir", str(data_dir)])
+    proc = rtml_process(
+        ["features", "--follow", "--grace", "0", "--poll", "0.05", "--json", "--data-dir", str(data_dir)]
+    )
     try:
         deadline = time.monotonic() + 60
         while ParquetLog(data_dir, "features").row_count("IDLE") < 2 and time.monotonic() < deadline:
@@ -468,8 +504,10 @@ def test_a_gap_of_years_makes_a_gap_in_the_bars_not_millions_of_them(rtml, data_
     assert summary["gap_bars_skipped"] == summary["symbols"]["X"]["gap_bars_skipped_total"] > dense - cap - 200
     gap = bars.filter(pl.col("ts").diff() > pl.duration(minutes=1))
     assert gap.height == 1  # one jump, from the last empty bar to the first bar after the gap
-    empties_after = bars.filter((pl.col("ts") >= pl.lit(T0 * 10**9).cast(pl.Datetime("ns", "UTC")) + pl.duration(seconds=3_000))
-                                & (pl.col("ts") < gap["ts"][0]))
+    empties_after = bars.filter(
+        (pl.col("ts") >= pl.lit(T0 * 10**9).cast(pl.Datetime("ns", "UTC")) + pl.duration(seconds=3_000))
+        & (pl.col("ts") < gap["ts"][0])
+    )
     assert empties_after.height == cap and (empties_after["n_trades"] == 0).all()
     step = tmp_path / "step"  # tick by tick, as a live run would
     for batch in ([before], [after[:1]], [after[1:]]):

@@ -95,8 +95,9 @@ def blown(rtml, data_dir, user_models):
     """A data directory whose model blew up at example 121, checkpointed every 40 examples, keeping 1."""
     assert rtml("ingest", "--max-ticks", "60000", "--json").exit_code == 0
     assert rtml("features", "--json").exit_code == 0
-    r = rtml("train", "--model", "bt_models:blowup", "--name", "blowup", "--checkpoint-every", "40", "--keep", "1",
-             "--json")
+    r = rtml(
+        "train", "--model", "bt_models:blowup", "--name", "blowup", "--checkpoint-every", "40", "--keep", "1", "--json"
+    )
     assert r.exit_code == 0, r.output
     return json.loads(r.stdout)
 
@@ -118,7 +119,7 @@ def test_predict_serves_the_last_healthy_model_and_says_why(rtml, blown, data_di
     r = rtml("predict", "--name", "blowup", "--json")
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout)["models"]["blowup"]
-    healthy = [cp for cp in CheckpointStore(data_dir, "blowup").list() if not cp.manifest["diverged"]][0]
+    healthy = next(cp for cp in CheckpointStore(data_dir, "blowup").list() if not cp.manifest["diverged"])
     assert s["version"] == healthy.version
     assert any("diverged at example 121" in why for why in s["skipped_checkpoints"])
 

@@ -25,15 +25,30 @@ from tests.conftest import assert_clean_error
 
 DROP = "DROP"  # script step: cut the TCP connection, no close frame (a reset, as when a link dies)
 HEARTBEAT = '{"channel":"heartbeat"}'
-STATUS = ('{"channel":"status","type":"update","data":[{"api_version":"v2","connection_id":1,'
-          '"system":"online","version":"2.0.10"}]}')
+STATUS = (
+    '{"channel":"status","type":"update","data":[{"api_version":"v2","connection_id":1,'
+    '"system":"online","version":"2.0.10"}]}'
+)
 STAMP = '"time_in":"2026-11-26T12:00:00.000001Z","time_out":"2026-11-26T12:00:00.000002Z"'
 
 
-def trade(tid: int | str, symbol: str = "BTC/USD", price: float | str = 65000.1, qty: float | str = 0.5,
-          side: str = "buy", ts: str = "2026-11-26T12:00:00.000000Z") -> dict:
-    return {"symbol": symbol, "side": side, "price": price, "qty": qty, "ord_type": "market",
-            "trade_id": tid, "timestamp": ts}
+def trade(
+    tid: int | str,
+    symbol: str = "BTC/USD",
+    price: float | str = 65000.1,
+    qty: float | str = 0.5,
+    side: str = "buy",
+    ts: str = "2026-11-26T12:00:00.000000Z",
+) -> dict:
+    return {
+        "symbol": symbol,
+        "side": side,
+        "price": price,
+        "qty": qty,
+        "ord_type": "market",
+        "trade_id": tid,
+        "timestamp": ts,
+    }
 
 
 def trade_msg(kind: str, trades: list[dict]) -> dict:
@@ -80,11 +95,15 @@ class FakeKraken:
             self.subscriptions.append(request)
             for symbol in request["params"]["symbol"]:
                 if symbol in self.refuse:
-                    ws.send(f'{{"error":"Currency pair not supported {symbol}","method":"subscribe",'
-                            f'"success":false,"symbol":"{symbol}",{STAMP}}}')
+                    ws.send(
+                        f'{{"error":"Currency pair not supported {symbol}","method":"subscribe",'
+                        f'"success":false,"symbol":"{symbol}",{STAMP}}}'
+                    )
                 else:
-                    ws.send(f'{{"method":"subscribe","result":{{"channel":"trade","snapshot":true,'
-                            f'"symbol":"{symbol}"}},"success":true,{STAMP}}}')
+                    ws.send(
+                        f'{{"method":"subscribe","result":{{"channel":"trade","snapshot":true,'
+                        f'"symbol":"{symbol}"}},"success":true,{STAMP}}}'
+                    )
             for step in self.scripts[index] if index < len(self.scripts) else []:
                 if step == DROP:
                     ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
@@ -119,7 +138,7 @@ class Run:
                     self.batches.append(batch)
                     if until(self.batches):
                         self.stop.set()
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread by wait()
+            except BaseException as exc:
                 self.error = exc
             finally:
                 self.finished.set()
@@ -166,8 +185,10 @@ def free_port() -> int:
 
 # -- the feed -----------------------------------------------------------------------------------
 
-EXACT = ('{"symbol":"BTC/USD","side":"sell","price":65000.1234567890,"qty":1.2345E-4,'
-         '"ord_type":"limit","trade_id":12,"timestamp":"2026-11-26T12:00:01.123456Z"}')
+EXACT = (
+    '{"symbol":"BTC/USD","side":"sell","price":65000.1234567890,"qty":1.2345E-4,'
+    '"ord_type":"limit","trade_id":12,"timestamp":"2026-11-26T12:00:01.123456Z"}'
+)
 
 
 def test_trades_arrive_once_in_order_with_exact_values_and_heartbeats_add_nothing():
@@ -193,7 +214,10 @@ def test_trades_arrive_once_in_order_with_exact_values_and_heartbeats_add_nothin
     assert df["side"].to_list() == ["buy", "sell", "sell", "buy"]
     assert df["symbol"].to_list() == ["BTC/USD"] * 4
     assert df["ts"].dt.epoch("ns").to_list() == [
-        1_795_694_400_000_000_000, 1_795_694_400_000_000_000, 1_795_694_401_123_456_000, 1_795_694_402_000_000_000
+        1_795_694_400_000_000_000,
+        1_795_694_400_000_000_000,
+        1_795_694_401_123_456_000,
+        1_795_694_402_000_000_000,
     ]
     assert all(before <= t <= after for t in df["recv_ts"].dt.epoch("ns").to_list())
     assert df["_parse_problem"].null_count() == df.height
@@ -206,11 +230,20 @@ def test_trades_arrive_once_in_order_with_exact_values_and_heartbeats_add_nothin
 
 
 def test_an_abrupt_disconnect_reconnects_resubscribes_skips_repeats_and_reports_the_gap():
-    first = [trade_msg("snapshot", [trade(1), trade(2), trade(3)]), HEARTBEAT, trade_msg("update", [trade(4)]),
-             0.1, DROP]
+    first = [
+        trade_msg("snapshot", [trade(1), trade(2), trade(3)]),
+        HEARTBEAT,
+        trade_msg("update", [trade(4)]),
+        0.1,
+        DROP,
+    ]
     # The new snapshot repeats 2..4, then 8 arrives: 6 and 7 were traded while the client was away.
-    second = [trade_msg("snapshot", [trade(2), trade(3), trade(4), trade(5)]), HEARTBEAT,
-              trade_msg("update", [trade(8)]), trade_msg("update", [trade(9)])]
+    second = [
+        trade_msg("snapshot", [trade(2), trade(3), trade(4), trade(5)]),
+        HEARTBEAT,
+        trade_msg("update", [trade(8)]),
+        trade_msg("update", [trade(9)]),
+    ]
     events: list[str] = []
     with FakeKraken([first, second]) as server:
         run = Run(source(server, on_event=events.append), until=rows_at_least(7)).wait()
@@ -232,8 +265,13 @@ def test_ids_are_tracked_per_symbol_and_non_integer_ids_pass_through():
     with FakeKraken([script]) as server:
         run = Run(source(server, symbols=("BTC/USD", "ETH/USD")), until=rows_at_least(6)).wait()
     df = run.frame
-    assert list(zip(df["symbol"], df["trade_id"])) == [
-        ("BTC/USD", "100"), ("ETH/USD", "7"), ("BTC/USD", "101"), ("ETH/USD", "9"), ("ETH/USD", "x1"), ("ETH/USD", "x1")
+    assert list(zip(df["symbol"], df["trade_id"], strict=True)) == [
+        ("BTC/USD", "100"),
+        ("ETH/USD", "7"),
+        ("BTC/USD", "101"),
+        ("ETH/USD", "9"),
+        ("ETH/USD", "x1"),
+        ("ETH/USD", "x1"),
     ]  # 8 came after 9: dropped as already covered; "x1" is left to de-duplication downstream
     assert run.gaps == ["ETH/USD: trade_id gap 8..8 (1 missing)"]
 
@@ -261,14 +299,22 @@ def test_malformed_trades_are_flagged_for_quarantine_not_crashed_on():
         "not a trade",
         trade(6),
     ]
-    script = ["not json at all", '["a list"]', '{"channel":"trade","type":"update","data":"oops"}',
-              trade_msg("update", bad)]
+    script = [
+        "not json at all",
+        '["a list"]',
+        '{"channel":"trade","type":"update","data":"oops"}',
+        trade_msg("update", bad),
+    ]
     events: list[str] = []
     with FakeKraken([script]) as server:
         run = Run(source(server, on_event=events.append), until=rows_at_least(7)).wait()
     df = run.frame
     assert df["_parse_problem"].to_list() == [
-        "unparseable_price", "missing_qty", "unparseable_ts", "missing_trade_id", "unparseable_price",
+        "unparseable_price",
+        "missing_qty",
+        "unparseable_ts",
+        "missing_trade_id",
+        "unparseable_price",
         "missing_ts",  # the entry that is not an object: nothing parses (ingest reports its missing symbol)
         None,
     ]
@@ -322,8 +368,10 @@ def test_a_silent_connection_is_treated_as_dead_and_replaced():
 def test_failed_connects_back_off_exponentially_with_full_jitter_up_to_the_cap():
     events: list[str] = []
     url = f"ws://127.0.0.1:{free_port()}"
-    run = Run(source(url, backoff_initial=0.02, backoff_max=0.08, rng_seed=3, on_event=events.append),
-              until=lambda batches: len(events) >= 6)
+    run = Run(
+        source(url, backoff_initial=0.02, backoff_max=0.08, rng_seed=3, on_event=events.append),
+        until=lambda batches: len(events) >= 6,
+    )
     run.wait()
     rng = random.Random(3)
     expected = [f"{rng.uniform(0, min(0.08, 0.02 * 2**k)):.2g}" for k in range(6)]
@@ -359,8 +407,20 @@ def test_rtml_ingest_from_kraken_writes_good_trades_and_quarantines_bad_ones(rtm
     ]
     again = [trade_msg("snapshot", [trade(103, "BTC/USD", 65010.0), trade(104, "BTC/USD", 65011.0)])]
     with FakeKraken([script, again]) as server:
-        r = rtml("ingest", "--source", "kraken", "--url", server.url, "--symbols", "BTC/USD,ETH/USD",
-                 "--duration", "2", "--flush-interval", "0.2", "--json")
+        r = rtml(
+            "ingest",
+            "--source",
+            "kraken",
+            "--url",
+            server.url,
+            "--symbols",
+            "BTC/USD,ETH/USD",
+            "--duration",
+            "2",
+            "--flush-interval",
+            "0.2",
+            "--json",
+        )
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["written"] == 5

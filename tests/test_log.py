@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import zlib
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import zlib
 
 import duckdb
 import polars as pl
@@ -34,8 +34,10 @@ def test_append_assigns_strictly_increasing_offsets_and_names_parts_by_them(tmp_
         assert w.append("ETH/USD", frame(1)) == (0, 0)
     names = sorted(os.listdir(log.partition_path("BTC/USD")))
     d = log.partition_path("BTC/USD")  # offsets, then the CRC-32 of the file's bytes
-    assert names == [part_name(0, 2, zlib.crc32((d / names[0]).read_bytes())),
-                     part_name(3, 4, zlib.crc32((d / names[1]).read_bytes()))]
+    assert names == [
+        part_name(0, 2, zlib.crc32((d / names[0]).read_bytes())),
+        part_name(3, 4, zlib.crc32((d / names[1]).read_bytes())),
+    ]
     assert log.last_offset("BTC/USD") == 4
     assert log.last_offset("ETH/USD") == 0
     assert log.last_offset("SOL/USD") == -1
@@ -86,9 +88,7 @@ def test_partitions_are_percent_encoded_and_read_back_as_the_true_symbol(tmp_pat
     by_polars = pl.read_parquet(glob, hive_partitioning=True)
     assert by_polars["symbol"].unique().to_list() == [symbol]
     con = duckdb.connect()
-    rows = con.execute(
-        f"select distinct symbol from read_parquet('{glob}', hive_partitioning=true)"
-    ).fetchall()
+    rows = con.execute(f"select distinct symbol from read_parquet('{glob}', hive_partitioning=true)").fetchall()
     assert rows == [(symbol,)]
 
 
@@ -100,8 +100,16 @@ def test_partition_names_match_what_polars_own_partitioned_writer_produces(tmp_p
 
 @pytest.mark.parametrize(
     "bad, why",
-    [("", "empty"), (" BTC", "spaces"), ("BTC\n", "spaces"), ("BT\x00C", "control"),
-     ("A\x1bB", "control"), (".", "not a usable"), ("..", "not a usable"), ("X" * 65, "longer")],
+    [
+        ("", "empty"),
+        (" BTC", "spaces"),
+        ("BTC\n", "spaces"),
+        ("BT\x00C", "control"),
+        ("A\x1bB", "control"),
+        (".", "not a usable"),
+        ("..", "not a usable"),
+        ("X" * 65, "longer"),
+    ],
 )
 def test_unusable_symbol_names_are_rejected_with_the_reason(bad, why):
     with pytest.raises(SymbolError, match=why):
@@ -112,7 +120,7 @@ def test_path_like_symbols_cannot_escape_the_log_directory(tmp_path):
     log = ParquetLog(tmp_path / "data", "ticks")
     with log.writer() as w:
         w.append("../../etc", frame(1, 0, "../../etc"))
-    written = [p for p in (tmp_path).rglob("*.parquet")]
+    written = list((tmp_path).rglob("*.parquet"))
     assert len(written) == 1
     assert written[0].parent.parent == log.root
     assert log.partitions() == ["../../etc"]
@@ -120,10 +128,8 @@ def test_path_like_symbols_cannot_escape_the_log_directory(tmp_path):
 
 def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path):
     log = ParquetLog(tmp_path, "ticks")
-    with log.writer():
-        with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
-            with ParquetLog(tmp_path, "ticks").writer():
-                pass
+    with log.writer(), pytest.raises(LockedError, match=f"pid {os.getpid()}"), ParquetLog(tmp_path, "ticks").writer():
+        pass
     with log.writer():  # released on exit
         pass
 
@@ -141,9 +147,8 @@ def test_a_writer_killed_with_sigkill_leaves_no_stale_lock(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "locked"
-        with pytest.raises(LockedError):
-            with ParquetLog(tmp_path, "ticks").writer():
-                pass
+        with pytest.raises(LockedError), ParquetLog(tmp_path, "ticks").writer():
+            pass
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         with ParquetLog(tmp_path, "ticks").writer() as w:  # the kernel dropped the dead pid's lock
@@ -220,7 +225,7 @@ def test_a_reader_running_while_a_writer_appends_and_compacts_never_sees_a_parti
         while not stop.is_set():
             try:
                 got = reader.read_after("S", -1)
-            except Exception as exc:  # noqa: BLE001 - any failure is the finding
+            except Exception as exc:
                 errors.append(repr(exc))
                 return
             if got.height:
@@ -277,12 +282,17 @@ def test_a_flipped_bit_is_caught_by_the_part_checksum_before_a_rebuild_or_compac
     from rtml_cli.features import FeatureBuilder, FeatureSpec
 
     log = ParquetLog(tmp_path, "ticks")
-    ticks = pl.DataFrame({
-        "ts": [1_767_225_600_000_000_000 + i * 1_000_000_000 for i in range(600)],
-        "recv_ts": [1_767_225_600_000_000_000 + i * 1_000_000_000 for i in range(600)],
-        "symbol": ["S"] * 600, "price": [100.0 + (i % 9) for i in range(600)], "qty": [1.0] * 600,
-        "side": ["buy"] * 600, "trade_id": [str(i) for i in range(600)],
-    }).with_columns(pl.col("ts", "recv_ts").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC"))
+    ticks = pl.DataFrame(
+        {
+            "ts": [1_767_225_600_000_000_000 + i * 1_000_000_000 for i in range(600)],
+            "recv_ts": [1_767_225_600_000_000_000 + i * 1_000_000_000 for i in range(600)],
+            "symbol": ["S"] * 600,
+            "price": [100.0 + (i % 9) for i in range(600)],
+            "qty": [1.0] * 600,
+            "side": ["buy"] * 600,
+            "trade_id": [str(i) for i in range(600)],
+        }
+    ).with_columns(pl.col("ts", "recv_ts").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC"))
     with log.writer() as w:
         for k in range(3):
             w.append("S", ticks.slice(200 * k, 200))
@@ -290,10 +300,8 @@ def test_a_flipped_bit_is_caught_by_the_part_checksum_before_a_rebuild_or_compac
     data = bytearray(part.path.read_bytes())
     data[len(data) // 3] ^= 0x01
     part.path.write_bytes(bytes(data))
-    with pytest.raises(LogError, match="do not match the checksum"):
-        with FeatureBuilder(tmp_path, FeatureSpec()) as b:
-            b.build()
+    with pytest.raises(LogError, match="do not match the checksum"), FeatureBuilder(tmp_path, FeatureSpec()) as b:
+        b.build()
     with log.writer() as w, pytest.raises(LogError, match="do not match the checksum"):
         w.compact("S", target_rows=10_000)
     assert log.parts("S")[1].path == part.path  # nothing rewritten
-

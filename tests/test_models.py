@@ -55,7 +55,7 @@ def test_forgetting_ridge_is_the_ridge_solution_of_the_weighted_examples():
     ys = xs @ np.array([1.0, -0.02, 50.0]) + rng.standard_t(3, n)
     xs[100, 1], ys[200] = 5e3, 1e3  # a print at a tenth of the price; a target 1000 deviations out
     model = ForgettingRidge(memory=memory, ridge=ridge, clip=clip, scale_memory=scale_memory)
-    for x, y in zip(xs, ys):
+    for x, y in zip(xs, ys, strict=True):
         model.learn_one({"a": x[0], "b": x[1], "c": x[2]}, float(y))
 
     kept_x, kept_y, zs, ds = [xs[0]], [ys[0]], [], []  # what the scale learned: clipped values
@@ -113,7 +113,7 @@ def test_a_forgetting_ridge_pickled_by_an_earlier_rtml_is_refused_with_what_to_d
     model.learn_one({"a": 1.0}, 0.5)
     old = ForgettingRidge.__new__(ForgettingRidge)
     old.__dict__.update({k: v for k, v in model.__dict__.items() if k not in ("_cnt", "_mean", "_m2")})
-    with pytest.raises(ValueError, match="saved by an earlier rtml.*--fresh"):
+    with pytest.raises(ValueError, match=r"saved by an earlier rtml.*--fresh"):
         pickle.loads(pickle.dumps(old))
     assert pickle.loads(pickle.dumps(model)).predict_one({"a": 2.0}) == model.predict_one({"a": 2.0})
 
@@ -193,8 +193,9 @@ def test_the_default_does_not_diverge_on_a_tape_with_a_bad_print(rtml, market, t
     ticks = ParquetLog(market, "ticks").read_all().filter(pl.col("symbol") == "ETH/USD").sort("offset")
     minute = ticks["ts"].dt.truncate("1m")
     bad_at = int(pl.Series(range(ticks.height)).filter(minute == minute[ticks.height // 2]).max())  # a bar's close
-    ticks = ticks.with_columns(pl.when(pl.int_range(pl.len()) == bad_at).then(pl.col("price") / 10)
-                               .otherwise(pl.col("price")).alias("price"))
+    ticks = ticks.with_columns(
+        pl.when(pl.int_range(pl.len()) == bad_at).then(pl.col("price") / 10).otherwise(pl.col("price")).alias("price")
+    )
     tape = tmp_path / "tape.parquet"
     ticks.drop("offset").write_parquet(tape)
     d = tmp_path / "bad"

@@ -58,8 +58,8 @@ def assert_each_row_once(data_dir: Path, model: str = "linear") -> pl.DataFrame:
     """Every feature row has exactly one prediction of `model`."""
     p = predictions(data_dir).filter(pl.col("model") == model)
     f = features(data_dir)
-    got = sorted(zip(p["symbol"], p["features_offset"]))
-    assert got == sorted(zip(f["symbol"], f["offset"])), "a feature row was skipped or predicted twice"
+    got = sorted(zip(p["symbol"], p["features_offset"], strict=True))
+    assert got == sorted(zip(f["symbol"], f["offset"], strict=True)), "a feature row was skipped or predicted twice"
     return p
 
 
@@ -76,14 +76,19 @@ def test_one_shot_predicts_every_row_with_the_newest_checkpoint(rtml, served):
     assert s["models"]["linear"]["version"] == cp.version and s["predicted_this_run"] == p.height
     assert p["model_version"].unique().to_list() == [cp.version]
     assert p["model_trained_until"].unique().to_list() == [
-        pl.Series([cp.manifest["trained_until"]]).str.to_datetime(time_unit="ns").item()]
+        pl.Series([cp.manifest["trained_until"]]).str.to_datetime(time_unit="ns").item()
+    ]
     # the predictions are the checkpoint's model's, on each row's features (NaN/inf left out)
     model = pickle.loads(cp.pickle_path.read_bytes())["model"]
-    f = features(served).join(p.select("symbol", pl.col("features_offset").alias("offset"), "prediction"),
-                              on=["symbol", "offset"])
+    f = features(served).join(
+        p.select("symbol", pl.col("features_offset").alias("offset"), "prediction"), on=["symbol", "offset"]
+    )
     for row in f.sample(50, seed=1).iter_rows(named=True):
-        x = {k: v for k, v in row.items()
-             if k not in NOT_FEATURES and k != "prediction" and v is not None and math.isfinite(v)}
+        x = {
+            k: v
+            for k, v in row.items()
+            if k not in NOT_FEATURES and k != "prediction" and v is not None and math.isfinite(v)
+        }
         assert row["prediction"] == pytest.approx(model.predict_one(x), rel=1e-12, abs=1e-15)
     # latency: from the bar's end (ts + 1 minute) to when the prediction was written
     written = p["ts"].dt.epoch("ns") + BAR_NS + (p["latency_ms"] * 1e6).cast(pl.Int64)
@@ -109,8 +114,8 @@ def test_the_offsets_survive_a_lost_state_file_and_a_crash_between_publish_and_s
     predict(rtml)
     state = json.loads((served / "state" / "predict.json").read_text())
     # a crash after publishing a part but before saving the state: the state lags the log
-    state["log_offsets"] = {s: 0 for s in state["log_offsets"]}
-    state["consumers"]["linear"] = {s: 0 for s in state["consumers"]["linear"]}
+    state["log_offsets"] = dict.fromkeys(state["log_offsets"], 0)
+    state["consumers"]["linear"] = dict.fromkeys(state["consumers"]["linear"], 0)
     (served / "state" / "predict.json").write_text(json.dumps(state))
     assert predict(rtml)["predicted_this_run"] == 0
     assert_each_row_once(served)
@@ -273,7 +278,8 @@ def test_follow_waits_for_a_first_checkpoint_then_serves_it(rtml, served):
     streamed = read_jsonl(out)
     logged = assert_each_row_once(served)
     assert [(r["symbol"], r["features_offset"], r["prediction"]) for r in streamed] == list(
-        zip(logged["symbol"], logged["features_offset"], logged["prediction"]))
+        zip(logged["symbol"], logged["features_offset"], logged["prediction"], strict=True)
+    )
     assert {r["model_version"] for r in streamed} == {1}
 
 
@@ -282,10 +288,26 @@ def test_hot_swap_while_rows_flow_and_kill_9_loses_and_repeats_nothing(rtml, ser
     a corrupt checkpoint of the second model is dropped in meanwhile and reported once."""
     d = str(served)
     assert rtml("train", "--model", "pa", "--json").exit_code == 0
-    ingest = rtml_process(["ingest", "--speed", "600", "--duration", "20", "--flush-interval", "0.2", "--json", "--data-dir", d])
+    ingest = rtml_process(
+        ["ingest", "--speed", "600", "--duration", "20", "--flush-interval", "0.2", "--json", "--data-dir", d]
+    )
     feats = rtml_process(["features", "--follow", "--poll", "0.1", "--json", "--data-dir", d])
-    trainer = rtml_process(["train", "--follow", "--checkpoint-every", "3", "--poll", "0.05", "--json", "--data-dir", d])
-    predict_args = ["predict", "--follow", "--jsonl", "--name", "linear", "--name", "pa", "--poll", "0.1", "--data-dir", d]
+    trainer = rtml_process(
+        ["train", "--follow", "--checkpoint-every", "3", "--poll", "0.05", "--json", "--data-dir", d]
+    )
+    predict_args = [
+        "predict",
+        "--follow",
+        "--jsonl",
+        "--name",
+        "linear",
+        "--name",
+        "pa",
+        "--poll",
+        "0.1",
+        "--data-dir",
+        d,
+    ]
     errs = []
     try:
         p = rtml_process(predict_args)
@@ -328,7 +350,7 @@ def test_sigterm_exits_0_after_publishing(rtml, served):
     while ParquetLog(served, "predictions").read_all().height < features(served).height and time.monotonic() < deadline:
         time.sleep(0.1)
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=30)
+    _out, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
     assert "Traceback" not in err
     assert_each_row_once(served)

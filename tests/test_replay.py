@@ -10,6 +10,7 @@ import gzip
 import json
 import time
 import zipfile
+from datetime import UTC
 from pathlib import Path
 from threading import Event
 
@@ -113,8 +114,11 @@ def test_kraken_csv_exact_nanoseconds_no_side_symbol_from_file_name(rtml, data_d
     # fractional seconds as exact integers: no float round-off (1700000000.123456 as a
     # float64 is 1700000000.1234560013...)
     assert ns(df) == [
-        1_700_000_000_123_456_000, 1_700_000_000_500_000_000, 1_700_000_001_000_000_000,
-        1_700_000_001_000_000_000, 1_700_000_002_000_000_001,
+        1_700_000_000_123_456_000,
+        1_700_000_000_500_000_000,
+        1_700_000_001_000_000_000,
+        1_700_000_001_000_000_000,
+        1_700_000_002_000_000_001,
     ]
     assert df["price"].to_list() == [37000.1, 37000.2, 37001.0, 37001.0, 37002.5]
     assert df["qty"].to_list() == [0.5, 0.25, 1.0, 1.0, 0.125]
@@ -123,8 +127,10 @@ def test_kraken_csv_exact_nanoseconds_no_side_symbol_from_file_name(rtml, data_d
     assert all(before <= t <= after for t in ns(df, "recv_ts"))
     ids = df["trade_id"].to_list()
     assert ids == [
-        "k1700000000.123456|37000.1|0.5|0", "k1700000000.5|37000.2|0.25|0",
-        "k1700000001|37001|1.0|0", "k1700000001|37001|1.0|1",  # two identical trades are two trades
+        "k1700000000.123456|37000.1|0.5|0",
+        "k1700000000.5|37000.2|0.25|0",
+        "k1700000001|37001|1.0|0",
+        "k1700000001|37001|1.0|1",  # two identical trades are two trades
         "k1700000002.000000001|37002.5|0.125|0",
     ]
     assert not (data_dir / "quarantine").exists()
@@ -213,7 +219,8 @@ def _chunk_file(tmp_path: Path) -> Path:
 CHUNK_FILE_IDS = (
     [f"k17000000{s:02d}.5|100.0|1.0|{n}" for s in range(5) for n in range(7)]
     + [f"k1700000010|{p}|1|{n}" for p, n in [(100, 0), (101, 0), (100, 1), (101, 1), (100, 2)]]
-    + [f"k1700000011|100|1|{n}" for n in range(3)] + ["k|100|1|0", "kx|100|1|0"]
+    + [f"k1700000011|100|1|{n}" for n in range(3)]
+    + ["k|100|1|0", "kx|100|1|0"]
     + [f"k1700000011|100|1|{n}" for n in range(3, 6)]
     + ["k1700000012|100|1|0", "k1700000013|100|1|0", "k1700000012|100|1|1", "k1700000099|101|2|0"]
 )
@@ -282,7 +289,7 @@ def test_binance_with_or_without_header_ms_and_us_times_and_taker_side(rtml, dat
 
 
 def test_binance_explicit_format_with_header_and_crlf_line_ends(rtml, data_dir, tmp_path):
-    text = "\r\n".join([BINANCE_HEADER] + BINANCE_ROWS) + "\r\n"
+    text = "\r\n".join([BINANCE_HEADER, *BINANCE_ROWS]) + "\r\n"
     s = replay(rtml, write(tmp_path / "ETHUSDT-trades-2024-01-01.csv", text), "--format", "binance")
     assert s["written"] == 3 and list(s["symbols"]) == ["ETHUSDT"]
     df = ticks(data_dir)
@@ -322,10 +329,17 @@ def test_a_chunk_starting_with_a_short_row_keeps_the_fields_of_the_rows_after_it
 
 def test_binance_parquet_dump(rtml, data_dir, tmp_path):
     f = tmp_path / "BTCUSDT-trades-2024-01-01.parquet"
-    pl.DataFrame({
-        "id": [7, 8], "price": [42000.5, 42001.0], "qty": [0.5, 0.25], "quoteQty": [21000.25, 10500.25],
-        "time": [1704067200000, 1704067200001], "isBuyerMaker": [True, False], "isBestMatch": [True, True],
-    }).write_parquet(f)
+    pl.DataFrame(
+        {
+            "id": [7, 8],
+            "price": [42000.5, 42001.0],
+            "qty": [0.5, 0.25],
+            "quoteQty": [21000.25, 10500.25],
+            "time": [1704067200000, 1704067200001],
+            "isBuyerMaker": [True, False],
+            "isBestMatch": [True, True],
+        }
+    ).write_parquet(f)
     s = replay(rtml, f)
     assert s["written"] == 2 and list(s["symbols"]) == ["BTCUSDT"]
     df = ticks(data_dir)
@@ -397,7 +411,9 @@ kraken,XBT/USD,1700000000000002,1700000000000700,,sell,37000.0,0.3
     assert s["written"] == 3 and list(s["symbols"]) == ["XBT/USD"]
     df = ticks(data_dir)
     assert df["trade_id"].to_list() == [
-        "t1700000000000001|37000.5|0.1|0", "t1700000000000001|37000.5|0.1|1", "t1700000000000002|37000.0|0.3|0",
+        "t1700000000000001|37000.5|0.1|0",
+        "t1700000000000001|37000.5|0.1|1",
+        "t1700000000000002|37000.0|0.3|0",
     ]
     assert df["side"].to_list() == ["buy", "buy", "sell"]
     again = replay(rtml, f)
@@ -454,7 +470,9 @@ def test_an_export_with_a_non_ascii_symbol_cut_by_the_sniffing_window(rtml, data
     header = "ts,symbol,price,qty,side,trade_id\n"
     euro = "€".encode()
     for pad in range(200):
-        rows = [f"2024-01-01T00:00:{i // 1000:02d}.{i % 1000:03d}Z,BTC/€,100.5,1,buy,{'0' * pad}{i}" for i in range(2000)]
+        rows = [
+            f"2024-01-01T00:00:{i // 1000:02d}.{i % 1000:03d}Z,BTC/€,100.5,1,buy,{'0' * pad}{i}" for i in range(2000)
+        ]
         data = (header + "\n".join(rows) + "\n").encode()
         at = data.rfind(euro, 0, 65536 + len(euro) - 1)
         if at < 65536 < at + len(euro):
@@ -510,7 +528,10 @@ def test_every_bad_binance_record_is_quarantined_with_its_reason_and_good_ones_a
     assert df["trade_id"].to_list() == ["1", "13", "21"]
     assert df["price"].to_list() == [100.0, 100.5, 99.5] and df["side"].to_list() == ["buy", "sell", "buy"]
     # the raw record is the line's fields; a short row's missing ones show as empty
-    padded = {"10,100.0,1.0,100": "10,100.0,1.0,100,,,", "15,100.0,1.0,100,1704067200016": "15,100.0,1.0,100,1704067200016,,"}
+    padded = {
+        "10,100.0,1.0,100": "10,100.0,1.0,100,,,",
+        "15,100.0,1.0,100,1704067200016": "15,100.0,1.0,100,1704067200016,,",
+    }
     assert quarantined(data_dir) == [(f"{name}:{n}", why, padded.get(r, r)) for n, r, why in bad]
     q = read_quarantine(data_dir)
     assert set(q["source"]) == {"replay"} and set(q["symbol"]) == {"BTCUSDT"}
@@ -548,12 +569,23 @@ def test_every_bad_kraken_record_is_quarantined_and_good_ones_around_it_are_writ
     bad = [(i + 1, r, why) for i, (r, why) in enumerate(rows) if why]
     assert s["written"] == 4 and s["quarantined_total"] == len(bad) == 14
     assert s["quarantined"] == {
-        "future_ts": 1, "missing_price": 1, "missing_qty": 2, "missing_ts": 1, "non_finite_price": 2,
-        "non_finite_qty": 1, "non_positive_price": 1, "non_positive_qty": 2, "unparseable_ts": 3,
+        "future_ts": 1,
+        "missing_price": 1,
+        "missing_qty": 2,
+        "missing_ts": 1,
+        "non_finite_price": 2,
+        "non_finite_qty": 1,
+        "non_positive_price": 1,
+        "non_positive_qty": 2,
+        "unparseable_ts": 3,
     }
     df = ticks(data_dir)
-    assert ns(df) == [1_700_000_000_100_000_000, 1_700_000_001_300_000_000, 1_700_000_001_300_000_000,
-                      1_700_000_001_400_000_000]
+    assert ns(df) == [
+        1_700_000_000_100_000_000,
+        1_700_000_001_300_000_000,
+        1_700_000_001_300_000_000,
+        1_700_000_001_400_000_000,
+    ]
     assert df["qty"].to_list() == [1.0, 0.5, 0.5, 2.0]
     padded = {"1700000001.1,100.0": "1700000001.1,100.0,"}
     assert quarantined(data_dir) == [(f"XBTUSD.csv:{n}", why, padded.get(r, r)) for n, r, why in bad]
@@ -573,7 +605,11 @@ def test_every_bad_tardis_record_is_quarantined(rtml, data_dir, tmp_path):
     s = replay(rtml, f)
     assert s["written"] == 2
     assert s["quarantined"] == {
-        "bad_side": 1, "duplicate_trade_id": 1, "future_ts": 1, "missing_ts": 1, "unparseable_qty": 1,
+        "bad_side": 1,
+        "duplicate_trade_id": 1,
+        "future_ts": 1,
+        "missing_ts": 1,
+        "unparseable_qty": 1,
     }
     assert ticks(data_dir)["trade_id"].to_list() == ["t1", "t7"]
     assert quarantined(data_dir) == [(f"trades.csv:{i + 2}", why, r) for i, (r, why) in enumerate(rows) if why]
@@ -618,7 +654,9 @@ def test_a_paced_replay_writes_everything_in_order(rtml, data_dir, tmp_path):
 
 
 def test_the_human_summary(rtml, data_dir, tmp_path):
-    r = rtml("ingest", "--source", "replay", "--path", str(write(tmp_path / "XBTUSD.csv", KRAKEN + "1700000003,nan,1\n")))
+    r = rtml(
+        "ingest", "--source", "replay", "--path", str(write(tmp_path / "XBTUSD.csv", KRAKEN + "1700000003,nan,1\n"))
+    )
     assert r.exit_code == 0, r.output
     assert "XBTUSD" in r.output and "non_finite_price" in r.output and "quarantine" in r.output
     assert ticks(data_dir).height == 5
@@ -714,8 +752,9 @@ def test_an_explicit_format_on_a_parquet_file_without_its_columns(rtml, tmp_path
 
 def test_a_tardis_parquet_without_local_timestamps_is_a_clear_error(rtml, tmp_path):
     f = tmp_path / "trades.parquet"
-    pl.DataFrame({"symbol": ["BTCUSDT"], "timestamp": [1], "id": ["1"], "side": ["buy"], "price": [1.0],
-                  "amount": [1.0]}).write_parquet(f)
+    pl.DataFrame(
+        {"symbol": ["BTCUSDT"], "timestamp": [1], "id": ["1"], "side": ["buy"], "price": [1.0], "amount": [1.0]}
+    ).write_parquet(f)
     replay_error(rtml, f, fragments=("lacks the column(s) local_timestamp",))
 
 
@@ -727,14 +766,14 @@ def test_a_bad_symbol_option_is_a_clear_error(rtml, tmp_path):
 
 
 def test_two_runs_in_one_second_keep_both_quarantine_files(tmp_path, monkeypatch):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from rtml_cli import ingest as ingest_module
 
     class FrozenClock(datetime):
         @classmethod
         def now(cls, tz=None):  # both runs within the same second, deterministically
-            return datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+            return datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
     monkeypatch.setattr(ingest_module, "datetime", FrozenClock)
     a = write(tmp_path / "a" / "XBTUSD.csv", "1700000000,100,1\n1700000000,nan,1\n")
@@ -796,7 +835,7 @@ def test_a_line_longer_than_a_read_is_quarantined_in_bounded_memory(rtml, data_d
         f.write(("\n".join(rows[200:]) + "\n").encode())
     s = replay(rtml, path)
     assert s["written"] == 400 and s["quarantined"] == {"line_too_long": 1}
-    [(where, reason, raw)] = quarantined(data_dir)
+    [(where, _reason, raw)] = quarantined(data_dir)
     assert where == "XBTUSD.csv:201" and raw.startswith("RTML-LINE-TOO-LONG 1672533300.0 999") and len(raw) < 300
     # in chunks far smaller than the line, as the first-rows probe reads: the same records
     got = parsed(path, 64 * 1024)
@@ -824,9 +863,20 @@ def test_ctrl_c_while_many_files_are_checked_stops_before_anything_is_written(da
     rows = "\n".join(f"{1_672_531_200 + 10 * i:.1f},{100 + i % 7}.5,0.1" for i in range(50)) + "\n"
     for k in range(3_000):
         (files / f"XBTUSD-{k:05d}.csv").write_text(rows)
-    p = rtml_process(["ingest", "--source", "replay", "--path", str(files / "*.csv"), "--symbol", "BTC/USD",
-                      "--data-dir", str(data_dir)],
-                     stderr=subprocess.PIPE)
+    p = rtml_process(
+        [
+            "ingest",
+            "--source",
+            "replay",
+            "--path",
+            str(files / "*.csv"),
+            "--symbol",
+            "BTC/USD",
+            "--data-dir",
+            str(data_dir),
+        ],
+        stderr=subprocess.PIPE,
+    )
     time.sleep(4)  # the interpreter's start and imports, then the checking
     assert p.poll() is None, "the files were all checked before the signal: make more of them"
     p.send_signal(signal.SIGINT)
@@ -839,6 +889,8 @@ def test_ctrl_c_while_many_files_are_checked_stops_before_anything_is_written(da
 def test_a_line_with_an_unbalanced_quote_is_a_clear_error(rtml, data_dir, tmp_path):
     rows = [f"{1_672_531_200 + 10 * i:.1f},{100 + i % 7}.5,0.1" for i in range(50)]
     rows[20] = '1672531400.0,"99.5,0.1'
-    replay_error(rtml, write(tmp_path / "XBTUSD.csv", "\n".join(rows) + "\n"),
-                 fragments=("is not well-formed CSV", "unbalanced quote"))
-
+    replay_error(
+        rtml,
+        write(tmp_path / "XBTUSD.csv", "\n".join(rows) + "\n"),
+        fragments=("is not well-formed CSV", "unbalanced quote"),
+    )

@@ -63,10 +63,13 @@ def test_training_refuses_checkpoints_of_examples_that_were_rebuilt(rtml, data_d
     )
 
 
-@pytest.mark.parametrize("sql, fragment", [
-    ("SELECT * REPLACE (ts + INTERVAL 1 MINUTE AS ts), 1.0 AS f FROM bars", "changed `symbol` or `ts`"),
-    ("SELECT * REPLACE (CAST(ts AS VARCHAR) AS ts), 1.0 AS f FROM bars", "`ts` and `symbol`"),
-])
+@pytest.mark.parametrize(
+    "sql, fragment",
+    [
+        ("SELECT * REPLACE (ts + INTERVAL 1 MINUTE AS ts), 1.0 AS f FROM bars", "changed `symbol` or `ts`"),
+        ("SELECT * REPLACE (CAST(ts AS VARCHAR) AS ts), 1.0 AS f FROM bars", "`ts` and `symbol`"),
+    ],
+)
 def test_a_query_that_moves_bars_is_refused(rtml, data_dir, tmp_path, sql, fragment):
     write_ticks(data_dir, [[(t, 100 + t % 7, 1, "buy") for t in range(0, 900, 7)]])
     q = tmp_path / "q.sql"
@@ -87,9 +90,11 @@ def test_the_stored_bars_are_the_inputs_and_decimal_features_become_floats(rtml,
 def test_a_long_multibyte_symbol_is_rejected_cleanly(rtml, data_dir, tmp_path):
     assert_clean_error(rtml("ingest", "--symbols", "€" * 30, "--max-ticks", "10"), "too long")
     f = tmp_path / "t.csv"
-    f.write_text("exchange,symbol,timestamp,local_timestamp,id,side,price,amount\n"
-                 f"x,{'€' * 30},1700000000000000,1700000000000000,1,buy,1,1\n"
-                 "x,OK,1700000000000000,1700000000000000,2,buy,1,1\n")
+    f.write_text(
+        "exchange,symbol,timestamp,local_timestamp,id,side,price,amount\n"
+        f"x,{'€' * 30},1700000000000000,1700000000000000,1,buy,1,1\n"
+        "x,OK,1700000000000000,1700000000000000,2,buy,1,1\n"
+    )
     r = rtml("ingest", "--source", "replay", "--path", str(f), "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["quarantined"] == {"bad_symbol": 1}
@@ -174,9 +179,11 @@ def test_a_failed_final_checkpoint_is_an_error_not_a_success(trained_dir, monkey
     from rtml_cli.errors import RtmlError
     from rtml_cli.train import Trainer, TrainOptions
 
-    with pytest.raises(RtmlError, match="are in no checkpoint.*No space left"):
-        with Trainer(trained_dir, TrainOptions()) as t:
-            t.run(Event(), follow=False)
+    with (
+        pytest.raises(RtmlError, match=r"are in no checkpoint.*No space left"),
+        Trainer(trained_dir, TrainOptions()) as t,
+    ):
+        t.run(Event(), follow=False)
 
 
 def test_ctrl_c_while_catching_up_stops_soon_and_keeps_what_was_learned(trained_dir):
@@ -204,12 +211,15 @@ def test_manifests_of_the_wrong_shape_are_skipped_not_crashed_on(rtml, trained_d
     assert listing.exit_code == 0, listing.output
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--model", "sgd", "--param", "l2=abc"], "check the --param values"),
-    (["--param", "ridge=-1"], "does not take these parameters"),
-    (["--model", "knn", "--param", "n_neighbors=0"], "check the --param values"),
-    (["--model", "os:getcwd"], "not a River model"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--model", "sgd", "--param", "l2=abc"], "check the --param values"),
+        (["--param", "ridge=-1"], "does not take these parameters"),
+        (["--model", "knn", "--param", "n_neighbors=0"], "check the --param values"),
+        (["--model", "os:getcwd"], "not a River model"),
+    ],
+)
 def test_bad_model_parameters_are_errors_not_tracebacks(rtml, trained_dir, args, fragment):
     assert_clean_error(rtml("train", "--name", "bad", *args), fragment)
 

@@ -25,7 +25,19 @@ def test_the_same_seed_gives_the_same_ticks_whatever_the_flush_size(rtml, tmp_pa
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     for d, flush in ((a, "100000"), (b, "777"), (c, "100000")):
         seed = "9" if d is c else "7"
-        r = rtml("ingest", "--max-ticks", "20000", "--seed", seed, "--flush-every", flush, "--json", "--data-dir", str(d), data=False)
+        r = rtml(
+            "ingest",
+            "--max-ticks",
+            "20000",
+            "--seed",
+            seed,
+            "--flush-every",
+            flush,
+            "--json",
+            "--data-dir",
+            str(d),
+            data=False,
+        )
         assert r.exit_code == 0, r.output
         assert json.loads(r.stdout)["written"] == 20000
     ta, tb, tc = ticks(a), ticks(b), ticks(c)
@@ -45,7 +57,7 @@ def test_ticks_follow_the_data_contract(rtml, data_dir):
     assert set(df["side"].unique()) == {"buy", "sell"}
     assert df.select(pl.struct("symbol", "trade_id").is_unique().all()).item()
     assert (df["recv_ts"] >= df["ts"]).all()
-    for sym, part in df.group_by("symbol"):
+    for _, part in df.group_by("symbol"):
         assert part["offset"].to_list() == list(range(part.height))
         assert part["ts"].is_sorted()
     # prices sit on the symbol's tick grid: BTC/USD trades in 0.1 steps
@@ -77,20 +89,24 @@ def _bars(sim: Simulator, blocks: int) -> pl.DataFrame:
     return, and the regime at the bar's close."""
     parts = [sim.block() for _ in range(blocks)]
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    df = pl.DataFrame({"ts": cols["ts"], "sym": cols["sym"], "price": cols["price"], "qty": cols["qty"],
-                       "buy": cols["buy"]}).filter(pl.col("sym") == 0)
+    df = pl.DataFrame(
+        {"ts": cols["ts"], "sym": cols["sym"], "price": cols["price"], "qty": cols["qty"], "buy": cols["buy"]}
+    ).filter(pl.col("sym") == 0)
     signed = pl.when("buy").then(pl.col("qty")).otherwise(-pl.col("qty"))
     bars = (
         df.with_columns(bar=(pl.col("ts") - START) // 60_000_000_000)
         .group_by("bar")
         .agg(close=pl.col("price").last(), flow=signed.sum(), volume=pl.col("qty").sum())
         .sort("bar")
-        .with_columns(ofi_5=pl.col("flow").rolling_sum(5) / pl.col("volume").rolling_sum(5),
-                      next_5=pl.col("close").log().shift(-5) - pl.col("close").log())
+        .with_columns(
+            ofi_5=pl.col("flow").rolling_sum(5) / pl.col("volume").rolling_sum(5),
+            next_5=pl.col("close").log().shift(-5) - pl.col("close").log(),
+        )
     )
     regime = np.concatenate(sim.trace.regime)
-    return bars.with_columns(regime=pl.Series([REGIMES[r] for r in regime[(bars["bar"].to_numpy() + 1) * 60 - 1]])
-                             ).drop_nulls()
+    return bars.with_columns(
+        regime=pl.Series([REGIMES[r] for r in regime[(bars["bar"].to_numpy() + 1) * 60 - 1]])
+    ).drop_nulls()
 
 
 def test_the_simulated_market_has_regimes_whose_predictability_flips_sign():
@@ -138,8 +154,9 @@ def test_the_market_is_calibrated_to_crypto():
 
 def _batch(ts_seconds: list[float | None]) -> TickBatch:
     """Trades at these seconds after START (a seconds value below -START/1e9 + 1 is 1970)."""
-    frame = pl.DataFrame({"ts": [None if t is None else START + int(t * 1e9) for t in ts_seconds]},
-                         schema={"ts": pl.Int64}).select(pl.col("ts").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC"))
+    frame = pl.DataFrame(
+        {"ts": [None if t is None else START + int(t * 1e9) for t in ts_seconds]}, schema={"ts": pl.Int64}
+    ).select(pl.col("ts").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC"))
     return TickBatch(frame, raw=pl.lit(""), where=pl.lit(""), progress=len(ts_seconds))
 
 
@@ -152,7 +169,9 @@ def _paced(batches: list[TickBatch], speed: float = 10.0) -> list[tuple[float, l
 
     out = []
     for b in pace(iter(batches), speed=speed, stop=Event(), clock=lambda: now[0], wait=wait):
-        out.append((now[0] - 100.0, [(t - START) / 1e9 for t in b.frame["ts"].dt.epoch("ns").fill_null(START).to_list()]))
+        out.append(
+            (now[0] - 100.0, [(t - START) / 1e9 for t in b.frame["ts"].dt.epoch("ns").fill_null(START).to_list()])
+        )
     return out
 
 

@@ -35,8 +35,9 @@ def echo_table(tmp_path, frame: pl.DataFrame, *args: str, name: str = "t.parquet
 def test_a_three_period_horizon_with_overlapping_positions_worked_by_hand(rtml, tmp_path, user_models):
     # decisions at rows 0, 1, 2: long, short, long; each a 1/3 slice held 3 rows
     prices = [100.0, 110.0, 99.0, 99.0, 108.9, 100.0]
-    frame = pl.DataFrame({"signal": [1.0, -1.0, 1.0, 0.0, 0.0, 0.0], "price": prices,
-                          "target": [0.01, 0.01, 0.01, None, None, None]})
+    frame = pl.DataFrame(
+        {"signal": [1.0, -1.0, 1.0, 0.0, 0.0, 0.0], "price": prices, "target": [0.01, 0.01, 0.01, None, None, None]}
+    )
     s = backtest(rtml, *echo_table(tmp_path, frame, "--delay", "3", "--price", "price"))
     r5 = 100 / 108.9 - 1
     # step 1: +1/3 (slice 0); 2: slices 0, 1 net 0; 3: slices 0, 1, 2 net +1/3; 4: slices 1, 2 net 0; 5: slice 2
@@ -46,8 +47,9 @@ def test_a_three_period_horizon_with_overlapping_positions_worked_by_hand(rtml, 
     assert echo["turnover"] == pytest.approx(2 / 5)  # 1/3 in, out, in, out, in, and closed at the end: 2 units
     assert echo["exposure"] == pytest.approx((1 / 3 + 0 + 1 / 3 + 0 + 1 / 3) / 5)
     fee = 0.001  # 10 bp on every change of the net position, the last one closing it
-    with_fees = ((1 + 0.1 / 3 - fee / 3) * (1 - fee / 3) * (1 - fee / 3) * (1 - fee / 3)
-                 * (1 + r5 / 3 - fee / 3 - fee / 3) - 1)
+    with_fees = (1 + 0.1 / 3 - fee / 3) * (1 - fee / 3) * (1 - fee / 3) * (1 - fee / 3) * (
+        1 + r5 / 3 - fee / 3 - fee / 3
+    ) - 1
     assert echo["return_at_10bp"] == pytest.approx(with_fees, abs=1e-12)
     # the equity path: 1, 1 + 0.1/3, then flat until the last step; the drawdown is that step's loss
     assert echo["max_drawdown"] == pytest.approx(-r5 / 3 / 1, abs=1e-12)
@@ -62,21 +64,28 @@ def test_buy_and_hold_is_the_price_change_for_any_horizon(rtml, tmp_path, user_m
     price[123] /= 10  # a bad print
     for h in (1, 2, 5, 17):
         frame = pl.DataFrame({"signal": rng.standard_normal(n), "price": price, "target": rng.standard_normal(n)})
-        s = backtest(rtml, *echo_table(tmp_path, frame, "--delay", str(h), "--price", "price", "--warmup", "30",
-                                       name=f"h{h}.parquet"))
+        s = backtest(
+            rtml,
+            *echo_table(tmp_path, frame, "--delay", str(h), "--price", "price", "--warmup", "30", name=f"h{h}.parquet"),
+        )
         assert s["buy_and_hold"]["total_return"] == pytest.approx(price[-1] / price[30] - 1, rel=1e-12, abs=1e-12)
 
 
 def test_two_streams_share_the_capital_without_rebalancing(rtml, tmp_path, user_models):
-    times = pl.datetime_range(pl.datetime(2026, 1, 1), pl.datetime(2026, 1, 1, 3, 19), "1m", eager=True,
-                              time_zone="UTC")
+    times = pl.datetime_range(
+        pl.datetime(2026, 1, 1), pl.datetime(2026, 1, 1, 3, 19), "1m", eager=True, time_zone="UTC"
+    )
     rng = np.random.default_rng(7)
     a = 10 * np.exp(np.cumsum(rng.normal(0, 0.01, len(times))))
     b = 3000 * np.exp(np.cumsum(rng.normal(0, 0.02, len(times))))
-    frame = pl.concat([
-        pl.DataFrame({"symbol": "A", "t": times, "price": a, "signal": 1.0, "target": 0.0}),
-        pl.DataFrame({"symbol": "B", "t": times, "price": b, "signal": 1.0, "target": 0.0}).slice(20),  # B starts later
-    ])
+    frame = pl.concat(
+        [
+            pl.DataFrame({"symbol": "A", "t": times, "price": a, "signal": 1.0, "target": 0.0}),
+            pl.DataFrame({"symbol": "B", "t": times, "price": b, "signal": 1.0, "target": 0.0}).slice(
+                20
+            ),  # B starts later
+        ]
+    )
     s = backtest(rtml, *echo_table(tmp_path, frame, "--ts", "t", "--delay", "4", "--price", "price"))
     ret_a, ret_b = a[-1] / a[0] - 1, b[-1] / b[20] - 1
     assert s["buy_and_hold"]["total_return"] == pytest.approx((ret_a + ret_b) / 2, rel=1e-12)
@@ -87,8 +96,9 @@ def test_two_streams_share_the_capital_without_rebalancing(rtml, tmp_path, user_
 # -- against a plain recomputation ---------------------------------------------------------------
 
 
-def reference(points: dict[str, list[tuple[int, float, float | None]]], hold: int, fee_bps: float,
-              periods_per_year: float) -> dict[str, float]:
+def reference(
+    points: dict[str, list[tuple[int, float, float | None]]], hold: int, fee_bps: float, periods_per_year: float
+) -> dict[str, float]:
     """The book by plain loops: per symbol, (period, price, decision or None) in time order."""
     fee = fee_bps / 10_000
     curves = {}
@@ -115,12 +125,17 @@ def reference(points: dict[str, list[tuple[int, float, float | None]]], hold: in
     value = np.array(value)
     r = value[1:] / value[:-1] - 1
     peak = np.maximum.accumulate(value)
-    return {"total_return": value[-1] - 1, "sharpe": r.mean() / r.std(ddof=1) * math.sqrt(periods_per_year),
-            "max_drawdown": float(np.max(1 - value / peak))}
+    return {
+        "total_return": value[-1] - 1,
+        "sharpe": r.mean() / r.std(ddof=1) * math.sqrt(periods_per_year),
+        "max_drawdown": float(np.max(1 - value / peak)),
+    }
 
 
 @pytest.mark.parametrize("hold, fee, band", [(1, 0.0, 0.0), (3, 2.5, 0.0), (8, 10.0, 0.3)])
-def test_every_trading_figure_equals_a_plain_recomputation_on_a_messy_tape(rtml, tmp_path, user_models, hold, fee, band):
+def test_every_trading_figure_equals_a_plain_recomputation_on_a_messy_tape(
+    rtml, tmp_path, user_models, hold, fee, band
+):
     rng = np.random.default_rng(hold)
     grid = pl.datetime_range(pl.datetime(2026, 3, 1), pl.datetime(2026, 3, 2, 23, 0), "1h", eager=True, time_zone="UTC")
     frames = []
@@ -132,12 +147,32 @@ def test_every_trading_figure_equals_a_plain_recomputation_on_a_messy_tape(rtml,
         keep[:3] = True
         signal = rng.standard_normal(n)
         target = np.where(rng.random(n) < 0.1, np.nan, rng.standard_normal(n))  # some rows without a label
-        frames.append(pl.DataFrame({"symbol": sym, "t": grid, "price": price, "signal": signal, "target": target})
-                      .filter(pl.Series(keep)))
+        frames.append(
+            pl.DataFrame({"symbol": sym, "t": grid, "price": price, "signal": signal, "target": target}).filter(
+                pl.Series(keep)
+            )
+        )
     frame = pl.concat(frames).with_columns(pl.col("target").fill_nan(None))
     warmup = 12
-    s = backtest(rtml, *echo_table(tmp_path, frame, "--ts", "t", "--delay", str(hold), "--price", "price",
-                                   "--fee-bps", str(fee), "--band", str(band), "--warmup", str(warmup)))
+    s = backtest(
+        rtml,
+        *echo_table(
+            tmp_path,
+            frame,
+            "--ts",
+            "t",
+            "--delay",
+            str(hold),
+            "--price",
+            "price",
+            "--fee-bps",
+            str(fee),
+            "--band",
+            str(band),
+            "--warmup",
+            str(warmup),
+        ),
+    )
     # decisions: the rows with a target, after the warm-up rows (in time order)
     ordered = frame.with_row_index("i").sort("t", maintain_order=True)
     labelled = ordered.filter(pl.col("target").is_not_null())
@@ -199,8 +234,9 @@ def test_bad_prices_and_horizons_are_clear_errors(rtml, tmp_path, user_models, d
     for k, (extra, args, fragment) in enumerate(cases):
         path = tmp_path / f"bad{k}.parquet"
         pl.DataFrame({**base, **extra}).write_parquet(path)
-        assert_clean_error(rtml("backtest", "--table", str(path), "--target", "target", "--warmup", "0", *args,
-                                data=False), fragment)
+        assert_clean_error(
+            rtml("backtest", "--table", str(path), "--target", "target", "--warmup", "0", *args, data=False), fragment
+        )
     assert_clean_error(rtml("backtest", "--price", "close"), "describe a --table")
 
 

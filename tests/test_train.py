@@ -64,8 +64,10 @@ def test_sgd_is_exactly_rivers_linear_regression_on_a_standardised_target():
     from river import linear_model, optim, preprocessing
 
     ours = Learner(SPECS["sgd"].build(), "regressor", SPECS["sgd"].build)
-    theirs = preprocessing.TargetStandardScaler(regressor=preprocessing.StandardScaler() | linear_model.LinearRegression(
-        optimizer=optim.SGD(0.001), intercept_lr=0.001))
+    theirs = preprocessing.TargetStandardScaler(
+        regressor=preprocessing.StandardScaler()
+        | linear_model.LinearRegression(optimizer=optim.SGD(0.001), intercept_lr=0.001)
+    )
     for x, y in stream(500):
         expected = theirs.predict_one(x)
         assert ours.step(x, y) == expected
@@ -73,28 +75,40 @@ def test_sgd_is_exactly_rivers_linear_regression_on_a_standardised_target():
 
 
 def test_params_are_literals_never_code_and_reach_the_model():
-    assert parse_params(["l2=0.01", "seed=3", "flag=True", "name=abc"]) == {"l2": 0.01, "seed": 3, "flag": True, "name": "abc"}
+    assert parse_params(["l2=0.01", "seed=3", "flag=True", "name=abc"]) == {
+        "l2": 0.01,
+        "seed": 3,
+        "flag": True,
+        "name": "abc",
+    }
     assert parse_params(["x=__import__('os').system('echo pwned')"]) == {"x": "__import__('os').system('echo pwned')"}
     assert SPECS["sgd"].build({"l2": 0.5}).regressor["LinearRegression"].l2 == 0.5
     assert SPECS["linear"].build({"ridge": 2.0}).ridge == 2.0
 
 
 def test_a_users_factory_is_imported_by_name(tmp_path, monkeypatch):
-    (tmp_path / "my_models.py").write_text(textwrap.dedent('''
+    (tmp_path / "my_models.py").write_text(
+        textwrap.dedent('''
         def tiny(lr=0.1):
             """A linear model with my learning rate."""
             from river import linear_model, optim
             return linear_model.LinearRegression(optimizer=optim.SGD(lr))
-    '''))
+    ''')
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     spec = resolve("my_models:tiny")
     assert spec.description == "A linear model with my learning rate." and spec.kind == "regressor"
     assert spec.build({"lr": 0.2}).optimizer.learning_rate == 0.2
 
 
-@pytest.mark.parametrize("model, fragment", [
-    ("lineer", "unknown model 'lineer'"), ("no_such_module:f", "cannot import"), ("json:nope", "has no callable"),
-])
+@pytest.mark.parametrize(
+    "model, fragment",
+    [
+        ("lineer", "unknown model 'lineer'"),
+        ("no_such_module:f", "cannot import"),
+        ("json:nope", "has no callable"),
+    ],
+)
 def test_bad_model_names_are_clear_errors(model, fragment):
     from rtml_cli.errors import ConfigError
 
@@ -184,7 +198,7 @@ def test_a_checkpoint_from_another_river_version_says_so(tmp_path):
     cp = Checkpointer(store)
     cp.snapshot(payload(), m)
     cp.close()
-    with pytest.raises(CheckpointError, match="written by river 0.19.0.*install river==0.19.0"):
+    with pytest.raises(CheckpointError, match=r"written by river 0\.19\.0.*install river==0\.19\.0"):
         store.list()[-1].load()
 
 
@@ -228,9 +242,22 @@ def test_train_learns_every_example_once_and_resumes_where_it_stopped(rtml, exam
     assert first["offsets"] == n_examples(examples_dir)
     m = CheckpointStore(examples_dir, "linear").list()[-1].manifest
     assert m["examples_learned"] == total and m["offsets"] == first["offsets"]
-    assert set(m) >= {"version", "created_at", "spec", "versions", "pickle", "trained_until", "metrics",
-                      "drift_count", "write_seconds"}
-    assert m["spec"] == {"model": "linear", "kind": "regressor", "params": {"memory": 500.0, "ridge": 4.0, "clip": 5.0, "scale_memory": 5000.0}}
+    assert set(m) >= {
+        "version",
+        "created_at",
+        "spec",
+        "versions",
+        "pickle",
+        "trained_until",
+        "metrics",
+        "drift_count",
+        "write_seconds",
+    }
+    assert m["spec"] == {
+        "model": "linear",
+        "kind": "regressor",
+        "params": {"memory": 500.0, "ridge": 4.0, "clip": 5.0, "scale_memory": 5000.0},
+    }
     again = train(rtml)
     assert again["learned_this_run"] == 0 and again["resumed_from"] == first["version"]
     assert rtml("ingest", "--max-ticks", "30000").exit_code == 0
@@ -297,12 +324,14 @@ def test_a_mistyped_key_never_loses_the_model(rtml, examples_dir, monkeypatch):
     signed = [cp.version for cp in store.list()]
     assert len(signed) >= 3
     monkeypatch.setenv("RTML_CHECKPOINT_KEY", "typo")
-    assert_clean_error(rtml("train", "--keep", "2"), f"none of the {len(signed)} checkpoints", "wrong signature", "--fresh")
+    assert_clean_error(
+        rtml("train", "--keep", "2"), f"none of the {len(signed)} checkpoints", "wrong signature", "--fresh"
+    )
     assert [cp.version for cp in store.list()] == signed
     fresh = train(rtml, "--fresh", "--keep", "2", "--checkpoint-every", "150")
     assert fresh["resumed_from"] is None and fresh["learned_this_run"] == fresh["examples_learned"]
     versions = [cp.version for cp in store.list()]
-    assert versions[:len(signed)] == signed and len(versions) == len(signed) + 2  # retention spared the old model
+    assert versions[: len(signed)] == signed and len(versions) == len(signed) + 2  # retention spared the old model
     assert_clean_error(rtml("train", "--fresh"), "loads", "--name")  # nothing to start afresh from now
     monkeypatch.setenv("RTML_CHECKPOINT_KEY", "right")
     cp, _, problems = store.latest_valid(b"right")
@@ -319,7 +348,7 @@ def test_checkpoints_of_another_river_version_are_kept_and_named(rtml, examples_
         cp.manifest_path.write_text(json.dumps(m))
     assert_clean_error(rtml("train"), "written by river 0.0.1", "install river==0.0.1", "--fresh")
     train(rtml, "--fresh", "--keep", "1")
-    assert [cp.version for cp in store.list()][:len(old)] == [cp.version for cp in old]
+    assert [cp.version for cp in store.list()][: len(old)] == [cp.version for cp in old]
 
 
 @pytest.mark.parametrize("command", [["train"], ["predict"], ["checkpoints"]])
@@ -347,12 +376,16 @@ def test_train_without_examples_says_what_to_run(rtml):
 
 def test_kill_9_of_train_follow_while_examples_arrive_loses_nothing_and_repeats_nothing(rtml, examples_dir):
     d = str(examples_dir)
-    ingest = rtml_process(["ingest", "--speed", "2000", "--duration", "12", "--flush-interval", "0.2", "--json", "--data-dir", d])
+    ingest = rtml_process(
+        ["ingest", "--speed", "2000", "--duration", "12", "--flush-interval", "0.2", "--json", "--data-dir", d]
+    )
     feats = rtml_process(["features", "--follow", "--poll", "0.1", "--json", "--data-dir", d])
     try:
         store = CheckpointStore(examples_dir, "linear")
         for round_ in range(3):
-            p = rtml_process(["train", "--follow", "--checkpoint-every", "25", "--poll", "0.05", "--json", "--data-dir", d])
+            p = rtml_process(
+                ["train", "--follow", "--checkpoint-every", "25", "--poll", "0.05", "--json", "--data-dir", d]
+            )
             deadline = time.monotonic() + 30
             while len(store.list()) <= round_ and time.monotonic() < deadline:
                 time.sleep(0.05)  # until this run has committed a checkpoint of its own

@@ -1,6 +1,6 @@
 """What the live status line says for a real feed and for a simulated clock."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from rtml_cli.ingest import IngestSummary, SymbolStats
 from rtml_cli.ui import ingest_status
@@ -15,13 +15,13 @@ def summary_with_last_ts(last_ts: datetime | None) -> IngestSummary:
 
 
 def test_a_real_feed_shows_its_lag_behind_the_wall_clock():
-    line = ingest_status(summary_with_last_ts(datetime.now(timezone.utc) - timedelta(seconds=3)), 250.0)
+    line = ingest_status(summary_with_last_ts(datetime.now(UTC) - timedelta(seconds=3)), 250.0)
     assert "1,500 ticks (250/s), 2 quarantined, lag 3." in line
     assert "BTC/USD 65000.5" in line
 
 
 def test_a_simulated_clock_shows_market_time_not_a_lag():
-    ahead = datetime.now(timezone.utc) + timedelta(hours=2)
+    ahead = datetime.now(UTC) + timedelta(hours=2)
     summary = summary_with_last_ts(ahead)
     summary.source = "synthetic"
     line = ingest_status(summary, 10.0)

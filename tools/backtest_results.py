@@ -29,16 +29,47 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rtml-results-") as tmp:
         sp = Path(tmp) / "sp500.parquet"
         pl.DataFrame([{**x, "target": y} for x, y in datasets.SP500Stocks()]).write_parquet(sp)
-        sp_args = ["--table", str(sp), "--target", "target", "--returns", "percent", "--warmup", "250",
-                   "--refresh", "1,5,21,63,never", "--model", "linear", "--model", "sgd", "--model", "bayes", "--model", "hat",
-                   "--jobs", "2"]
+        sp_args = [
+            "--table",
+            str(sp),
+            "--target",
+            "target",
+            "--returns",
+            "percent",
+            "--warmup",
+            "250",
+            "--refresh",
+            "1,5,21,63,never",
+            "--model",
+            "linear",
+            "--model",
+            "sgd",
+            "--model",
+            "bayes",
+            "--model",
+            "hat",
+            "--jobs",
+            "2",
+        ]
         sp_out = rtml("backtest", *sp_args).replace(str(sp), "sp500.parquet")
 
         d = str(Path(tmp) / "market")
         rtml("ingest", "--max-ticks", "12600000", "--json", "--data-dir", d)
         rtml("features", "--json", "--data-dir", d)
-        mk_args = ["--warmup", "1000", "--refresh", "1,10,60,240,1440,never",
-                   "--model", "linear", "--model", "sgd", "--model", "bayes", "--jobs", "2"]
+        mk_args = [
+            "--warmup",
+            "1000",
+            "--refresh",
+            "1,10,60,240,1440,never",
+            "--model",
+            "linear",
+            "--model",
+            "sgd",
+            "--model",
+            "bayes",
+            "--jobs",
+            "2",
+        ]
         mk_out = rtml("backtest", *mk_args, "--data-dir", d).replace(d, "data")
 
     def block(title: str, cmd: list[str], out: str) -> str:
@@ -47,12 +78,19 @@ def main() -> None:
 
     text = (
         f"{START}\n"
-        + block("**River's `SP500Stocks`** (1,257 trading days; features: the ten stocks' returns that day; "
-                "target: the next day's return of the equal-weighted ten, in percent):",
-                [a if a != str(sp) else "sp500.parquet" for a in sp_args], sp_out)
+        + block(
+            "**River's `SP500Stocks`** (1,257 trading days; features: the ten stocks' returns that day; "
+            "target: the next day's return of the equal-weighted ten, in percent):",
+            [a if a != str(sp) else "sp500.parquet" for a in sp_args],
+            sp_out,
+        )
         + "\n"
-        + block("**The simulated market** (12.6M trades: two weeks, 3 symbols, 1-minute bars, horizon 5; "
-                "`rtml ingest --max-ticks 12600000 && rtml features`):", mk_args, mk_out)
+        + block(
+            "**The simulated market** (12.6M trades: two weeks, 3 symbols, 1-minute bars, horizon 5; "
+            "`rtml ingest --max-ticks 12600000 && rtml features`):",
+            mk_args,
+            mk_out,
+        )
         + END
     )
     readme = ROOT / "README.md"

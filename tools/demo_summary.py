@@ -3,7 +3,13 @@
 import json
 import sys
 
-features, train, predict = (json.load(open(path)) for path in sys.argv[1:4])
+
+def load(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+features, train, predict = (load(path) for path in sys.argv[1:4])
 m = train["metrics"]
 p = predict["models"]["linear"]
 print(

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rtml_cli.sources.synthetic import DEFAULT_SYMBOLS, Simulator, oracle  # noqa: E402
+from rtml_cli.sources.synthetic import DEFAULT_SYMBOLS, Simulator, oracle
 
 START_NS = 1_767_225_600 * 1_000_000_000
 MINUTES_PER_YEAR = 365.25 * 1440
@@ -61,15 +61,17 @@ def describe(closes: np.ndarray, symbols: list[str]) -> list[dict[str, float]]:
     for k, sym in enumerate(symbols):
         r1 = np.diff(np.log(closes[k]))
         r5 = np.log(closes[k, 5::5] / closes[k, :-5:5])
-        out.append({
-            "symbol": sym,
-            "annual_vol": float(r1.std() * math.sqrt(MINUTES_PER_YEAR)),
-            "mean_abs_5m": float(np.mean(np.abs(r5))),
-            "kurtosis_1m": kurtosis(r1),
-            "kurtosis_5m": kurtosis(r5),
-            "acf_abs_1m_lag60": autocorr(np.abs(r1), 60),
-            "acf_1m_lag1": autocorr(r1, 1),
-        })
+        out.append(
+            {
+                "symbol": sym,
+                "annual_vol": float(r1.std() * math.sqrt(MINUTES_PER_YEAR)),
+                "mean_abs_5m": float(np.mean(np.abs(r5))),
+                "kurtosis_1m": kurtosis(r1),
+                "kurtosis_5m": kurtosis(r5),
+                "acf_abs_1m_lag60": autocorr(np.abs(r1), 60),
+                "acf_1m_lag1": autocorr(r1, 1),
+            }
+        )
     return out
 
 
@@ -87,15 +89,21 @@ def main() -> None:
         wins += int((ret > 0).sum())
         drifts += ret.tolist()
     print(f"{args.seeds} runs of {args.days:g} days, one-minute bars")
-    print(f"{'symbol':8} {'ann. vol':>9} {'mean|r5m|':>10} {'kurt 1m':>8} {'kurt 5m':>8} {'acf|r| 60':>10} {'acf r 1':>8}")
+    print(
+        f"{'symbol':8} {'ann. vol':>9} {'mean|r5m|':>10} {'kurt 1m':>8} {'kurt 5m':>8} {'acf|r| 60':>10} {'acf r 1':>8}"
+    )
     for sym in DEFAULT_SYMBOLS:
         mine = [r for r in rows if r["symbol"] == sym]
         med = {k: float(np.median([r[k] for r in mine])) for k in mine[0] if k != "symbol"}
-        print(f"{sym:8} {med['annual_vol']:9.1%} {med['mean_abs_5m']:10.3%} {med['kurtosis_1m']:8.1f} "
-              f"{med['kurtosis_5m']:8.1f} {med['acf_abs_1m_lag60']:10.3f} {med['acf_1m_lag1']:8.3f}")
+        print(
+            f"{sym:8} {med['annual_vol']:9.1%} {med['mean_abs_5m']:10.3%} {med['kurtosis_1m']:8.1f} "
+            f"{med['kurtosis_5m']:8.1f} {med['acf_abs_1m_lag60']:10.3f} {med['acf_1m_lag1']:8.3f}"
+        )
     o = {k: float(np.mean([x[k] for x in oracles])) for k in oracles[0]}
-    print(f"oracle (5 bars ahead): hit rate {o['hit_rate']:.3f} overall (a coin flip in the random walk), "
-          f"{o['hit_rate_with_a_view']:.3f} where it has a view ({o['share_with_a_view']:.0%} of bars)")
+    print(
+        f"oracle (5 bars ahead): hit rate {o['hit_rate']:.3f} overall (a coin flip in the random walk), "
+        f"{o['hit_rate_with_a_view']:.3f} where it has a view ({o['share_with_a_view']:.0%} of bars)"
+    )
     print(f"buy and hold: up in {wins} of {len(drifts)} symbol-runs; mean log return {np.mean(drifts):+.3%}")
 
 

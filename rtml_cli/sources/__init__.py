@@ -120,15 +120,23 @@ def pace(
             continue
         rest = batch.frame.slice(0, batch.frame.height - 1)
         parts = ([held] if held is not None else []) + [
-            TickBatch(rest, batch.raw, batch.where, batch.progress if rest.height else 0, batch.gaps if rest.height else [])]
+            TickBatch(
+                rest, batch.raw, batch.where, batch.progress if rest.height else 0, batch.gaps if rest.height else []
+            )
+        ]
         # the batch's last trade waits for the next batch (with the batch's progress if it is all there is)
-        held = TickBatch(batch.frame.slice(batch.frame.height - 1), batch.raw, batch.where,
-                         0 if rest.height else batch.progress, [] if rest.height else batch.gaps)
-        ts, valid = (np.concatenate(x) for x in zip(*(times(p.frame) for p in [*parts, held])))
+        held = TickBatch(
+            batch.frame.slice(batch.frame.height - 1),
+            batch.raw,
+            batch.where,
+            0 if rest.height else batch.progress,
+            [] if rest.height else batch.gaps,
+        )
+        ts, valid = (np.concatenate(x) for x in zip(*(times(p.frame) for p in [*parts, held]), strict=True))
         due = dues(ts, valid, judge_last=False)[:-1]  # the held trade is judged with the next batch
         at = 0
         for part in parts:
-            yield from release(part, due[at:at + part.frame.height])
+            yield from release(part, due[at : at + part.frame.height])
             at += part.frame.height
     if held is not None and not stop.is_set():
         ts, valid = times(held.frame)

@@ -202,7 +202,7 @@ class KrakenSource:
 
         rows, gaps = self._rows, self._gaps
         self._rows, self._gaps = [], []
-        schema = {name: pl.String for name in _FIELDS} | {"recv_ns": pl.Int64, "_raw": pl.String}
+        schema = dict.fromkeys(_FIELDS, pl.String) | {"recv_ns": pl.Int64, "_raw": pl.String}
         frame = _parse(pl.DataFrame(rows, schema=schema, orient="row"))
         return TickBatch(frame, raw=pl.col("_raw"), where=pl.lit(f"kraken {self.url}"), progress=0, gaps=gaps)
 
@@ -212,9 +212,7 @@ def _parse(raw: pl.DataFrame) -> pl.DataFrame:
     import polars as pl
 
     # RFC 3339; `%#z` takes both "Z" and "+01:00".
-    ts = pl.col("timestamp").str.to_datetime(
-        "%Y-%m-%dT%H:%M:%S%.f%#z", time_unit="ns", time_zone="UTC", strict=False
-    )
+    ts = pl.col("timestamp").str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%#z", time_unit="ns", time_zone="UTC", strict=False)
     price = pl.col("price").cast(pl.Float64, strict=False)
     qty = pl.col("qty").cast(pl.Float64, strict=False)
     fields = [
@@ -279,7 +277,7 @@ class _Dial:
 
         try:
             ws = connect(url, open_timeout=timeout, close_timeout=POLL)
-        except Exception as exc:  # noqa: BLE001 - handed to the source, which tells retryable from fatal
+        except Exception as exc:
             self._error = exc
         else:
             with self._lock:

@@ -66,7 +66,7 @@ class _Input:
         self.path = path
         self.size = path.stat().st_size
         try:
-            self._raw = open(path, "rb")
+            self._raw = open(path, "rb")  # noqa: SIM115 (held open across batches; close() closes it)
         except OSError as exc:
             raise InputFormatError(f"cannot open {path}: {exc.strerror}") from None
         self._zip: zipfile.ZipFile | None = None
@@ -145,7 +145,7 @@ def _csv_chunks(inp: _Input, chunk_bytes: int) -> Iterator[tuple[bytes, int]]:
             if nl < 0:
                 continue
             yield _too_long(skipping), inp.position()
-            rest, data, skipping = b"", data[nl + 1:], None
+            rest, data, skipping = b"", data[nl + 1 :], None
         cut = data.rfind(b"\n")
         if cut < 0:
             if len(rest) + len(data) > MAX_LINE_BYTES:
@@ -155,10 +155,10 @@ def _csv_chunks(inp: _Input, chunk_bytes: int) -> Iterator[tuple[bytes, int]]:
             continue
         nl = data.find(b"\n")
         if len(rest) + nl > MAX_LINE_BYTES:  # the carried line ended here, too long
-            buf = _too_long((rest + data[:200])[:200]) + data[nl + 1: cut + 1]
+            buf = _too_long((rest + data[:200])[:200]) + data[nl + 1 : cut + 1]
         else:
             buf = rest + data[: cut + 1]
-        rest = data[cut + 1:]
+        rest = data[cut + 1 :]
         if len(rest) > MAX_LINE_BYTES:
             skipping, rest = rest[:200], b""
         yield buf, inp.position()
@@ -219,9 +219,7 @@ def _header_for(fmt: str, first_line: str, path: Path) -> tuple[list[str], bool]
         return BINANCE_COLS, not _NUMBER.match(cells[0])
     if fmt == "tardis":
         if lowered[: len(TARDIS_COLS)] != TARDIS_COLS:
-            raise InputFormatError(
-                f"{path} does not start with the Tardis trades header {','.join(TARDIS_COLS)}"
-            )
+            raise InputFormatError(f"{path} does not start with the Tardis trades header {','.join(TARDIS_COLS)}")
         return TARDIS_COLS + cells[len(TARDIS_COLS) :], True
     missing = [c for c in RTML_REQUIRED if c not in lowered]
     if missing:
@@ -316,9 +314,11 @@ def _occurrence_ids(frame: pl.DataFrame, key: list[str], carry: tuple | None) ->
     n = pl.int_range(pl.len()).over(key)
     f = frame.select(key).with_columns(_n=n)
     if old_counts is not None and old_counts.height:
-        f = f.join(old_counts, on=key, how="left", maintain_order="left").with_columns(
-            _n=pl.col("_n") + pl.col("_c").fill_null(0)
-        ).drop("_c")
+        f = (
+            f.join(old_counts, on=key, how="left", maintain_order="left")
+            .with_columns(_n=pl.col("_n") + pl.col("_c").fill_null(0))
+            .drop("_c")
+        )
     ids = pl.concat_str([*[pl.col(k).fill_null("") for k in key], pl.col("_n").cast(pl.String)], separator="|")
     ids_s = f.select(ids.alias("trade_id")).to_series()
     # The timestamps of the last CARRY_ROWS records (this chunk's, and the previous ones' if
@@ -369,8 +369,10 @@ class ReplaySource:
         self._plans = []
         for p in self.paths:
             if stop is not None and stop.is_set():
-                raise RtmlError(f"stopped by a signal while checking the files ({len(self._plans):,} of "
-                                f"{len(self.paths):,} checked); nothing was written")
+                raise RtmlError(
+                    f"stopped by a signal while checking the files ({len(self._plans):,} of "
+                    f"{len(self.paths):,} checked); nothing was written"
+                )
             self._plans.append(self._plan(p))
 
     def _recv_ns(self) -> int:
@@ -384,7 +386,7 @@ class ReplaySource:
 
                 try:
                     names = pq.ParquetFile(path).schema_arrow.names
-                except Exception as exc:  # noqa: BLE001 - pyarrow raises many types here
+                except Exception as exc:
                     raise InputFormatError(f"{path} is not a readable Parquet file: {exc}") from None
                 fmt = self.fmt if self.fmt != "auto" else _parquet_format(names, path)
                 _check_parquet_columns(names, fmt, path)
@@ -442,7 +444,7 @@ class ReplaySource:
         return fmt, header, has_header, symbol
 
     def batches(self, stop: Event) -> Iterator[TickBatch]:
-        for path, (fmt, header, has_header, symbol) in zip(self.paths, self._plans):
+        for path, (fmt, header, has_header, symbol) in zip(self.paths, self._plans, strict=True):
             if stop.is_set():
                 return
             yield from self._file_batches(path, fmt, header, has_header, symbol, stop)
@@ -532,7 +534,8 @@ class ReplaySource:
                 too_long = chunk[header[0]].str.starts_with(TOO_LONG.decode()).fill_null(False)
                 if too_long.any():
                     parsed.frame = parsed.frame.with_columns(
-                        _parse_problem=pl.when(too_long).then(pl.lit("line_too_long")).otherwise("_parse_problem"))
+                        _parse_problem=pl.when(too_long).then(pl.lit("line_too_long")).otherwise("_parse_problem")
+                    )
                 if not checked:
                     _check_mostly_parses(parsed.frame, path, fmt)
                     checked = True
@@ -551,9 +554,16 @@ class ReplaySource:
         if fmt == "kraken":
             ids, carry = _occurrence_ids(chunk, ["timestamp", "price", "volume"], carry)
             out = _ticks(
-                chunk.with_columns(_id=ids), raw_cols, ts_col="timestamp", ts=_utc(_ns_from_seconds_text("timestamp")),
-                recv=recv, symbol=fixed_symbol, price_col="price", qty_col="volume",
-                side=pl.lit(None, dtype=pl.String), trade_id=pl.format("k{}", "_id"),
+                chunk.with_columns(_id=ids),
+                raw_cols,
+                ts_col="timestamp",
+                ts=_utc(_ns_from_seconds_text("timestamp")),
+                recv=recv,
+                symbol=fixed_symbol,
+                price_col="price",
+                qty_col="volume",
+                side=pl.lit(None, dtype=pl.String),
+                trade_id=pl.format("k{}", "_id"),
             )
         elif fmt == "binance":
             t = pl.col("time").cast(pl.Int64, strict=False)
@@ -564,8 +574,17 @@ class ReplaySource:
             # anything else, a missing value too, is reported as bad_side
             side = side.otherwise(pl.col("isBuyerMaker").fill_null(""))
             out = _ticks(
-                chunk, raw_cols, ts_col="time", ts=_utc(ts_ns), recv=recv, symbol=fixed_symbol,
-                price_col="price", qty_col="qty", side=side, trade_id=pl.col("id"), id_col="id",
+                chunk,
+                raw_cols,
+                ts_col="time",
+                ts=_utc(ts_ns),
+                recv=recv,
+                symbol=fixed_symbol,
+                price_col="price",
+                qty_col="qty",
+                side=side,
+                trade_id=pl.col("id"),
+                id_col="id",
             )
         elif fmt == "tardis":
             us = pl.col("timestamp").str.strip_chars().cast(pl.Int64, strict=False)
@@ -575,10 +594,15 @@ class ReplaySource:
             tid = pl.col("id").str.strip_chars()
             ids, carry = _occurrence_ids(chunk, ["timestamp", "price", "amount"], carry)
             out = _ticks(
-                chunk.with_columns(_id=ids), raw_cols, ts_col="timestamp", ts=_utc(_us_to_ns(us)),
+                chunk.with_columns(_id=ids),
+                raw_cols,
+                ts_col="timestamp",
+                ts=_utc(_us_to_ns(us)),
                 recv=pl.coalesce(_utc(_us_to_ns(local_us)), recv),
                 symbol=fixed_symbol if symbol else pl.col("symbol").str.strip_chars(),
-                price_col="price", qty_col="amount", side=side,
+                price_col="price",
+                qty_col="amount",
+                side=side,
                 trade_id=pl.when(tid.is_null() | (tid == "")).then(pl.format("t{}", "_id")).otherwise(tid),
             )
         else:
@@ -602,15 +626,23 @@ class ReplaySource:
         side = text("side").str.strip_chars().str.to_lowercase() if "side" in cols else pl.lit(None, dtype=pl.String)
         has_id = "trade_id" in cols
         out = _ticks(
-            chunk, raw_cols, ts_col=cols["ts"], ts=when_typed("ts"), recv=recv,
+            chunk,
+            raw_cols,
+            ts_col=cols["ts"],
+            ts=when_typed("ts"),
+            recv=recv,
             symbol=pl.lit(symbol, dtype=pl.String) if symbol else text("symbol").str.strip_chars(),
-            price_col=cols["price"], qty_col=cols["qty"], side=pl.when(side == "").then(None).otherwise(side),
+            price_col=cols["price"],
+            qty_col=cols["qty"],
+            side=pl.when(side == "").then(None).otherwise(side),
             trade_id=text("trade_id").str.strip_chars() if has_id else pl.lit(None, dtype=pl.String),
             id_col=cols["trade_id"] if has_id else None,
         )
         if not has_id:  # an export without ids: derive them from the records, as for Kraken
             key = out.select(
-                pl.col("ts").cast(pl.String), pl.col(f"_raw_{cols['price']}").alias("p"), pl.col(f"_raw_{cols['qty']}").alias("q")
+                pl.col("ts").cast(pl.String),
+                pl.col(f"_raw_{cols['price']}").alias("p"),
+                pl.col(f"_raw_{cols['qty']}").alias("q"),
             )
             ids, carry = _occurrence_ids(key, ["ts", "p", "q"], carry)
             out = out.with_columns(trade_id=pl.lit("r") + pl.lit(ids))
@@ -684,7 +716,7 @@ def _name_columns(chunk: pl.DataFrame, header: list[str]) -> pl.DataFrame:
     if chunk.width < n:  # short rows everywhere in this chunk: pad so missing fields are null
         chunk = chunk.with_columns([pl.lit(None, dtype=pl.String).alias(f"_pad{i}") for i in range(n - chunk.width)])
     chunk = chunk.select(chunk.columns[:n])
-    return chunk.rename(dict(zip(chunk.columns, header)))
+    return chunk.rename(dict(zip(chunk.columns, header, strict=False)))
 
 
 def _parquet_format(names: list[str], path: Path) -> str:
@@ -718,8 +750,7 @@ def _check_parquet_columns(names: list[str], fmt: str, path: Path) -> None:
         missing = [c for c in _PARQUET_NEEDS[fmt] if c not in names]
     if missing:
         raise InputFormatError(
-            f"{path} lacks the column(s) {', '.join(missing)} of a {fmt} trades file "
-            f"(it has {', '.join(names[:12])})"
+            f"{path} lacks the column(s) {', '.join(missing)} of a {fmt} trades file (it has {', '.join(names[:12])})"
         )
 
 

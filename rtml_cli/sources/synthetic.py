@@ -272,8 +272,9 @@ def oracle(sim: Simulator, closes: np.ndarray, bar_s: int, horizon: int) -> dict
     ends = ends[ends + horizon * bar_s < len(regime)]
     hits, views = [], []
     for k, st in enumerate(sim.states):
-        expect = expected_move(regime[ends], tr.series("q", k)[ends], tr.series("d", k)[ends], st.profile.sigma,
-                               horizon * bar_s)
+        expect = expected_move(
+            regime[ends], tr.series("q", k)[ends], tr.series("d", k)[ends], st.profile.sigma, horizon * bar_s
+        )
         c = closes[k]
         realised = np.log(c[horizon:] / c[:-horizon])[: len(ends)]
         expect = expect[: len(realised)]
@@ -283,8 +284,11 @@ def oracle(sim: Simulator, closes: np.ndarray, bar_s: int, horizon: int) -> dict
     hit = np.concatenate(hits)
     view = np.concatenate(views)
     share = float(view.mean())
-    return {"hit_rate_with_a_view": float(hit.mean()), "share_with_a_view": share,
-            "hit_rate": float(hit.mean()) * share + 0.5 * (1 - share)}
+    return {
+        "hit_rate_with_a_view": float(hit.mean()),
+        "share_with_a_view": share,
+        "hit_rate": float(hit.mean()) * share + 0.5 * (1 - share),
+    }
 
 
 class SyntheticSource:
