@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench docs results clean
+.PHONY: install test test-fast lint format docs docs-build demo bench results clean
 
 install: $(STAMP)
 
@@ -14,8 +14,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-test: install
+# What CI runs (.ci/run): lint and types, the docs build, then every test.
+test: lint docs-build
 	$(BIN)/python -m pytest -q
+
+# The tests not marked slow (no kill -9 chaos, no long follow runs): quick feedback.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 # The pipeline on the simulated market, in ./data/demo: two weeks of history (12.6M trades,
 # many regimes), its features, a model trained on them and its predictions; then a
@@ -47,11 +61,17 @@ bench: install
 	$(BIN)/python bench/backtest.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build site *.egg-info
 
+# The guides in docs/, built into site/ (offline; warnings are errors). `make docs` first
+# regenerates the CLI reference (docs/cli.md) from --help; a test checks it is current.
 docs: install
 	$(BIN)/python tools/cli_reference.py
+	$(MAKE) docs-build
 
-# The README's real-data backtests (River's SP500Stocks and the simulated market), rerun.
+docs-build: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# The real-data backtests of docs/results.md (River's SP500Stocks and the simulated market), rerun.
 results: install
 	$(BIN)/python tools/backtest_results.py

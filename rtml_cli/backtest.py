@@ -21,10 +21,10 @@ import time
 from array import array
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from threading import Event
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rtml_cli import stats
 from rtml_cli.errors import ConfigError, RtmlError
@@ -181,6 +181,7 @@ def load_table(opts: BacktestOptions) -> Dataset:
     --ts and --price) and a target; a `symbol` column, if there is one, makes each symbol a stream."""
     import polars as pl
 
+    assert opts.table is not None
     path = Path(opts.table)
     if not path.is_file():
         raise ConfigError(f"--table {path} is not a file")
@@ -224,7 +225,8 @@ def load_table(opts: BacktestOptions) -> Dataset:
         try:
             if frame[opts.ts].dtype == pl.Date:
                 frame = frame.with_columns(pl.col(opts.ts).cast(pl.Datetime("us")))
-            zoned = frame[opts.ts].dtype.time_zone is not None  # zoned times convert; naive ones are UTC
+            dtype = frame[opts.ts].dtype
+            zoned = isinstance(dtype, pl.Datetime) and dtype.time_zone is not None  # zoned convert; naive are UTC
             frame = frame.with_columns(
                 pl.col(opts.ts).dt.convert_time_zone("UTC") if zoned else pl.col(opts.ts).dt.replace_time_zone("UTC")
             )
@@ -257,7 +259,7 @@ def load_table(opts: BacktestOptions) -> Dataset:
     if not features:
         raise ConfigError(f"{path.name} has no numeric feature columns besides the target")
     frame = frame.with_columns(pl.col(*features, opts.target).cast(pl.Float64))  # decimals and integers alike
-    longest = frame.group_by(stream).len()["len"].max() if stream else frame.height
+    longest = cast(int, frame.group_by(stream).len()["len"].max()) if stream else frame.height
     if frame.height and opts.delay >= longest:
         raise ConfigError(
             f"--delay {opts.delay} is longer than the data: the longest stream has {longest:,} rows, "
@@ -290,7 +292,7 @@ def _table_prices(frame: pl.DataFrame, price: str, stream: str | None, ts: str |
     import polars as pl
 
     col = frame[price].cast(pl.Float64)
-    missing = int(col.is_null().sum() + col.is_nan().sum())
+    missing = int(col.is_null().sum()) + int(col.is_nan().sum())
     if missing:
         raise ConfigError(f"--price {price!r} has {missing:,} rows without a price; trading needs a price on every row")
     bad = frame.with_row_index("_row").filter(pl.col(price).cast(pl.Float64) <= 0)
@@ -333,7 +335,7 @@ def _periods_per_year(frame: pl.DataFrame, ts: str | None) -> float | None:
     """Periods (distinct times) per year, from the first and last times."""
     if ts is None or frame.height < 3:
         return None
-    span = (frame[ts].max() - frame[ts].min()).total_seconds()
+    span = (cast(datetime, frame[ts].max()) - cast(datetime, frame[ts].min())).total_seconds()
     return (frame[ts].n_unique() - 1) / (span / YEAR_S) if span > 0 else None
 
 
@@ -375,7 +377,7 @@ def _dataset(
         p_t = (prices["ts"].dt.epoch("ns") if timed else prices["ts"]).to_numpy()
     # the periods: the distinct times of the rows and of the prices they are marked to, in order
     times = np.unique(np.concatenate([row_t, p_t]) if prices is not None else row_t) if timed else None
-    period = np.searchsorted(times, row_t).astype(np.int64) if timed else row_t.astype(np.int64)
+    period = np.searchsorted(times, row_t).astype(np.int64) if times is not None else row_t.astype(np.int64)
     ds = Dataset(
         source,
         xs,
@@ -391,7 +393,7 @@ def _dataset(
     )
     if prices is not None:
         p_stream = np.asarray([index[s] for s in prices["symbol"].to_list()], dtype=np.int64)
-        p_period = np.searchsorted(times, p_t) if timed else p_t.astype(np.int64)
+        p_period = np.searchsorted(times, p_t) if times is not None else p_t.astype(np.int64)
         ds.tape = tape_from_prices(p_stream, p_period, prices["close"].to_numpy(), times)
         ds.trades_on = "the bars' closes" if by_bar else f"--price {price_name}"
     elif ds.hold == 1 and returns != "none":
@@ -473,7 +475,7 @@ def replay(
     learner = Learner(build(), spec.kind, build, window=0)  # scored from the predictions afterwards
     kind = spec.kind
     live: list[float] = []
-    stale = [(r, []) for r in refresh if r not in (1, NEVER)]
+    stale: list[tuple[int, list[float]]] = [(r, []) for r in refresh if r not in (1, NEVER)]
     drift_rows: list[int] = []
     frozen_at: list[_PredictRest] = []
     try:
@@ -506,10 +508,10 @@ def _replay_rows(
     stop: Event | None = None,
 ) -> None:
     """The replay's loop, row by row: see `replay`."""
-    serving = [None] * len(stale)
+    serving: list[Any] = [None] * len(stale)
     block = [-1] * len(stale)  # the refresh period each serving copy is from
     clock = ds.clock or range(ds.n)
-    pending = [deque() for _ in ds.stream_names]
+    pending: list[deque[int]] = [deque() for _ in ds.stream_names]
     xs, y, stream, delay = ds.xs, ds.y.tolist(), ds.stream, ds.delay  # Python floats: what River is fastest with
     for i, x in enumerate(xs):
         if stop is not None and i & 1023 == 0 and stop.is_set():
@@ -652,6 +654,7 @@ def trade(
 
     if ds.tape is None:
         return {}, None
+    assert ds.point is not None  # a dataset with a tape has each row's point on it
     direction = np.full(len(ds.tape.ret), np.nan)
     direction[ds.point[start:]] = 1.0 if always_long else directions(np.asarray(pred[start:]), band)
     book = mark(ds.tape, direction, ds.hold, (fee_bps, *FEE_LADDER_BPS), always_long)
@@ -705,7 +708,9 @@ def diverged_at(ds: Dataset, pred: np.ndarray, start: int) -> int | None:
 
 def _replay_job(args: tuple) -> Replay:
     ds, model, refresh, warmup, params = args
-    return replay(_JOB_DATA if ds is None else ds, model, refresh, warmup, params)
+    data = _JOB_DATA if ds is None else ds
+    assert data is not None  # the parent set it before forking
+    return replay(data, model, refresh, warmup, params)
 
 
 def _worker_signals() -> None:
@@ -900,7 +905,7 @@ def caveats(result: dict[str, Any], ds: Dataset) -> list[str]:
     out = []
     n = result["scored_rows"]
     span_s = None
-    if result["scored_from"] is not None:
+    if result["scored_from"] is not None and ds.ts is not None:
         span_s = (ds.ts[result["warmup"] :].max() - ds.ts[result["warmup"] :].min()) / 1e9
     if ds.tape is not None and (n < 1_000 or (span_s is not None and span_s < 86_400)):
         span = f"{_duration(span_s)} of data and " if span_s is not None else ""

@@ -9,6 +9,7 @@ runs code: a pickle from an untrusted writer is arbitrary code execution.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import json
@@ -166,7 +167,7 @@ class CheckpointStore:
                 found.append(cp)
         return found
 
-    def versions(self) -> list[int]:
+    def versions(self) -> builtins.list[int]:
         """Versions with a manifest on disk, oldest first, from the directory listing alone."""
         if not self.dir.is_dir():
             return []
@@ -185,12 +186,14 @@ class CheckpointStore:
             raise CheckpointError(f"{path.name} is not an rtml manifest")
         return Checkpoint(version, manifest, path, path.with_suffix(".pkl"))
 
-    def manifests_on_disk(self) -> list[Path]:
+    def manifests_on_disk(self) -> builtins.list[Path]:
         return sorted(p for p in self.dir.glob("*.json") if _MANIFEST_RE.match(p.name)) if self.dir.is_dir() else []
 
-    def latest_valid(self, key: bytes | None = None) -> tuple[Checkpoint | None, dict[str, Any] | None, list[str]]:
+    def latest_valid(
+        self, key: bytes | None = None
+    ) -> tuple[Checkpoint | None, dict[str, Any] | None, builtins.list[str]]:
         """The newest checkpoint that verifies and loads, its payload, and why newer ones did not."""
-        problems = []
+        problems: builtins.list[str] = []
         for cp in reversed(self.list()):
             try:
                 return cp, cp.load(key), problems
@@ -217,7 +220,7 @@ class CheckpointStore:
                     path.unlink(missing_ok=True)  # published, never committed: its writer died first
             yield
 
-    def prune(self, keep: int) -> list[int]:
+    def prune(self, keep: int) -> builtins.list[int]:
         """Delete all but the newest `keep` committed versions (never the newest valid one,
         nor the newest valid one of a healthy model, which `rtml predict` serves while the
         newer ones are of a model that diverged, nor one that is intact but signed with

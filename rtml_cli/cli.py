@@ -18,7 +18,7 @@ import click
 from rtml_cli import __version__
 from rtml_cli.errors import ConfigError, RtmlError
 
-# A fixed width keeps help identical everywhere, so the README reference can be checked.
+# A fixed width keeps help identical everywhere, so the CLI reference (docs/cli.md) can be checked.
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100, "terminal_width": 100}
 
 
@@ -355,7 +355,7 @@ def _only_for(ctx: click.Context, source: str, owners: dict[str, str]) -> None:
     "sql_file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Your own feature query over the `bars` view (see the README).",
+    help="Your own feature query over the `bars` view (see docs/features.md).",
 )
 @symbols_option("Only these symbols (default: all in the ticks log).")
 @click.option(

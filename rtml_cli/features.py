@@ -32,7 +32,7 @@ from datetime import UTC
 from importlib import resources
 from pathlib import Path
 from threading import Event
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -390,8 +390,8 @@ class FeatureBuilder:
         has_new = limit > old.tick_offset
         # The clock closes bars only of a symbol whose ticks have all been read: while one
         # catches up on a backlog, its own ticks say what has closed.
-        caught_up = clock_ns is not None and limit == last_tick
-        clock_closed = (clock_ns // self.bar_ns) * self.bar_ns if caught_up else _NEVER
+        caught_up = limit == last_tick
+        clock_closed = (clock_ns // self.bar_ns) * self.bar_ns if clock_ns is not None and caught_up else _NEVER
         has_open = old.open_from <= old.tick_offset
         used = pl.DataFrame()
         if has_new or (has_open and clock_closed > old_closed):
@@ -427,17 +427,18 @@ class FeatureBuilder:
         if old.closed_until is not None:
             first = old.closed_until
         elif used.height:  # a symbol's first bar is the one of its first (not late) tick
-            first = int(used["ts_ns"].min()) // self.bar_ns * self.bar_ns
+            first = cast(int, used["ts_ns"].min()) // self.bar_ns * self.bar_ns
         else:
             return None  # no ticks for this symbol yet
+        assert st.max_ts is not None  # a symbol with a first bar has had a tick
         closed = max(first, (st.max_ts // self.bar_ns) * self.bar_ns, clock_closed)
         st.closed_until = closed
         if has_new or used.height:
             still_open = used.filter(pl.col("ts_ns") >= closed)
-            st.open_from = int(still_open[OFFSET].min()) if still_open.height else limit + 1
+            st.open_from = cast(int, still_open[OFFSET].min()) if still_open.height else limit + 1
         closing = used.filter(pl.col("ts_ns") < closed) if used.height else used
         if closing.height:
-            newest_bar = int(closing["ts_ns"].max()) // self.bar_ns * self.bar_ns
+            newest_bar = cast(int, closing["ts_ns"].max()) // self.bar_ns * self.bar_ns
             st.last_trade_bar = max(newest_bar, old.last_trade_bar if old.last_trade_bar is not None else _NEVER)
         if st == old:
             return None

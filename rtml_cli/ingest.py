@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from threading import Event
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -349,7 +349,7 @@ class _Pipeline:
                 self.summary.written += part.height
                 st = self.summary.symbols.setdefault(sym, SymbolStats())
                 st.written += part.height
-                ts_min, ts_max = part["ts"].min(), part["ts"].max()
+                ts_min, ts_max = cast(datetime, part["ts"].min()), cast(datetime, part["ts"].max())
                 st.first_ts = ts_min if st.first_ts is None else min(st.first_ts, ts_min)
                 st.last_ts = ts_max if st.last_ts is None else max(st.last_ts, ts_max)
                 st.last_price = float(part["price"][-1])
@@ -458,7 +458,7 @@ def synthetic_resume(data_dir: Path, symbols: list[str]) -> tuple[int | None, di
         if not parts:
             continue
         tail = pl.read_parquet(parts[-1].path, columns=["ts", "price"])
-        ts_max = int(tail["ts"].dt.epoch("ns").max())
+        ts_max = cast(int, tail["ts"].dt.epoch("ns").max())
         latest = ts_max if latest is None else max(latest, ts_max)
         resume[sym] = (float(tail["price"][-1]), sum(p.rows for p in parts))
     start = None if latest is None else (latest // 1_000_000_000 + 1) * 1_000_000_000
@@ -510,8 +510,10 @@ def open_source(
     elif kind == "kraken":
         from rtml_cli.sources.kraken import KrakenSource
 
-        kwargs = {"url": url} if url else {}
-        src = KrakenSource(symbols or ["BTC/USD"], on_event=on_event, **kwargs)
+        if url:
+            src = KrakenSource(symbols or ["BTC/USD"], url=url, on_event=on_event)
+        else:
+            src = KrakenSource(symbols or ["BTC/USD"], on_event=on_event)
     else:
         raise ValueError(f"unknown source {kind!r}")
     batches = src.batches(stop)

@@ -204,9 +204,9 @@ class Learner:
             "prediction": y_pred if math.isfinite(y_pred) else str(y_pred),  # JSON has no inf or nan
             "mean_abs_target": scale,
             "why": (
-                f"prediction {y_pred:.4g} is not a number"
-                if not math.isfinite(y_pred)
-                else f"prediction {y_pred:.4g} is {abs(y_pred) / scale:,.0f}x the mean absolute target ({scale:.3g})"
+                f"prediction {y_pred:.4g} is {abs(y_pred) / scale:,.0f}x the mean absolute target ({scale:.3g})"
+                if math.isfinite(y_pred) and scale
+                else f"prediction {y_pred:.4g} is not a number"
             ),
         }
 

@@ -28,13 +28,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from urllib.parse import quote, unquote
 
 from rtml_cli import atomic
 from rtml_cli.errors import LogError, SymbolError
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     import polars as pl
 
 PARTITION_KEY = "symbol"
@@ -217,8 +219,8 @@ class ParquetLog:
                 time.sleep(0.01 * (attempt + 1))
                 continue
             try:
-                for part in parts if verified is not None else ():
-                    if part.path not in verified:
+                for part in parts:
+                    if verified is not None and part.path not in verified:
                         part.verify(self.name, symbol)
                         verified.add(part.path)
             except FileNotFoundError:  # replaced by a compaction since the listing: list again
@@ -279,7 +281,7 @@ class ParquetLog:
                 continue
             frames.append(frame)
             if self.last_offset(s) > after + chunk:  # more of this symbol to come
-                last = frame["ts"].max()
+                last = cast("datetime", frame["ts"].max())
                 horizon = last if horizon is None else min(horizon, last)
         if not frames:
             return pl.DataFrame()

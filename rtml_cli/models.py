@@ -63,7 +63,7 @@ def _sgd(lr: float = 0.001, l2: float = 0.0, **params: Any) -> Any:
     model = preprocessing.StandardScaler() | linear_model.LinearRegression(
         optimizer=optim.SGD(lr), intercept_lr=lr, l2=l2, **params
     )
-    return preprocessing.TargetStandardScaler(regressor=model)
+    return preprocessing.TargetStandardScaler(regressor=model)  # type: ignore[arg-type]  # a regressor pipeline
 
 
 def _ridge(**params: Any) -> Any:
@@ -84,7 +84,7 @@ def _classifier(name: str, description: str, module: str, estimator: str, **defa
 
 # Every regressor learns on a standardised target (see `_scaled`). `linear`, the default, is
 # the one that beat both the zero baseline and its own frozen copy on the simulated market
-# and never diverged on the data sets named in tests/test_models.py (README: "Models").
+# and never diverged on the data sets named in tests/test_models.py (docs/train.md: "Models").
 SPECS: dict[str, ModelSpec] = {
     s.name: s
     for s in [

@@ -36,6 +36,7 @@ from rtml_cli.models import CLASSIFIER, REGRESSOR
 
 if TYPE_CHECKING:
     import polars as pl
+    from watchdog.observers.api import BaseObserver
 
 FEATURES = "features"
 PREDICTIONS = "predictions"
@@ -138,7 +139,7 @@ class Notifier:
         self.enabled = enabled
         self._wanted: list[tuple[Path, Event, bool]] = []
         self._watched: set[Path] = set()
-        self._observer = None
+        self._observer: BaseObserver | None = None
 
     def add(self, path: Path, event: Event, recursive: bool) -> None:
         self._wanted.append((path, event, recursive))
@@ -180,6 +181,18 @@ class Notifier:
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=2)
+
+
+@dataclass
+class _ModelRows:
+    """One model's share of a batch: the rows due to it (None: all), its predictions so far and
+    the version that made each, and the model it serves now."""
+
+    slot: ModelSlot
+    due: list[bool] | None
+    serving: Served | None
+    preds: list[float | None] = field(default_factory=list)
+    versions: list[int | None] = field(default_factory=list)
 
 
 class Predictor:
@@ -414,23 +427,25 @@ class Predictor:
         plans = []
         for slot in active:
             start = pl.col("symbol").replace_strict(self.offsets[slot.name], default=-1, return_dtype=pl.Int64)
-            due = frame.select(pl.col(OFFSET) > start).to_series()
-            plans.append([slot, None if due.all() else due.to_list(), [], [], self._serving[slot.name]])
+            mask = frame.select(pl.col(OFFSET) > start).to_series()
+            plans.append(_ModelRows(slot, None if mask.all() else mask.to_list(), self._serving[slot.name]))
         for i, (x, _row) in enumerate(model_inputs(frame, feature_columns(frame.columns))):
             if not i & 255 and i and stop is not None and stop.is_set():
                 break  # finish the row in hand, publish what is predicted, stop
             for plan in plans:
-                slot, due, preds, versions, serving = plan
-                if due is not None and not due[i]:
-                    preds.append(None)
-                    versions.append(None)
+                if plan.due is not None and not plan.due[i]:
+                    plan.preds.append(None)
+                    plan.versions.append(None)
                     continue
-                if slot.latest is not serving:  # a new model: swapped in between rows, never during one
-                    plan[4] = serving = self._swap(slot)
-                preds.append(predict_value(serving.model, serving.kind, x))
-                versions.append(serving.version)
+                serving = plan.serving
+                if plan.slot.latest is not serving:  # a new model: swapped in between rows, never during one
+                    plan.serving = serving = self._swap(plan.slot)
+                assert serving is not None  # a slot is active once it has a model
+                plan.preds.append(predict_value(serving.model, serving.kind, x))
+                plan.versions.append(serving.version)
         frames = []
-        for slot, due, preds, versions, _ in plans:
+        for plan in plans:
+            slot, due, preds, versions = plan.slot, plan.due, plan.preds, plan.versions
             done = len(preds)
             until = {v: _epoch_ns(self._trained_until[slot.name, v]) for v in set(versions) if v is not None}
             version = pl.Series("model_version", versions, dtype=pl.Int64)
@@ -456,6 +471,7 @@ class Predictor:
 
     def _swap(self, slot: ModelSlot) -> Served:
         served = slot.latest
+        assert served is not None  # a slot is active once it has a model
         self._serving[slot.name] = served
         self.served[slot.name].append(served.version)
         self._trained_until[slot.name, served.version] = served.trained_until

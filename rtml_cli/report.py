@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from rtml_cli import atomic
 
@@ -82,6 +82,7 @@ def _charts(result: dict[str, Any], ds) -> dict[str, bytes]:
     import polars as pl
     from matplotlib import dates as mdates
     from matplotlib import pyplot as plt
+    from matplotlib.colors import ListedColormap
 
     from rtml_cli.backtest import period_times
 
@@ -95,10 +96,10 @@ def _charts(result: dict[str, Any], ds) -> dict[str, bytes]:
     names = list(
         dict.fromkeys([name(m, lab) for m, lab, _ in series] + [name(m, lab) for m, lab in result["_books"]])
     )  # every refresh traded
-    palette = [
-        c for c in plt.get_cmap("tab10" if len(names) <= 9 else "tab20").colors if len(set(c)) > 1
-    ]  # without greys: buy and hold is the grey one
-    colour = {n: palette[i % len(palette)] for i, n in enumerate(names)}
+    cmap = cast(ListedColormap, plt.get_cmap("tab10" if len(names) <= 9 else "tab20"))
+    colours: list[tuple[float, ...]] = list(cmap.colors)  # type: ignore[arg-type]  # tab10/tab20: RGB tuples
+    palette = [c for c in colours if len(set(c)) > 1]  # no greys: buy and hold is the grey one
+    colour: dict[str, Any] = {n: palette[i % len(palette)] for i, n in enumerate(names)}
     colour["buy and hold"] = "0.45"
     out: dict[str, bytes] = {}
 

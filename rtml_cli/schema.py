@@ -19,19 +19,21 @@ MIN_TS_NS = 946_684_800 * 1_000_000_000
 MAX_JUMP_SECONDS = 7 * 86_400
 
 
-def tick_schema() -> dict[str, pl.DataType]:
+def tick_schema() -> pl.Schema:
     import polars as pl
 
     utc_ns = pl.Datetime("ns", "UTC")
-    return {
-        "ts": utc_ns,
-        "recv_ts": utc_ns,
-        "symbol": pl.String(),
-        "price": pl.Float64(),
-        "qty": pl.Float64(),
-        "side": pl.String(),
-        "trade_id": pl.String(),
-    }
+    return pl.Schema(
+        {
+            "ts": utc_ns,
+            "recv_ts": utc_ns,
+            "symbol": pl.String(),
+            "price": pl.Float64(),
+            "qty": pl.Float64(),
+            "side": pl.String(),
+            "trade_id": pl.String(),
+        }
+    )
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from rtml_cli.checkpoint import KEY_ENV, Checkpointer, CheckpointStore, runtime_versions, signing_key
 from rtml_cli.errors import ConfigError, RtmlError
 from rtml_cli.features import read_build
-from rtml_cli.learner import Learner, feature_columns, model_inputs
+from rtml_cli.learner import Learner, RollingMetrics, feature_columns, model_inputs
 from rtml_cli.log import OFFSET, ParquetLog
 from rtml_cli.models import CLASSIFIER, resolve
 
@@ -168,6 +168,12 @@ class Trainer:
         present = self.examples.partitions()
         return [s for s in present if self.opts.symbols is None or s in self.opts.symbols]
 
+    @property
+    def metrics(self) -> RollingMetrics:
+        """The rolling metrics (a trainer always keeps them: --window is at least 1)."""
+        assert self.learner.metrics is not None
+        return self.learner.metrics
+
     def backlog(self) -> int:
         return sum(max(0, self.examples.last_offset(s) - self.offsets.get(s, -1)) for s in self.symbols())
 
@@ -235,7 +241,7 @@ class Trainer:
             "examples_learned": self.learner.learned,
             "offsets": dict(self.offsets),
             "trained_until": self.trained_until,
-            "metrics": self.learner.metrics.as_dict(),
+            "metrics": self.metrics.as_dict(),
             "drift_count": self.learner.drifts,
             "on_drift": self.opts.on_drift,
             "health": self.learner.health(),
@@ -321,7 +327,7 @@ class Trainer:
             "trained_until": self.trained_until,
             "offsets": dict(sorted(self.offsets.items())),
             "backlog": self.backlog(),
-            "metrics": self.learner.metrics.as_dict(),
+            "metrics": self.metrics.as_dict(),
             "drift_count": self.learner.drifts,
             "diverged": self.learner.diverged,
             "elapsed_s": round(time.monotonic() - self.report.started, 3),

@@ -1,8 +1,11 @@
-"""Shared fixtures: a data directory per test and a CLI runner that runs the real commands."""
+"""Shared fixtures: a data directory per test, a CLI runner that runs the real commands, and a
+small seeded market (its ticks, features and examples; and a model trained on them) built
+once per test run and copied into each test's own data directory."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +24,40 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+def build(d: Path, *commands: list[str]) -> Path:
+    """Run each `rtml` command on the data directory `d`, each of which must succeed."""
+    for args in commands:
+        r = CliRunner().invoke(cli, [*args, "--json", "--data-dir", str(d)])
+        assert r.exit_code == 0, r.output
+    return d
+
+
+@pytest.fixture(scope="session")
+def _examples_once(tmp_path_factory) -> Path:
+    return build(tmp_path_factory.mktemp("examples") / "data", ["ingest", "--max-ticks", "120000"], ["features"])
+
+
+@pytest.fixture(scope="session")
+def _trained_once(tmp_path_factory, _examples_once) -> Path:
+    d = tmp_path_factory.mktemp("trained") / "data"
+    shutil.copytree(_examples_once, d)
+    return build(d, ["train"])
+
+
+@pytest.fixture
+def examples_dir(_examples_once: Path, data_dir: Path) -> Path:
+    """A data directory of 120,000 simulated trades (seed 42), their features and examples."""
+    shutil.copytree(_examples_once, data_dir)
+    return data_dir
+
+
+@pytest.fixture
+def trained_dir(_trained_once: Path, data_dir: Path) -> Path:
+    """`examples_dir` with a `linear` model trained on all of it (checkpoint version 1)."""
+    shutil.copytree(_trained_once, data_dir)
+    return data_dir
 
 
 @pytest.fixture

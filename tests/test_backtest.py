@@ -50,6 +50,7 @@ def river_sgd(lr: float = 0.001):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["sgd", "linear"])
 def test_the_backtest_matches_rivers_progressive_val_score(rtml, sp500, model):
     from river import datasets, evaluate, metrics
@@ -79,6 +80,7 @@ def test_the_backtest_matches_rivers_progressive_val_score(rtml, sp500, model):
         assert river_mae == evaluate.progressive_val_score(datasets.SP500Stocks(), river_sgd(), metrics.MAE()).get()
 
 
+@pytest.mark.slow
 def test_the_frozen_model_is_the_model_after_the_warmup_and_a_refresh_serves_a_stale_copy(rtml, sp500, tmp_path):
     from river import datasets
 
@@ -177,6 +179,7 @@ def test_the_cli_trades_the_model_it_is_given(rtml, tmp_path, user_models):
     assert result(s, "zero", "-")["total_return"] == 0
 
 
+@pytest.mark.slow
 def test_examples_of_the_data_dir_with_a_staleness_table_and_a_report(rtml, data_dir, tmp_path):
     assert rtml("ingest", "--max-ticks", "150000", "--json").exit_code == 0
     assert rtml("features", "--json").exit_code == 0
@@ -228,6 +231,7 @@ def test_examples_of_the_data_dir_with_a_staleness_table_and_a_report(rtml, data
     assert "the cost of staleness: linear" in r.stdout and "30 bars" in r.stdout and "before costs" in r.stdout
 
 
+@pytest.mark.slow
 def test_on_a_stationary_market_the_frozen_model_is_a_fair_baseline(rtml, data_dir):
     """A market held in one regime (a random walk): nothing drifts, so a model frozen after
     the warm-up must be within noise of one refreshed every bar. No feature may make the
@@ -260,6 +264,7 @@ def test_decimal_and_integer_columns_are_numbers(rtml, tmp_path):
     assert s["features"] == ["x", "n"] and result(s, "linear", "1")["mae"] is not None
 
 
+@pytest.mark.slow
 def test_models_in_parallel_jobs_give_the_same_results(rtml, sp500):
     args = [
         "--table",
@@ -339,6 +344,7 @@ def test_bad_tables_are_clear_errors(rtml, tmp_path, sp500):
 # -- the backtest equals a live run ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_backtest_gives_the_predictions_of_a_live_train_and_predict_run(rtml, data_dir, tmp_path):
     """train --follow (a checkpoint per example) and predict --follow serve bar after bar; the
     backtest of the same examples with refresh 1 predicts every one of those bars the same."""
@@ -423,6 +429,7 @@ def _predicted(data_dir: Path, offset: int) -> bool:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, extra", [(signal.SIGINT, []), (signal.SIGTERM, ["--model", "pa", "--jobs", "2"])])
 def test_ctrl_c_or_sigterm_stops_a_backtest_in_the_middle(tmp_path, sig, extra):
     """It used to run to the end whatever the signal; now it stops within a second or two,

@@ -76,6 +76,7 @@ def _run(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Comp
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
+@pytest.mark.slow
 def test_rtml_toml_supplies_defaults_and_flags_and_env_win(tmp_path):
     (tmp_path / "rtml.toml").write_text('data_dir = "from-toml"\n\n[ingest]\nmax_ticks = 1234\nsymbols = ["ETH/USD"]\n')
     r = _run(["ingest", "--json"], tmp_path)
@@ -92,6 +93,7 @@ def test_rtml_toml_supplies_defaults_and_flags_and_env_win(tmp_path):
     assert json.loads(r.stdout)["data_dir"] == str(tmp_path / "from-env")  # env wins over the file
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "content, fragment",
     [
@@ -129,6 +131,7 @@ def _wait_for(predicate, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_flushes_what_was_received_and_exits_zero(data_dir, sig):
     # Nothing is flushed by size or time before the signal: whatever is in the log got
@@ -161,6 +164,7 @@ def test_a_signal_flushes_what_was_received_and_exits_zero(data_dir, sig):
     assert ParquetLog(data_dir, "ticks").read_all().height == summary["written"]
 
 
+@pytest.mark.slow
 def test_kill_9_loses_at_most_the_unflushed_batch_and_the_log_stays_usable(data_dir, rtml):
     proc = rtml_process(
         ["ingest", "--speed", "3000", "--flush-interval", "0.05", "--json", "--data-dir", str(data_dir)]
@@ -185,6 +189,7 @@ def test_kill_9_loses_at_most_the_unflushed_batch_and_the_log_stays_usable(data_
     assert after.select(pl.struct("symbol", "trade_id").is_unique().all()).item()
 
 
+@pytest.mark.slow
 def test_compact_merges_parts_and_readers_see_the_same_rows(rtml, data_dir):
     assert rtml("ingest", "--max-ticks", "20000", "--flush-every", "1000").exit_code == 0
     log = ParquetLog(data_dir, "ticks")
@@ -201,3 +206,13 @@ def test_compact_merges_parts_and_readers_see_the_same_rows(rtml, data_dir):
 
 def test_compact_without_a_log_is_a_clear_error(rtml):
     assert_clean_error(rtml("compact"), "there is no 'ticks' log", "rtml ingest")
+
+
+def test_environment_problems_are_errors_not_tracebacks(rtml, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    r = rtml("ingest", "--max-ticks", "10", "--data-dir", str(afile / "sub"), data=False)
+    assert_clean_error(r, "Not a directory")
+    assert_clean_error(rtml("ingest", "--start", "2300-01-01"), "outside 1971..2200")
+    assert_clean_error(rtml("ingest", "--seed", "-1"), "--seed", code=2)
+    assert_clean_error(rtml("compact", "--log", ".."), "--log", code=2)

@@ -9,6 +9,7 @@ import signal
 import time
 from datetime import datetime
 from pathlib import Path
+from threading import Event
 
 import polars as pl
 import pytest
@@ -74,6 +75,7 @@ def assert_same(a: pl.DataFrame, b: pl.DataFrame) -> None:
 # -- bars against an independent computation -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ohlcv_matches_an_independent_polars_computation_on_synthetic_ticks(rtml, data_dir):
     assert rtml("ingest", "--max-ticks", "60000").exit_code == 0
     build(data_dir)
@@ -155,6 +157,7 @@ def test_a_tick_late_in_arrival_order_within_one_flush_is_late_too(data_dir):
 # -- incremental = one-shot; no look-ahead ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_many_small_steps_give_exactly_the_rows_of_one_build(rtml, tmp_path):
     src = tmp_path / "one"
     assert rtml("ingest", "--max-ticks", "40000", "--data-dir", str(src), data=False).exit_code == 0
@@ -168,6 +171,7 @@ def test_many_small_steps_give_exactly_the_rows_of_one_build(rtml, tmp_path):
     assert features(src).height > 100
 
 
+@pytest.mark.slow
 def test_building_after_every_ingest_run_equals_one_build(rtml, tmp_path):
     inc, full = tmp_path / "inc", tmp_path / "full"
     for _ in range(4):
@@ -182,6 +186,7 @@ def test_building_after_every_ingest_run_equals_one_build(rtml, tmp_path):
         assert_same(features(inc, name), features(full, name))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cut_minutes", [17.5, 41.25])
 def test_no_feature_depends_on_a_tick_after_its_bar(rtml, tmp_path, cut_minutes):
     full = tmp_path / "full"
@@ -202,6 +207,7 @@ def test_no_feature_depends_on_a_tick_after_its_bar(rtml, tmp_path, cut_minutes)
 # -- examples ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["logret", "sign"])
 def test_examples_carry_the_target_h_bars_ahead(rtml, data_dir, target):
     assert rtml("ingest", "--max-ticks", "30000").exit_code == 0
@@ -225,6 +231,7 @@ class Crash(BaseException):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["before_publish", "after_publish", "before_examples"])
 def test_a_crash_mid_step_neither_duplicates_nor_skips_a_bar(rtml, tmp_path, monkeypatch, when):
     ref, crashed = tmp_path / "ref", tmp_path / "crashed"
@@ -256,6 +263,7 @@ def test_a_crash_mid_step_neither_duplicates_nor_skips_a_bar(rtml, tmp_path, mon
         assert_same(features(crashed, name), features(ref, name))
 
 
+@pytest.mark.slow
 def test_a_one_shot_build_stops_after_the_step_in_progress_and_the_next_run_goes_on(rtml, data_dir, tmp_path):
     """Ctrl-C or SIGTERM during `rtml features` (no --follow) used to be printed and ignored:
     the build now ends after the step in progress, committed, and the next run finishes the
@@ -281,6 +289,7 @@ def test_a_one_shot_build_stops_after_the_step_in_progress_and_the_next_run_goes
     assert_same(features(data_dir, "examples"), features(whole, "examples"))
 
 
+@pytest.mark.slow
 def test_kill_9_of_features_follow_while_ticks_arrive_then_restart_gives_the_one_shot_result(rtml, tmp_path):
     live, ref = tmp_path / "live", tmp_path / "ref"
     ingest = rtml_process(
@@ -314,6 +323,7 @@ def test_kill_9_of_features_follow_while_ticks_arrive_then_restart_gives_the_one
         assert_same(features(live, name), features(ref, name))
 
 
+@pytest.mark.slow
 def test_kill_9_of_ingest_and_features_with_the_default_grace_gives_the_one_shot_result(rtml, tmp_path):
     """Chaos with the default --grace: ingest killed twice and down for longer than the grace
     each time, the follower killed once. The market clock used to run on through an outage
@@ -356,6 +366,7 @@ def test_kill_9_of_ingest_and_features_with_the_default_grace_gives_the_one_shot
 # -- the SQL contract ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sql, fragment",
     [
@@ -408,6 +419,7 @@ def test_a_custom_feature_query_replaces_the_default(rtml, data_dir, tmp_path):
 # -- the command line -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_changed_settings_are_refused_until_rebuild(rtml, data_dir):
     write_ticks(data_dir, [[(t, 100, 1, "buy") for t in range(0, 900, 5)]])
     assert rtml("features").exit_code == 0
@@ -444,6 +456,7 @@ def test_second_bar_sizes_and_json_summary(rtml, data_dir):
     assert s["symbols"]["X"]["closed_until"] == "2026-01-01T00:01:50+00:00"
 
 
+@pytest.mark.slow
 def test_the_machine_time_zone_changes_nothing(rtml, tmp_path):
     utc, ny = tmp_path / "utc", tmp_path / "ny"
     for d, tz in ((utc, "UTC"), (ny, "America/New_York")):
@@ -454,6 +467,7 @@ def test_the_machine_time_zone_changes_nothing(rtml, tmp_path):
     assert_same(features(utc), features(ny))
 
 
+@pytest.mark.slow
 def test_follow_closes_an_idle_symbols_bars_on_the_market_clock_and_stops_on_sigterm(data_dir):
     write_ticks(data_dir, [[(t, 100, 1, "buy") for t in range(0, 125, 5)]], symbol="LIQUID")
     write_ticks(data_dir, [[(3, 50, 1, "buy")]], symbol="IDLE")
@@ -483,6 +497,7 @@ def test_follow_closes_an_idle_symbols_bars_on_the_market_clock_and_stops_on_sig
 # -- gaps ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_gap_of_years_makes_a_gap_in_the_bars_not_millions_of_them(rtml, data_dir, tmp_path):
     """One trade stamped three years later used to make 1.6 million empty bars (1.8 GB); after
     a bar with trades, empty bars now run for at most MAX_EMPTY_SECONDS, the rest are counted,
@@ -516,6 +531,7 @@ def test_a_gap_of_years_makes_a_gap_in_the_bars_not_millions_of_them(rtml, data_
     assert_same(features(step), bars)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bar", ["1s", "2s", "10s"])
 def test_bars_of_any_length_are_built_whole(rtml, data_dir, bar):
     """Short bars make the empty-bar cap a large count (7 days of 1 s bars): it once overflowed
@@ -530,3 +546,41 @@ def test_bars_of_any_length_are_built_whole(rtml, data_dir, bar):
     for _, part in bars.group_by("symbol"):  # every bar from the first to the last: none missing
         span = (part["ts"].max() - part["ts"].min()).total_seconds()
         assert part.height == span // seconds + 1
+
+
+@pytest.mark.slow
+def test_follow_catching_up_a_backlog_does_not_close_a_busy_symbols_bars_early(data_dir):
+    write_ticks(data_dir, [[(t * 60 + 1, 10, 1, "buy") for t in range(60)]], symbol="A")  # sparse
+    write_ticks(data_dir, [[(t * 0.5, 20, 1, "buy") for t in range(7200)]], symbol="B")  # busy
+    with FeatureBuilder(data_dir, FeatureSpec(), chunk_ticks=1000) as b:
+        stop = Event()
+        for rep in b.follow(stop, poll=0.01, grace=0.0):
+            if b.backlog() == 0 and rep.ticks == 0:
+                stop.set()
+        assert b.state["B"].late == 0
+    busy = features(data_dir).filter(pl.col("symbol") == "B")
+    assert busy["volume"].to_list() == [120.0] * 59  # every closed minute has all its trades
+
+
+@pytest.mark.parametrize(
+    "sql, fragment",
+    [
+        ("SELECT * REPLACE (ts + INTERVAL 1 MINUTE AS ts), 1.0 AS f FROM bars", "changed `symbol` or `ts`"),
+        ("SELECT * REPLACE (CAST(ts AS VARCHAR) AS ts), 1.0 AS f FROM bars", "`ts` and `symbol`"),
+    ],
+)
+def test_a_query_that_moves_bars_is_refused(rtml, data_dir, tmp_path, sql, fragment):
+    write_ticks(data_dir, [[(t, 100 + t % 7, 1, "buy") for t in range(0, 900, 7)]])
+    q = tmp_path / "q.sql"
+    q.write_text(sql)
+    assert_clean_error(rtml("features", "--sql", str(q)), fragment)
+
+
+def test_the_stored_bars_are_the_inputs_and_decimal_features_become_floats(rtml, data_dir, tmp_path):
+    write_ticks(data_dir, [[(t, 100 + t % 7, 1, "buy") for t in range(0, 900, 7)]])
+    q = tmp_path / "q.sql"
+    q.write_text("SELECT * REPLACE (close * 2 AS close), 1.5 AS half FROM bars")
+    assert rtml("features", "--sql", str(q)).exit_code == 0
+    f = features(data_dir)
+    assert f.schema["half"] == pl.Float64 and f["half"].to_list() == [1.5] * f.height
+    assert f["close"].max() < 110  # the query's doubled close was not stored

@@ -53,6 +53,7 @@ def as_label(y: float) -> int:
     return 1 if y > 0 else -1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(n for n, s in SPECS.items() if s.kind == CLASSIFIER))
 def test_a_classifiers_value_is_its_expected_sign(name):
     spec = SPECS[name]
@@ -102,6 +103,7 @@ def blown(rtml, data_dir, user_models):
     return json.loads(r.stdout)
 
 
+@pytest.mark.slow
 def test_train_reports_divergence_and_marks_the_checkpoints(blown, data_dir):
     assert blown["diverged"]["at_example"] == 121
     assert "1e+12" in blown["diverged"]["why"]
@@ -115,6 +117,7 @@ def test_train_reports_divergence_and_marks_the_checkpoints(blown, data_dir):
     assert 40 <= healthy[0].manifest["examples_learned"] <= 120
 
 
+@pytest.mark.slow
 def test_predict_serves_the_last_healthy_model_and_says_why(rtml, blown, data_dir):
     r = rtml("predict", "--name", "blowup", "--json")
     assert r.exit_code == 0, r.output
@@ -124,6 +127,7 @@ def test_predict_serves_the_last_healthy_model_and_says_why(rtml, blown, data_di
     assert any("diverged at example 121" in why for why in s["skipped_checkpoints"])
 
 
+@pytest.mark.slow
 def test_the_terminal_says_it_diverged(rtml, data_dir, user_models):
     assert rtml("ingest", "--max-ticks", "60000", "--json").exit_code == 0
     assert rtml("features", "--json").exit_code == 0
@@ -135,6 +139,7 @@ def test_the_terminal_says_it_diverged(rtml, data_dir, user_models):
     assert "diverged" in rtml("checkpoints").output
 
 
+@pytest.mark.slow
 def test_the_backtest_marks_a_diverged_row(rtml, blown):
     r = rtml("backtest", "--model", "bt_models:blowup", "--warmup", "20", "--json")
     assert r.exit_code == 0, r.output
@@ -144,3 +149,14 @@ def test_the_backtest_marks_a_diverged_row(rtml, blown):
     assert any("diverged at row" in w for w in s["warnings"])
     frozen = next(x for x in s["results"] if x["model"] == "bt_models:blowup" and x["refresh"] == "never")
     assert frozen["diverged_at_row"] is None  # frozen after 20 examples: it never blew up
+
+
+def test_a_diverging_prediction_counts_as_a_miss_and_json_stays_valid():
+    from rtml_cli.learner import RollingMetrics
+
+    m = RollingMetrics(10)
+    m.update(-1.0, float("nan"))
+    m.update(1.0, 2.0)
+    d = m.as_dict()
+    assert d["hit_rate"] == 0.5 and d["mae"] is None
+    json.dumps(d, allow_nan=False)

@@ -276,6 +276,7 @@ def test_ids_are_tracked_per_symbol_and_non_integer_ids_pass_through():
     assert run.gaps == ["ETH/USD: trade_id gap 8..8 (1 missing)"]
 
 
+@pytest.mark.slow
 def test_a_refused_subscription_ends_the_source_with_an_error_naming_the_symbol():
     with FakeKraken([[]], refuse=("BAD/SYM",)) as server:
         run = Run(source(server, symbols=("BTC/USD", "BAD/SYM")))
@@ -328,6 +329,7 @@ def test_malformed_trades_are_flagged_for_quarantine_not_crashed_on():
 # -- stopping, liveness, backoff ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stop_ends_the_stream_promptly_and_empty_batches_keep_coming_when_the_market_is_silent():
     with FakeKraken([[]]) as server:
         run = Run(source(server, batch_interval=0.05))
@@ -341,6 +343,7 @@ def test_stop_ends_the_stream_promptly_and_empty_batches_keep_coming_when_the_ma
     assert {k: run.batches[0].frame.schema[k] for k in tick_schema()} == tick_schema()
 
 
+@pytest.mark.slow
 def test_stop_is_prompt_even_while_a_handshake_hangs():
     with socket.socket() as mute:  # accepts TCP connections, never answers the WebSocket upgrade
         mute.bind(("127.0.0.1", 0))
@@ -354,6 +357,7 @@ def test_stop_is_prompt_even_while_a_handshake_hangs():
     assert len(run.batches) >= 4  # the batch clock ran on while connecting
 
 
+@pytest.mark.slow
 def test_a_silent_connection_is_treated_as_dead_and_replaced():
     first = [trade_msg("snapshot", [trade(1)]), 0.8]  # no heartbeats: a link that died quietly
     second = [trade_msg("snapshot", [trade(1), trade(2)])]
@@ -397,6 +401,7 @@ def test_a_url_that_is_not_a_websocket_url_is_an_error_not_a_retry_loop():
 # -- through `rtml ingest` ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rtml_ingest_from_kraken_writes_good_trades_and_quarantines_bad_ones(rtml, data_dir):
     script = [
         trade_msg("snapshot", [trade(100, "BTC/USD", 65000.5), trade(7, "ETH/USD", 3200.25, side="sell")]),

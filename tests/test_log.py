@@ -214,6 +214,7 @@ def test_partially_overlapping_parts_are_reported_not_guessed(tmp_path):
         log.read_after("S", -1)
 
 
+@pytest.mark.slow
 def test_a_reader_running_while_a_writer_appends_and_compacts_never_sees_a_partial_part(tmp_path):
     log = ParquetLog(tmp_path, "ticks")
     stop = threading.Event()

@@ -27,6 +27,7 @@ def noisy_stream(n: int, scale: float, offset: float, seed: int = 0):
         yield x, offset + scale * (0.3 * x["a"] - 0.2 * x["b"] + rng.gauss(0, 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale, offset", [(1e-4, 0.0), (1e2, 1e3)])
 @pytest.mark.parametrize("name", REGRESSORS)
 def test_every_regressor_predicts_on_the_scale_of_its_target(name, scale, offset):
@@ -118,6 +119,7 @@ def test_a_forgetting_ridge_pickled_by_an_earlier_rtml_is_refused_with_what_to_d
     assert pickle.loads(pickle.dumps(model)).predict_one({"a": 2.0}) == model.predict_one({"a": 2.0})
 
 
+@pytest.mark.slow
 def test_forgetting_ridge_scales_each_input_over_the_examples_that_had_it():
     """A price-level input that first appears at example 100 has its own mean and spread (it
     used to be diluted by the examples before it, as if they had been zeros); a constant gets
@@ -168,6 +170,7 @@ def test_the_default_does_not_diverge_on_sp500(rtml, tmp_path):
     assert live(s)["diverged_at_row"] is None and live(s)["mae_vs_zero"] < 1.1
 
 
+@pytest.mark.slow
 def test_the_default_does_not_diverge_on_the_simulated_market(rtml, market, data_dir):
     s = backtest_json(rtml, "--warmup", "300", "--data-dir", str(market), data=False)
     assert live(s)["diverged_at_row"] is None and live(s)["mae_vs_zero"] < 1.1
@@ -188,6 +191,7 @@ def test_the_default_does_not_diverge_on_raw_prices_and_volumes(rtml, market, tm
     assert live(s, "river.linear_model:LinearRegression")["diverged_at_row"] is not None
 
 
+@pytest.mark.slow
 def test_the_default_does_not_diverge_on_a_tape_with_a_bad_print(rtml, market, tmp_path):
     """One trade at a tenth of the price: a -90% bar, then +900%, in features and targets."""
     ticks = ParquetLog(market, "ticks").read_all().filter(pl.col("symbol") == "ETH/USD").sort("offset")

@@ -13,31 +13,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from click.testing import CliRunner
 
 from rtml_cli.checkpoint import CheckpointStore, write_checkpoint
-from rtml_cli.cli import cli
 from rtml_cli.learner import NOT_FEATURES
 from rtml_cli.log import ParquetLog
 from tests.conftest import assert_clean_error, rtml_process
 
 BAR_NS = 60 * 1_000_000_000  # `rtml features` default bar
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """Ticks, features and one `linear` checkpoint, built once and copied for each test."""
-    d = tmp_path_factory.mktemp("predict") / "data"
-    for args in (["ingest", "--max-ticks", "120000"], ["features"], ["train"]):
-        r = CliRunner().invoke(cli, [*args, "--json", "--data-dir", str(d)])
-        assert r.exit_code == 0, r.output
-    return d
-
-
-@pytest.fixture
-def served(trained, data_dir) -> Path:
-    shutil.copytree(trained, data_dir)
-    return data_dir
 
 
 def predict(rtml, *args) -> dict:
@@ -68,11 +50,12 @@ def more_market(rtml, ticks: int = 20_000) -> None:
     assert rtml("features", "--json").exit_code == 0
 
 
-def test_one_shot_predicts_every_row_with_the_newest_checkpoint(rtml, served):
+@pytest.mark.slow
+def test_one_shot_predicts_every_row_with_the_newest_checkpoint(rtml, trained_dir):
     started = time.time_ns()
     s = predict(rtml)
-    p = assert_each_row_once(served)
-    cp = CheckpointStore(served, "linear").list()[-1]
+    p = assert_each_row_once(trained_dir)
+    cp = CheckpointStore(trained_dir, "linear").list()[-1]
     assert s["models"]["linear"]["version"] == cp.version and s["predicted_this_run"] == p.height
     assert p["model_version"].unique().to_list() == [cp.version]
     assert p["model_trained_until"].unique().to_list() == [
@@ -80,7 +63,7 @@ def test_one_shot_predicts_every_row_with_the_newest_checkpoint(rtml, served):
     ]
     # the predictions are the checkpoint's model's, on each row's features (NaN/inf left out)
     model = pickle.loads(cp.pickle_path.read_bytes())["model"]
-    f = features(served).join(
+    f = features(trained_dir).join(
         p.select("symbol", pl.col("features_offset").alias("offset"), "prediction"), on=["symbol", "offset"]
     )
     for row in f.sample(50, seed=1).iter_rows(named=True):
@@ -99,49 +82,52 @@ def test_one_shot_predicts_every_row_with_the_newest_checkpoint(rtml, served):
     assert predict(rtml)["predicted_this_run"] == 0
 
 
-def test_a_restart_predicts_only_what_is_new(rtml, served):
+@pytest.mark.slow
+def test_a_restart_predicts_only_what_is_new(rtml, trained_dir):
     first = predict(rtml)["predicted_this_run"]
     more_market(rtml)
     second = predict(rtml)["predicted_this_run"]
-    p = assert_each_row_once(served)
+    p = assert_each_row_once(trained_dir)
     assert first > 0 and second > 0 and p.height == first + second
 
 
-def test_the_offsets_survive_a_lost_state_file_and_a_crash_between_publish_and_save(rtml, served):
+@pytest.mark.slow
+def test_the_offsets_survive_a_lost_state_file_and_a_crash_between_publish_and_save(rtml, trained_dir):
     predict(rtml)
     more_market(rtml)
-    (served / "state" / "predict.json").unlink()  # the log itself is the record
+    (trained_dir / "state" / "predict.json").unlink()  # the log itself is the record
     predict(rtml)
-    state = json.loads((served / "state" / "predict.json").read_text())
+    state = json.loads((trained_dir / "state" / "predict.json").read_text())
     # a crash after publishing a part but before saving the state: the state lags the log
     state["log_offsets"] = dict.fromkeys(state["log_offsets"], 0)
     state["consumers"]["linear"] = dict.fromkeys(state["consumers"]["linear"], 0)
-    (served / "state" / "predict.json").write_text(json.dumps(state))
+    (trained_dir / "state" / "predict.json").write_text(json.dumps(state))
     assert predict(rtml)["predicted_this_run"] == 0
-    assert_each_row_once(served)
+    assert_each_row_once(trained_dir)
 
 
-def test_a_model_left_out_for_a_run_resumes_where_it_was(rtml, served):
+@pytest.mark.slow
+def test_a_model_left_out_for_a_run_resumes_where_it_was(rtml, trained_dir):
     assert rtml("train", "--model", "pa", "--json").exit_code == 0
     first = predict(rtml, "--name", "linear", "--name", "pa")["models"]
     assert first["linear"]["predicted_this_run"] == first["pa"]["predicted_this_run"] > 0
     more_market(rtml)
-    predict(rtml, "--name", "linear")  # pa is not served in this run
+    predict(rtml, "--name", "linear")  # pa is not trained_dir in this run
     again = predict(rtml, "--name", "pa")["models"]["pa"]
-    assert again["predicted_this_run"] == features(served).height - first["pa"]["predicted_this_run"]
+    assert again["predicted_this_run"] == features(trained_dir).height - first["pa"]["predicted_this_run"]
     for m in ("linear", "pa"):
-        assert_each_row_once(served, m)
+        assert_each_row_once(trained_dir, m)
 
 
-def test_a_state_file_ahead_of_the_log_is_not_trusted(rtml, served, tmp_path):
+def test_a_state_file_ahead_of_the_log_is_not_trusted(rtml, trained_dir, tmp_path):
     predict(rtml)
-    shutil.move(served / "predictions", tmp_path / "moved")  # the log goes; its bookmark stays
-    assert predict(rtml)["predicted_this_run"] == features(served).height
-    assert_each_row_once(served)
+    shutil.move(trained_dir / "predictions", tmp_path / "moved")  # the log goes; its bookmark stays
+    assert predict(rtml)["predicted_this_run"] == features(trained_dir).height
+    assert_each_row_once(trained_dir)
 
 
-def test_without_a_checkpoint_one_shot_says_to_train(rtml, served):
-    shutil.rmtree(served / "checkpoints")
+def test_without_a_checkpoint_one_shot_says_to_train(rtml, trained_dir):
+    shutil.rmtree(trained_dir / "checkpoints")
     assert_clean_error(rtml("predict"), "no usable checkpoint of 'linear'", "rtml train")
     assert_clean_error(rtml("predict", "--name", "nope"), "no usable checkpoint of 'nope'")
 
@@ -150,38 +136,40 @@ def test_without_features_says_what_to_run(rtml):
     assert_clean_error(rtml("predict"), "no features log", "rtml features")
 
 
-def test_two_models_side_by_side_and_a_challenger_added_later_catches_up(rtml, served):
+@pytest.mark.slow
+def test_two_models_side_by_side_and_a_challenger_added_later_catches_up(rtml, trained_dir):
     assert rtml("train", "--model", "pa", "--json").exit_code == 0
     s = predict(rtml, "--name", "linear", "--name", "pa")
     assert set(s["models"]) == {"linear", "pa"}
-    assert_each_row_once(served, "linear")
-    pa = assert_each_row_once(served, "pa")
-    lin = predictions(served).filter(pl.col("model") == "linear")
+    assert_each_row_once(trained_dir, "linear")
+    pa = assert_each_row_once(trained_dir, "pa")
+    lin = predictions(trained_dir).filter(pl.col("model") == "linear")
     assert pa["prediction"].to_list() != lin["prediction"].to_list()
     # a challenger that joins later starts at the beginning (earliest); the others go on
     assert rtml("train", "--model", "bayes", "--json").exit_code == 0
     more_market(rtml)
     s = predict(rtml, "--name", "linear", "--name", "bayes")
-    n_new = features(served).height - lin.height
+    n_new = features(trained_dir).height - lin.height
     assert s["models"]["linear"]["predicted_this_run"] == n_new
-    assert s["models"]["bayes"]["predicted_this_run"] == features(served).height
+    assert s["models"]["bayes"]["predicted_this_run"] == features(trained_dir).height
     for m in ("linear", "bayes"):
-        assert_each_row_once(served, m)
+        assert_each_row_once(trained_dir, m)
 
 
-def test_from_latest_skips_the_history_and_remembers_where_it_started(rtml, served):
+@pytest.mark.slow
+def test_from_latest_skips_the_history_and_remembers_where_it_started(rtml, trained_dir):
     assert predict(rtml, "--from", "latest")["predicted_this_run"] == 0
     # a restart does not skip what arrived meanwhile, and --from no longer matters
     more_market(rtml)
-    before = features(served)
+    before = features(trained_dir)
     s = predict(rtml, "--from", "earliest")
-    p = predictions(served)
+    p = predictions(trained_dir)
     assert s["predicted_this_run"] == p.height > 0
     assert p.height < before.height  # the history before the first run was skipped
 
 
-def test_a_corrupt_or_tampered_checkpoint_is_skipped_and_the_old_model_serves(rtml, served, tmp_path):
-    store = CheckpointStore(served, "linear")
+def test_a_corrupt_or_tampered_checkpoint_is_skipped_and_the_old_model_serves(rtml, trained_dir, tmp_path):
+    store = CheckpointStore(trained_dir, "linear")
     good = store.list()[-1]
     # v2: a damaged manifest; v3: a pickle changed after its manifest was written; v4: a
     # valid-looking manifest whose pickle would run code when loaded
@@ -201,11 +189,11 @@ def test_a_corrupt_or_tampered_checkpoint_is_skipped_and_the_old_model_serves(rt
     assert "0000000003.pkl does not match the sha256" in skipped
     assert "0000000004.pkl does not match the sha256" in skipped
     assert not marker.exists(), "an unverified pickle was loaded"
-    assert_each_row_once(served)
+    assert_each_row_once(trained_dir)
 
 
-def test_with_a_key_unsigned_or_wrongly_signed_checkpoints_are_refused(rtml, served, tmp_path, monkeypatch):
-    store = CheckpointStore(served, "linear")
+def test_with_a_key_unsigned_or_wrongly_signed_checkpoints_are_refused(rtml, trained_dir, tmp_path, monkeypatch):
+    store = CheckpointStore(trained_dir, "linear")
     good = store.list()[-1]
     marker = tmp_path / "pwned"
     evil = pickle.dumps({"model": _Evil(str(marker))})
@@ -221,7 +209,8 @@ def test_with_a_key_unsigned_or_wrongly_signed_checkpoints_are_refused(rtml, ser
     assert s["models"]["linear"]["version"] == 4 and not marker.exists()
 
 
-def test_features_rebuilt_since_the_predictions_is_an_error(rtml, served):
+@pytest.mark.slow
+def test_features_rebuilt_since_the_predictions_is_an_error(rtml, trained_dir):
     predict(rtml)
     assert rtml("features", "--rebuild", "--json").exit_code == 0
     assert_clean_error(rtml("predict"), "rebuilt", "start afresh")
@@ -259,16 +248,17 @@ def read_jsonl(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def test_follow_waits_for_a_first_checkpoint_then_serves_it(rtml, served):
-    shutil.rmtree(served / "checkpoints")
-    p = rtml_process(["predict", "--follow", "--jsonl", "--poll", "0.1", "--data-dir", str(served)])
+@pytest.mark.slow
+def test_follow_waits_for_a_first_checkpoint_then_serves_it(rtml, trained_dir):
+    shutil.rmtree(trained_dir / "checkpoints")
+    p = rtml_process(["predict", "--follow", "--jsonl", "--poll", "0.1", "--data-dir", str(trained_dir)])
     try:
         time.sleep(2.0)
         assert p.poll() is None
         assert rtml("train", "--json").exit_code == 0
-        log = ParquetLog(served, "predictions")
+        log = ParquetLog(trained_dir, "predictions")
         deadline = time.monotonic() + 30
-        while log.read_all().height < features(served).height and time.monotonic() < deadline:
+        while log.read_all().height < features(trained_dir).height and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
         p.send_signal(signal.SIGTERM)
@@ -276,17 +266,18 @@ def test_follow_waits_for_a_first_checkpoint_then_serves_it(rtml, served):
     assert p.returncode == 0, err
     assert "waiting for a checkpoint of 'linear'" in err
     streamed = read_jsonl(out)
-    logged = assert_each_row_once(served)
+    logged = assert_each_row_once(trained_dir)
     assert [(r["symbol"], r["features_offset"], r["prediction"]) for r in streamed] == list(
         zip(logged["symbol"], logged["features_offset"], logged["prediction"], strict=True)
     )
     assert {r["model_version"] for r in streamed} == {1}
 
 
-def test_hot_swap_while_rows_flow_and_kill_9_loses_and_repeats_nothing(rtml, served):
+@pytest.mark.slow
+def test_hot_swap_while_rows_flow_and_kill_9_loses_and_repeats_nothing(rtml, trained_dir):
     """Ingest, features and train follow a paced market; predict --follow is killed and restarted;
     a corrupt checkpoint of the second model is dropped in meanwhile and reported once."""
-    d = str(served)
+    d = str(trained_dir)
     assert rtml("train", "--model", "pa", "--json").exit_code == 0
     ingest = rtml_process(
         ["ingest", "--speed", "600", "--duration", "20", "--flush-interval", "0.2", "--json", "--data-dir", d]
@@ -316,7 +307,7 @@ def test_hot_swap_while_rows_flow_and_kill_9_loses_and_repeats_nothing(rtml, ser
         p.wait(30)
         p = rtml_process(predict_args)
         time.sleep(2)
-        pa = CheckpointStore(served, "pa")
+        pa = CheckpointStore(trained_dir, "pa")
         (pa.dir / "0000000002.json").write_text("{damaged")  # reported once, pa v1 keeps serving
         assert ingest.wait(120) == 0
         time.sleep(1.5)
@@ -333,25 +324,29 @@ def test_hot_swap_while_rows_flow_and_kill_9_loses_and_repeats_nothing(rtml, ser
         trainer.wait(30)
     assert errs[0].count("0000000002.json is not readable JSON") == 1
     predict(rtml, "--name", "linear", "--name", "pa")  # whatever arrived after the stop
-    lin = assert_each_row_once(served, "linear")
-    pa_rows = assert_each_row_once(served, "pa")
+    lin = assert_each_row_once(trained_dir, "linear")
+    pa_rows = assert_each_row_once(trained_dir, "pa")
     assert pa_rows["model_version"].unique().to_list() == [1]
     # the trainer published new versions while rows flowed, and predictions picked them up in order
     versions = lin.sort("offset")["model_version"].to_list()
     assert len(set(versions)) >= 3, set(versions)
     for sym, part in lin.sort("offset").group_by("symbol"):
         v = part["model_version"].to_list()
-        assert v == sorted(v), f"{sym}: a model older than one already served came back"
+        assert v == sorted(v), f"{sym}: a model older than one already trained_dir came back"
 
 
-def test_sigterm_exits_0_after_publishing(rtml, served):
-    p = rtml_process(["predict", "--follow", "--poll", "0.1", "--data-dir", str(served)])
+@pytest.mark.slow
+def test_sigterm_exits_0_after_publishing(rtml, trained_dir):
+    p = rtml_process(["predict", "--follow", "--poll", "0.1", "--data-dir", str(trained_dir)])
     deadline = time.monotonic() + 30
-    while ParquetLog(served, "predictions").read_all().height < features(served).height and time.monotonic() < deadline:
+    while (
+        ParquetLog(trained_dir, "predictions").read_all().height < features(trained_dir).height
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.1)
     p.send_signal(signal.SIGINT)
     _out, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
     assert "Traceback" not in err
-    assert_each_row_once(served)
-    assert os.path.exists(served / "state" / "predict.json")
+    assert_each_row_once(trained_dir)
+    assert os.path.exists(trained_dir / "state" / "predict.json")

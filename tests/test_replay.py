@@ -226,6 +226,7 @@ CHUNK_FILE_IDS = (
 )
 
 
+@pytest.mark.slow
 def test_small_chunks_give_the_same_rows_and_ids_as_one_big_chunk(tmp_path):
     f = _chunk_file(tmp_path)
     whole = parsed(f, 1 << 20)
@@ -236,6 +237,7 @@ def test_small_chunks_give_the_same_rows_and_ids_as_one_big_chunk(tmp_path):
         assert parsed(f, chunk).equals(whole), chunk
 
 
+@pytest.mark.slow
 def test_small_chunks_write_the_same_log(tmp_path):
     f = _chunk_file(tmp_path)
     out = {}
@@ -249,6 +251,7 @@ def test_small_chunks_write_the_same_log(tmp_path):
     assert out[24]["trade_id"].to_list() == [i for i in CHUNK_FILE_IDS if i not in ("k|100|1|0", "kx|100|1|0")]
 
 
+@pytest.mark.slow
 def test_the_cli_streams_in_chunks_with_the_same_result(rtml, tmp_path, monkeypatch):
     f = _chunk_file(tmp_path)
     big = tmp_path / "big"
@@ -261,6 +264,7 @@ def test_the_cli_streams_in_chunks_with_the_same_result(rtml, tmp_path, monkeypa
     assert ticks(small).drop("recv_ts").equals(ticks(big).drop("recv_ts"))
 
 
+@pytest.mark.slow
 def test_the_reader_works_in_byte_chunks(tmp_path):
     lines = [f"{1_700_000_000 + i}.25,100.5,0.125" for i in range(400)]  # 26 bytes a line
     f = write(tmp_path / "XBTUSD.csv", "\n".join(lines) + "\n")
@@ -307,6 +311,7 @@ def test_binance_blank_lines_before_the_header_are_not_records(rtml, data_dir, t
     assert s["written"] == 1 and s["quarantined"] == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("header", [True, False])
 def test_a_chunk_starting_with_a_short_row_keeps_the_fields_of_the_rows_after_it(tmp_path, header):
     rows = [
@@ -423,6 +428,7 @@ kraken,XBT/USD,1700000000000002,1700000000000700,,sell,37000.0,0.3
 # -- rtml's own files -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["parquet", "csv"])
 def test_an_exported_ticks_log_reimports_unchanged(rtml, tmp_path, kind):
     src_dir, dst_dir = tmp_path / "src", tmp_path / "dst"
@@ -633,6 +639,7 @@ def test_max_ticks_stops_a_replay_after_exactly_n_written(rtml, data_dir, tmp_pa
     assert ticks(data_dir)["trade_id"].to_list() == [str(i) for i in range(1, 38)]
 
 
+@pytest.mark.slow
 def test_max_ticks_across_files_chunks_and_bad_records(rtml, data_dir, tmp_path, monkeypatch):
     day1 = [f"{i},100,1,100,{1704067200000 + i},false,true" for i in range(1, 31)]
     day1[4] = "5,nan,1,100,1704067200005,false,true"  # not written, not counted
@@ -801,6 +808,7 @@ def test_symbol_does_not_rename_a_file_that_has_a_symbol_column(rtml, tmp_path):
 # -- plausible time ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_trade_stamped_far_from_its_neighbours_is_quarantined_a_real_pause_is_not(rtml, data_dir, tmp_path):
     """A 2023 file with one row stamped in 2026 and one at 1970 (which made `rtml features`
     emit a million empty bars, or run for ten minutes into 7.7 GB); a pause of ten days with
@@ -850,6 +858,7 @@ def test_a_stray_nul_byte_early_in_a_file_is_one_bad_record_not_a_binary_file(rt
     assert [w for w, _, _ in quarantined(data_dir)] == ["XBTUSD.csv:6"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_many_files_are_checked_stops_before_anything_is_written(data_dir, tmp_path):
     """Every file is sniffed before the first is read; with thousands of files that takes a
     while, and Ctrl-C used to wait for all of them."""
@@ -894,3 +903,17 @@ def test_a_line_with_an_unbalanced_quote_is_a_clear_error(rtml, data_dir, tmp_pa
         write(tmp_path / "XBTUSD.csv", "\n".join(rows) + "\n"),
         fragments=("is not well-formed CSV", "unbalanced quote"),
     )
+
+
+def test_a_long_multibyte_symbol_is_rejected_cleanly(rtml, data_dir, tmp_path):
+    assert_clean_error(rtml("ingest", "--symbols", "€" * 30, "--max-ticks", "10"), "too long")
+    f = tmp_path / "t.csv"
+    f.write_text(
+        "exchange,symbol,timestamp,local_timestamp,id,side,price,amount\n"
+        f"x,{'€' * 30},1700000000000000,1700000000000000,1,buy,1,1\n"
+        "x,OK,1700000000000000,1700000000000000,2,buy,1,1\n"
+    )
+    r = rtml("ingest", "--source", "replay", "--path", str(f), "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["quarantined"] == {"bad_symbol": 1}
+    assert ParquetLog(data_dir, "ticks").partitions() == ["OK"]

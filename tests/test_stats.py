@@ -19,6 +19,7 @@ def overlapping_targets(rng, k: int, h: int, streams: int = 3) -> np.ndarray:
     return level[h:] - level[:-h]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k, h", [(300, 5), (1000, 5), (400, 1)])
 def test_tests_of_a_true_null_reject_about_five_percent(k, h):
     rng = np.random.default_rng(k + h)
@@ -66,6 +67,7 @@ def test_the_diebold_mariano_statistic_equals_its_formula_on_one_stream():
     assert out["p"] == pytest.approx(2 * sp.t.sf(abs(t), 199), rel=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["normal", "fat tails", "volatility clusters"])
 def test_the_sharpe_interval_covers_the_true_ratio_95_percent_of_the_time(kind):
     rng = np.random.default_rng(len(kind))

@@ -21,6 +21,7 @@ def ticks(data_dir) -> pl.DataFrame:
     return ParquetLog(data_dir, "ticks").read_all().sort("symbol", "offset")
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_ticks_whatever_the_flush_size(rtml, tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     for d, flush in ((a, "100000"), (b, "777"), (c, "100000")):
@@ -109,6 +110,7 @@ def _bars(sim: Simulator, blocks: int) -> pl.DataFrame:
     ).drop_nulls()
 
 
+@pytest.mark.slow
 def test_the_simulated_market_has_regimes_whose_predictability_flips_sign():
     """Concept drift an online model can exploit: the same feature predicts opposite moves.
 
@@ -131,6 +133,7 @@ def test_the_simulated_market_has_regimes_whose_predictability_flips_sign():
     assert abs(walk.select(pl.corr("ofi_5", "next_5")).item()) < 0.05
 
 
+@pytest.mark.slow
 def test_the_market_is_calibrated_to_crypto():
     """Annualised volatility 40-90%, fat tails, volatility that clusters, no drift, and an
     oracle (the simulator's own hidden state) that hits the sign of the next five minutes

@@ -57,6 +57,7 @@ def test_a_three_period_horizon_with_overlapping_positions_worked_by_hand(rtml, 
     assert s["buy_and_hold"]["total_return"] == pytest.approx(100 / 100 - 1, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_buy_and_hold_is_the_price_change_for_any_horizon(rtml, tmp_path, user_models):
     rng = np.random.default_rng(3)
     n = 400
@@ -132,6 +133,7 @@ def reference(
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hold, fee, band", [(1, 0.0, 0.0), (3, 2.5, 0.0), (8, 10.0, 0.3)])
 def test_every_trading_figure_equals_a_plain_recomputation_on_a_messy_tape(
     rtml, tmp_path, user_models, hold, fee, band
@@ -197,6 +199,7 @@ def test_every_trading_figure_equals_a_plain_recomputation_on_a_messy_tape(
         assert got[f"return_at_{fee:g}bp"] == pytest.approx(got["total_return"], rel=1e-12)
 
 
+@pytest.mark.slow
 def test_the_examples_log_is_marked_to_its_bars_closes(rtml, data_dir):
     assert rtml("ingest", "--max-ticks", "60000", "--json").exit_code == 0
     assert rtml("features", "--horizon", "3", "--json").exit_code == 0

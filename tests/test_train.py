@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
 import pickle
@@ -10,6 +11,7 @@ import signal
 import textwrap
 import time
 from pathlib import Path
+from threading import Event
 
 import pytest
 
@@ -38,6 +40,7 @@ def as_label(spec, y):
 # -- the contract every spec keeps ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_every_spec_round_trips_through_pickle_leaves_inputs_alone_and_repeats_when_seeded(name):
     spec = SPECS[name]
@@ -217,13 +220,6 @@ def test_big_models_are_snapshotted_by_a_forked_child(tmp_path):
 # -- rtml train -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def examples_dir(rtml, data_dir):
-    assert rtml("ingest", "--max-ticks", "120000").exit_code == 0
-    assert rtml("features").exit_code == 0
-    return data_dir
-
-
 def n_examples(data_dir: Path) -> dict[str, int]:
     log = ParquetLog(data_dir, "examples")
     return {s: log.last_offset(s) for s in log.partitions()}
@@ -235,6 +231,7 @@ def train(rtml, *args) -> dict:
     return json.loads(r.stdout)
 
 
+@pytest.mark.slow
 def test_train_learns_every_example_once_and_resumes_where_it_stopped(rtml, examples_dir):
     first = train(rtml, "--checkpoint-every", "100")
     total = sum(v + 1 for v in n_examples(examples_dir).values())
@@ -267,6 +264,7 @@ def test_train_learns_every_example_once_and_resumes_where_it_stopped(rtml, exam
     assert more["learned_this_run"] == new_total - total and more["examples_learned"] == new_total
 
 
+@pytest.mark.slow
 def test_the_same_examples_give_the_same_model_however_training_is_cut(rtml, examples_dir, tmp_path):
     from rtml_cli.checkpoint import CheckpointStore
 
@@ -280,17 +278,20 @@ def test_the_same_examples_give_the_same_model_however_training_is_cut(rtml, exa
     assert [a.predict_one(x) for x in probe] == [b.predict_one(x) for x in probe]
 
 
+@pytest.mark.slow
 def test_a_second_trainer_on_the_same_name_is_refused(rtml, examples_dir):
     with CheckpointStore(examples_dir, "linear").lock():
         assert_clean_error(rtml("train"), "another `rtml train`", f"pid {os.getpid()}")
 
 
+@pytest.mark.slow
 def test_changed_model_params_need_another_name(rtml, examples_dir):
     train(rtml)
     assert_clean_error(rtml("train", "--param", "ridge=1.0"), "use --name")
     assert train(rtml, "--param", "ridge=1.0", "--name", "linear-r1")["name"] == "linear-r1"
 
 
+@pytest.mark.slow
 def test_a_tampered_checkpoint_is_skipped_and_training_resumes_from_the_last_good_one(rtml, examples_dir):
     train(rtml, "--checkpoint-every", "200", "--keep", "50")
     store = CheckpointStore(examples_dir, "linear")
@@ -304,6 +305,7 @@ def test_a_tampered_checkpoint_is_skipped_and_training_resumes_from_the_last_goo
     assert again["learned_this_run"] == cps[-1].manifest["examples_learned"] - cps[-2].manifest["examples_learned"]
 
 
+@pytest.mark.slow
 def test_with_a_key_set_an_unsigned_checkpoint_is_not_trusted(rtml, examples_dir, monkeypatch):
     train(rtml)
     monkeypatch.setenv("RTML_CHECKPOINT_KEY", "k3y")
@@ -314,6 +316,7 @@ def test_with_a_key_set_an_unsigned_checkpoint_is_not_trusted(rtml, examples_dir
     assert listing[-1]["status"] == "ok" and len(listing) == 2  # the new one is signed; the old one kept
 
 
+@pytest.mark.slow
 def test_a_mistyped_key_never_loses_the_model(rtml, examples_dir, monkeypatch):
     """Checkpoints signed with one key, then train with a typo: it refuses to start afresh
     (it used to, and retention then deleted every good checkpoint); --fresh starts a new model
@@ -338,6 +341,7 @@ def test_a_mistyped_key_never_loses_the_model(rtml, examples_dir, monkeypatch):
     assert cp.version == signed[-1] and len(problems) == 2
 
 
+@pytest.mark.slow
 def test_checkpoints_of_another_river_version_are_kept_and_named(rtml, examples_dir):
     train(rtml, "--checkpoint-every", "150")
     store = CheckpointStore(examples_dir, "linear")
@@ -351,12 +355,14 @@ def test_checkpoints_of_another_river_version_are_kept_and_named(rtml, examples_
     assert [cp.version for cp in store.list()][: len(old)] == [cp.version for cp in old]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["train"], ["predict"], ["checkpoints"]])
 def test_an_empty_key_is_an_error(rtml, examples_dir, monkeypatch, command):
     monkeypatch.setenv("RTML_CHECKPOINT_KEY", "")
     assert_clean_error(rtml(*command), "RTML_CHECKPOINT_KEY is set but empty")
 
 
+@pytest.mark.slow
 def test_a_classifier_needs_sign_targets(rtml, examples_dir):
     assert_clean_error(rtml("train", "--model", "logistic"), "is a classifier", "--target sign")
     assert rtml("features", "--target", "sign", "--rebuild").exit_code == 0
@@ -374,6 +380,7 @@ def test_train_without_examples_says_what_to_run(rtml):
     assert_clean_error(rtml("train"), "no examples log", "rtml features")
 
 
+@pytest.mark.slow
 def test_kill_9_of_train_follow_while_examples_arrive_loses_nothing_and_repeats_nothing(rtml, examples_dir):
     d = str(examples_dir)
     ingest = rtml_process(
@@ -407,6 +414,7 @@ def test_kill_9_of_train_follow_while_examples_arrive_loses_nothing_and_repeats_
     assert versions == sorted(set(versions)) and len(versions) >= 4
 
 
+@pytest.mark.slow
 def test_a_long_backlog_read_in_small_chunks_is_learned_in_the_same_order(rtml, examples_dir):
     from threading import Event
 
@@ -446,3 +454,130 @@ def test_with_a_key_a_changed_manifest_or_a_renamed_checkpoint_is_refused(tmp_pa
     second.manifest_path.write_text(first.manifest_path.read_text())
     with pytest.raises(CheckpointError, match="says it is version 1"):
         store.list()[-1].load(b"secret")
+
+
+@pytest.mark.slow
+def test_training_refuses_checkpoints_of_examples_that_were_rebuilt(rtml, data_dir):
+    assert rtml("ingest", "--max-ticks", "60000").exit_code == 0
+    assert rtml("features").exit_code == 0
+    assert rtml("train").exit_code == 0
+    assert rtml("features", "--rebuild", "--horizon", "3").exit_code == 0
+    assert_clean_error(rtml("train"), "were rebuilt", "--name")
+    r = rtml("train", "--name", "fresh", "--json")
+    assert r.exit_code == 0
+    assert json.loads(r.stdout)["examples_learned"] == sum(
+        ParquetLog(data_dir, "examples").last_offset(s) + 1 for s in ParquetLog(data_dir, "examples").partitions()
+    )
+
+
+@pytest.mark.slow
+def test_a_dead_checkpoint_writer_is_replaced_and_training_ends(examples_dir):
+    import os
+    import signal
+
+    from rtml_cli.train import Trainer, TrainOptions
+
+    with Trainer(examples_dir, TrainOptions(checkpoint_every=20)) as t:
+        writer = t.checkpointer._writer
+        os.kill(writer.pid, signal.SIGKILL)
+        t.run(Event(), follow=False)  # must not hang
+        summary = t.summary()
+    from rtml_cli.checkpoint import CheckpointStore
+
+    newest = CheckpointStore(examples_dir, "linear").list()[-1]
+    assert newest.manifest["examples_learned"] == summary["examples_learned"]
+    assert any("writer" in f for f in summary["checkpoint_failures"])  # the death was noticed and reported
+
+
+def test_a_message_cut_short_is_never_written_as_a_checkpoint(tmp_path):
+    import os
+    import struct
+
+    from rtml_cli.checkpoint import CheckpointStore, _serve
+
+    store = CheckpointStore(tmp_path, "m")
+    store.dir.mkdir(parents=True)
+    req_r, req_w = os.pipe()
+    ack_r, ack_w = os.pipe()
+    header = json.dumps({"version": 7, "manifest": {}}).encode()
+    os.write(req_w, struct.pack(">QQ", len(header), 1_000_000) + header + b"x" * 1000)
+    os.close(req_w)
+    _serve(req_r, ack_w, store, keep=3, key=None)
+    os.close(ack_w)
+    assert os.read(ack_r, 1000) == b""  # nothing acknowledged
+    assert not list(store.dir.glob("*.pkl")) and not list(store.dir.glob("*.json"))
+
+
+@pytest.mark.slow
+def test_a_failed_final_checkpoint_is_an_error_not_a_success(examples_dir, monkeypatch):
+    import rtml_cli.checkpoint as checkpoint_module
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module, "write_checkpoint", disk_full)
+    from rtml_cli.errors import RtmlError
+    from rtml_cli.train import Trainer, TrainOptions
+
+    with (
+        pytest.raises(RtmlError, match=r"are in no checkpoint.*No space left"),
+        Trainer(examples_dir, TrainOptions()) as t,
+    ):
+        t.run(Event(), follow=False)
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_catching_up_stops_soon_and_keeps_what_was_learned(examples_dir):
+    from rtml_cli.train import Trainer, TrainOptions
+
+    stop = Event()
+    with Trainer(examples_dir, TrainOptions()) as t:
+        t.learner.step = (lambda original: lambda x, y: (stop.set(), original(x, y))[1])(t.learner.step)
+        t.run(stop, follow=False)
+        learned = t.learner.learned
+    assert 0 < learned <= 256  # stopped at the first check, not at the end of the backlog
+    from rtml_cli.checkpoint import CheckpointStore
+
+    assert CheckpointStore(examples_dir, "linear").list()[-1].manifest["examples_learned"] == learned
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("manifest", [{}, [], {"pickle": "x"}, {"pickle": {"size": "1", "sha256": 3}}])
+def test_manifests_of_the_wrong_shape_are_skipped_not_crashed_on(rtml, examples_dir, manifest):
+    assert rtml("train").exit_code == 0
+    (examples_dir / "checkpoints" / "linear" / "0000000099.json").write_text(json.dumps(manifest))
+    r = rtml("train", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["resumed_from"] == 1
+    listing = rtml("checkpoints", "--json")
+    assert listing.exit_code == 0, listing.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--model", "sgd", "--param", "l2=abc"], "check the --param values"),
+        (["--param", "ridge=-1"], "does not take these parameters"),
+        (["--model", "knn", "--param", "n_neighbors=0"], "check the --param values"),
+        (["--model", "os:getcwd"], "not a River model"),
+    ],
+)
+def test_bad_model_parameters_are_errors_not_tracebacks(rtml, examples_dir, args, fragment):
+    assert_clean_error(rtml("train", "--name", "bad", *args), fragment)
+
+
+@pytest.mark.slow
+def test_tuple_parameters_resume(rtml, examples_dir):
+    args = ("train", "--model", "hat", "--param", "nominal_attributes=('zz',)", "--name", "tup", "--json")
+    assert rtml(*args).exit_code == 0
+    again = rtml(*args)
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["resumed_from"] is not None
+
+
+@pytest.mark.slow
+def test_a_hidden_directory_does_not_break_the_listing(rtml, examples_dir):
+    assert rtml("train").exit_code == 0
+    (examples_dir / "checkpoints" / ".trash").mkdir()
+    assert rtml("checkpoints").exit_code == 0

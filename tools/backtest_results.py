@@ -1,4 +1,4 @@
-"""Run the README's two real-data backtests and write their tables into README.md.
+"""Run the two real-data backtests of docs/results.md and write their tables into it.
 
 Run: `.venv/bin/python tools/backtest_results.py` (or `make results`). It takes a few
 minutes: River's SP500Stocks (in River's wheel, no download) and two weeks of the simulated
@@ -93,7 +93,7 @@ def main() -> None:
         )
         + END
     )
-    readme = ROOT / "README.md"
+    readme = ROOT / "docs" / "results.md"
     body = readme.read_text()
     body = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _m: text, body, flags=re.S)
     readme.write_text(body)

@@ -1,4 +1,4 @@
-"""Regenerate the README's CLI reference from `--help` (run: `make docs`; a test checks it)."""
+"""Regenerate the CLI reference (docs/cli.md) from `--help` (run: `make docs`; a test checks it)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from rtml_cli.cli import cli
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
 
 
@@ -19,7 +19,7 @@ def reference() -> str:
     for args in [[], *[[name] for name in sorted(cli.commands)]]:
         out = CliRunner().invoke(cli, [*args, "--help"], prog_name="rtml").output
         title = " ".join(["rtml", *args])
-        blocks.append(f"### `{title}`\n\n```text\n{out.rstrip()}\n```\n")
+        blocks.append(f"## `{title}`\n\n```text\n{out.rstrip()}\n```\n")
     return "\n".join(blocks)
 
 
@@ -29,8 +29,8 @@ def updated(readme: str) -> str:
 
 
 if __name__ == "__main__":
-    text = README.read_text()
+    text = REFERENCE.read_text()
     new = updated(text)
     if "--check" in sys.argv:
-        sys.exit(0 if new == text else "README CLI reference is stale: run `make docs`")
-    README.write_text(new)
+        sys.exit(0 if new == text else "docs/cli.md is stale: run `make docs`")
+    REFERENCE.write_text(new)

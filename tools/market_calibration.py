@@ -1,4 +1,4 @@
-"""The simulated market's statistics against real crypto: the figures in the README.
+"""The simulated market's statistics against real crypto: the figures in docs/ingest.md.
 
 Run: `.venv/bin/python tools/market_calibration.py [--days 10] [--seeds 5]`. It simulates the
 default symbols from the simulator directly (no data directory), builds one-minute bars from

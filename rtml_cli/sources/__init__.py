@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from threading import Event
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import polars as pl
@@ -35,8 +35,11 @@ class TickBatch:
 
 
 class Source(Protocol):
-    name: str
-    total: int | None
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def total(self) -> int | None: ...
 
     def batches(self, stop: Event) -> Iterator[TickBatch]: ...
 
@@ -67,7 +70,7 @@ def pace(
 
     wait = wait or stop.wait
     jump = int(MAX_JUMP_SECONDS * 1e9)
-    clock_state: dict[str, float | int] = {}  # prev_ts, prev_c (file time with long pauses cut), origin_c, origin_wall
+    clock_state: dict[str, Any] = {}  # prev_ts, prev_c (file time with long pauses cut), origin_c, origin_wall
     held: TickBatch | None = None
 
     def dues(ts: np.ndarray, valid: np.ndarray, judge_last: bool) -> np.ndarray:

@@ -169,7 +169,7 @@ class KrakenSource:
 
     def _refused(self, msg: dict) -> NoReturn:
         error = _text(msg.get("error")) or "no reason given"
-        result = msg.get("result") if isinstance(msg.get("result"), dict) else {}
+        result = msg["result"] if isinstance(msg.get("result"), dict) else {}
         symbol = msg.get("symbol") or result.get("symbol")
         # Retrying cannot help: the same request would be refused again.
         if symbol:

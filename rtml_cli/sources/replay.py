@@ -17,7 +17,7 @@ import re
 import time
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
@@ -90,7 +90,7 @@ class _Input:
             self.stream = self._zip.open(members[0])  # type: ignore[assignment]
             self._read = 0
         else:
-            self.stream = self._raw  # type: ignore[assignment]
+            self.stream = self._raw
         self.is_parquet = head == b"PAR1"
 
     def read(self, n: int) -> bytes:
@@ -366,7 +366,7 @@ class ReplaySource:
         self.formats_seen: dict[str, str] = {}
         # Sniff every file up front, so a wrong file fails before anything is written;
         # Ctrl-C (`stop`) ends that between two files.
-        self._plans = []
+        self._plans: list[tuple[str, list[str] | None, bool, str | None]] = []
         for p in self.paths:
             if stop is not None and stop.is_set():
                 raise RtmlError(
@@ -451,7 +451,7 @@ class ReplaySource:
 
     def _file_batches(
         self, path, fmt, header, has_header, symbol, stop, chunk_bytes=None, parquet_rows=200_000
-    ) -> Iterator[TickBatch]:
+    ) -> Generator[TickBatch, None, None]:
         import polars as pl
 
         inp = _Input(path)
@@ -570,9 +570,14 @@ class ReplaySource:
             # Binance switched spot dumps from milliseconds to microseconds in 2025.
             ts_ns = _us_to_ns(pl.when(t >= 10**14).then(t).when(t >= 0).then(t * 1_000))
             maker = pl.col("isBuyerMaker").str.to_lowercase()
-            side = pl.when(maker == "true").then(pl.lit("sell")).when(maker == "false").then(pl.lit("buy"))
             # anything else, a missing value too, is reported as bad_side
-            side = side.otherwise(pl.col("isBuyerMaker").fill_null(""))
+            side = (
+                pl.when(maker == "true")
+                .then(pl.lit("sell"))
+                .when(maker == "false")
+                .then(pl.lit("buy"))
+                .otherwise(pl.col("isBuyerMaker").fill_null(""))
+            )
             out = _ticks(
                 chunk,
                 raw_cols,

@@ -1,6 +1,6 @@
 """The built-in market simulator: seeded multi-symbol trades with regime-switching predictability.
 
-The generating process (also described in the README, with its calibration): on a
+The generating process (also described in docs/ingest.md, with its calibration): on a
 one-second grid, each symbol's log price moves by
 
     r_t = v_t * sigma * (beta * f_t + sqrt(1 - beta^2) * e_t)   common factor + own noise
@@ -19,7 +19,7 @@ fades). So the sign of the relation between order flow and the next minutes' ret
 flips with the regime: an online model can follow it, a frozen one cannot. A market held
 in the random walk (`regime="random_walk"`) has flow that moves nothing.
 
-Calibrated to crypto (`tools/market_calibration.py`, the README and tests/test_synthetic.py):
+Calibrated to crypto (`tools/market_calibration.py`, docs/ingest.md and tests/test_synthetic.py):
 annualised volatility 45-75% per symbol, no drift, fat-tailed returns, volatility
 clustering, and an oracle knowing the hidden state hits the sign of the next five minutes
 about 57% of the time (`oracle`).
@@ -266,6 +266,7 @@ def oracle(sim: Simulator, closes: np.ndarray, bar_s: int, horizon: int) -> dict
     view (an expectation of exactly zero): the overall hit rate counts them as a coin flip.
     """
     tr = sim.trace
+    assert tr is not None, "the oracle needs a simulation run with trace=True"
     regime = np.concatenate(tr.regime)
     n_bars = closes.shape[1]
     ends = np.arange(1, n_bars + 1) * bar_s - 1  # the last second of each bar
