@@ -20,6 +20,7 @@ import os
 import time
 from array import array
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -733,14 +734,19 @@ def check_models(opts: BacktestOptions) -> None:
         resolve(m).build(opts.params)
 
 
-def run_backtest(ds: Dataset, opts: BacktestOptions, on_done=None, stop: Event | None = None) -> dict[str, Any]:
+def run_backtest(ds: Dataset, opts: BacktestOptions, stop: Event | None = None) -> dict[str, Any]:
     """Replay every model (in `opts.jobs` processes), then score all against the baselines.
     `stop` (Ctrl-C, SIGTERM) ends it within about a second with `Stopped`."""
+    started = time.perf_counter()
+    return result_of(ds, opts, list(replay_all(ds, opts, stop)), time.perf_counter() - started)
+
+
+def replay_all(ds: Dataset, opts: BacktestOptions, stop: Event | None = None) -> Iterator[Replay]:
+    """The stage: replay every model (in `opts.jobs` processes), yielding each replay as it
+    ends. `stop` (Ctrl-C, SIGTERM) ends it within about a second with `Stopped`."""
     check_models(opts)
     if opts.warmup >= ds.n:
         raise ConfigError(f"--warmup {opts.warmup} leaves none of the {ds.n:,} rows to score; lower it")
-    started = time.perf_counter()
-    replays: list[Replay] = []
     jobs = [(None, m, opts.refresh, opts.warmup, opts.params) for m in opts.models]
     if opts.jobs > 1 and len(opts.models) > 1:
         import multiprocessing
@@ -751,7 +757,8 @@ def run_backtest(ds: Dataset, opts: BacktestOptions, on_done=None, stop: Event |
             ctx = multiprocessing.get_context("fork")
             with ctx.Pool(min(opts.jobs, len(opts.models)), initializer=_worker_signals) as pool:
                 results = pool.imap(_replay_job, jobs)
-                while len(replays) < len(jobs):
+                done = 0
+                while done < len(jobs):
                     try:
                         rep = results.next(timeout=0.2)
                     except multiprocessing.TimeoutError:
@@ -759,19 +766,20 @@ def run_backtest(ds: Dataset, opts: BacktestOptions, on_done=None, stop: Event |
                             pool.terminate()
                             raise Stopped("stopped by a signal; nothing was written") from None
                         continue
-                    replays.append(rep)
-                    if on_done:
-                        on_done(rep)
+                    done += 1
+                    yield rep
         finally:
             _JOB_DATA = None
     else:
         for job in jobs:
-            replays.append(replay(ds, *job[1:], stop=stop))
-            if on_done:
-                on_done(replays[-1])
+            yield replay(ds, *job[1:], stop=stop)
+
+
+def result_of(ds: Dataset, opts: BacktestOptions, replays: list[Replay], elapsed_s: float) -> dict[str, Any]:
+    """The backtest's result: every replay scored against the baselines, with its timings."""
     result = score_all(ds, opts, replays)
     result["model_seconds"] = {r.model: round(r.seconds, 3) for r in replays}
-    result["elapsed_s"] = round(time.perf_counter() - started, 3)
+    result["elapsed_s"] = round(elapsed_s, 3)
     return result
 
 

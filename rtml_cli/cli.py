@@ -250,7 +250,7 @@ def ingest(
         rtml ingest --source kraken --symbols BTC/USD,ETH/USD
     """
     from rtml_cli import ui
-    from rtml_cli.ingest import IngestOptions, open_source, run_ingest
+    from rtml_cli.ingest import IngestOptions, IngestSummary, ingest_loop, open_source
 
     ctx = click.get_current_context()
     _only_for(
@@ -296,20 +296,11 @@ def ingest(
             url=url,
             on_event=lambda msg: console.print(f"[yellow]{msg}[/]"),
         )
-        bounded = src.total is not None and pace is None
-        if as_json or not bounded:
-            status = ui.StatusLine(console) if not as_json else None
-            summary = run_ingest(data_dir, src, opts, stop, lambda s, _: status and status.update(s), batches)
-        else:
-            unit = "bytes" if source == "replay" else "ticks"
-            with ui.progress_bar(console, unit) as bar:
-                task = bar.add_task(f"{source}", total=src.total, status="")
-
-                def on_batch(s, progress):
-                    bad = sum(s.quarantined.values())
-                    bar.update(task, advance=progress, status=f"{s.received - bad:,} accepted, {bad:,} quarantined")
-
-                summary = run_ingest(data_dir, src, opts, stop, on_batch, batches)
+        summary = IngestSummary(source=src.name, data_dir=str(data_dir))
+        events = ingest_loop(data_dir, src, opts, stop, summary, batches)
+        # a progress bar when the amount of work is known and not paced; else a status line
+        total = src.total if pace is None else None
+        ui.show_ingest(summary, events, total, "bytes" if source == "replay" else "ticks", console, as_json)
     if as_json:
         click.echo(json.dumps(summary.to_json(), indent=2))
         return
@@ -411,10 +402,8 @@ def features(follow, bar, horizon, target, sql_file, symbols, lookback, grace, p
         remove_built(data_dir)
     console = ui.err_console()
     with _Stopper(console) as stop, FeatureBuilder(data_dir, spec, parse_symbols(symbols)) as builder:
-        if follow:
-            summary = ui.follow_features(builder, stop, poll, grace, console, as_json)
-        else:
-            summary = ui.build_features(builder, console, as_json, stop)
+        events = builder.loop(stop, follow, poll, grace)
+        summary = ui.show_features(builder, events, follow, console, as_json, stop)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -518,7 +507,7 @@ def train(
     with _Stopper(console) as stop, Trainer(data_dir, opts) as trainer:
         for problem in trainer.skipped:
             console.print(f"[yellow]skipped a checkpoint: {problem}[/]")
-        ui.run_training(trainer, stop, follow, poll, console, as_json)
+        ui.show_training(trainer, trainer.loop(stop, follow, poll), console, as_json)
     summary = trainer.summary()
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -633,7 +622,7 @@ def predict(names, follow, start, poll, no_notify, symbols, jsonl, data_dir, as_
             console.print(f"[yellow]{problem}[/]", highlight=False)
         if not follow:
             require_models(predictor)
-        ui.run_predictions(predictor, stop, follow, console, as_json, jsonl)
+        ui.show_predictions(predictor, predictor.loop(stop, follow), follow, console, as_json, jsonl)
     summary = predictor.summary()
     if as_json:
         text = json.dumps(summary, indent=2)
@@ -808,7 +797,7 @@ def backtest(
     console = ui.err_console()
     ds = bt.load_table(opts) if table is not None else bt.load_examples(data_dir, opts)
     with _Stopper(console) as stop:
-        result = ui.run_backtest(ds, opts, console, as_json, stop)
+        result = ui.show_backtest(ds, opts, bt.replay_all(ds, opts, stop), console, as_json)
     if report_dir is not None:
         from rtml_cli.report import write_report
 

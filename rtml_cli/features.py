@@ -613,16 +613,29 @@ class FeatureBuilder:
     # -- drivers -------------------------------------------------------------------------------
 
     def build(self, on_progress: Callable[[StepReport], None] | None = None, stop: Event | None = None) -> StepReport:
-        """Consume everything in the ticks log now (in chunks), then return; or, once `stop`
-        is set, after the step in progress (each step is committed: the next run goes on)."""
+        """Consume everything in the ticks log now (in chunks), then return the total; or,
+        once `stop` is set, after the step in progress (each step is committed: the next run
+        goes on)."""
         total = StepReport()
-        while True:
-            rep = self.step()
+        for rep in self.loop(stop or Event(), follow=False):
             total.add(rep)
             if on_progress:
                 on_progress(rep)
-            if rep.ticks == 0 or (stop is not None and stop.is_set()):
-                return total
+        return total
+
+    def loop(self, stop: Event, follow: bool, poll: float = 0.5, grace: float = 2.0) -> Iterator[StepReport]:
+        """The stage, step by step: what each step read and emitted.
+
+        One-shot, it ends when a step finds no new ticks, or after the step in progress once
+        `stop` is set. Following, see `follow`."""
+        if follow:
+            yield from self.follow(stop, poll, grace)
+            return
+        while True:
+            rep = self.step()
+            yield rep
+            if rep.ticks == 0 or stop.is_set():
+                return
 
     def follow(self, stop: Event, poll: float = 0.5, grace: float = 2.0) -> Iterator[StepReport]:
         """Build, then keep building as ticks arrive, until `stop` is set.

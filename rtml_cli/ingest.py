@@ -367,15 +367,30 @@ def run_ingest(
     source: Source,
     opts: IngestOptions,
     stop: Event,
-    on_batch: Callable[[IngestSummary, int], None] | None = None,
     batches: Iterator[TickBatch] | None = None,
 ) -> IngestSummary:
-    """Drain `source` into the ticks log until it ends, `stop` is set, or a bound is hit.
+    """Drain `source` into the ticks log until it ends, `stop` is set, or a bound is hit."""
+    summary = IngestSummary(source=source.name, data_dir=str(data_dir))
+    for _ in ingest_loop(data_dir, source, opts, stop, summary, batches):
+        pass
+    return summary
 
-    Everything accepted is flushed before returning, also when `stop` ends the run (Ctrl-C,
+
+def ingest_loop(
+    data_dir: Path,
+    source: Source,
+    opts: IngestOptions,
+    stop: Event,
+    summary: IngestSummary,
+    batches: Iterator[TickBatch] | None = None,
+) -> Iterator[int]:
+    """The stage: drain `source` into the ticks log until it ends, `stop` is set, or a bound
+    is hit, keeping `summary` up to date and yielding each batch's progress (units of
+    `source.total`).
+
+    Everything accepted is flushed before it ends, also when `stop` ends the run (Ctrl-C,
     SIGTERM). `batches` replaces `source.batches(stop)`, e.g. with a paced version of it.
     """
-    summary = IngestSummary(source=source.name, data_dir=str(data_dir))
     log = ParquetLog(data_dir, TICKS)
     deadline = time.monotonic() + opts.duration if opts.duration else None
     with log.writer() as writer, Heartbeat(data_dir, _written_offsets(log, data_dir)) as beat:
@@ -388,8 +403,7 @@ def run_ingest(
                     if pipe.due():
                         pipe.flush()
                 summary.elapsed = time.monotonic() - summary.started
-                if on_batch:
-                    on_batch(summary, batch.progress)
+                yield batch.progress
                 if opts.max_ticks is not None and summary.written + pipe.buffered >= opts.max_ticks:
                     summary.stopped_by = "--max-ticks"
                     break
@@ -407,7 +421,6 @@ def run_ingest(
             summary.elapsed = time.monotonic() - summary.started
             if hasattr(stream, "close"):
                 stream.close()
-    return summary
 
 
 def _written_offsets(log: ParquetLog, data_dir: Path) -> dict[str, int]:

@@ -19,7 +19,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -181,6 +181,39 @@ class Notifier:
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=2)
+
+
+@dataclass
+class Published:
+    """Predictions appended to the predictions log (one batch, every model)."""
+
+    frame: pl.DataFrame
+
+
+@dataclass
+class Waiting:
+    """Following: no checkpoint of model `name` yet; it is served as soon as one verifies."""
+
+    name: str
+    directory: Path
+
+
+@dataclass
+class Notice:
+    """Following: a model loaded, or (`problem`) a checkpoint refused or a loader failure."""
+
+    text: str
+    problem: bool
+
+
+@dataclass
+class Idle:
+    """Following: a pass over the new rows has ended, `n` predictions made."""
+
+    n: int
+
+
+PredictEvent = Published | Waiting | Notice | Idle
 
 
 @dataclass
@@ -381,9 +414,8 @@ class Predictor:
             for s, end in ends.items()
         )
 
-    def step(self, stop: Event | None = None, on_publish: Callable[[pl.DataFrame], None] | None = None) -> int:
-        """Predict every feature row available now (or until `stop`); returns predictions made."""
-        done = 0
+    def _pass(self, stop: Event | None = None) -> Iterator[pl.DataFrame]:
+        """Predict every feature row available now (or until `stop`), yielding each batch published."""
         while not (stop is not None and stop.is_set()):
             active = [s for s in self.slots if s.latest is not None]
             if not active:
@@ -395,12 +427,9 @@ class Predictor:
             published = self._predict(frame, active, stop)
             if published is None:
                 break
-            done += published.height
-            if on_publish is not None:
-                on_publish(published)
+            yield published
         if time.monotonic() - self._state_saved > 10:
             self._save_state()
-        return done
 
     def _columns(self, symbols) -> list[str] | None:
         """What a prediction needs of a features row: its place and the model inputs.
@@ -497,21 +526,32 @@ class Predictor:
             out.append(part.with_columns(pl.int_range(first, last + 1, dtype=pl.Int64).alias(OFFSET)))
         return pl.concat(out)
 
-    def run(
-        self,
-        stop: Event,
-        follow: bool,
-        on_publish: Callable[[pl.DataFrame], None] | None = None,
-        on_idle: Callable[[], None] | None = None,
-    ) -> None:
+    def run(self, stop: Event, follow: bool) -> None:
         """Predict what is there; with `follow`, keep predicting new rows until `stop`."""
+        for _ in self.loop(stop, follow):
+            pass
+
+    def loop(self, stop: Event, follow: bool) -> Iterator[PredictEvent]:
+        """The stage: predict what is there and, with `follow`, keep predicting new rows (and
+        swapping newer models in) until `stop`. Yields each batch published; following, also
+        the models it waits for, what the loader did or refused, and the end of each pass."""
+        if follow:
+            for slot in self.missing():
+                yield Waiting(slot.name, slot.store.dir)
+            self.start_watching()
         while not stop.is_set():
             self.wake.clear()
-            n = self.step(stop, on_publish)
+            n = 0
+            for frame in self._pass(stop):
+                n += frame.height
+                yield Published(frame)
             if not follow:
                 break
-            if on_idle is not None:
-                on_idle()
+            for problem in self.reports():
+                yield Notice(problem, problem=True)
+            for event in self.events():
+                yield Notice(event, problem=False)
+            yield Idle(n)
             if n == 0:
                 _wait(stop, self.wake, self.opts.poll)
 

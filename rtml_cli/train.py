@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +42,23 @@ class TrainOptions:
     on_drift: str = "ignore"
     window: int = 500
     fresh: bool = False  # start a new model although checkpoints exist (none of which loads)
+
+
+@dataclass
+class Learned:
+    """Progress while learning: `n` more examples learned (every 4,096, and at a chunk's end)."""
+
+    n: int
+
+
+@dataclass
+class Stepped:
+    """A pass over the examples available has ended, `n` of them learned (0: none was new)."""
+
+    n: int
+
+
+TrainEvent = Learned | Stepped
 
 
 @dataclass
@@ -177,19 +194,27 @@ class Trainer:
     def backlog(self) -> int:
         return sum(max(0, self.examples.last_offset(s) - self.offsets.get(s, -1)) for s in self.symbols())
 
-    def step(
-        self, on_progress: Callable[[int], None] | None = None, chunk: int = 10_000, stop: Event | None = None
-    ) -> int:
+    def step(self, chunk: int = 10_000, stop: Event | None = None) -> int:
         """Learn every example available now (or until `stop`); returns how many."""
+        events = self._pass(chunk, stop)
+        while True:
+            try:
+                next(events)
+            except StopIteration as done:
+                return done.value
+
+    def _pass(self, chunk: int = 10_000, stop: Event | None = None) -> Generator[Learned, None, int]:
+        """Learn every example available now (or until `stop`), reporting progress; returns how many."""
         done = 0
         while not (stop is not None and stop.is_set()):
-            n = self._learn(self.examples.read_in_time_order(self.symbols(), self.offsets, chunk), on_progress, stop)
+            frame = self.examples.read_in_time_order(self.symbols(), self.offsets, chunk)
+            n = yield from self._learn(frame, stop)
             if n == 0:
                 break
             done += n
         return done
 
-    def _learn(self, frame: pl.DataFrame, on_progress: Callable[[int], None] | None, stop: Event | None = None) -> int:
+    def _learn(self, frame: pl.DataFrame, stop: Event | None = None) -> Generator[Learned, None, int]:
         import polars as pl
 
         if frame.height == 0:
@@ -220,12 +245,12 @@ class Trainer:
             if self._since_checkpoint >= every:
                 self.trained_until = _iso(ts)
                 self.checkpoint()
-            if on_progress and done % 4096 == 0:
-                on_progress(4096)
+            if done % 4096 == 0:
+                yield Learned(4096)
         if ts is not None:
             self.trained_until = _iso(ts)
-        if on_progress:
-            on_progress(done % 4096)
+        if done % 4096:
+            yield Learned(done % 4096)
         self.report.learned += done
         return done
 
@@ -258,19 +283,18 @@ class Trainer:
             self.checkpointer.wait()
         return version
 
-    def run(
-        self,
-        stop: Event,
-        follow: bool,
-        poll: float = 0.5,
-        on_step: Callable[[int], None] | None = None,
-        on_progress: Callable[[int], None] | None = None,
-    ) -> None:
+    def run(self, stop: Event, follow: bool, poll: float = 0.5) -> None:
         """Learn what is there; with `follow`, keep learning as examples arrive until `stop`."""
+        for _ in self.loop(stop, follow, poll):
+            pass
+
+    def loop(self, stop: Event, follow: bool, poll: float = 0.5) -> Iterator[TrainEvent]:
+        """The stage: learn what is there and, with `follow`, keep learning as examples arrive
+        until `stop`, yielding progress (`Learned`) and the end of each pass (`Stepped`).
+        Consume it to the end: the final checkpoint is written when it ends."""
         while not stop.is_set():
-            n = self.step(on_progress, stop=stop)
-            if on_step:
-                on_step(n)
+            n = yield from self._pass(stop=stop)
+            yield Stepped(n)
             if not follow:
                 break
             if (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -59,6 +60,22 @@ class StatusLine:
         rate = (summary.written - self._last_written) / (now - self._last)
         self._last, self._last_written = now, summary.written
         self.console.print(ingest_status(summary, rate), highlight=False)
+
+
+def show_ingest(summary: IngestSummary, events, total: int | None, unit: str, console: Console, as_json: bool) -> None:
+    """Render `ingest.ingest_loop(...)`: a progress bar over `total` (bytes of files, ticks of
+    a bounded market), else a status line every 2 s; nothing with --json."""
+    if as_json or total is None:
+        status = None if as_json else StatusLine(console)
+        for _ in events:
+            if status:
+                status.update(summary)
+        return
+    with progress_bar(console, unit) as bar:
+        task = bar.add_task(summary.source, total=total, status="")
+        for progress in events:
+            bad = sum(summary.quarantined.values())
+            bar.update(task, advance=progress, status=f"{summary.received - bad:,} accepted, {bad:,} quarantined")
 
 
 def ingest_status(summary: IngestSummary, rate: float) -> str:
@@ -119,46 +136,36 @@ def _ts(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if value else ""
 
 
-def build_features(builder, console: Console, as_json: bool, stop=None) -> dict:
-    """One-shot build with a progress bar over the ticks backlog; Ctrl-C or SIGTERM (`stop`)
-    ends it after the step in progress, which is committed."""
-    from rtml_cli.features import StepReport, summarize
-
-    started = time.monotonic()
-    total = StepReport()
-    backlog = builder.backlog()
-    if as_json or backlog == 0:
-        total = builder.build(stop=stop)
-    else:
-        with progress_bar(console, "ticks") as bar:
-            task = bar.add_task("features", total=backlog, status="")
-
-            def on_step(rep):
-                total.add(rep)
-                bar.update(task, advance=rep.ticks, status=f"{total.bars:,} bars, {total.examples:,} examples")
-
-            builder.build(on_step, stop)
-    summary = summarize(builder, total, time.monotonic() - started)
-    if stop is not None and stop.is_set() and builder.backlog():
-        summary["stopped"] = f"by a signal, {builder.backlog():,} ticks before the end; run again to go on"
-        if not as_json:
-            console.print(f"[yellow]stopped {summary['stopped']}[/]")
-    return summary
-
-
-def follow_features(builder, stop, poll: float, grace: float, console: Console, as_json: bool) -> dict:
-    """--follow: build as ticks arrive; a status line every 2 s unless --json."""
+def show_features(builder, events, follow: bool, console: Console, as_json: bool, stop=None) -> dict:
+    """Render `builder.loop(...)` and return the run's summary. One-shot: a progress bar over
+    the ticks backlog (a signal ends the run after the step in progress, which is committed).
+    Following: a status line every 2 s. Nothing but the summary with --json."""
     from rtml_cli.features import StepReport, summarize
 
     started = last_print = time.monotonic()
     total = StepReport()
-    for rep in builder.follow(stop, poll, grace):
-        total.add(rep)
-        now = time.monotonic()
-        if not as_json and now - last_print >= 2.0:
-            last_print = now
-            console.print(features_status(builder, total), highlight=False)
-    return summarize(builder, total, time.monotonic() - started)
+    backlog = 0 if (follow or as_json) else builder.backlog()
+    bar = progress_bar(console, "ticks") if backlog else None
+    if bar:
+        task = bar.add_task("features", total=backlog, status="")
+        bar.start()
+    try:
+        for rep in events:
+            total.add(rep)
+            if bar:
+                bar.update(task, advance=rep.ticks, status=f"{total.bars:,} bars, {total.examples:,} examples")
+            elif follow and not as_json and time.monotonic() - last_print >= 2.0:
+                last_print = time.monotonic()
+                console.print(features_status(builder, total), highlight=False)
+    finally:
+        if bar:
+            bar.stop()
+    summary = summarize(builder, total, time.monotonic() - started)
+    if not follow and stop is not None and stop.is_set() and builder.backlog():
+        summary["stopped"] = f"by a signal, {builder.backlog():,} ticks before the end; run again to go on"
+        if not as_json:
+            console.print(f"[yellow]stopped {summary['stopped']}[/]")
+    return summary
 
 
 def features_status(builder, total) -> str:
@@ -211,26 +218,33 @@ def features_table(summary: dict):
     return table
 
 
-def run_training(trainer, stop, follow: bool, poll: float, console: Console, as_json: bool) -> None:
-    """A progress bar while catching up on a backlog; a status line every 2 s while following."""
-    backlog = trainer.backlog()
-    if as_json or backlog == 0:
-        trainer.run(stop, follow, poll, on_step=None if as_json else _train_status(trainer, console))
-        return
-    with progress_bar(console, "examples") as bar:
+def show_training(trainer, events, console: Console, as_json: bool) -> None:
+    """Render `trainer.loop(...)`: a progress bar while the first pass catches up on a backlog,
+    then a status line every 2 s; nothing but the end with --json."""
+    from rtml_cli.train import Learned
+
+    backlog = 0 if as_json else trainer.backlog()
+    bar = progress_bar(console, "examples") if backlog else None
+    if bar:
         task = bar.add_task(f"train {trainer.name}", total=backlog, status="")
-
-        def on_progress(n: int) -> None:
-            m = trainer.learner.metrics.as_dict()
-            sick = ", [bold red]DIVERGED[/]" if trainer.learner.diverged else ""
-            bar.update(task, advance=n, status=f"MAE {_num(m['mae'])}, hit {_num(m['hit_rate'])}{sick}")
-
-        trainer.step(on_progress, stop=stop)
-    say_diverged(trainer, console)
-    if follow:
-        trainer.run(stop, True, poll, on_step=_train_status(trainer, console))
-    else:
-        trainer.run(stop, False, poll)
+        bar.start()
+    status = None if as_json else _train_status(trainer, console)
+    try:
+        for event in events:
+            if isinstance(event, Learned):
+                if bar:
+                    m = trainer.metrics.as_dict()
+                    sick = ", [bold red]DIVERGED[/]" if trainer.learner.diverged else ""
+                    bar.update(task, advance=event.n, status=f"MAE {_num(m['mae'])}, hit {_num(m['hit_rate'])}{sick}")
+                continue
+            if bar:  # the first pass is over: the backlog is learned
+                bar.stop()
+                bar = None
+            if status:
+                status()
+    finally:
+        if bar:
+            bar.stop()
 
 
 def say_diverged(trainer, console: Console) -> None:
@@ -250,14 +264,14 @@ def say_diverged(trainer, console: Console) -> None:
 def _train_status(trainer, console: Console):
     state = {"last": time.monotonic(), "learned": trainer.learner.learned}
 
-    def on_step(_n: int) -> None:
+    def on_step() -> None:
         say_diverged(trainer, console)
         now = time.monotonic()
         if now - state["last"] < 2.0:
             return
         rate = (trainer.learner.learned - state["learned"]) / (now - state["last"])
         state.update(last=now, learned=trainer.learner.learned)
-        m = trainer.learner.metrics.as_dict()
+        m = trainer.metrics.as_dict()
         stall = trainer.checkpointer.stalls_ms[-1] if trainer.checkpointer.stalls_ms else None
         console.print(
             f"{datetime.now().strftime('%H:%M:%S')} {trainer.learner.learned:,} learned ({rate:,.0f}/s), "
@@ -347,81 +361,93 @@ PREDICTION_COLUMNS = (
 )
 
 
-def run_predictions(predictor, stop, follow: bool, console: Console, as_json: bool, jsonl: bool) -> None:
-    """One-shot: a progress bar over the backlog. Follow: a live table on a terminal, else a
-    status line every 2 s. `jsonl` streams each published prediction to stdout."""
+def show_predictions(predictor, events, follow: bool, console: Console, as_json: bool, jsonl: bool) -> None:
+    """Render `predictor.loop(...)`. One-shot: a progress bar over the backlog. Following: a
+    live table on a terminal, else a status line every 2 s. `jsonl` streams each published
+    prediction to stdout."""
+    from rtml_cli.predict import Notice, Published, Waiting
 
-    def emit(frame) -> None:
-        if jsonl:
-            write_stdout(frame.select(PREDICTION_COLUMNS).write_ndjson())
+    view = None
+    if follow and not as_json:
+        view = _LiveBoard(predictor, console) if console.is_terminal else _PlainBoard(predictor, console)
+    backlog = 0 if (follow or as_json) else predictor.backlog()
+    bar = progress_bar(console, "predictions") if backlog else None
+    if bar:
+        task = bar.add_task("predict", total=backlog, status="")
+        bar.start()
+    try:
+        for event in events:
+            if isinstance(event, Published):
+                if jsonl:
+                    write_stdout(event.frame.select(PREDICTION_COLUMNS).write_ndjson())
+                if bar:
+                    bar.update(task, advance=event.frame.height)
+                if view:
+                    view.add(event.frame)
+            elif isinstance(event, Waiting):
+                console.print(
+                    f"waiting for a checkpoint of {event.name!r} in {event.directory} (run `rtml train`)",
+                    highlight=False,
+                )
+            elif isinstance(event, Notice):
+                if event.problem:
+                    console.print(f"[yellow]{event.text}[/]", highlight=False)
+                elif not as_json:
+                    console.print(f"{datetime.now().strftime('%H:%M:%S')} {event.text}", highlight=False)
+            if view:
+                view.tick()
+    finally:
+        if bar:
+            bar.stop()
+        if view:
+            view.close()
 
-    def say_problems() -> None:
-        for problem in predictor.reports():
-            console.print(f"[yellow]{problem}[/]", highlight=False)
-        if follow and not as_json:
-            for event in predictor.events():
-                console.print(f"{datetime.now().strftime('%H:%M:%S')} {event}", highlight=False)
 
-    if not follow:
-        backlog = predictor.backlog()
-        if as_json or backlog == 0:
-            predictor.run(stop, False, emit)
-            return
-        with progress_bar(console, "predictions") as bar:
-            task = bar.add_task("predict", total=backlog, status="")
+class _PlainBoard:
+    """Following, not on a terminal: a status line every 2 s."""
 
-            def on_publish(frame) -> None:
-                emit(frame)
-                bar.update(task, advance=frame.height)
+    def __init__(self, predictor, console: Console):
+        self.board = PredictionBoard(predictor)
+        self.predictor, self.console = predictor, console
+        self.last, self.made = time.monotonic(), 0
 
-            predictor.run(stop, False, on_publish)
-        return
+    def add(self, frame) -> None:
+        self.board.add(frame)
 
-    for slot in predictor.missing():
-        console.print(
-            f"waiting for a checkpoint of {slot.name!r} in {slot.store.dir} (run `rtml train`)", highlight=False
-        )
-    predictor.start_watching()
-    if as_json:
-        predictor.run(stop, True, emit, on_idle=say_problems)
-        return
-    board = PredictionBoard(predictor)
-    if not console.is_terminal:
-        last = [time.monotonic(), 0]
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self.last >= 2.0:
+            made = sum(self.predictor.predicted.values())
+            rate = (made - self.made) / (now - self.last)
+            self.console.print(self.board.status_line(rate), highlight=False, soft_wrap=True)
+            self.last, self.made = now, made
 
-        def status() -> None:
-            say_problems()
-            now = time.monotonic()
-            if now - last[0] >= 2.0:
-                made = sum(predictor.predicted.values())
-                console.print(board.status_line((made - last[1]) / (now - last[0])), highlight=False, soft_wrap=True)
-                last[:] = [now, made]
+    def close(self) -> None:
+        pass
 
-        def on_publish_plain(frame) -> None:
-            emit(frame)
-            board.add(frame)
-            status()
 
-        predictor.run(stop, True, on_publish_plain, on_idle=status)
-        return
-    from rich.live import Live
+class _LiveBoard:
+    """Following, on a terminal: the newest prediction per symbol and model, redrawn 4 times a second."""
 
-    with Live(board.render(), console=console, refresh_per_second=4, transient=False) as live:
-        shown = [0.0]
+    def __init__(self, predictor, console: Console):
+        from rich.live import Live
 
-        def refresh() -> None:
-            say_problems()
-            if time.monotonic() - shown[0] >= 0.25:
-                live.update(board.render())
-                shown[0] = time.monotonic()
+        self.board = PredictionBoard(predictor)
+        self.live = Live(self.board.render(), console=console, refresh_per_second=4, transient=False)
+        self.live.start()
+        self.shown = 0.0
 
-        def on_publish_live(frame) -> None:
-            emit(frame)
-            board.add(frame)
-            refresh()
+    def add(self, frame) -> None:
+        self.board.add(frame)
 
-        predictor.run(stop, True, on_publish_live, on_idle=refresh)
-        live.update(board.render())
+    def tick(self) -> None:
+        if time.monotonic() - self.shown >= 0.25:
+            self.live.update(self.board.render())
+            self.shown = time.monotonic()
+
+    def close(self) -> None:
+        self.live.update(self.board.render())
+        self.live.stop()
 
 
 def write_stdout(text: str) -> None:
@@ -555,26 +581,30 @@ def predict_table(summary: dict):
 # -- backtest ----------------------------------------------------------------------------------
 
 
-def run_backtest(ds, opts, console: Console, as_json: bool, stop=None) -> dict:
-    """A progress line per model replayed (they can take minutes)."""
-    from rtml_cli.backtest import run_backtest as run
+def show_backtest(ds, opts, replays, console: Console, as_json: bool) -> dict:
+    """Render `backtest.replay_all(...)` (a line per model replayed: they can take minutes)
+    and return the scored result."""
+    from rtml_cli.backtest import result_of
 
-    if as_json:
-        return run(ds, opts, stop=stop)
-    console.print(
-        f"backtest: {ds.n:,} rows from {ds.source}, {len(ds.features)} features, label delay "
-        f"{ds.delay} rows; models {', '.join(opts.models)}",
-        highlight=False,
-    )
-    with console.status(f"replaying {len(opts.models)} model(s) over {ds.n:,} rows..."):
-        return run(
-            ds,
-            opts,
-            on_done=lambda rep: console.print(
-                f"  {rep.model}: {ds.n:,} rows in {rep.seconds:.1f}s, {len(rep.drift_rows)} drifts", highlight=False
-            ),
-            stop=stop,
+    started = time.perf_counter()
+    done = []
+    if not as_json:
+        console.print(
+            f"backtest: {ds.n:,} rows from {ds.source}, {len(ds.features)} features, label delay "
+            f"{ds.delay} rows; models {', '.join(opts.models)}",
+            highlight=False,
         )
+    with (
+        console.status(f"replaying {len(opts.models)} model(s) over {ds.n:,} rows...") if not as_json else nullcontext()
+    ):
+        for rep in replays:
+            done.append(rep)
+            if not as_json:
+                console.print(
+                    f"  {rep.model}: {ds.n:,} rows in {rep.seconds:.1f}s, {len(rep.drift_rows)} drifts",
+                    highlight=False,
+                )
+    return result_of(ds, opts, done, time.perf_counter() - started)
 
 
 def backtest_tables(result: dict) -> list:

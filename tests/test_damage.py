@@ -186,7 +186,7 @@ def test_a_failed_flush_is_not_written_twice(data_dir, monkeypatch):
     stop = Event()
     src, batches = open_source("synthetic", data_dir, stop, max_ticks=5000)
     with pytest.raises(LogError, match="No space left on device"):
-        run_ingest(data_dir, src, IngestOptions(max_ticks=5000), stop, batches=batches)
+        run_ingest(data_dir, src, IngestOptions(max_ticks=5000), stop, batches)
     ticks = ParquetLog(data_dir, "ticks").read_all()
     assert ticks.height > 0
     assert ticks.select(pl.struct("symbol", "trade_id").is_unique().all()).item()
