@@ -28,8 +28,8 @@ from threading import Event
 from typing import TYPE_CHECKING, Any, cast
 
 from rtml_cli import stats
+from rtml_cli.build_state import read_build
 from rtml_cli.errors import ConfigError, RtmlError
-from rtml_cli.features import read_build
 from rtml_cli.learner import DIVERGENCE_FACTOR, MIN_TARGETS, Learner, feature_columns, model_inputs, predict_value
 from rtml_cli.log import OFFSET, ParquetLog
 from rtml_cli.models import CLASSIFIER, resolve

@@ -25,6 +25,10 @@ class LockedError(LogError):
     """Another live process holds the writer lock."""
 
 
+class FeatureError(RtmlError):
+    """A feature query that breaks the contract, or a features state that does not match the logs."""
+
+
 class InputFormatError(RtmlError):
     """A file handed to replay is not a trade file of the expected format."""
 

@@ -21,10 +21,8 @@ The build is incremental and exactly-once:
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -36,16 +34,15 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from rtml_cli import atomic
 from rtml_cli.beat import missing_tail, read_beat
-from rtml_cli.errors import ConfigError, LogError, RtmlError
+from rtml_cli.build_state import STATE_FILE, BuildState, SymbolState
+from rtml_cli.errors import ConfigError, FeatureError, LogError
 from rtml_cli.log import OFFSET, LogWriter, ParquetLog
 
 if TYPE_CHECKING:
     import polars as pl
 
 TICKS, FEATURES, EXAMPLES = "ticks", "features", "examples"
-STATE_FILE = Path("state") / "features.json"
 BAR_COLUMNS = [
     "symbol",
     "ts",
@@ -71,10 +68,6 @@ _NEVER = -(2**62)  # a time before any tick, in ns
 # After a bar with trades, empty bars are emitted for at most this long: a symbol silent for
 # a month (or one trade stamped years off) makes a gap in the bars, not millions of them.
 MAX_EMPTY_SECONDS = 7 * 86_400
-
-
-class FeatureError(RtmlError):
-    """A feature query that breaks the contract, or a state that does not match the logs."""
 
 
 def parse_bar(text: str) -> int:
@@ -112,18 +105,6 @@ class FeatureSpec:
             "lookback": self.lookback,
             "sql_sha256": hashlib.sha256(self.sql.encode()).hexdigest(),
         }
-
-
-@dataclass
-class SymbolState:
-    tick_offset: int = -1  # newest tick offset read
-    open_from: int = 0  # first tick offset that may still belong to an open bar
-    max_ts: int | None = None  # newest tick time seen (ns)
-    closed_until: int | None = None  # every bar starting before this (ns) has been emitted
-    late: int = 0  # ticks that arrived after their bar had closed
-    bars: int = 0  # features rows emitted
-    last_trade_bar: int | None = None  # start (ns) of the newest emitted bar with trades
-    gap_bars_skipped: int = 0  # empty bars not emitted: past MAX_EMPTY_SECONDS after a trade
 
 
 @dataclass
@@ -187,199 +168,27 @@ class _Plan:
         return self.stop > self.first
 
 
-class FeatureBuilder:
-    """Builds the features and examples logs from the ticks log; use as a context manager."""
+class StepPlanner:
+    """The plan of a step, per symbol: which ticks are new, which are late, which bars close
+    (on the symbol's own ticks or on the market clock), and the symbol's state after it."""
 
-    def __init__(
-        self, data_dir: Path, spec: FeatureSpec, symbols: list[str] | None = None, chunk_ticks: int = 2_000_000
-    ):
-        if spec.target not in TARGETS:
-            raise ConfigError(f"--target {spec.target!r} is not one of {', '.join(TARGETS)}")
-        if spec.horizon < 1:
-            raise ConfigError("--horizon must be at least 1 bar")
-        if spec.lookback < 31:
-            raise ConfigError(
-                "--lookback must be at least 31 bars (the default features use 30-bar windows of returns)"
-            )
-        self.data_dir = Path(data_dir)
-        self.spec = spec
-        self.bar_ns = spec.bar_s * NS
-        self.wanted = symbols
-        self.chunk_ticks = chunk_ticks
-        self.ticks = ParquetLog(data_dir, TICKS)
-        self.features = ParquetLog(data_dir, FEATURES)
-        self.examples = ParquetLog(data_dir, EXAMPLES)
-        self.state_path = self.data_dir / STATE_FILE
-        self.state: dict[str, SymbolState] = {}
-        self._stack = ExitStack()
-        self._bars_sql = _bars_sql()
-        self._verified: set[Path] = set()  # ticks parts checked against their checksums by this builder
-        self.max_empty = max(10, MAX_EMPTY_SECONDS // spec.bar_s)
-        self._recent: dict[str, pl.DataFrame] = {}  # the newest features rows, per symbol
-        self._keep = max(spec.lookback, spec.horizon + 1)
+    def __init__(self, ticks: ParquetLog, data_dir: Path, bar_ns: int, chunk_ticks: int, max_empty: int):
+        self.ticks = ticks
+        self.data_dir = data_dir
+        self.bar_ns = bar_ns
+        self.chunk_ticks = chunk_ticks  # the most ticks a step reads per symbol
+        self.max_empty = max_empty  # the most empty bars after a bar with trades
+        self.verified: set[Path] = set()  # ticks parts checked against their checksums
 
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    def __enter__(self) -> FeatureBuilder:
-        import duckdb
-
-        if not self.ticks.root.is_dir():
-            raise ConfigError(f"there is no ticks log in {self.data_dir}; run `rtml ingest` first or check --data-dir")
-        try:
-            self.fw: LogWriter = self._stack.enter_context(self.features.writer())
-            self.ew: LogWriter = self._stack.enter_context(self.examples.writer())
-            _check_query(self.spec.sql)
-            self._load_state()
-            # The feature query is a query, not a program: no files, no network, no extensions,
-            # no Python variables by name, and no settings it could change back.
-            self.con = duckdb.connect(config={"enable_external_access": False, "python_enable_replacements": False})
-            self.con.execute("SET TimeZone = 'UTC'")
-            self.con.execute("SET lock_configuration = true")
-        except BaseException:
-            self._stack.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.con.close()
-        self._stack.close()
-
-    def symbols(self) -> list[str]:
-        present = self.ticks.partitions()
-        return [s for s in present if self.wanted is None or s in self.wanted]
-
-    # -- state ---------------------------------------------------------------------------------
-
-    def _load_state(self) -> None:
-        params = self.spec.params()
-        if not self.state_path.exists():
-            if self.features.partitions() or self.examples.partitions():
-                raise FeatureError(
-                    f"{self.data_dir} has features or examples but no {STATE_FILE}; "
-                    "run `rtml features --rebuild` to build them again from the ticks"
-                )
-            self.state = {}
-            # Identifies this build of the logs: a rebuild starts offsets at 0 again, and
-            # a trainer must not resume a model at offsets of a build that is gone.
-            self.build_id = uuid.uuid4().hex
-            return
-        try:
-            doc = json.loads(self.state_path.read_text())
-            symbols = {s: SymbolState(**v) for s, v in doc.get("symbols", {}).items()}
-            pending = {
-                s: (SymbolState(**e["state"]), int(e["expect_last_offset"]))
-                for s, e in (doc.get("pending") or {}).items()
-            }
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise FeatureError(
-                f"{self.state_path} is damaged ({type(exc).__name__}: {exc}); run `rtml features --rebuild`"
-            ) from None
-        for sym, st in [*symbols.items(), *((s, st) for s, (st, _) in pending.items())]:
-            bad = [
-                f
-                for f in ("tick_offset", "open_from", "late", "bars", "gap_bars_skipped")
-                if type(getattr(st, f)) is not int
-            ] + [
-                f
-                for f in ("max_ts", "closed_until", "last_trade_bar")
-                if getattr(st, f) is not None and type(getattr(st, f)) is not int
-            ]
-            if bad:
-                raise FeatureError(
-                    f"{self.state_path} is damaged ({sym!r}: {', '.join(bad)} not whole numbers); "
-                    "run `rtml features --rebuild`"
-                )
-        self.build_id = doc.get("build_id") or "unknown"
-        if doc.get("params") != params:
-            old = doc.get("params", {})
-            diff = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in params.items() if old.get(k) != v)
-            raise FeatureError(
-                f"the features in {self.data_dir} were built with other settings ({diff}); "
-                "rerun with the same --bar/--horizon/--target/--lookback/--sql, or pass --rebuild "
-                "to rebuild features and examples from the ticks"
-            )
-        self.state = symbols
-        for sym, (pending_state, expect_last_offset) in pending.items():
-            # The intent was written before publishing; the features log says whether the
-            # publish happened (its last offset is the one the intent expected).
-            if self.features.last_offset(sym) == expect_last_offset:
-                self.state[sym] = pending_state
-        for sym, st in self.state.items():
-            if self.features.last_offset(sym) != st.bars - 1:
-                raise FeatureError(
-                    f"{STATE_FILE} says {st.bars} bars of {sym!r} were emitted, the features log has "
-                    f"{self.features.last_offset(sym) + 1}; run `rtml features --rebuild`"
-                )
-        if pending:
-            self._save_state()
-
-    def _save_state(self, pending: dict | None = None) -> None:
-        doc = {
-            "build_id": self.build_id,
-            "params": self.spec.params(),
-            "symbols": {s: asdict(st) for s, st in sorted(self.state.items())},
-            "pending": pending,
-        }
-        atomic.write_json(self.state_path, doc)
-
-    # -- the step ------------------------------------------------------------------------------
-
-    def backlog(self) -> int:
-        """Ticks not yet consumed, over the symbols this builder serves."""
-        return sum(
-            max(0, self.ticks.last_offset(s) - self.state.get(s, SymbolState()).tick_offset) for s in self.symbols()
-        )
-
-    def step(self, clock_ns: int | None = None) -> StepReport:
-        """Consume up to `chunk_ticks` new ticks per symbol and publish what closed.
-
-        `clock_ns` (following only) closes bars whose end plus grace it has passed, even
-        without a tick after them.
-        """
-        report = StepReport()
-        beat = read_beat(self.data_dir)
-        written = {s: o for s, o in (beat.offsets if beat else {}).items() if self.wanted is None or s in self.wanted}
-        symbols = sorted(set(self.symbols()) | set(written))
-        plans = [plan for sym in symbols if (plan := self._plan(sym, clock_ns, written.get(sym, -1))) is not None]
-        if plans:
-            rows = self._bars_and_features([p for p in plans if p.closes_bars])
-            for plan in plans:
-                plan.rows = rows.get(plan.symbol)
-                plan.report.bars = plan.rows.height if plan.rows is not None else 0
-                plan.state.bars += plan.report.bars
-                if plan.closes_bars:
-                    plan.report.gap_bars_skipped = (plan.stop - plan.first) // self.bar_ns - plan.report.bars
-                    plan.state.gap_bars_skipped += plan.report.gap_bars_skipped
-            self._publish(plans, report)
-        # Every symbol, not only the updated ones: a crash may have come between publishing
-        # features and deriving their examples.
-        for sym in symbols:
-            n = self._emit_examples(sym)
-            if n:
-                report.symbols.setdefault(sym, SymbolReport()).examples = n
-        return report
-
-    def _publish(self, plans: list[_Plan], report: StepReport) -> None:
-        """Intent, features parts, commit: the order that makes a crash anywhere recoverable."""
-        pending = {p.symbol: {"state": asdict(p.state), "expect_last_offset": p.state.bars - 1} for p in plans}
-        self._save_state(pending)
-        for p in plans:
-            if p.rows is not None and p.rows.height:
-                first, _ = self.fw.append(p.symbol, p.rows)
-                self._remember(p.symbol, p.rows, first)
-            self.state[p.symbol] = p.state
-            report.symbols[p.symbol] = p.report
-        self._save_state()
-
-    def _plan(self, sym: str, clock_ns: int | None, written: int = -1) -> _Plan | None:
-        """Read one symbol's new ticks and decide what closes; None when nothing changed.
+    def plan(self, sym: str, old: SymbolState, clock_ns: int | None, written: int = -1) -> _Plan | None:
+        """Read the new ticks of `sym` (whose state is `old`) and decide what closes; None when
+        nothing changed. `clock_ns` is the market clock (following only).
 
         `written` is the newest offset ingest says it wrote: a log that ends before it, or
-        before what this builder has read, has lost its last part(s).
+        before what the builder has read, has lost its last part(s).
         """
         import polars as pl
 
-        old = self.state.get(sym, SymbolState())
         st = SymbolState(**asdict(old))
         rep = SymbolReport()
         old_closed = old.closed_until if old.closed_until is not None else _NEVER
@@ -399,7 +208,7 @@ class FeatureBuilder:
                 sym,
                 old.open_from - 1,
                 upto=limit,
-                verified=self._verified,
+                verified=self.verified,
                 columns=[
                     pl.col(OFFSET),
                     pl.col("ts").dt.epoch("ns").alias("ts_ns"),
@@ -446,6 +255,225 @@ class FeatureBuilder:
         carry_cap = cap_from + (self.max_empty + 1) * self.bar_ns
         return _Plan(sym, st, rep, closing, first, closed, carry_cap)
 
+
+class FeatureQuery:
+    """The DuckDB session a builder runs its two queries in: `bars.sql` (ticks into bars) and
+    the feature query. The feature query is a query, not a program: exactly one SELECT, on a
+    connection with no files, no network, no extensions, no Python variables by name, and no
+    settings it could change back."""
+
+    def __init__(self, sql: str, bar_ns: int, max_empty: int):
+        import duckdb
+
+        _check_query(sql)
+        self.sql = sql
+        self.params = {"bar": bar_ns, "max_empty": max_empty}
+        self._bars_sql = _bars_sql()
+        self.con = duckdb.connect(config={"enable_external_access": False, "python_enable_replacements": False})
+        self.con.execute("SET TimeZone = 'UTC'")
+        self.con.execute("SET lock_configuration = true")
+
+    def __enter__(self) -> FeatureQuery:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.con.close()
+
+    def bars(self, ticks: pl.DataFrame, bounds: pl.DataFrame) -> pl.DataFrame:
+        """Each symbol's bars in [first, stop) from its `ticks` (see bars.sql)."""
+        con = self.con
+        con.register("ticks", ticks.to_arrow())
+        con.register("bounds", bounds.to_arrow())
+        try:
+            return con.sql(self._bars_sql, params=self.params).pl()
+        finally:
+            con.unregister("ticks")
+            con.unregister("bounds")
+
+    def features(self, bars: pl.DataFrame) -> pl.DataFrame:
+        """The feature query over `bars` (the new bars and the look-back before them): the
+        bars as they are, plus the query's feature columns, checked against the contract."""
+        import duckdb
+        import polars as pl
+
+        con = self.con
+        con.register("bars", bars.to_arrow())
+        try:
+            rel = con.sql(self.sql)
+            if rel is None:
+                raise FeatureError("the feature query must be a SELECT over `bars` that returns rows")
+            out = rel.pl()
+        except duckdb.Error as exc:
+            raise FeatureError(f"the feature query failed: {str(exc).splitlines()[0]}") from None
+        finally:
+            con.unregister("bars")
+        _check_contract(out, bars.height)
+        if not isinstance(out.schema["ts"], pl.Datetime) or out.schema["symbol"] != pl.String:
+            raise FeatureError("the feature query must return `ts` and `symbol` as they are in `bars`")
+        out = out.with_columns(pl.col("ts").cast(pl.Datetime("ns", "UTC"))).sort("symbol", "ts")
+        keys = bars.select("symbol", "ts").sort("symbol", "ts")
+        if not out.select("symbol", "ts").equals(keys):
+            raise FeatureError(
+                "the feature query changed `symbol` or `ts`; it must return each bar of `bars` once, as it is"
+            )
+        # The bars are rtml's: whatever the query did to them, the stored ones are the input's.
+        features = [c for c in out.columns if c not in BAR_COLUMNS]
+        return (
+            keys.join(bars, on=["symbol", "ts"], how="left", maintain_order="left")
+            .select("ts", "symbol", *[c for c in BAR_COLUMNS if c not in ("ts", "symbol")])
+            .hstack(
+                out.select(pl.col(c).cast(pl.Float64) if out.schema[c].is_decimal() else pl.col(c) for c in features)
+            )
+        )
+
+
+class RecentRows:
+    """The newest features rows of each symbol, kept in memory: what the look-back windows
+    and the examples' targets read. A following builder appends a small part per step, so
+    reading them from the log would open more files the longer it runs."""
+
+    def __init__(self, features: ParquetLog, keep: int):
+        self.features = features
+        self.keep = keep
+        self.rows: dict[str, pl.DataFrame] = {}
+
+    def last(self, sym: str, n: int) -> pl.DataFrame:
+        """The symbol's last `n` features rows (without offsets)."""
+        rows = self.after(sym, self.features.last_offset(sym) - n)
+        return rows.drop(OFFSET) if rows.height else rows
+
+    def after(self, sym: str, after: int) -> pl.DataFrame:
+        """Features rows after offset `after`, from memory when the recent rows cover them.
+
+        A following builder appends a small part per step, so reading the look-back from
+        the log would open more files the longer it runs; the recent rows it keeps make a
+        step's cost independent of that.
+        """
+        import polars as pl
+
+        recent = self.rows.get(sym)
+        if recent is None:
+            recent = self.features.read_after(sym, self.features.last_offset(sym) - self.keep)
+            self.rows[sym] = recent
+        if recent.height and int(recent[OFFSET][0]) <= after + 1:
+            return recent.filter(pl.col(OFFSET) > after)
+        return self.features.read_after(sym, after)
+
+    def remember(self, sym: str, rows: pl.DataFrame, first_offset: int) -> None:
+        """Rows just appended to the features log at `first_offset`."""
+        import polars as pl
+
+        rows = rows.select(
+            pl.int_range(first_offset, first_offset + rows.height, dtype=pl.Int64).alias(OFFSET), pl.all()
+        )
+        recent = self.rows.get(sym)
+        merged = rows if recent is None or recent.height == 0 else pl.concat([recent, rows.cast(recent.schema)])
+        self.rows[sym] = merged.tail(self.keep)
+
+
+class FeatureBuilder:
+    """Builds the features and examples logs from the ticks log; use as a context manager."""
+
+    def __init__(
+        self, data_dir: Path, spec: FeatureSpec, symbols: list[str] | None = None, chunk_ticks: int = 2_000_000
+    ):
+        if spec.target not in TARGETS:
+            raise ConfigError(f"--target {spec.target!r} is not one of {', '.join(TARGETS)}")
+        if spec.horizon < 1:
+            raise ConfigError("--horizon must be at least 1 bar")
+        if spec.lookback < 31:
+            raise ConfigError(
+                "--lookback must be at least 31 bars (the default features use 30-bar windows of returns)"
+            )
+        self.data_dir = Path(data_dir)
+        self.spec = spec
+        self.bar_ns = spec.bar_s * NS
+        self.wanted = symbols
+        self.ticks = ParquetLog(data_dir, TICKS)
+        self.features = ParquetLog(data_dir, FEATURES)
+        self.examples = ParquetLog(data_dir, EXAMPLES)
+        self.state: dict[str, SymbolState] = {}
+        self._stack = ExitStack()
+        self.max_empty = max(10, MAX_EMPTY_SECONDS // spec.bar_s)
+        self.planner = StepPlanner(self.ticks, self.data_dir, self.bar_ns, chunk_ticks, self.max_empty)
+        self.recent = RecentRows(self.features, max(spec.lookback, spec.horizon + 1))
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> FeatureBuilder:
+        if not self.ticks.root.is_dir():
+            raise ConfigError(f"there is no ticks log in {self.data_dir}; run `rtml ingest` first or check --data-dir")
+        try:
+            self.fw: LogWriter = self._stack.enter_context(self.features.writer())
+            self.ew: LogWriter = self._stack.enter_context(self.examples.writer())
+            self.query = self._stack.enter_context(FeatureQuery(self.spec.sql, self.bar_ns, self.max_empty))
+            self.store = BuildState.load(self.data_dir, self.spec.params(), self.features, self.examples)
+            self.state, self.build_id = self.store.symbols, self.store.build_id
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def symbols(self) -> list[str]:
+        present = self.ticks.partitions()
+        return [s for s in present if self.wanted is None or s in self.wanted]
+
+    # -- the step ------------------------------------------------------------------------------
+
+    def backlog(self) -> int:
+        """Ticks not yet consumed, over the symbols this builder serves."""
+        return sum(
+            max(0, self.ticks.last_offset(s) - self.state.get(s, SymbolState()).tick_offset) for s in self.symbols()
+        )
+
+    def step(self, clock_ns: int | None = None) -> StepReport:
+        """Consume up to `chunk_ticks` new ticks per symbol and publish what closed.
+
+        `clock_ns` (following only) closes bars whose end plus grace it has passed, even
+        without a tick after them.
+        """
+        report = StepReport()
+        beat = read_beat(self.data_dir)
+        written = {s: o for s, o in (beat.offsets if beat else {}).items() if self.wanted is None or s in self.wanted}
+        symbols = sorted(set(self.symbols()) | set(written))
+        plans = []
+        for sym in symbols:
+            plan = self.planner.plan(sym, self.state.get(sym, SymbolState()), clock_ns, written.get(sym, -1))
+            if plan is not None:
+                plans.append(plan)
+        if plans:
+            rows = self._bars_and_features([p for p in plans if p.closes_bars])
+            for plan in plans:
+                plan.rows = rows.get(plan.symbol)
+                plan.report.bars = plan.rows.height if plan.rows is not None else 0
+                plan.state.bars += plan.report.bars
+                if plan.closes_bars:
+                    plan.report.gap_bars_skipped = (plan.stop - plan.first) // self.bar_ns - plan.report.bars
+                    plan.state.gap_bars_skipped += plan.report.gap_bars_skipped
+            self._publish(plans, report)
+        # Every symbol, not only the updated ones: a crash may have come between publishing
+        # features and deriving their examples.
+        for sym in symbols:
+            n = self._emit_examples(sym)
+            if n:
+                report.symbols.setdefault(sym, SymbolReport()).examples = n
+        return report
+
+    def _publish(self, plans: list[_Plan], report: StepReport) -> None:
+        """Intent, features parts, commit: the order that makes a crash anywhere recoverable."""
+        pending = {p.symbol: {"state": asdict(p.state), "expect_last_offset": p.state.bars - 1} for p in plans}
+        self.store.save(pending)
+        for p in plans:
+            if p.rows is not None and p.rows.height:
+                first, _ = self.fw.append(p.symbol, p.rows)
+                self.recent.remember(p.symbol, p.rows, first)
+            self.state[p.symbol] = p.state
+            report.symbols[p.symbol] = p.report
+        self.store.save()
+
     def _bars_and_features(self, plans: list[_Plan]) -> dict[str, pl.DataFrame]:
         """The new features rows of every planned symbol: one bars query, one feature query."""
         import polars as pl
@@ -457,7 +485,7 @@ class FeatureBuilder:
         names = [p.symbol for p in plans]
         tick_frames, bounds, histories = [], [], []
         for sid, p in enumerate(plans):
-            history = self._lookback(p.symbol)
+            history = self.recent.last(p.symbol, self.spec.lookback)
             bounds.append((sid, p.first, p.stop, float(history["close"][-1]) if history.height else None, p.carry_cap))
             if history.height:
                 histories.append(history.select(BAR_COLUMNS))
@@ -503,89 +531,19 @@ class FeatureBuilder:
             },
             orient="row",
         )
-        con = self.con
-        con.register("ticks", ticks.to_arrow())
-        con.register("bounds", bounds_df.to_arrow())
-        try:
-            bars = con.sql(self._bars_sql, params={"bar": self.bar_ns, "max_empty": self.max_empty}).pl()
-        finally:
-            con.unregister("ticks")
-            con.unregister("bounds")
-        bars = bars.select(
-            pl.col("symbol").replace_strict(list(range(len(names))), names, return_dtype=pl.String),
-            pl.col("bucket").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC").alias("ts"),
-            pl.exclude("symbol", "bucket"),
-        ).cast({"n_trades": pl.Int64})
+        bars = (
+            self.query.bars(ticks, bounds_df)
+            .select(
+                pl.col("symbol").replace_strict(list(range(len(names))), names, return_dtype=pl.String),
+                pl.col("bucket").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC").alias("ts"),
+                pl.exclude("symbol", "bucket"),
+            )
+            .cast({"n_trades": pl.Int64})
+        )
         window = pl.concat([h.cast(bars.schema) for h in histories] + [bars])
-        out = self._run_feature_sql(window)
+        out = self.query.features(window)
         new = out.join(bars.select("symbol", "ts"), on=["symbol", "ts"], how="semi")
         return {sym: part for (sym,), part in new.partition_by("symbol", as_dict=True, maintain_order=True).items()}
-
-    def _lookback(self, sym: str) -> pl.DataFrame:
-        """The symbol's last `lookback` features rows (without offsets)."""
-        rows = self._features_after(sym, self.features.last_offset(sym) - self.spec.lookback)
-        return rows.drop(OFFSET) if rows.height else rows
-
-    def _features_after(self, sym: str, after: int) -> pl.DataFrame:
-        """Features rows after offset `after`, from memory when the recent rows cover them.
-
-        A following builder appends a small part per step, so reading the look-back from
-        the log would open more files the longer it runs; the recent rows it keeps make a
-        step's cost independent of that.
-        """
-        import polars as pl
-
-        recent = self._recent.get(sym)
-        if recent is None:
-            recent = self.features.read_after(sym, self.features.last_offset(sym) - self._keep)
-            self._recent[sym] = recent
-        if recent.height and int(recent[OFFSET][0]) <= after + 1:
-            return recent.filter(pl.col(OFFSET) > after)
-        return self.features.read_after(sym, after)
-
-    def _remember(self, sym: str, rows: pl.DataFrame, first_offset: int) -> None:
-        import polars as pl
-
-        rows = rows.select(
-            pl.int_range(first_offset, first_offset + rows.height, dtype=pl.Int64).alias(OFFSET), pl.all()
-        )
-        recent = self._recent.get(sym)
-        merged = rows if recent is None or recent.height == 0 else pl.concat([recent, rows.cast(recent.schema)])
-        self._recent[sym] = merged.tail(self._keep)
-
-    def _run_feature_sql(self, bars: pl.DataFrame) -> pl.DataFrame:
-        import duckdb
-        import polars as pl
-
-        con = self.con
-        con.register("bars", bars.to_arrow())
-        try:
-            rel = con.sql(self.spec.sql)
-            if rel is None:
-                raise FeatureError("the feature query must be a SELECT over `bars` that returns rows")
-            out = rel.pl()
-        except duckdb.Error as exc:
-            raise FeatureError(f"the feature query failed: {str(exc).splitlines()[0]}") from None
-        finally:
-            con.unregister("bars")
-        _check_contract(out, bars.height)
-        if not isinstance(out.schema["ts"], pl.Datetime) or out.schema["symbol"] != pl.String:
-            raise FeatureError("the feature query must return `ts` and `symbol` as they are in `bars`")
-        out = out.with_columns(pl.col("ts").cast(pl.Datetime("ns", "UTC"))).sort("symbol", "ts")
-        keys = bars.select("symbol", "ts").sort("symbol", "ts")
-        if not out.select("symbol", "ts").equals(keys):
-            raise FeatureError(
-                "the feature query changed `symbol` or `ts`; it must return each bar of `bars` once, as it is"
-            )
-        # The bars are rtml's: whatever the query did to them, the stored ones are the input's.
-        features = [c for c in out.columns if c not in BAR_COLUMNS]
-        return (
-            keys.join(bars, on=["symbol", "ts"], how="left", maintain_order="left")
-            .select("ts", "symbol", *[c for c in BAR_COLUMNS if c not in ("ts", "symbol")])
-            .hstack(
-                out.select(pl.col(c).cast(pl.Float64) if out.schema[c].is_decimal() else pl.col(c) for c in features)
-            )
-        )
 
     # -- examples ------------------------------------------------------------------------------
 
@@ -599,7 +557,7 @@ class FeatureBuilder:
         due = feat_last - h  # the newest features row whose label is known
         if due <= ex_last:
             return 0
-        rows = self._features_after(sym, ex_last)
+        rows = self.recent.after(sym, ex_last)
         if rows.height == 0 or int(rows[OFFSET][0]) != ex_last + 1:
             raise LogError(
                 f"the examples log of {sym!r} does not line up with its features log; run `rtml features --rebuild`"
@@ -702,36 +660,6 @@ def _check_contract(out: pl.DataFrame, rows_in: int) -> None:
     bad = [c for c in features if not out.schema[c].is_numeric() and out.schema[c] != pl.Boolean]
     if bad:
         raise FeatureError(f"feature column(s) {', '.join(bad)} are not numeric; models need numbers")
-
-
-@dataclass(frozen=True)
-class Build:
-    """What the features and examples logs of a data directory were built with."""
-
-    bar_s: int
-    horizon: int
-    target: str
-    build_id: str | None  # None for a state written before builds had ids
-
-
-def read_build(data_dir: Path) -> Build | None:
-    """The build settings from the features state; None if there is none (no `rtml features`
-    ran here). A damaged state is a ConfigError."""
-    path = Path(data_dir) / STATE_FILE
-    try:
-        doc = json.loads(path.read_text())
-        params = doc["params"]
-        return Build(int(params["bar_s"]), int(params["horizon"]), str(params["target"]), doc.get("build_id"))
-    except FileNotFoundError:
-        built = [name for name in (FEATURES, EXAMPLES) if ParquetLog(data_dir, name).partitions()]
-        if built:
-            raise ConfigError(
-                f"{data_dir} has {' and '.join(built)} logs but no {STATE_FILE}, the record of how they "
-                "were built; run `rtml features --rebuild` to build them again from the ticks"
-            ) from None
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{path} is damaged ({type(exc).__name__}: {exc}); run `rtml features --rebuild`") from None
 
 
 def remove_built(data_dir: Path) -> None:

@@ -27,9 +27,9 @@ from threading import Event
 from typing import TYPE_CHECKING, Any
 
 from rtml_cli import atomic
+from rtml_cli.build_state import read_build
 from rtml_cli.checkpoint import CheckpointError, CheckpointStore, signing_key
 from rtml_cli.errors import ConfigError, RtmlError
-from rtml_cli.features import read_build
 from rtml_cli.learner import feature_columns, model_inputs, predict_value
 from rtml_cli.log import OFFSET, ParquetLog
 from rtml_cli.models import CLASSIFIER, REGRESSOR

@@ -17,9 +17,9 @@ from pathlib import Path
 from threading import Event
 from typing import TYPE_CHECKING, Any
 
+from rtml_cli.build_state import read_build
 from rtml_cli.checkpoint import KEY_ENV, Checkpointer, CheckpointStore, runtime_versions, signing_key
 from rtml_cli.errors import ConfigError, RtmlError
-from rtml_cli.features import read_build
 from rtml_cli.learner import Learner, RollingMetrics, feature_columns, model_inputs
 from rtml_cli.log import OFFSET, ParquetLog
 from rtml_cli.models import CLASSIFIER, resolve

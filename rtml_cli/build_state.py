@@ -1,0 +1,150 @@
+"""The feature builder's state file, `state/features.json`: its intent and commit record.
+
+Per symbol it holds what the builder has consumed and emitted (`SymbolState`), with the
+settings the logs were built with and an id of this build. Before publishing features parts
+the builder writes the new state as a *pending intent*; after, it commits it. On load, the
+features log says whether a pending publish happened (its last offset is the one the intent
+expected), so a crash anywhere between the two neither duplicates nor skips a bar.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rtml_cli import atomic
+from rtml_cli.errors import ConfigError, FeatureError
+from rtml_cli.log import ParquetLog
+
+STATE_FILE = Path("state") / "features.json"
+FEATURES, EXAMPLES = "features", "examples"
+
+
+@dataclass
+class SymbolState:
+    tick_offset: int = -1  # newest tick offset read
+    open_from: int = 0  # first tick offset that may still belong to an open bar
+    max_ts: int | None = None  # newest tick time seen (ns)
+    closed_until: int | None = None  # every bar starting before this (ns) has been emitted
+    late: int = 0  # ticks that arrived after their bar had closed
+    bars: int = 0  # features rows emitted
+    last_trade_bar: int | None = None  # start (ns) of the newest emitted bar with trades
+    gap_bars_skipped: int = 0  # empty bars not emitted: past MAX_EMPTY_SECONDS after a trade
+
+
+class BuildState:
+    """The state file of one build of the features and examples logs."""
+
+    def __init__(self, path: Path, params: dict[str, Any], symbols: dict[str, SymbolState], build_id: str):
+        self.path = path
+        self.params = params
+        self.symbols = symbols
+        self.build_id = build_id
+
+    @classmethod
+    def load(cls, data_dir: Path, params: dict[str, Any], features: ParquetLog, examples: ParquetLog) -> BuildState:
+        """The state of the logs in `data_dir`, a pending publish resolved; a new one if there is
+        none. Settings other than `params`, damage, or a state that does not match the features
+        log are a FeatureError that says to rebuild."""
+        path = data_dir / STATE_FILE
+        if not path.exists():
+            if features.partitions() or examples.partitions():
+                raise FeatureError(
+                    f"{data_dir} has features or examples but no {STATE_FILE}; "
+                    "run `rtml features --rebuild` to build them again from the ticks"
+                )
+            # A new build id: a rebuild starts offsets at 0 again, and a trainer must not
+            # resume a model at offsets of a build that is gone.
+            return cls(path, params, {}, uuid.uuid4().hex)
+        try:
+            doc = json.loads(path.read_text())
+            symbols = {s: SymbolState(**v) for s, v in doc.get("symbols", {}).items()}
+            pending = {
+                s: (SymbolState(**e["state"]), int(e["expect_last_offset"]))
+                for s, e in (doc.get("pending") or {}).items()
+            }
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise FeatureError(
+                f"{path} is damaged ({type(exc).__name__}: {exc}); run `rtml features --rebuild`"
+            ) from None
+        for sym, st in [*symbols.items(), *((s, st) for s, (st, _) in pending.items())]:
+            bad = [
+                f
+                for f in ("tick_offset", "open_from", "late", "bars", "gap_bars_skipped")
+                if type(getattr(st, f)) is not int
+            ] + [
+                f
+                for f in ("max_ts", "closed_until", "last_trade_bar")
+                if getattr(st, f) is not None and type(getattr(st, f)) is not int
+            ]
+            if bad:
+                raise FeatureError(
+                    f"{path} is damaged ({sym!r}: {', '.join(bad)} not whole numbers); run `rtml features --rebuild`"
+                )
+        if doc.get("params") != params:
+            old = doc.get("params", {})
+            diff = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in params.items() if old.get(k) != v)
+            raise FeatureError(
+                f"the features in {data_dir} were built with other settings ({diff}); "
+                "rerun with the same --bar/--horizon/--target/--lookback/--sql, or pass --rebuild "
+                "to rebuild features and examples from the ticks"
+            )
+        state = cls(path, params, symbols, doc.get("build_id") or "unknown")
+        for sym, (pending_state, expect_last_offset) in pending.items():
+            # The intent was written before publishing; the features log says whether the
+            # publish happened (its last offset is the one the intent expected).
+            if features.last_offset(sym) == expect_last_offset:
+                state.symbols[sym] = pending_state
+        for sym, st in state.symbols.items():
+            if features.last_offset(sym) != st.bars - 1:
+                raise FeatureError(
+                    f"{STATE_FILE} says {st.bars} bars of {sym!r} were emitted, the features log has "
+                    f"{features.last_offset(sym) + 1}; run `rtml features --rebuild`"
+                )
+        if pending:
+            state.save()
+        return state
+
+    def save(self, pending: dict[str, dict[str, Any]] | None = None) -> None:
+        """Write the state atomically; with `pending`, as an intent (symbol -> its new state
+        and the features offset its publish will end at) to be committed by the next save."""
+        doc = {
+            "build_id": self.build_id,
+            "params": self.params,
+            "symbols": {s: asdict(st) for s, st in sorted(self.symbols.items())},
+            "pending": pending,
+        }
+        atomic.write_json(self.path, doc)
+
+
+@dataclass(frozen=True)
+class Build:
+    """What the features and examples logs of a data directory were built with."""
+
+    bar_s: int
+    horizon: int
+    target: str
+    build_id: str | None  # None for a state written before builds had ids
+
+
+def read_build(data_dir: Path) -> Build | None:
+    """The build settings from the features state; None if there is none (no `rtml features`
+    ran here). A damaged state is a ConfigError."""
+    path = Path(data_dir) / STATE_FILE
+    try:
+        doc = json.loads(path.read_text())
+        params = doc["params"]
+        return Build(int(params["bar_s"]), int(params["horizon"]), str(params["target"]), doc.get("build_id"))
+    except FileNotFoundError:
+        built = [name for name in (FEATURES, EXAMPLES) if ParquetLog(data_dir, name).partitions()]
+        if built:
+            raise ConfigError(
+                f"{data_dir} has {' and '.join(built)} logs but no {STATE_FILE}, the record of how they "
+                "were built; run `rtml features --rebuild` to build them again from the ticks"
+            ) from None
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path} is damaged ({type(exc).__name__}: {exc}); run `rtml features --rebuild`") from None
