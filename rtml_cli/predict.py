@@ -6,17 +6,15 @@ each prediction row carries the features offset it answers, so on start the offs
 read back from the log's tail (after the point `state/predict.json` last recorded), and a
 restart after kill -9 neither skips a row nor predicts one twice.
 
-Models are swapped in while serving. A loader thread watches each checkpoint directory
-(filesystem notifications, plus polling as the fallback that also works on network
-filesystems), verifies a newer checkpoint and unpickles it, and only then hands it over by
-one reference assignment. The prediction loop picks the new model up between two rows:
-no prediction waits for a load, and none is made by a half-loaded model.
+Models are swapped in while serving (see `serving`): a loader thread verifies and loads a
+newer checkpoint and hands it over by one reference assignment; the prediction loop picks
+the new model up between two rows, so no prediction waits for a load, and none is made by a
+half-loaded model.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -28,15 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 from rtml_cli import atomic
 from rtml_cli.build_state import read_build
-from rtml_cli.checkpoint import CheckpointError, CheckpointStore, signing_key
+from rtml_cli.checkpoint import signing_key
 from rtml_cli.errors import ConfigError, RtmlError
 from rtml_cli.learner import feature_columns, model_inputs, predict_value
 from rtml_cli.log import OFFSET, ParquetLog
-from rtml_cli.models import CLASSIFIER, REGRESSOR
+from rtml_cli.serving import CheckpointWatcher, ModelSlot, Served
 
 if TYPE_CHECKING:
     import polars as pl
-    from watchdog.observers.api import BaseObserver
 
 FEATURES = "features"
 PREDICTIONS = "predictions"
@@ -53,134 +50,6 @@ class PredictOptions:
     poll: float = 0.5
     notify: bool = True
     chunk: int = 65_536  # rows per symbol per read: one Parquet row group of the log
-
-
-@dataclass(frozen=True)
-class Served:
-    """A verified, fully loaded model, ready to predict."""
-
-    version: int
-    model: Any
-    kind: str
-    trained_until: str | None
-    created_at: str | None
-
-
-class ModelSlot:
-    """One model name: the newest verified version a load found, and what it refused.
-
-    `latest` is written only by `refresh` (the loader thread) and read by the prediction
-    loop, which swaps to it between two rows; a reference assignment is atomic, so the
-    loop sees either the old model or the whole new one.
-    """
-
-    def __init__(self, data_dir: Path, name: str, key: bytes | None):
-        self.name = name
-        self.store = CheckpointStore(data_dir, name)
-        self.key = key
-        self.latest: Served | None = None
-        self.bad: dict[int, str] = {}  # versions refused, and why; each is reported once
-        self.reports: deque[str] = deque()  # refusals not shown yet
-        self.events: deque[str] = deque()  # models loaded, not shown yet
-        self.failing: str | None = None  # the last problem looking for checkpoints, while it lasts
-        self.load_ms: list[float] = []
-
-    def refresh(self) -> bool:
-        """Load the newest checkpoint newer than the one held, if one verifies; True if it did."""
-        held = self.latest.version if self.latest else 0
-        for version in reversed(self.store.versions()):
-            if version <= held:
-                return False
-            if version in self.bad:
-                continue
-            started = time.perf_counter()
-            try:
-                cp = self.store.get(version)
-                if cp is None:
-                    continue  # pruned since the listing
-                payload = cp.load(self.key, yielding=True)
-                kind = cp.manifest.get("spec", {}).get("kind")
-                if kind not in (REGRESSOR, CLASSIFIER):
-                    raise CheckpointError(f"{cp.manifest_path.name} names no model kind (regressor or classifier)")
-                if cp.manifest.get("diverged") is True:
-                    why = (cp.manifest.get("health") or {}).get("diverged") or {}
-                    raise CheckpointError(
-                        f"{cp.manifest_path.name} is of a model that diverged"
-                        + (f" at example {why['at_example']:,} ({why['why']})" if why else "")
-                        + "; the last healthy version serves on"
-                    )
-            except CheckpointError as exc:
-                if not (self.store.dir / f"{version:010d}.json").exists():
-                    continue  # pruned while being read: not a bad checkpoint
-                self.bad[version] = str(exc)
-                self.reports.append(f"{self.name}: skipped {exc}")
-                continue
-            self.load_ms.append((time.perf_counter() - started) * 1000)
-            self.events.append(
-                f"{self.name}: loaded v{version} (trained until "
-                f"{str(cp.manifest.get('trained_until'))[:19]}) in {self.load_ms[-1]:.0f} ms"
-            )
-            self.latest = Served(
-                version, payload["model"], kind, cp.manifest.get("trained_until"), cp.manifest.get("created_at")
-            )
-            return True
-        return False
-
-
-class Notifier:
-    """Sets an event when files change in some directories, from the OS's filesystem
-    notifications (watchdog: inotify, FSEvents, ReadDirectoryChangesW).
-
-    It only wakes waiters up early: every waiter also polls, because network filesystems
-    send no notifications. Directories that do not exist yet are watched once they do.
-    """
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self._wanted: list[tuple[Path, Event, bool]] = []
-        self._watched: set[Path] = set()
-        self._observer: BaseObserver | None = None
-
-    def add(self, path: Path, event: Event, recursive: bool) -> None:
-        self._wanted.append((path, event, recursive))
-
-    def start(self) -> None:
-        if not self.enabled:
-            return
-        from watchdog.observers import Observer
-
-        self._observer = Observer()
-        self._observer.daemon = True
-        self._observer.start()
-        self.rescan()
-
-    def rescan(self) -> None:
-        """Watch the wanted directories that exist now (cheap when all are watched)."""
-        if self._observer is None or len(self._watched) == len(self._wanted):
-            return
-        from watchdog.events import FileSystemEventHandler
-
-        class Wake(FileSystemEventHandler):
-            def __init__(self, event: Event):
-                self.event = event
-
-            def on_any_event(self, _e) -> None:
-                self.event.set()
-
-        for path, event, recursive in self._wanted:
-            if path in self._watched or not path.is_dir():
-                continue
-            try:
-                self._observer.schedule(Wake(event), str(path), recursive=recursive)
-            except OSError:
-                continue  # e.g. out of inotify watches: polling still works
-            self._watched.add(path)
-            event.set()  # changes made before the watch began are looked at once
-
-    def stop(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=2)
 
 
 @dataclass
@@ -228,6 +97,81 @@ class _ModelRows:
     versions: list[int | None] = field(default_factory=list)
 
 
+class ConsumerOffsets:
+    """Where each model stands in the features log: per symbol, the offset of the newest row
+    it predicted and published. The predictions log is the commit point (each row carries the
+    features offset it answers); `state/predict.json` is a bookmark of where in that log the
+    offsets were last saved, so that a start reads only the log's tail.
+
+    Every model that ever wrote to the log keeps its offsets, also while it is not served,
+    so that serving it again later resumes it instead of repeating it.
+    """
+
+    def __init__(self, data_dir: Path, names: list[str], predictions: ParquetLog):
+        self.path = data_dir / STATE_FILE
+        self.data_dir = data_dir
+        self.predictions = predictions
+        self.models: dict[str, dict[str, int]] = {n: {} for n in names}
+        self.log: dict[str, int] = {}  # predictions log offsets the state file covers
+        self.features_build: str | None = None
+        self.saved_at = 0.0
+
+    def resume(self, features_build: str | None) -> None:
+        """The state file's offsets, moved on by whatever the log holds past them."""
+        import polars as pl
+
+        self.features_build = features_build
+        doc: dict[str, Any] = {}
+        if self.path.exists():
+            try:
+                doc = json.loads(self.path.read_text())
+                log_offsets = {str(k): int(v) for k, v in doc.get("log_offsets", {}).items()}
+                consumers = {
+                    str(n): {str(k): int(v) for k, v in offs.items()} for n, offs in doc.get("consumers", {}).items()
+                }
+            except (OSError, ValueError, TypeError, AttributeError) as exc:
+                raise ConfigError(
+                    f"{self.path} is damaged ({type(exc).__name__}: {exc}); delete it: "
+                    "the offsets are read back from the predictions log"
+                ) from None
+            if all(v <= self.predictions.last_offset(s) for s, v in log_offsets.items()):
+                self.log = log_offsets
+                for name, offs in consumers.items():
+                    self.models[name] = offs
+            # else the file is ahead of the log (a log moved away or restored): it is only a
+            # bookmark, so it is dropped and the offsets are read from the whole log
+        build = doc.get("features_build")
+        if self.predictions.partitions() and build not in (None, features_build):
+            raise ConfigError(
+                f"the features in {self.data_dir} were rebuilt since the predictions were written, so their "
+                f"offsets now mean other rows; move {self.predictions.root} and {self.path} away to start afresh"
+            )
+        for sym in self.predictions.partitions():
+            tail = self.predictions.read_after(sym, self.log.get(sym, -1), columns=["model", "features_offset"])
+            if tail.height:
+                for name, newest in tail.group_by("model").agg(pl.col("features_offset").max()).iter_rows():
+                    offs = self.models.setdefault(name, {})
+                    offs[sym] = max(newest, offs.get(sym, -1))
+            self.log[sym] = self.predictions.last_offset(sym)
+
+    def committed(self, sym: str, log_last: int, newest: list[tuple[str, int]]) -> None:
+        """A part of `sym` ending at `log_last` was appended, with each model's newest row.
+        The log and the offsets move together: the state file saves both or neither."""
+        self.log[sym] = log_last
+        for name, upto in newest:
+            self.models[name][sym] = upto
+
+    def save(self) -> None:
+        doc = {
+            "features_build": self.features_build,
+            "log_offsets": dict(sorted(self.log.items())),
+            "consumers": {n: dict(sorted(o.items())) for n, o in self.models.items()},
+            "saved_at": datetime.now(UTC).isoformat(),
+        }
+        atomic.write_json(self.path, doc)
+        self.saved_at = time.monotonic()
+
+
 class Predictor:
     """Serves one or more models over the features log; use as a context manager (holds the
     predictions log's writer lock)."""
@@ -243,25 +187,19 @@ class Predictor:
         self.opts = opts
         self.features = ParquetLog(self.data_dir, FEATURES)
         self.predictions = ParquetLog(self.data_dir, PREDICTIONS)
-        self.state_path = self.data_dir / STATE_FILE
         key = signing_key()
         self.slots = [ModelSlot(self.data_dir, n, key) for n in opts.names]
-        # per model, per symbol: the features offset of the newest row predicted and published
-        self.offsets: dict[str, dict[str, int]] = {n: {} for n in opts.names}
-        self.log_offsets: dict[str, int] = {}  # predictions log offsets the state file covers
+        self.consumers = ConsumerOffsets(self.data_dir, opts.names, self.predictions)
+        self.offsets = self.consumers.models  # per model, per symbol: the newest features row predicted
         self.predicted: dict[str, int] = dict.fromkeys(opts.names, 0)  # this run
         self.served: dict[str, list[int]] = {n: [] for n in opts.names}  # versions used, in order
         self.latency_ms: deque[float] = deque(maxlen=10_000)
         self.started = time.monotonic()
         self._serving: dict[str, Served | None] = dict.fromkeys(opts.names)
         self._trained_until: dict[tuple[str, int], str | None] = {}  # (model, version) -> trained until
-        self._state_saved = 0.0
         self._needed: list[str] | None = None  # the features log's columns a prediction reads
         self.wake = Event()  # new feature rows, or a new model loaded: predict
-        self.wake_checkpoints = Event()  # a checkpoint directory changed: look for a newer model
-        self.notifier = Notifier(opts.notify)
-        self._loader: threading.Thread | None = None
-        self._stop_loader = Event()
+        self.watcher = CheckpointWatcher(self.slots, opts.poll, opts.notify)
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -278,12 +216,8 @@ class Predictor:
 
     def __exit__(self, *exc) -> None:
         try:
-            self._stop_loader.set()
-            self.wake_checkpoints.set()
-            if self._loader is not None:
-                self._loader.join(timeout=10)
-            self.notifier.stop()
-            self._save_state()
+            self.watcher.stop()
+            self.consumers.save()
         finally:
             self._writer_ctx.__exit__(None, None, None)
 
@@ -296,61 +230,15 @@ class Predictor:
         self.bar_ns, self.features_build = build.bar_s * NS, build.build_id
 
     def _resume(self) -> None:
-        """Consumer offsets: the state file's, moved on by whatever the log holds past it.
-
-        Every model that ever wrote to the log keeps its offsets, also while it is not
-        served, so that serving it again later resumes it instead of repeating it.
-        """
-        doc: dict[str, Any] = {}
-        if self.state_path.exists():
-            try:
-                doc = json.loads(self.state_path.read_text())
-                log_offsets = {str(k): int(v) for k, v in doc.get("log_offsets", {}).items()}
-                consumers = {
-                    str(n): {str(k): int(v) for k, v in offs.items()} for n, offs in doc.get("consumers", {}).items()
-                }
-            except (OSError, ValueError, TypeError, AttributeError) as exc:
-                raise ConfigError(
-                    f"{self.state_path} is damaged ({type(exc).__name__}: {exc}); delete it: "
-                    "the offsets are read back from the predictions log"
-                ) from None
-            if all(v <= self.predictions.last_offset(s) for s, v in log_offsets.items()):
-                self.log_offsets = log_offsets
-                for name, offs in consumers.items():
-                    self.offsets[name] = offs
-            # else the file is ahead of the log (a log moved away or restored): it is only a
-            # bookmark, so it is dropped and the offsets are read from the whole log
-        build = doc.get("features_build")
-        if self.predictions.partitions() and build not in (None, self.features_build):
-            raise ConfigError(
-                f"the features in {self.data_dir} were rebuilt since the predictions were written, so their "
-                f"offsets now mean other rows; move {self.predictions.root} and {self.state_path} away to start afresh"
-            )
-        import polars as pl
-
-        for sym in self.predictions.partitions():
-            tail = self.predictions.read_after(sym, self.log_offsets.get(sym, -1), columns=["model", "features_offset"])
-            if tail.height:
-                for name, newest in tail.group_by("model").agg(pl.col("features_offset").max()).iter_rows():
-                    offs = self.offsets.setdefault(name, {})
-                    offs[sym] = max(newest, offs.get(sym, -1))
-            self.log_offsets[sym] = self.predictions.last_offset(sym)
+        """Consumer offsets, read back (see `ConsumerOffsets`); with --from latest, a model
+        with none starts at the end of the features log, and that is remembered."""
+        self.consumers.resume(self.features_build)
         if self.opts.start == "latest":
             for name in self.opts.names:
                 if not self.offsets[name]:  # a new consumer: skip the history, and remember where that was
                     for sym in self.symbols():
                         self.offsets[name][sym] = self.features.last_offset(sym)
-        self._save_state()
-
-    def _save_state(self) -> None:
-        doc = {
-            "features_build": self.features_build,
-            "log_offsets": dict(sorted(self.log_offsets.items())),
-            "consumers": {n: dict(sorted(o.items())) for n, o in self.offsets.items()},
-            "saved_at": datetime.now(UTC).isoformat(),
-        }
-        atomic.write_json(self.state_path, doc)
-        self._state_saved = time.monotonic()
+        self.consumers.save()
 
     # -- models ----------------------------------------------------------------------------------
 
@@ -362,33 +250,9 @@ class Predictor:
         return [s for s in self.slots if s.latest is None]
 
     def start_watching(self) -> None:
-        """Follow mode: a loader thread keeps swapping newer checkpoints in."""
-        for slot in self.slots:
-            self.notifier.add(slot.store.dir, self.wake_checkpoints, recursive=False)
-        self.notifier.add(self.features.root, self.wake, recursive=True)
-        self.notifier.start()
-        self._loader = threading.Thread(target=self._load_loop, name="rtml-model-loader", daemon=True)
-        self._loader.start()
-
-    def _load_loop(self) -> None:
-        while not self._stop_loader.is_set():
-            self.wake_checkpoints.wait(self.opts.poll)
-            self.wake_checkpoints.clear()
-            if self._stop_loader.is_set():
-                return
-            for slot in self.slots:
-                try:
-                    self.notifier.rescan()
-                    if slot.refresh():
-                        self.wake.set()
-                    slot.failing = None
-                except Exception as exc:
-                    problem = (
-                        f"{slot.name}: cannot look for checkpoints in {slot.store.dir}: {type(exc).__name__}: {exc}"
-                    )
-                    if problem != slot.failing:  # said once, until it changes or goes away
-                        slot.reports.append(problem)
-                        slot.failing = problem
+        """Follow mode: a loader thread keeps swapping newer checkpoints in, and wakes the
+        prediction loop for them and for new feature rows."""
+        self.watcher.start(self.wake, self.features.root)
 
     def reports(self) -> list[str]:
         """Refused checkpoints and load problems not shown yet."""
@@ -428,8 +292,8 @@ class Predictor:
             if published is None:
                 break
             yield published
-        if time.monotonic() - self._state_saved > 10:
-            self._save_state()
+        if time.monotonic() - self.consumers.saved_at > 10:
+            self.consumers.save()
 
     def _columns(self, symbols) -> list[str] | None:
         """What a prediction needs of a features row: its place and the model inputs.
@@ -518,10 +382,7 @@ class Predictor:
             )
             newest = part.group_by("model").agg(pl.col("features_offset").max()).rows()
             first, last = self.writer.append(sym, part)
-            # the log and the offsets move together: the state file saves both or neither
-            self.log_offsets[sym] = last
-            for name, upto in newest:
-                self.offsets[name][sym] = upto
+            self.consumers.committed(sym, last, newest)
             self.latency_ms.extend(part["latency_ms"].to_list())
             out.append(part.with_columns(pl.int_range(first, last + 1, dtype=pl.Int64).alias(OFFSET)))
         return pl.concat(out)

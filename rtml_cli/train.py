@@ -18,7 +18,7 @@ from threading import Event
 from typing import TYPE_CHECKING, Any
 
 from rtml_cli.build_state import read_build
-from rtml_cli.checkpoint import KEY_ENV, Checkpointer, CheckpointStore, runtime_versions, signing_key
+from rtml_cli.checkpoint import KEY_ENV, Checkpoint, Checkpointer, CheckpointStore, runtime_versions, signing_key
 from rtml_cli.errors import ConfigError, RtmlError
 from rtml_cli.learner import Learner, RollingMetrics, feature_columns, model_inputs
 from rtml_cli.log import OFFSET, ParquetLog
@@ -111,33 +111,10 @@ class Trainer:
                 f"there is no examples log in {self.data_dir}; run `rtml features` first or check --data-dir"
             )
         self._check_target()
-        cp, payload, problems = self.store.latest_valid(self.key)
-        self.skipped = problems
-        if cp is None and problems and not self.opts.fresh:
-            shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
-            raise ConfigError(
-                f"none of the {len(problems)} checkpoints in {self.store.dir} can be loaded ({shown}). Fix the cause "
-                f"(the right {KEY_ENV}, the River version they name), or start a new model with --fresh: "
-                "checkpoints signed with another key or written by another River version are kept"
-            )
-        if cp is not None and self.opts.fresh:
-            raise ConfigError(
-                f"checkpoint v{cp.version} in {self.store.dir} loads, so there is nothing to start afresh from; "
-                "train a new model beside it with --name"
-            )
-        if cp is not None and cp.manifest.get("examples_build") != self.examples_build:
-            raise ConfigError(
-                f"the examples in {self.data_dir} were rebuilt (`rtml features --rebuild`) since the checkpoints in "
-                f"{self.store.dir} were written, so their offsets mean other examples now; train a fresh model "
-                "with --name, or delete that directory"
-            )
+        cp, payload, self.skipped = resume_point(
+            self.store, self.key, self.opts.fresh, self.examples_build, self._spec_doc(), self.data_dir
+        )
         if cp is not None and payload is not None:
-            spec = cp.manifest.get("spec", {})
-            if spec.get("model") != self.spec.name or spec.get("params") != _as_json(self._spec_doc()["params"]):
-                raise ConfigError(
-                    f"the checkpoints in {self.store.dir} are of {spec.get('model')} {spec.get('params')}, not "
-                    f"{self.spec.name} {self._spec_doc()['params']}; use --name to train another model beside them"
-                )
             model = payload["model"]
             self.offsets = {k: int(v) for k, v in cp.manifest.get("offsets", {}).items()}
             self.trained_until = cp.manifest.get("trained_until")
@@ -357,6 +334,47 @@ class Trainer:
             "elapsed_s": round(time.monotonic() - self.report.started, 3),
             "finished_at": datetime.now(UTC).isoformat(),
         }
+
+
+def resume_point(
+    store: CheckpointStore,
+    key: bytes | None,
+    fresh: bool,
+    examples_build: str | None,
+    spec_doc: dict[str, Any],
+    data_dir: Path,
+) -> tuple[Checkpoint | None, dict[str, Any] | None, list[str]]:
+    """The checkpoint a trainer resumes from (None: a new model), its payload, and why newer
+    ones were skipped. Refuses, with what to do, whatever would lose or mix up a model:
+    checkpoints none of which loads (a wrong key, another River version) unless `fresh`;
+    `fresh` while one loads; examples rebuilt since; another spec or parameters."""
+    cp, payload, problems = store.latest_valid(key)
+    if cp is None and problems and not fresh:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise ConfigError(
+            f"none of the {len(problems)} checkpoints in {store.dir} can be loaded ({shown}). Fix the cause "
+            f"(the right {KEY_ENV}, the River version they name), or start a new model with --fresh: "
+            "checkpoints signed with another key or written by another River version are kept"
+        )
+    if cp is not None and fresh:
+        raise ConfigError(
+            f"checkpoint v{cp.version} in {store.dir} loads, so there is nothing to start afresh from; "
+            "train a new model beside it with --name"
+        )
+    if cp is not None and cp.manifest.get("examples_build") != examples_build:
+        raise ConfigError(
+            f"the examples in {data_dir} were rebuilt (`rtml features --rebuild`) since the checkpoints in "
+            f"{store.dir} were written, so their offsets mean other examples now; train a fresh model "
+            "with --name, or delete that directory"
+        )
+    if cp is not None and payload is not None:
+        spec = cp.manifest.get("spec", {})
+        if spec.get("model") != spec_doc["model"] or spec.get("params") != _as_json(spec_doc["params"]):
+            raise ConfigError(
+                f"the checkpoints in {store.dir} are of {spec.get('model')} {spec.get('params')}, not "
+                f"{spec_doc['model']} {spec_doc['params']}; use --name to train another model beside them"
+            )
+    return cp, payload, problems
 
 
 def _as_json(value: Any) -> Any:
