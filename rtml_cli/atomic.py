@@ -87,3 +87,39 @@ def exclusive(lock_path: Path, busy: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def holder(lock_path: Path) -> int | None:
+    """The pid holding the `exclusive` lock on `lock_path` now, or None.
+
+    It never takes the lock itself (a stage starting at that moment must not be refused): on
+    Linux it reads the kernel's table of locks, /proc/locks; elsewhere it trusts the pid
+    the owner recorded if that process is alive.
+    """
+    try:
+        st = os.stat(lock_path)
+    except OSError:
+        return None
+    try:
+        with open("/proc/locks") as f:
+            table = f.read()
+    except OSError:
+        table = None
+    if table is not None:
+        me = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        for line in table.splitlines():
+            fields = line.split()
+            if "->" in fields or "FLOCK" not in fields:
+                continue  # a waiter, or another kind of lock
+            at = fields.index("FLOCK")
+            if len(fields) > at + 4 and fields[at + 4] == me and fields[at + 3].isdigit():
+                return int(fields[at + 3])
+        return None
+    try:
+        pid = int(Path(lock_path).read_text().strip() or 0)
+        if pid > 0:
+            os.kill(pid, 0)
+            return pid
+    except (OSError, ValueError):
+        pass
+    return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from threading import Event
@@ -22,8 +23,15 @@ from rtml_cli.errors import ConfigError, RtmlError
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100, "terminal_width": 100}
 
 
+# `rtml --help` lists the commands in pipeline order, then the tools
+ORDER = ["ingest", "features", "train", "predict", "backtest", "run", "status", "checkpoints", "models", "compact"]
+
+
 class RtmlGroup(click.Group):
     """Turns rtml's own errors into `Error: ...` and exit status 1, never a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.commands, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
     def invoke(self, ctx: click.Context):
         try:
@@ -136,6 +144,27 @@ class _Stopper:
     def __exit__(self, *exc):
         for s, h in self._old.items():
             signal.signal(s, h)
+
+
+def _await_input(awaited: Callable[[], str | None], stop: Event, poll: float, console) -> str | None:
+    """--follow on a data directory its input is not in yet: wait for it, saying what for.
+    Returns None once it is there, else (a signal came first) what it was waiting for."""
+    what = awaited()
+    if what is None:
+        return None
+    console.print(f"waiting for {what}", highlight=False)
+    while not stop.wait(poll):
+        if awaited() is None:
+            console.print("found it: starting", highlight=False)
+            return None
+    return what
+
+
+def _stopped_waiting(what: str, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"stopped": "by a signal while waiting", "waiting_for": what}, indent=2))
+    else:
+        click.echo(f"stopped while waiting for {what}", err=True)
 
 
 # -- ingest ------------------------------------------------------------------------------------
@@ -387,7 +416,7 @@ def features(follow, bar, horizon, target, sql_file, symbols, lookback, grace, p
         rtml features --sql my_features.sql --rebuild
     """
     from rtml_cli import ui
-    from rtml_cli.features import FeatureBuilder, FeatureSpec, default_sql, parse_bar, remove_built
+    from rtml_cli.features import FeatureBuilder, FeatureSpec, awaited_input, default_sql, parse_bar, remove_built
 
     sql = default_sql()
     if sql_file is not None:
@@ -401,9 +430,12 @@ def features(follow, bar, horizon, target, sql_file, symbols, lookback, grace, p
     if rebuild:
         remove_built(data_dir)
     console = ui.err_console()
-    with _Stopper(console) as stop, FeatureBuilder(data_dir, spec, parse_symbols(symbols)) as builder:
-        events = builder.loop(stop, follow, poll, grace)
-        summary = ui.show_features(builder, events, follow, console, as_json, stop)
+    with _Stopper(console) as stop:
+        if follow and (what := _await_input(lambda: awaited_input(data_dir), stop, poll, console)):
+            return _stopped_waiting(what, as_json)
+        with FeatureBuilder(data_dir, spec, parse_symbols(symbols)) as builder:
+            events = builder.loop(stop, follow, poll, grace)
+            summary = ui.show_features(builder, events, follow, console, as_json, stop)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -489,7 +521,7 @@ def train(
     """
     from rtml_cli import ui
     from rtml_cli.models import parse_params
-    from rtml_cli.train import Trainer, TrainOptions
+    from rtml_cli.train import Trainer, TrainOptions, awaited_input
 
     opts = TrainOptions(
         model,
@@ -504,10 +536,13 @@ def train(
         fresh,
     )
     console = ui.err_console()
-    with _Stopper(console) as stop, Trainer(data_dir, opts) as trainer:
-        for problem in trainer.skipped:
-            console.print(f"[yellow]skipped a checkpoint: {problem}[/]")
-        ui.show_training(trainer, trainer.loop(stop, follow, poll), console, as_json)
+    with _Stopper(console) as stop:
+        if follow and (what := _await_input(lambda: awaited_input(data_dir), stop, poll, console)):
+            return _stopped_waiting(what, as_json)
+        with Trainer(data_dir, opts) as trainer:
+            for problem in trainer.skipped:
+                console.print(f"[yellow]skipped a checkpoint: {problem}[/]")
+            ui.show_training(trainer, trainer.loop(stop, follow, poll), console, as_json)
     summary = trainer.summary()
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -537,6 +572,46 @@ def models(as_json):
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         click.echo(f"{r['name']:<{width}}  {r['kind']:<10}  {r['description']}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--watch", is_flag=True, help="Keep the view up to date until Ctrl-C.")
+@click.option(
+    "--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True, help="--watch: seconds between looks."
+)
+@data_dir_option
+@json_option
+def status(watch, interval, data_dir, as_json):
+    """Where the pipeline stands: logs, running stages, lags, models, freshness.
+
+    Per log: symbols, rows, newest time and offset. Per consumer (the feature builder, each
+    trainer, each predicted model): how far behind its input it is, in rows and in market
+    time. Per model: the newest checkpoint, what it learned, whether it verifies. Which
+    stages run now, and the pipeline's freshness: newest trade to newest prediction (market
+    time) and that prediction's age (wall time). Reads only; safe while the stages run.
+    Exit 0 (also on an empty data directory), 1 if the data directory does not exist.
+
+    \b
+    Examples:
+        rtml status
+        rtml status --watch
+        rtml status --json
+    """
+    from rtml_cli import ui
+    from rtml_cli.status import snapshot
+
+    if not watch:
+        snap = snapshot(data_dir)
+        if as_json:
+            click.echo(json.dumps(snap, indent=2))
+        else:
+            from rich.console import Console
+
+            Console().print(ui.status_view(snap))
+        return
+    console = ui.err_console()
+    with _Stopper(console) as stop:
+        ui.watch_status(lambda: snapshot(data_dir), stop, interval, as_json)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -612,17 +687,20 @@ def predict(names, follow, start, poll, no_notify, symbols, jsonl, data_dir, as_
         rtml predict --follow --name linear --name arf --jsonl
     """
     from rtml_cli import ui
-    from rtml_cli.predict import PredictOptions, Predictor, require_models
+    from rtml_cli.predict import PredictOptions, Predictor, awaited_input, require_models
 
     opts = PredictOptions(list(names) or ["linear"], parse_symbols(symbols), start, poll, not no_notify)
     console = ui.err_console()
-    with _Stopper(console) as stop, Predictor(data_dir, opts) as predictor:
-        predictor.load_all()
-        for problem in predictor.reports():
-            console.print(f"[yellow]{problem}[/]", highlight=False)
-        if not follow:
-            require_models(predictor)
-        ui.show_predictions(predictor, predictor.loop(stop, follow), follow, console, as_json, jsonl)
+    with _Stopper(console) as stop:
+        if follow and (what := _await_input(lambda: awaited_input(data_dir), stop, poll, console)):
+            return _stopped_waiting(what, as_json)
+        with Predictor(data_dir, opts) as predictor:
+            predictor.load_all()
+            for problem in predictor.reports():
+                console.print(f"[yellow]{problem}[/]", highlight=False)
+            if not follow:
+                require_models(predictor)
+            ui.show_predictions(predictor, predictor.loop(stop, follow), follow, console, as_json, jsonl)
     summary = predictor.summary()
     if as_json:
         text = json.dumps(summary, indent=2)

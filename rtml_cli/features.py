@@ -168,6 +168,12 @@ class _Plan:
         return self.stop > self.first
 
 
+def awaited_input(data_dir: Path) -> str | None:
+    """What `rtml features --follow` waits for before it can start; None when it is there."""
+    ticks = Path(data_dir) / TICKS
+    return None if ticks.is_dir() else f"the ticks log in {ticks} (start `rtml ingest`)"
+
+
 class StepPlanner:
     """The plan of a step, per symbol: which ticks are new, which are late, which bars close
     (on the symbol's own ticks or on the market clock), and the symbol's state after it."""

@@ -97,6 +97,14 @@ class _ModelRows:
     versions: list[int | None] = field(default_factory=list)
 
 
+def awaited_input(data_dir: Path) -> str | None:
+    """What `rtml predict --follow` waits for before it can start; None when it is there."""
+    features = Path(data_dir) / FEATURES
+    if features.is_dir() and read_build(data_dir) is not None:
+        return None
+    return f"the features log in {features} (start `rtml features --follow`)"
+
+
 class ConsumerOffsets:
     """Where each model stands in the features log: per symbol, the offset of the newest row
     it predicted and published. The predictions log is the commit point (each row carries the

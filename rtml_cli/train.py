@@ -67,6 +67,15 @@ class TrainReport:
     started: float = field(default_factory=time.monotonic)
 
 
+def awaited_input(data_dir: Path) -> str | None:
+    """What `rtml train --follow` waits for before it can start; None when it is there: the
+    examples log and the record of how it was built (a checkpoint names its build)."""
+    examples = Path(data_dir) / EXAMPLES
+    if examples.is_dir() and read_build(data_dir) is not None:
+        return None
+    return f"the examples log in {examples} (start `rtml features --follow`)"
+
+
 class Trainer:
     """Trains one named model from the examples log; use as a context manager (holds the lock)."""
 

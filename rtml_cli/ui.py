@@ -631,3 +631,100 @@ def backtest_tables(result: dict) -> list:
     for warning in result["warnings"]:
         out.append(Text(f"warning: {warning}", style="yellow"))
     return out
+
+
+def status_view(snap: dict):
+    """`rtml status` as tables: logs, stages, consumers, models, and a freshness line."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    if snap["empty"]:
+        return Text(f"{snap['data_dir']} has no data yet: start with `rtml ingest`")
+    logs = Table(title="logs", title_justify="left")
+    for col in ("log", "symbols", "rows", "newest time (UTC)"):
+        logs.add_column(col, justify="left" if col != "rows" and col != "symbols" else "right")
+    for name, log in snap["logs"].items():
+        logs.add_row(name, f"{log['partitions']:,}", f"{log['rows']:,}", _when(log["newest_ts"]))
+    stages = Table(title="stages", title_justify="left")
+    for col in ("stage", "running", "detail"):
+        stages.add_column(col)
+    for name, st in snap["stages"].items():
+        detail = f"heartbeat {st['heartbeat_age_s']:,.1f} s ago" if "heartbeat_age_s" in st else ""
+        stages.add_row(name, f"pid {st['pid']}" if st["running"] else "[dim]no[/]", detail)
+    consumers = Table(title="consumers (behind their input)", title_justify="left")
+    for col in ("consumer", "rows behind", "market time behind"):
+        consumers.add_column(col, justify="left" if col == "consumer" else "right")
+    for name, c in snap["consumers"].items():
+        if c is None:
+            continue
+        if "problem" in c:
+            consumers.add_row(name, f"[yellow]{c['problem']}[/]", "")
+            continue
+        behind = "-" if c["behind_s"] is None else _age(max(0.0, c["behind_s"]))
+        consumers.add_row(name, f"{c['behind_rows']:,}", behind)
+    models = Table(title="models (newest checkpoint)", title_justify="left")
+    for col in ("model", "version", "examples", "trained until (UTC)", "written", "state"):
+        models.add_column(col, justify="right" if col in ("version", "examples") else "left")
+    for name, cp in snap["checkpoints"].items():
+        if cp["version"] is None:
+            models.add_row(name, "-", "-", "", "", "no checkpoint yet")
+            continue
+        state = (
+            "[bold red]diverged[/]"
+            if cp["diverged"]
+            else "ok"
+            if cp["verified"] == "ok"
+            else f"[red]{cp['verified']}[/]"
+        )
+        written = "-" if cp["age_s"] is None else f"{_age(cp['age_s'])} ago"
+        models.add_row(
+            name, str(cp["version"]), f"{cp['examples_learned'] or 0:,}", _when(cp["trained_until"]), written, state
+        )
+    f = snap["freshness"]
+    if f["newest_prediction"]:
+        fresh = (
+            f"freshness: newest trade {_when(f['newest_tick'])}, newest prediction for the bar ending "
+            f"{_age(max(0.0, f['market_lag_s'] or 0.0))} before it (market time), made "
+            f"{_age(max(0.0, f['wall_age_s'] or 0.0))} ago (wall time)"
+        )
+    else:
+        fresh = "freshness: no prediction yet"
+    parts = [logs, stages, consumers, models] if snap["checkpoints"] else [logs, stages, consumers]
+    return Group(*parts, Text(fresh))
+
+
+def watch_status(look, stop, interval: float, as_json: bool) -> None:
+    """`rtml status --watch`: redraw in place on a terminal; else one snapshot per interval
+    (a JSON object per line with --json)."""
+    import json
+
+    from rich.console import Console
+
+    out = Console()
+    if as_json or not out.is_terminal:
+        while True:
+            snap = look()
+            if as_json:
+                out.print_json(json.dumps(snap)) if out.is_terminal else print(json.dumps(snap), flush=True)
+            else:
+                out.print(status_view(snap))
+            if stop.wait(interval):
+                return
+    from rich.live import Live
+
+    with Live(status_view(look()), console=out, refresh_per_second=4, transient=False) as live:
+        while not stop.wait(interval):
+            live.update(status_view(look()))
+
+
+def _when(iso: str | None) -> str:
+    """An ISO time as `YYYY-MM-DD HH:MM:SS` (UTC), whole: never cut mid-way."""
+    if not iso:
+        return "-"
+    try:
+        value = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    value = value.astimezone(UTC) if value.tzinfo else value
+    return value.strftime("%Y-%m-%d %H:%M:%S")

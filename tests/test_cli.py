@@ -15,7 +15,7 @@ import pytest
 from rtml_cli import __version__
 from rtml_cli.cli import cli
 from rtml_cli.log import ParquetLog
-from tests.conftest import assert_clean_error, rtml_process
+from tests.conftest import assert_clean_error, rtml_process, stop_processes
 
 
 def test_help_works_with_h_and_help_and_every_command_ends_with_an_example(rtml):
@@ -216,3 +216,41 @@ def test_environment_problems_are_errors_not_tracebacks(rtml, tmp_path):
     assert_clean_error(rtml("ingest", "--start", "2300-01-01"), "outside 1971..2200")
     assert_clean_error(rtml("ingest", "--seed", "-1"), "--seed", code=2)
     assert_clean_error(rtml("compact", "--log", ".."), "--log", code=2)
+
+
+@pytest.mark.slow
+def test_followers_started_before_the_market_wait_for_their_input_then_run(tmp_path):
+    """features, train and predict --follow used to exit 1 on an empty data directory."""
+    d = tmp_path / "data"
+    common = ["--follow", "--poll", "0.1", "--json", "--data-dir", str(d)]
+    procs = {
+        "features": rtml_process(["features", *common]),
+        "train": rtml_process(["train", "--checkpoint-every", "20", *common]),
+        "predict": rtml_process(["predict", *common]),
+    }
+    try:
+        time.sleep(3)
+        assert all(p.poll() is None for p in procs.values()), "a follower gave up on an empty data directory"
+        ingest = rtml_process(["ingest", "--max-ticks", "20000", "--speed", "3000", "--data-dir", str(d)])
+        assert ingest.wait(120) == 0, ingest.stderr.read()
+        predictions = ParquetLog(d, "predictions")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not predictions.partitions():
+            time.sleep(0.2)
+    finally:
+        stop_processes(*procs.values())
+    out = {name: p.communicate() for name, p in procs.items()}
+    for name, p in procs.items():
+        assert p.returncode == 0, (name, out[name][1])
+        assert "waiting for the " in out[name][1], (name, out[name][1])
+    assert json.loads(out["train"][0])["examples_learned"] > 0
+    assert json.loads(out["predict"][0])["predicted_this_run"] > 0
+
+
+def test_a_follower_stopped_while_waiting_exits_0_and_says_so(tmp_path):
+    p = rtml_process(["features", "--follow", "--poll", "0.05", "--json", "--data-dir", str(tmp_path / "none")])
+    time.sleep(1.5)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert json.loads(out)["waiting_for"].startswith("the ticks log in")

@@ -33,6 +33,7 @@ LAYERS = {
     "predict": 4,
     "backtest": 4,
     "report": 5,
+    "status": 5,
     "ui": 5,
     "cli": 6,
     "__main__": 7,

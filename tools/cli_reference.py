@@ -6,6 +6,7 @@ import re
 import sys
 from pathlib import Path
 
+import click
 from click.testing import CliRunner
 
 from rtml_cli.cli import cli
@@ -16,7 +17,7 @@ START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
 
 def reference() -> str:
     blocks = []
-    for args in [[], *[[name] for name in sorted(cli.commands)]]:
+    for args in [[], *[[name] for name in cli.list_commands(click.Context(cli))]]:
         out = CliRunner().invoke(cli, [*args, "--help"], prog_name="rtml").output
         title = " ".join(["rtml", *args])
         blocks.append(f"## `{title}`\n\n```text\n{out.rstrip()}\n```\n")

@@ -1,0 +1,281 @@
+"""`rtml status`: where the pipeline stands, read from the data directory alone.
+
+Everything here only reads: the logs' part names and the last part of each partition, the
+stages' state files and checkpoint manifests, ingest's heartbeat, and the kernel's table of
+locks (which stage holds which writer lock now). It takes no lock and writes nothing, so it
+can run at any moment beside the stages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rtml_cli import atomic
+from rtml_cli.beat import read_beat
+from rtml_cli.build_state import STATE_FILE, read_build
+from rtml_cli.checkpoint import CheckpointError, CheckpointStore, signing_key
+from rtml_cli.errors import ConfigError, RtmlError
+from rtml_cli.log import ParquetLog
+
+LOGS = ("ticks", "features", "examples", "predictions")
+NS = 1_000_000_000
+
+
+def snapshot(data_dir: Path) -> dict[str, Any]:
+    """Logs, running stages, consumers and their lag, checkpoints, and end-to-end freshness."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise ConfigError(f"there is no data directory {data_dir}; run `rtml ingest` first or check --data-dir")
+    now_ns = time.time_ns()
+    logs = {name: _log(ParquetLog(data_dir, name)) for name in LOGS}
+    out: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "at": _iso(now_ns),
+        "empty": not any(logs[name]["symbols"] for name in LOGS),
+        "logs": logs,
+        "stages": _stages(data_dir, now_ns),
+        "consumers": {},
+        "checkpoints": {},
+    }
+    out["consumers"]["features"] = _features_consumer(data_dir, logs)
+    for name, cp in _checkpoints(data_dir, now_ns).items():
+        out["checkpoints"][name] = cp
+        out["consumers"][f"train {name}"] = _train_consumer(cp, logs)
+    out["consumers"].update(_predict_consumers(data_dir, logs))
+    out["freshness"] = _freshness(data_dir, logs, now_ns)
+    return out
+
+
+# -- logs ----------------------------------------------------------------------------------------
+
+
+def _log(log: ParquetLog) -> dict[str, Any]:
+    symbols = {}
+    for sym in log.partitions():
+        last = log.last_offset(sym)
+        if last < 0:
+            continue
+        symbols[sym] = {"rows": last + 1, "newest_offset": last, "newest_ts": _newest_ts(log, sym)}
+    times = [s["newest_ts"] for s in symbols.values() if s["newest_ts"]]
+    return {
+        "partitions": len(symbols),
+        "rows": sum(s["rows"] for s in symbols.values()),
+        "newest_ts": max(times) if times else None,
+        "symbols": symbols,
+    }
+
+
+def _newest_ts(log: ParquetLog, symbol: str) -> str | None:
+    """The newest `ts` of the partition's last part (a compaction may replace it: look again)."""
+    import polars as pl
+
+    for _ in range(3):
+        parts = log.parts(symbol)
+        if not parts:
+            return None
+        try:
+            newest = pl.read_parquet(parts[-1].path, columns=["ts"])["ts"].max()
+        except FileNotFoundError:
+            continue
+        except (pl.exceptions.PolarsError, OSError):
+            return None  # a damaged part: the stages that read it say so
+        return newest.isoformat() if isinstance(newest, datetime) else None
+    return None
+
+
+# -- stages --------------------------------------------------------------------------------------
+
+
+def _stages(data_dir: Path, now_ns: int) -> dict[str, Any]:
+    """Which stage holds which writer lock now, and ingest's heartbeat."""
+    stages: dict[str, Any] = {}
+    beat = None
+    with contextlib.suppress(RtmlError):  # a damaged heartbeat: the stages that read it say so
+        beat = read_beat(data_dir)
+    ingest: dict[str, Any] = {"pid": atomic.holder(data_dir / "ticks" / ".writer.lock")}
+    if beat is not None:
+        ingest["heartbeat_age_s"] = round(now_ns / NS - beat.beat, 1)
+    stages["ingest"] = ingest
+    stages["features"] = {"pid": atomic.holder(data_dir / "features" / ".writer.lock")}
+    root = data_dir / "checkpoints"
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        if d.is_dir() and not d.name.startswith("."):
+            stages[f"train {d.name}"] = {"pid": atomic.holder(d / ".train.lock")}
+    stages["predict"] = {"pid": atomic.holder(data_dir / "predictions" / ".writer.lock")}
+    for s in stages.values():
+        s["running"] = s["pid"] is not None
+    return stages
+
+
+# -- consumers -----------------------------------------------------------------------------------
+
+
+def _lag(
+    offsets: dict[str, int], source: dict[str, Any], newest: dict[str, str | None] | None = None
+) -> dict[str, Any]:
+    """Rows behind the source log per symbol and in all; with `newest` (the consumer's newest
+    time per symbol), seconds of market time behind the source's newest."""
+    behind, seconds = {}, []
+    for sym, src in source["symbols"].items():
+        behind[sym] = max(0, src["newest_offset"] - offsets.get(sym, -1))
+        mine = (newest or {}).get(sym)
+        if newest is not None and mine and src["newest_ts"]:
+            seconds.append((_ns(src["newest_ts"]) - _ns(mine)) / NS)
+    return {
+        "behind_rows": sum(behind.values()),
+        "behind_s": round(max(seconds), 1) if seconds else None,
+        "symbols": behind,
+    }
+
+
+def _features_consumer(data_dir: Path, logs: dict[str, Any]) -> dict[str, Any] | None:
+    path = data_dir / STATE_FILE
+    try:
+        doc = json.loads(path.read_text())
+        symbols = doc["symbols"]
+        offsets = {s: int(v["tick_offset"]) for s, v in symbols.items()}
+        newest = {s: _iso(int(v["max_ts"])) if v.get("max_ts") is not None else None for s, v in symbols.items()}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        return {"problem": f"{path} is damaged ({type(exc).__name__}); run `rtml features --rebuild`"}
+    return _lag(offsets, logs["ticks"], newest)
+
+
+def _checkpoints(data_dir: Path, now_ns: int) -> dict[str, Any]:
+    """Per model name, its newest checkpoint: version, what it learned, and whether it verifies."""
+    root = data_dir / "checkpoints"
+    key = signing_key()
+    out: dict[str, Any] = {}
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        if not d.is_dir() or d.name.startswith("."):
+            continue
+        listed = CheckpointStore(data_dir, d.name).list()
+        if not listed:
+            out[d.name] = {"version": None}
+            continue
+        cp = listed[-1]
+        try:
+            cp.verify(key)
+            verified = "ok"
+        except CheckpointError as exc:
+            verified = str(exc)
+        m = cp.manifest
+        created = m.get("created_at")
+        offsets = m.get("offsets")
+        out[d.name] = {
+            "version": cp.version,
+            "examples_learned": m.get("examples_learned"),
+            "trained_until": m.get("trained_until"),
+            "age_s": round((now_ns - _ns(created)) / NS, 1) if isinstance(created, str) and _ns(created) else None,
+            "verified": verified,
+            "diverged": m.get("diverged") is True,
+            "offsets": offsets if isinstance(offsets, dict) else {},
+        }
+    return out
+
+
+def _train_consumer(cp: dict[str, Any], logs: dict[str, Any]) -> dict[str, Any]:
+    offsets = {str(s): int(v) for s, v in cp.get("offsets", {}).items() if isinstance(v, int)}
+    lag = _lag(offsets, logs["examples"])
+    until = cp.get("trained_until")
+    newest = logs["examples"]["newest_ts"]
+    if isinstance(until, str) and newest and _ns(until):
+        lag["behind_s"] = round((_ns(newest) - _ns(until)) / NS, 1)
+    return lag
+
+
+def _predict_consumers(data_dir: Path, logs: dict[str, Any]) -> dict[str, Any]:
+    """Each model's offsets in the features log: the bookmark, moved on by the predictions
+    log's tail (what `rtml predict` itself does on start)."""
+    from rtml_cli.predict import ConsumerOffsets
+
+    predictions = ParquetLog(data_dir, "predictions")
+    if not predictions.partitions() and not (data_dir / "state" / "predict.json").exists():
+        return {}
+    try:
+        build = read_build(data_dir)
+        consumers = ConsumerOffsets(data_dir, [], predictions)
+        consumers.resume(build.build_id if build else None)
+    except RtmlError as exc:
+        return {"predict": {"problem": str(exc)}}
+    newest = _newest_predicted(predictions)
+    return {
+        f"predict {name}": _lag(offsets, logs["features"], newest.get(name, {}))
+        for name, offsets in sorted(consumers.models.items())
+    }
+
+
+def _newest_predicted(predictions: ParquetLog) -> dict[str, dict[str, str | None]]:
+    """Per model, per symbol: the newest bar time predicted (from each partition's last part)."""
+    import polars as pl
+
+    out: dict[str, dict[str, str | None]] = {}
+    for sym in predictions.partitions():
+        parts = predictions.parts(sym)
+        if not parts:
+            continue
+        try:
+            tail = pl.read_parquet(parts[-1].path, columns=["model", "ts"])
+        except (FileNotFoundError, pl.exceptions.PolarsError, OSError):
+            continue
+        for model, ts in tail.group_by("model").agg(pl.col("ts").max()).iter_rows():
+            out.setdefault(model, {})[sym] = ts.isoformat() if isinstance(ts, datetime) else None
+    return out
+
+
+# -- freshness -----------------------------------------------------------------------------------
+
+
+def _freshness(data_dir: Path, logs: dict[str, Any], now_ns: int) -> dict[str, Any]:
+    """From the newest tick to the newest prediction: in market time (how far the predicted
+    bar's end lags the newest trade) and in wall time (how long ago that prediction was made)."""
+    import polars as pl
+
+    tick = logs["ticks"]["newest_ts"]
+    out: dict[str, Any] = {"newest_tick": tick, "newest_prediction": None, "market_lag_s": None, "wall_age_s": None}
+    build = None
+    with contextlib.suppress(RtmlError):
+        build = read_build(data_dir)
+    predictions = ParquetLog(data_dir, "predictions")
+    newest_ns, made_ns = None, None
+    for sym in predictions.partitions():
+        parts = predictions.parts(sym)
+        if not parts:
+            continue
+        try:
+            tail = pl.read_parquet(parts[-1].path, columns=["ts", "latency_ms"])
+        except (FileNotFoundError, pl.exceptions.PolarsError, OSError):
+            continue
+        row = tail.sort("ts").tail(1).select(pl.col("ts").dt.epoch("ns"), "latency_ms").row(0)
+        if newest_ns is None or row[0] > newest_ns:
+            newest_ns = row[0]
+            bar_ns = build.bar_s * NS if build else 0
+            made_ns = row[0] + bar_ns + int((row[1] or 0) * 1e6)
+    if newest_ns is not None:
+        out["newest_prediction"] = _iso(newest_ns)
+        bar_ns = build.bar_s * NS if build else 0
+        if tick:
+            out["market_lag_s"] = round((_ns(tick) - newest_ns - bar_ns) / NS, 1)
+        if made_ns is not None:
+            out["wall_age_s"] = round((now_ns - made_ns) / NS, 1)
+    return out
+
+
+def _iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns / NS, UTC).isoformat()
+
+
+def _ns(text: str) -> int:
+    """An ISO time as ns since the epoch (UTC when it names no zone); 0 if it does not parse."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        return 0
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return int(value.timestamp() * NS)
