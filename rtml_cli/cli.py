@@ -124,9 +124,10 @@ def parse_start(value: str | None) -> int | None:
 class _Stopper:
     """Ctrl-C and SIGTERM ask the run to stop; it then flushes what it holds and exits 0."""
 
-    def __init__(self, console):
+    def __init__(self, console, saying: str = "stopping: flushing what has been received..."):
         self.stop = Event()
         self.console = console
+        self.saying = saying
 
     def __enter__(self) -> Event:
         # polars hooks SIGINT when it is first imported and then raises KeyboardInterrupt
@@ -138,7 +139,7 @@ class _Stopper:
 
     def _handle(self, signum, frame):
         if not self.stop.is_set():
-            self.console.print("[yellow]stopping: flushing what has been received...[/]")
+            self.console.print(f"[yellow]{self.saying}[/]")
         self.stop.set()
 
     def __exit__(self, *exc):
@@ -572,6 +573,99 @@ def models(as_json):
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         click.echo(f"{r['name']:<{width}}  {r['kind']:<10}  {r['description']}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option(
+    "--source",
+    type=click.Choice(["synthetic", "replay", "kraken"]),
+    default="synthetic",
+    show_default=True,
+    help="Where trades come from (see `rtml ingest`).",
+)
+@click.option("--path", default=None, help="replay: the trade file(s), a glob allowed.")
+@click.option("--format", "fmt", default="auto", show_default=True, help="replay: the files' format.")
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0.001),
+    default=None,
+    help="synthetic/replay: X times wall time. [default: 60 for synthetic, as fast as it goes for replay]",
+)
+@click.option("--duration", type=click.FloatRange(min=0), default=None, help="Stop after S seconds (default: Ctrl-C).")
+@click.option("--max-ticks", type=click.IntRange(min=1), default=None, help="Ingest at most N trades, then drain.")
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="SPEC",
+    help="Train and serve this model (repeatable). [default: linear]",
+)
+@symbols_option("Symbols (see `rtml ingest --symbols`).")
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="train: examples per checkpoint (and one at least every 3 s while learning).",
+)
+@click.option("--no-restart", is_flag=True, help="End the run (exit 1) when a stage dies, instead of restarting it.")
+@data_dir_option
+@json_option
+def run(
+    source, path, fmt, speed, duration, max_ticks, models, symbols, checkpoint_every, no_restart, data_dir, as_json
+):
+    """Run the whole pipeline: ingest, features, train and predict, live.
+
+    Each stage is its own process on one data directory, as in production: `ingest`,
+    `features --follow`, one `train --follow` per --model and `predict --follow`. A live
+    dashboard shows the market, what each stage has built, each model's version and error,
+    the newest predictions, each stage's lag behind the one before it, and the pipeline's
+    freshness. A stage that dies is shown with its last log lines and restarted with
+    back-off. Each stage's output goes to <data-dir>/logs/. Ctrl-C (or --duration) stops the
+    stages in pipeline order, each once it has caught up, and prints a summary.
+
+    \b
+    Examples:
+        rtml run                                   # the simulated market at 60x, until Ctrl-C
+        rtml run --speed 3000 --duration 60 --model linear --model sgd
+        rtml run --source kraken --symbols BTC/USD,ETH/USD
+        rtml run --source replay --path 'dumps/*.csv.gz' --speed 100
+    """
+    from rtml_cli import ui
+    from rtml_cli.models import resolve
+    from rtml_cli.run import Supervisor, stage_specs
+
+    names = list(dict.fromkeys(models or ["linear"]))
+    for m in names:
+        resolve(m)  # a bad name is an error now, not a crashing trainer
+    if source == "replay" and not path:
+        raise click.UsageError("--source replay needs --path", ctx=click.get_current_context())
+    if source == "kraken" and speed is not None:
+        raise click.UsageError("--speed is for synthetic and replay; a live feed runs at its own pace")
+    if source == "synthetic" and speed is None:
+        speed = 60.0
+    parse_symbols(symbols)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    specs = stage_specs(data_dir, source, names, symbols, speed, path, fmt, checkpoint_every, max_ticks)
+    sup = Supervisor(data_dir, specs, restart=not no_restart)
+    console = ui.err_console()
+    with _Stopper(console, "stopping the stages in pipeline order...") as stop:
+        ui.show_run(sup, sup.loop(stop, duration), console, as_json, source, speed)
+    summary = sup.summary()
+    from rtml_cli.status import snapshot
+
+    summary["status"] = snapshot(data_dir)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        from rich.console import Console
+
+        Console().print(ui.run_summary(summary))
+    if sup.failed is not None:
+        raise RtmlError(
+            f"{sup.failed.stage} died (exit {sup.failed.exit_code}) and --no-restart was given; "
+            f"its log: {summary['stages'][sup.failed.stage]['log']}"
+        )
 
 
 @cli.command(context_settings=CONTEXT)

@@ -60,7 +60,7 @@ def _log(log: ParquetLog) -> dict[str, Any]:
         last = log.last_offset(sym)
         if last < 0:
             continue
-        symbols[sym] = {"rows": last + 1, "newest_offset": last, "newest_ts": _newest_ts(log, sym)}
+        symbols[sym] = {"rows": last + 1, "newest_offset": last, **_newest(log, sym)}
     times = [s["newest_ts"] for s in symbols.values() if s["newest_ts"]]
     return {
         "partitions": len(symbols),
@@ -70,22 +70,38 @@ def _log(log: ParquetLog) -> dict[str, Any]:
     }
 
 
-def _newest_ts(log: ParquetLog, symbol: str) -> str | None:
-    """The newest `ts` of the partition's last part (a compaction may replace it: look again)."""
+LAST = {"ticks": "price", "features": "close", "examples": "close"}
+
+
+def _newest(log: ParquetLog, symbol: str) -> dict[str, Any]:
+    """From the partition's last part (a compaction may replace it: look again): its newest
+    `ts`, and the last row's price (ticks), close (bars), or each model's newest prediction."""
     import polars as pl
 
     for _ in range(3):
         parts = log.parts(symbol)
         if not parts:
-            return None
+            return {"newest_ts": None}
         try:
-            newest = pl.read_parquet(parts[-1].path, columns=["ts"])["ts"].max()
+            tail = pl.read_parquet(parts[-1].path)
         except FileNotFoundError:
             continue
         except (pl.exceptions.PolarsError, OSError):
-            return None  # a damaged part: the stages that read it say so
-        return newest.isoformat() if isinstance(newest, datetime) else None
-    return None
+            return {"newest_ts": None}  # a damaged part: the stages that read it say so
+        if tail.height == 0 or "ts" not in tail.columns:
+            return {"newest_ts": None}
+        newest = tail["ts"].max()
+        out: dict[str, Any] = {"newest_ts": newest.isoformat() if isinstance(newest, datetime) else None}
+        if log.name in LAST and LAST[log.name] in tail.columns:
+            out["last"] = tail[LAST[log.name]][-1]
+        if log.name == "predictions" and {"model", "prediction"} <= set(tail.columns):
+            last = tail.sort("ts").group_by("model", maintain_order=True).last()
+            out["newest_predictions"] = {
+                m: {"ts": t.isoformat(), "prediction": p}
+                for m, t, p in last.select("model", "ts", "prediction").iter_rows()
+            }
+        return out
+    return {"newest_ts": None}
 
 
 # -- stages --------------------------------------------------------------------------------------
@@ -175,6 +191,7 @@ def _checkpoints(data_dir: Path, now_ns: int) -> dict[str, Any]:
             "age_s": round((now_ns - _ns(created)) / NS, 1) if isinstance(created, str) and _ns(created) else None,
             "verified": verified,
             "diverged": m.get("diverged") is True,
+            "metrics": m.get("metrics") if isinstance(m.get("metrics"), dict) else {},
             "offsets": offsets if isinstance(offsets, dict) else {},
         }
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -728,3 +728,189 @@ def _when(iso: str | None) -> str:
         return iso
     value = value.astimezone(UTC) if value.tzinfo else value
     return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def show_run(sup, events, console: Console, as_json: bool, source: str, speed: float | None) -> None:
+    """Render `Supervisor.loop(...)` as one live dashboard (a line per interval when stderr is
+    not a terminal; crashes only with --json), then stop the stages in pipeline order."""
+    from rtml_cli.run import Crashed, Started, Tick
+    from rtml_cli.status import snapshot
+
+    board = _RunBoard(sup, source, speed)
+    live = None
+    if not as_json and console.is_terminal:
+        from rich.live import Live
+
+        live = Live(board.render(), console=console, refresh_per_second=2, transient=False)
+        live.start()
+    last_look = 0.0
+    try:
+        for event in events:
+            if isinstance(event, Crashed):
+                what = (
+                    "restarting in " + f"{event.restart_in:.0f} s" if event.restart_in is not None else "ending the run"
+                )
+                lines = "\n".join(f"    {line}" for line in event.last_lines)
+                console.print(
+                    f"[bold red]{event.stage} died (exit {event.exit_code})[/], {what}; it said:\n{lines}",
+                    highlight=False,
+                )
+            elif isinstance(event, Started) and event.restart and not as_json:
+                console.print(f"{event.stage} restarted (pid {event.pid}, restart {event.restart})", highlight=False)
+            if as_json or not isinstance(event, Tick) or time.monotonic() - last_look < (1.0 if live else 5.0):
+                continue
+            last_look = time.monotonic()
+            try:
+                board.look(snapshot(sup.data_dir))
+            except Exception as exc:  # a look at the data must never stop the run
+                board.problem = f"{type(exc).__name__}: {exc}"
+            if live:
+                live.update(board.render())
+            else:
+                console.print(board.line(), highlight=False, soft_wrap=True)
+    finally:
+
+        def stopping(st) -> None:
+            if live:
+                live.update(board.render(f"stopping {st.name}..."))
+            elif not as_json:
+                console.print(f"stopping {st.name}", highlight=False)
+
+        sup.shutdown(on_stop=stopping)
+        if live:
+            live.update(board.render("stopped"))
+            live.stop()
+
+
+class _RunBoard:
+    """The dashboard of `rtml run`: stages, market, models, freshness."""
+
+    def __init__(self, sup, source: str, speed: float | None):
+        self.sup, self.source, self.speed = sup, source, speed
+        self.snap: dict | None = None
+        self.rate = 0.0  # ticks written per second
+        self._prev: tuple[float, int] | None = None
+        self.problem: str | None = None
+
+    def look(self, snap: dict) -> None:
+        now, ticks = time.monotonic(), snap["logs"]["ticks"]["rows"]
+        if self._prev is not None and now > self._prev[0]:
+            self.rate = (ticks - self._prev[1]) / (now - self._prev[0])
+        self._prev = (now, ticks)
+        self.snap = snap
+        self.problem = None
+
+    def line(self) -> str:
+        """One line for a log file or a pipe."""
+        s = self.snap
+        if s is None:
+            return f"{datetime.now().strftime('%H:%M:%S')} starting"
+        parts = [
+            f"{datetime.now().strftime('%H:%M:%S')} {s['logs']['ticks']['rows']:,} ticks ({self.rate:,.0f}/s)",
+            f"{s['logs']['features']['rows']:,} bars",
+            f"{s['logs']['examples']['rows']:,} examples",
+        ]
+        for name, cp in s["checkpoints"].items():
+            parts.append(f"{name} v{cp.get('version') or 0}")
+        parts.append(f"{s['logs']['predictions']['rows']:,} predictions")
+        dead = [st.name for st in self.sup.stages if st.state not in ("running", "finished")]
+        if dead:
+            parts.append("not running: " + ", ".join(dead))
+        return ", ".join(parts)
+
+    def render(self, note: str | None = None):
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        up = time.monotonic() - self.sup.started
+        pace = "" if self.speed is None else f" at {self.speed:g}x"
+        head = Text(
+            f"rtml run: {self.source}{pace}, {self.sup.data_dir}, up {_age(up)}"
+            + (f"  [{note}]" if note else "  (Ctrl-C stops the stages in pipeline order)")
+        )
+        s = self.snap or {}
+        consumers = s.get("consumers", {})
+        stages = Table(title="stages", title_justify="left", expand=False)
+        for col in ("stage", "state", "restarts", "behind (rows)", "behind (market)"):
+            stages.add_column(col, justify="right" if col.startswith(("restarts", "behind")) else "left")
+        for st in self.sup.stages:
+            lag = [
+                c
+                for n, c in consumers.items()
+                if st.spec.follows and (n == st.spec.follows or n.startswith(st.spec.follows + " "))
+            ]
+            rows = sum(c["behind_rows"] for c in lag if c and "behind_rows" in c) if lag else None
+            secs = [c["behind_s"] for c in lag if c and c.get("behind_s") is not None]
+            state = st.state if st.state != "running" else f"running (pid {st.pid})"
+            colour = "green" if st.state in ("running", "finished") else "red"
+            stages.add_row(
+                st.name,
+                f"[{colour}]{state}[/]",
+                str(st.restarts),
+                "-" if rows is None else f"{rows:,}",
+                _age(max(0.0, max(secs))) if secs else "-",
+            )
+        parts: list[Any] = [head, stages]
+        logs = s.get("logs")
+        if logs:
+            market = Table(title=f"market ({self.rate:,.0f} ticks/s)", title_justify="left")
+            for col in ("symbol", "last price", "ticks", "bars", "examples", "newest prediction"):
+                market.add_column(col, justify="left" if col in ("symbol", "newest prediction") else "right")
+            for sym, t in logs["ticks"]["symbols"].items():
+                preds = logs["predictions"]["symbols"].get(sym, {}).get("newest_predictions", {})
+                shown = ", ".join(
+                    f"{m} {p['prediction']:+.2e}" for m, p in preds.items() if p["prediction"] is not None
+                )
+                market.add_row(
+                    sym,
+                    _num(t.get("last")),
+                    f"{t['rows']:,}",
+                    f"{logs['features']['symbols'].get(sym, {}).get('rows', 0):,}",
+                    f"{logs['examples']['symbols'].get(sym, {}).get('rows', 0):,}",
+                    shown or "-",
+                )
+            parts.append(market)
+        if s.get("checkpoints"):
+            models = Table(title="models", title_justify="left")
+            for col in ("model", "version", "examples learned", "rolling MAE", "hit rate", "trained until (UTC)"):
+                models.add_column(col, justify="left" if col in ("model", "trained until (UTC)") else "right")
+            for name, cp in s["checkpoints"].items():
+                m = cp.get("metrics") or {}
+                sick = " [bold red]diverged[/]" if cp.get("diverged") else ""
+                models.add_row(
+                    name + sick,
+                    str(cp.get("version") or "-"),
+                    f"{cp.get('examples_learned') or 0:,}",
+                    _num(m.get("mae")),
+                    _num(m.get("hit_rate")),
+                    _when(cp.get("trained_until")),
+                )
+            parts.append(models)
+        f = s.get("freshness") or {}
+        if f.get("newest_prediction"):
+            parts.append(
+                Text(
+                    f"freshness: newest trade {_when(f['newest_tick'])}; the newest prediction is for the bar ending "
+                    f"{_age(max(0.0, f['market_lag_s'] or 0.0))} before it (market time) and was made "
+                    f"{_age(max(0.0, f['wall_age_s'] or 0.0))} ago (wall time)"
+                )
+            )
+        if self.problem:
+            parts.append(Text(f"could not look at the data: {self.problem}", style="yellow"))
+        return Group(*parts)
+
+
+def run_summary(summary: dict):
+    """What `rtml run` leaves: each stage's end, and where the data stands."""
+    from rich.console import Group
+    from rich.table import Table
+
+    stages = Table(title=f"rtml run: {summary['elapsed_s']:,.0f} s", title_justify="left")
+    for col in ("stage", "state", "exit", "restarts", "log"):
+        stages.add_column(col)
+    for name, st in summary["stages"].items():
+        stages.add_row(
+            name, st["state"], "-" if st["exit_code"] is None else str(st["exit_code"]), str(st["restarts"]), st["log"]
+        )
+    return Group(stages, status_view(summary["status"]))

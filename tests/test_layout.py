@@ -34,6 +34,7 @@ LAYERS = {
     "backtest": 4,
     "report": 5,
     "status": 5,
+    "run": 5,
     "ui": 5,
     "cli": 6,
     "__main__": 7,
