@@ -324,12 +324,18 @@ def _between(frame: pl.DataFrame, ts: str, opts: BacktestOptions) -> pl.DataFram
 
     for bound, op in ((opts.start, "ge"), (opts.end, "lt")):
         if bound:
-            try:
-                when = pl.Series([bound]).str.to_datetime(time_zone="UTC").item()
-            except Exception:
-                raise ConfigError(f"{bound!r} is not a time; use e.g. 2026-01-01 or 2026-01-01T12:00") from None
-            frame = frame.filter(getattr(pl.col(ts), op)(when))
+            frame = frame.filter(getattr(pl.col(ts), op)(parse_time(bound)))
     return frame
+
+
+def parse_time(text: str) -> datetime:
+    """--from/--to: a date or date-time, UTC unless it names a zone."""
+    import polars as pl
+
+    try:
+        return pl.Series([text]).str.to_datetime(time_zone="UTC").item()
+    except Exception:
+        raise ConfigError(f"{text!r} is not a time; use e.g. 2026-01-01 or 2026-01-01T12:00") from None
 
 
 def _periods_per_year(frame: pl.DataFrame, ts: str | None) -> float | None:

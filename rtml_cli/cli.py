@@ -7,6 +7,7 @@ so `rtml --help` stays instant.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -36,6 +37,13 @@ class RtmlGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # The reader of our output went away (`rtml models | head -1`): end quietly with
+            # the status a Unix tool killed by SIGPIPE has. (SIGPIPE itself stays ignored, as
+            # Python sets it, so that a live feed's closed socket is an error to handle, not
+            # death.) Whatever the command was doing has finished unwinding by now.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(128 + signal.SIGPIPE)
         except RtmlError as exc:
             raise click.ClickException(str(exc)) from None
         except OSError as exc:  # the file system said no: a path, a permission, a full disk
@@ -76,9 +84,45 @@ def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of tables.")(f)
 
 
+def checked(parse: Callable[[str], object]):
+    """A click callback: check an option's value with `parse` when it is given, so that a
+    misused value is a usage error naming the flag (exit 2); the command gets the text."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value):
+        if value is None:
+            return None
+        try:
+            parse(value)
+        except RtmlError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+        return value
+
+    return callback
+
+
+def _bar(text: str) -> object:
+    from rtml_cli.features import parse_bar
+
+    return parse_bar(text)
+
+
+def _refresh(text: str) -> object:
+    from rtml_cli.backtest import parse_refresh
+
+    return parse_refresh(text)
+
+
+def _time(text: str) -> object:
+    from rtml_cli.backtest import parse_time
+
+    return parse_time(text)
+
+
 def symbols_option(help_text: str):
     def decorate(f):
-        return click.option("--symbols", metavar="A,B", default=None, help=help_text)(f)
+        return click.option("--symbols", metavar="A,B", default=None, help=help_text, callback=checked(parse_symbols))(
+            f
+        )
 
     return decorate
 
@@ -203,7 +247,13 @@ SYNTHETIC_DEFAULT_TICKS = 1_000_000
     show_default=True,
     help="...or every S seconds, whichever comes first.",
 )
-@click.option("--speed", default="max", show_default=True, help="synthetic/replay clock: X times wall time, or max.")
+@click.option(
+    "--speed",
+    default="max",
+    show_default=True,
+    callback=checked(parse_speed),
+    help="synthetic/replay clock: X times wall time, or max.",
+)
 @click.option(
     "--seed",
     type=click.IntRange(min=0),
@@ -214,6 +264,7 @@ SYNTHETIC_DEFAULT_TICKS = 1_000_000
 @click.option(
     "--start",
     default=None,
+    callback=checked(parse_start),
     help="synthetic: simulated start time (ISO). [default: where the log ends, else now when paced, else 2026-01-01]",
 )
 @click.option(
@@ -362,7 +413,9 @@ def _only_for(ctx: click.Context, source: str, owners: dict[str, str]) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--follow", is_flag=True, help="Keep building as ticks arrive, until Ctrl-C.")
-@click.option("--bar", default="1m", show_default=True, help="Bar length, 1s..1d (e.g. 10s, 1m, 5m, 1h).")
+@click.option(
+    "--bar", default="1m", show_default=True, callback=checked(_bar), help="Bar length, 1s..1d (e.g. 10s, 1m, 5m, 1h)."
+)
 @click.option("--horizon", type=click.IntRange(min=1), default=5, show_default=True, help="Label horizon h in bars.")
 @click.option(
     "--target",
@@ -431,7 +484,7 @@ def features(follow, bar, horizon, target, sql_file, symbols, lookback, grace, p
     if rebuild:
         remove_built(data_dir)
     console = ui.err_console()
-    with _Stopper(console) as stop:
+    with _Stopper(console, "stopping: finishing the step in progress...") as stop:
         if follow and (what := _await_input(lambda: awaited_input(data_dir), stop, poll, console)):
             return _stopped_waiting(what, as_json)
         with FeatureBuilder(data_dir, spec, parse_symbols(symbols)) as builder:
@@ -537,7 +590,7 @@ def train(
         fresh,
     )
     console = ui.err_console()
-    with _Stopper(console) as stop:
+    with _Stopper(console, "stopping: writing a checkpoint of what was learned...") as stop:
         if follow and (what := _await_input(lambda: awaited_input(data_dir), stop, poll, console)):
             return _stopped_waiting(what, as_json)
         with Trainer(data_dir, opts) as trainer:
@@ -722,9 +775,14 @@ def checkpoints(name, data_dir, as_json):
     from rtml_cli import ui
     from rtml_cli.train import list_checkpoints
 
+    if not data_dir.is_dir():
+        raise ConfigError(f"there is no data directory {data_dir}; check --data-dir")
     rows = list_checkpoints(data_dir, name)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no checkpoints in {data_dir / 'checkpoints'} yet: run `rtml train`")
         return
     from rich.console import Console
 
@@ -785,7 +843,7 @@ def predict(names, follow, start, poll, no_notify, symbols, jsonl, data_dir, as_
 
     opts = PredictOptions(list(names) or ["linear"], parse_symbols(symbols), start, poll, not no_notify)
     console = ui.err_console()
-    with _Stopper(console) as stop:
+    with _Stopper(console, "stopping: publishing what was predicted...") as stop:
         if follow and (what := _await_input(lambda: awaited_input(data_dir), stop, poll, console)):
             return _stopped_waiting(what, as_json)
         with Predictor(data_dir, opts) as predictor:
@@ -821,6 +879,7 @@ def predict(names, follow, start, poll, no_notify, symbols, jsonl, data_dir, as_
     default="1",
     show_default=True,
     metavar="R,R,...",
+    callback=checked(_refresh),
     help="Serving refresh intervals, comma-separated: bars for the examples log, rows for a --table; "
     "1 (the learner itself) and never (frozen after --warmup) are always included.",
 )
@@ -846,8 +905,10 @@ def predict(names, follow, start, poll, no_notify, symbols, jsonl, data_dir, as_
     help="Dead band: no position while |prediction| <= band.",
 )
 @symbols_option("Only these symbols (default: all).")
-@click.option("--from", "start", metavar="TS", default=None, help="Only rows at or after this time.")
-@click.option("--to", "end", metavar="TS", default=None, help="Only rows before this time.")
+@click.option(
+    "--from", "start", metavar="TS", default=None, callback=checked(_time), help="Only rows at or after this time."
+)
+@click.option("--to", "end", metavar="TS", default=None, callback=checked(_time), help="Only rows before this time.")
 @click.option(
     "--table",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -967,9 +1028,13 @@ def backtest(
     )
     bt.check_models(opts)
     console = ui.err_console()
-    ds = bt.load_table(opts) if table is not None else bt.load_examples(data_dir, opts)
-    with _Stopper(console) as stop:
-        result = ui.show_backtest(ds, opts, bt.replay_all(ds, opts, stop), console, as_json)
+    with _Stopper(console, "stopping: nothing will be written") as stop:
+        ds = bt.load_table(opts) if table is not None else bt.load_examples(data_dir, opts)
+        try:
+            result = ui.show_backtest(ds, opts, bt.replay_all(ds, opts, stop), console, as_json)
+        except bt.Stopped as exc:  # asked to stop: not an error
+            click.echo(str(exc), err=True)
+            return
     if report_dir is not None:
         from rtml_cli.report import write_report
 

@@ -485,7 +485,16 @@ def require_models(predictor: Predictor) -> None:
     if not missing:
         return
     lines = []
+    root = missing[0].store.dir.parent
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
     for slot in missing:
+        if not slot.store.dir.is_dir():
+            lines.append(
+                f"there are no checkpoints named {slot.name!r} in {root} ("
+                + (f"the names there: {', '.join(names)}" if names else "none yet: run `rtml train` first")
+                + ")"
+            )
+            continue
         why = "; ".join(f"{v}: {b}" for v, b in sorted(slot.bad.items())) or "there is none"
         lines.append(f"no usable checkpoint of {slot.name!r} in {slot.store.dir} ({why})")
-    raise RtmlError("; ".join(lines) + "; run `rtml train` first (see `rtml checkpoints`)")
+    raise RtmlError("; ".join(lines) + "; see `rtml checkpoints`")

@@ -96,6 +96,10 @@ class Trainer:
         self.examples_build: str | None = None
 
     def __enter__(self) -> Trainer:
+        if not self.examples.root.is_dir():  # before the lock: a mistyped --data-dir leaves nothing behind
+            raise ConfigError(
+                f"there is no examples log in {self.data_dir}; run `rtml features` first or check --data-dir"
+            )
         self._lock = self.store.lock()
         self._lock.__enter__()
         try:
@@ -115,10 +119,6 @@ class Trainer:
         return {"model": self.spec.name, "kind": self.spec.kind, "params": {**self.spec.defaults, **self.opts.params}}
 
     def _start(self) -> None:
-        if not self.examples.root.is_dir():
-            raise ConfigError(
-                f"there is no examples log in {self.data_dir}; run `rtml features` first or check --data-dir"
-            )
         self._check_target()
         cp, payload, self.skipped = resume_point(
             self.store, self.key, self.opts.fresh, self.examples_build, self._spec_doc(), self.data_dir

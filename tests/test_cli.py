@@ -65,7 +65,8 @@ def test_conflicting_or_invalid_flags_are_usage_errors_naming_the_flags(rtml, ar
     ],
 )
 def test_bad_values_give_an_error_saying_what_to_do(rtml, args, fragment, data_dir):
-    assert_clean_error(rtml("ingest", *args), fragment)
+    """A misused value is a usage error (exit 2) naming the flag; runtime errors exit 1."""
+    assert_clean_error(rtml("ingest", *args), fragment, f"Invalid value for '{args[0]}'", code=2)
     assert not (data_dir / "ticks").exists() or not list((data_dir / "ticks").rglob("*.parquet"))
 
 
@@ -213,7 +214,7 @@ def test_environment_problems_are_errors_not_tracebacks(rtml, tmp_path):
     afile.write_text("x")
     r = rtml("ingest", "--max-ticks", "10", "--data-dir", str(afile / "sub"), data=False)
     assert_clean_error(r, "Not a directory")
-    assert_clean_error(rtml("ingest", "--start", "2300-01-01"), "outside 1971..2200")
+    assert_clean_error(rtml("ingest", "--start", "2300-01-01"), "outside 1971..2200", code=2)
     assert_clean_error(rtml("ingest", "--seed", "-1"), "--seed", code=2)
     assert_clean_error(rtml("compact", "--log", ".."), "--log", code=2)
 
@@ -254,3 +255,12 @@ def test_a_follower_stopped_while_waiting_exits_0_and_says_so(tmp_path):
     out, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
     assert json.loads(out)["waiting_for"].startswith("the ticks log in")
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly():
+    """`rtml models | head -1` used to print "Error: Broken pipe" and exit 1."""
+    p = subprocess.Popen([sys.executable, "-m", "rtml_cli", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # gone before rtml writes a byte
+    err = p.stderr.read()
+    assert p.wait(30) == 128 + signal.SIGPIPE, err
+    assert err == b""

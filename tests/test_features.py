@@ -439,7 +439,7 @@ def test_changed_settings_are_refused_until_rebuild(rtml, data_dir):
 )
 def test_bad_bar_values(rtml, data_dir, args, fragment):
     write_ticks(data_dir, [[(1, 100, 1, "buy")]])
-    assert_clean_error(rtml("features", *args), fragment)
+    assert_clean_error(rtml("features", *args), fragment, code=2)
 
 
 def test_features_without_ticks_says_to_ingest_first(rtml):

@@ -127,9 +127,11 @@ def test_a_state_file_ahead_of_the_log_is_not_trusted(rtml, trained_dir, tmp_pat
 
 
 def test_without_a_checkpoint_one_shot_says_to_train(rtml, trained_dir):
+    assert_clean_error(rtml("predict", "--name", "lienar"), "no checkpoints named 'lienar'", "the names there: linear")
     shutil.rmtree(trained_dir / "checkpoints")
-    assert_clean_error(rtml("predict"), "no usable checkpoint of 'linear'", "rtml train")
-    assert_clean_error(rtml("predict", "--name", "nope"), "no usable checkpoint of 'nope'")
+    assert_clean_error(rtml("predict"), "no checkpoints named 'linear'", "run `rtml train` first")
+    (trained_dir / "checkpoints" / "linear").mkdir(parents=True)
+    assert_clean_error(rtml("predict"), "no usable checkpoint of 'linear'", "there is none")
 
 
 def test_without_features_says_what_to_run(rtml):

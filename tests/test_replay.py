@@ -906,7 +906,7 @@ def test_a_line_with_an_unbalanced_quote_is_a_clear_error(rtml, data_dir, tmp_pa
 
 
 def test_a_long_multibyte_symbol_is_rejected_cleanly(rtml, data_dir, tmp_path):
-    assert_clean_error(rtml("ingest", "--symbols", "€" * 30, "--max-ticks", "10"), "too long")
+    assert_clean_error(rtml("ingest", "--symbols", "€" * 30, "--max-ticks", "10"), "too long", code=2)
     f = tmp_path / "t.csv"
     f.write_text(
         "exchange,symbol,timestamp,local_timestamp,id,side,price,amount\n"

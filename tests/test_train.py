@@ -581,3 +581,13 @@ def test_a_hidden_directory_does_not_break_the_listing(rtml, examples_dir):
     assert rtml("train").exit_code == 0
     (examples_dir / "checkpoints" / ".trash").mkdir()
     assert rtml("checkpoints").exit_code == 0
+
+
+def test_a_mistyped_data_dir_leaves_nothing_behind_and_checkpoints_says_what_is_there(rtml, tmp_path):
+    typo = tmp_path / "typo"
+    assert_clean_error(rtml("train", "--data-dir", str(typo), data=False), "no examples log")
+    assert not typo.exists()
+    assert_clean_error(rtml("checkpoints", "--data-dir", str(typo), data=False), "no data directory")
+    typo.mkdir()
+    r = rtml("checkpoints", "--data-dir", str(typo), data=False)
+    assert r.exit_code == 0 and "no checkpoints" in r.output and "rtml train" in r.output
