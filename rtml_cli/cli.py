@@ -470,7 +470,15 @@ def features(follow, bar, horizon, target, sql_file, symbols, lookback, grace, p
         rtml features --sql my_features.sql --rebuild
     """
     from rtml_cli import ui
-    from rtml_cli.features import FeatureBuilder, FeatureSpec, awaited_input, default_sql, parse_bar, remove_built
+    from rtml_cli.features import (
+        FeatureBuilder,
+        FeatureSpec,
+        awaited_input,
+        default_sql,
+        dry_run,
+        parse_bar,
+        remove_built,
+    )
 
     sql = default_sql()
     if sql_file is not None:
@@ -482,6 +490,7 @@ def features(follow, bar, horizon, target, sql_file, symbols, lookback, grace, p
             raise ConfigError(f"--sql {sql_file} is not a UTF-8 text file of SQL") from None
     spec = FeatureSpec(bar_s=parse_bar(bar), horizon=horizon, target=target, lookback=lookback, sql=sql)
     if rebuild:
+        dry_run(spec)  # a broken --sql costs nothing: the logs are deleted only for a query that works
         remove_built(data_dir)
     console = ui.err_console()
     with _Stopper(console, "stopping: finishing the step in progress...") as stop:
@@ -618,14 +627,23 @@ def models(as_json):
     from rtml_cli.models import SPECS
 
     rows = [
-        {"name": s.name, "kind": s.kind, "defaults": s.defaults, "description": s.description} for s in SPECS.values()
+        {
+            "name": s.name,
+            "kind": s.kind,
+            "defaults": s.defaults,
+            "accepts": s.accepts(),
+            "description": s.description,
+        }
+        for s in SPECS.values()
     ]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(rows, indent=2, default=str))
         return
-    width = max(len(r["name"]) for r in rows)
     for r in rows:
-        click.echo(f"{r['name']:<{width}}  {r['kind']:<10}  {r['description']}")
+        click.echo(f"{r['name']} ({r['kind']}): {r['description']}")
+        if r["defaults"]:
+            click.echo("    defaults: " + ", ".join(f"{k}={v}" for k, v in r["defaults"].items()))
+        click.echo("    --param:  " + ", ".join(r["accepts"]))
 
 
 @cli.command(context_settings=CONTEXT)

@@ -174,6 +174,38 @@ def awaited_input(data_dir: Path) -> str | None:
     return None if ticks.is_dir() else f"the ticks log in {ticks} (start `rtml ingest`)"
 
 
+def dry_run(spec: FeatureSpec) -> None:
+    """Run the feature query on a few made-up bars: a query that does not parse, fails, or
+    breaks the contract is an error before anything is deleted (`--rebuild`) or written."""
+    import polars as pl
+
+    n = spec.lookback + spec.horizon + 5
+    close = pl.Series([100.0 + (i % 7) - (i % 3) for i in range(n)])
+    bars = pl.DataFrame(
+        {
+            "symbol": ["DRY/RUN"] * n,
+            "ts": pl.datetime_range(
+                pl.datetime(2026, 1, 1, time_zone="UTC"),
+                eager=True,
+                interval=f"{spec.bar_s}s",
+                time_zone="UTC",
+                end=pl.datetime(2026, 1, 1, time_zone="UTC") + pl.duration(seconds=spec.bar_s * (n - 1)),
+            ).cast(pl.Datetime("ns", "UTC")),
+            "open": close,
+            "high": close + 1,
+            "low": close - 1,
+            "close": close,
+            "volume": [1.0] * n,
+            "n_trades": [1] * n,
+            "vwap": close,
+            "buy_volume": [0.5] * n,
+            "sell_volume": [0.5] * n,
+        }
+    )
+    with FeatureQuery(spec.sql, spec.bar_s * NS, 10) as query:
+        query.features(bars)
+
+
 class StepPlanner:
     """The plan of a step, per symbol: which ticks are new, which are late, which bars close
     (on the symbol's own ticks or on the market clock), and the symbol's state after it."""

@@ -23,6 +23,21 @@ class ModelSpec:
     factory: Callable[..., Any]
     defaults: dict[str, Any] = field(default_factory=dict)
 
+    def accepts(self) -> list[str]:
+        """The parameters `--param` may set: the factory's own, then those it hands to the
+        estimator it builds."""
+        import inspect
+
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        own = [p.name for p in inspect.signature(self.factory).parameters.values() if p.kind in kinds]
+        passes = _PASSES_TO.get(self.factory)
+        if passes is None:
+            return own
+        module, estimator, taken = passes
+        cls = getattr(importlib.import_module(module), estimator)
+        inner = [p.name for p in inspect.signature(cls).parameters.values() if p.kind in kinds]
+        return own + [p for p in inner if p not in own and p not in taken]
+
     def build(self, params: dict[str, Any] | None = None) -> Any:
         merged = {**self.defaults, **(params or {})}
         try:
@@ -36,6 +51,11 @@ class ModelSpec:
                 f"{self.name} returned a {type(model).__name__}, not a River model with learn_one and predict_one"
             )
         return model
+
+
+# factory -> (module, estimator class, parameters the factory sets itself): where its
+# **params go, for `ModelSpec.accepts`
+_PASSES_TO: dict[Callable[..., Any], tuple[str, str, set[str]]] = {}
 
 
 def _scaled(module: str, estimator: str, target_scaled: bool) -> Callable[..., Any]:
@@ -52,6 +72,7 @@ def _scaled(module: str, estimator: str, target_scaled: bool) -> Callable[..., A
         return preprocessing.TargetStandardScaler(regressor=model) if target_scaled else model
 
     factory.__name__ = estimator
+    _PASSES_TO[factory] = (module, estimator, set())
     return factory
 
 
@@ -72,6 +93,10 @@ def _ridge(**params: Any) -> Any:
     from rtml_cli.ridge import ForgettingRidge
 
     return ForgettingRidge(**params)
+
+
+_PASSES_TO[_sgd] = ("river.linear_model", "LinearRegression", {"optimizer", "intercept_lr", "l2"})
+_PASSES_TO[_ridge] = ("rtml_cli.ridge", "ForgettingRidge", set())
 
 
 def _regressor(name: str, description: str, module: str, estimator: str, **defaults: Any) -> ModelSpec:

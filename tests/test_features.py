@@ -584,3 +584,17 @@ def test_the_stored_bars_are_the_inputs_and_decimal_features_become_floats(rtml,
     f = features(data_dir)
     assert f.schema["half"] == pl.Float64 and f["half"].to_list() == [1.5] * f.height
     assert f["close"].max() < 110  # the query's doubled close was not stored
+
+
+def test_a_broken_query_with_rebuild_costs_nothing(rtml, examples_dir, tmp_path):
+    """`--sql FILE --rebuild` used to delete the features and examples before it found that
+    the query was broken, stranding the models trained on them."""
+    before = {name: features(examples_dir, name) for name in ("features", "examples")}
+    state = (examples_dir / STATE_FILE).read_text()
+    q = tmp_path / "typo.sql"
+    for sql in ("SELECT *, lag(close) OVER (ORDER BY ts) AS prev FROM barz", "SELECT *, 1 AS target FROM bars"):
+        q.write_text(sql)
+        assert_clean_error(rtml("features", "--sql", str(q), "--rebuild"), "the feature query")
+    for name, frame in before.items():
+        assert_same(features(examples_dir, name), frame)
+    assert (examples_dir / STATE_FILE).read_text() == state

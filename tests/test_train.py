@@ -16,6 +16,7 @@ from threading import Event
 import pytest
 
 from rtml_cli.checkpoint import Checkpointer, CheckpointError, CheckpointStore
+from rtml_cli.errors import ConfigError
 from rtml_cli.learner import Learner
 from rtml_cli.log import ParquetLog
 from rtml_cli.models import CLASSIFIER, SPECS, parse_params, resolve
@@ -371,9 +372,20 @@ def test_a_classifier_needs_sign_targets(rtml, examples_dir):
     assert_clean_error(rtml("train", "--model", "linear"), "is a regressor")
 
 
-def test_models_lists_every_spec(rtml):
+def test_models_lists_every_spec_with_its_defaults_and_the_parameters_it_accepts(rtml):
     r = rtml("models", "--json", data=False)
-    assert [m["name"] for m in json.loads(r.stdout)] == list(SPECS)
+    listed = json.loads(r.stdout)
+    assert [m["name"] for m in listed] == list(SPECS)
+    for m in listed:
+        assert set(m["defaults"]) <= set(m["accepts"]), m
+        with pytest.raises(ConfigError, match="does not take these parameters"):
+            SPECS[m["name"]].build({"no_such_parameter": 1})
+    # a parameter listed beyond the defaults reaches the estimator
+    assert {"lr", "l2", "l1"} <= set(next(m for m in listed if m["name"] == "sgd")["accepts"])
+    assert SPECS["sgd"].build({"l1": 0.25}).regressor["LinearRegression"].l1 == 0.25
+    assert "n_models" in next(m for m in listed if m["name"] == "arf")["accepts"]
+    text = rtml("models", data=False).output
+    assert "defaults: memory=500.0, ridge=4.0" in text and "--param:  lr, l2" in text
 
 
 def test_train_without_examples_says_what_to_run(rtml):
