@@ -1080,10 +1080,10 @@ def backtest(
 @click.option(
     "--log",
     "log_name",
-    type=click.Choice(["ticks", "features", "examples"]),
-    default="ticks",
+    type=click.Choice(["all", "ticks", "features", "examples", "predictions"]),
+    default="all",
     show_default=True,
-    help="Which log to compact.",
+    help="Which log to compact (all: every log there is; one in use by a running stage is skipped).",
 )
 @symbols_option("Only these partitions (default: all).")
 @click.option(
@@ -1106,21 +1106,36 @@ def compact(log_name, symbols, target_rows, data_dir, as_json):
     Example:
         rtml compact --log ticks --target-rows 500000
     """
+    from rtml_cli.errors import LockedError
     from rtml_cli.log import ParquetLog
 
-    log = ParquetLog(data_dir, log_name)
-    if not log.root.is_dir():
-        raise ConfigError(f"there is no {log_name!r} log in {data_dir}; run `rtml ingest` first or check --data-dir")
-    wanted = parse_symbols(symbols) or log.partitions()
-    results = []
-    with log.writer() as writer:
-        for sym in wanted:
-            results.append(writer.compact(sym, target_rows))
+    names = ["ticks", "features", "examples", "predictions"] if log_name == "all" else [log_name]
+    logs = [ParquetLog(data_dir, n) for n in names if (data_dir / n).is_dir()]
+    if not logs:
+        what = "are no logs" if log_name == "all" else f"is no {log_name!r} log"
+        raise ConfigError(f"there {what} in {data_dir}; run `rtml ingest` first or check --data-dir")
+    results, skipped = [], []
+    for log in logs:
+        wanted = [s for s in (parse_symbols(symbols) or log.partitions()) if s in log.partitions()]
+        try:
+            with log.writer() as writer:
+                results += [{"log": log.name, **writer.compact(sym, target_rows).__dict__} for sym in wanted]
+        except LockedError as exc:
+            if log_name != "all":
+                raise
+            skipped.append(f"{log.name} (in use: {exc})")
     if as_json:
-        click.echo(json.dumps([r.__dict__ for r in results], indent=2))
+        click.echo(json.dumps(results, indent=2))
         return
-    for r in results:
-        click.echo(f"{r.symbol}: {r.parts_before} parts -> {r.parts_after} ({r.rows:,} rows rewritten)")
+    for line in skipped:
+        click.echo(f"skipped {line}", err=True)
+    changed = [r for r in results if r["parts_after"] != r["parts_before"]]
+    if not changed:
+        click.echo(f"nothing to compact: every partition is in parts of up to {target_rows:,} rows already")
+    for r in changed:
+        click.echo(
+            f"{r['log']}/{r['symbol']}: {r['parts_before']} parts -> {r['parts_after']} ({r['rows']:,} rows rewritten)"
+        )
 
 
 # -- entry point -------------------------------------------------------------------------------

@@ -199,14 +199,30 @@ def test_compact_merges_parts_and_readers_see_the_same_rows(rtml, data_dir):
     r = rtml("compact", "--json")
     assert r.exit_code == 0, r.output
     results = json.loads(r.stdout)
-    assert {x["symbol"] for x in results} == set(log.partitions())
+    assert {x["symbol"] for x in results} == set(log.partitions()) and {x["log"] for x in results} == {"ticks"}
     assert all(x["parts_after"] == 1 for x in results)
     assert parts_before > 3 * len(results)
     assert log.read_all().sort("symbol", "offset").equals(before)
+    again = rtml("compact")
+    assert again.exit_code == 0 and "nothing to compact" in again.output
 
 
-def test_compact_without_a_log_is_a_clear_error(rtml):
-    assert_clean_error(rtml("compact"), "there is no 'ticks' log", "rtml ingest")
+@pytest.mark.slow
+def test_compact_all_logs_predictions_too_and_readers_resume_where_they_were(rtml, trained_dir):
+    assert rtml("predict").exit_code == 0
+    before = {n: ParquetLog(trained_dir, n).read_all().sort("symbol", "offset") for n in ("features", "predictions")}
+    r = rtml("compact", "--json")
+    assert r.exit_code == 0, r.output
+    assert {x["log"] for x in json.loads(r.stdout)} == {"ticks", "features", "examples", "predictions"}
+    for name, frame in before.items():
+        assert ParquetLog(trained_dir, name).read_all().sort("symbol", "offset").equals(frame)
+    assert json.loads(rtml("predict", "--json").stdout)["predicted_this_run"] == 0  # nothing repeated
+
+
+def test_compact_without_a_log_is_a_clear_error(rtml, data_dir):
+    data_dir.mkdir()
+    assert_clean_error(rtml("compact"), "there are no logs", "rtml ingest")
+    assert_clean_error(rtml("compact", "--log", "ticks"), "there is no 'ticks' log", "rtml ingest")
 
 
 def test_environment_problems_are_errors_not_tracebacks(rtml, tmp_path):
