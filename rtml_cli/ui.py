@@ -172,14 +172,23 @@ def features_status(builder, total) -> str:
     from rtml_cli.features import NS
 
     backlog = builder.backlog()
-    lags = []
+    into = []  # how far (market time) the newest trade is into its symbol's open bar
     for sym, st in sorted(builder.state.items()):
         if st.max_ts is not None and st.closed_until is not None:
-            lags.append(f"{sym} {(st.max_ts - st.closed_until) / NS:.0f}s")
+            into.append(f"{sym} {_age(max(0, st.max_ts - st.closed_until) / NS)}")
     return (
-        f"{datetime.now().strftime('%H:%M:%S')} {total.bars:,} bars, {total.examples:,} examples, "
-        f"{total.late:,} late ticks, {backlog:,} ticks behind; open bar age: " + ", ".join(lags)
+        f"{datetime.now().strftime('%H:%M:%S')} {total.bars:,} bars and {total.examples:,} examples this run, "
+        f"{backlog:,} ticks not read yet; {late_ticks(total)}; newest trade into its open bar: " + ", ".join(into)
     )
+
+
+def late_ticks(total) -> str:
+    """The late ticks of a run per symbol, with what to do about them."""
+    late = {sym: r.late for sym, r in sorted(total.symbols.items()) if r.late}
+    if not late:
+        return "no late ticks"
+    per = ", ".join(f"{sym} {n:,}" for sym, n in late.items())
+    return f"late ticks: {per} (raise --grace above ingest's --flush-interval plus the feed's latency)"
 
 
 def features_table(summary: dict):
@@ -203,6 +212,11 @@ def features_table(summary: dict):
             (s["closed_until"] or "")[:19],
         )
     table.caption = f"{summary['ticks_read']:,} ticks read in {summary['elapsed_s']:.2f}s"
+    if summary.get("late_ticks"):
+        table.caption += (
+            f"\n[yellow]{summary['late_ticks']:,} ticks arrived after their bar had closed (counted, not merged): "
+            "raise --grace above ingest's --flush-interval plus the feed's latency[/]"
+        )
     gaps = {sym: s["gap_bars_skipped"] for sym, s in summary["symbols"].items() if s.get("gap_bars_skipped")}
     if gaps:
         from rtml_cli.features import MAX_EMPTY_SECONDS

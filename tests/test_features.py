@@ -146,6 +146,24 @@ def test_a_tick_for_a_closed_bar_is_counted_late_not_merged(data_dir):
     assert f["volume"].to_list() == [1, 2]
 
 
+def test_late_ticks_are_reported_per_symbol_with_what_to_do(rtml, data_dir):
+    from rtml_cli import ui
+
+    write_ticks(data_dir, [[(10, 100, 1, "buy"), (70, 101, 1, "buy")]])
+    write_ticks(data_dir, [[(10, 100, 1, "buy"), (70, 101, 1, "buy")]], symbol="Y")
+    build(data_dir)
+    write_ticks(data_dir, [[(20, 500, 9, "buy"), (21, 500, 9, "buy"), (130, 103, 1, "buy")]])
+    write_ticks(data_dir, [[(130, 103, 1, "buy")]], symbol="Y")
+    with FeatureBuilder(data_dir, FeatureSpec()) as b:
+        rep = b.build()
+        line = ui.features_status(b, rep)
+    assert "late ticks: X 2 (raise --grace" in line and "Y" not in line.split("late ticks:")[1].split("(")[0]
+    assert "-" not in line.split("open bar:")[-1]  # never a negative age
+    write_ticks(data_dir, [[(40, 500, 9, "buy")]])
+    out = rtml("features").output.replace("\n", " ")
+    assert "1 ticks arrived after their bar had closed" in out and "raise --grace" in out
+
+
 def test_a_tick_late_in_arrival_order_within_one_flush_is_late_too(data_dir):
     # 10 s arrives after 70 s has closed bar 0: late even though both come in the same flush,
     # so the result does not depend on how ticks were grouped into flushes or steps.
