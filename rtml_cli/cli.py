@@ -18,7 +18,7 @@ from threading import Event
 import click
 
 from rtml_cli import __version__
-from rtml_cli.errors import ConfigError, RtmlError
+from rtml_cli.errors import ConfigError, RtmlError, SourceError
 
 # A fixed width keeps help identical everywhere, so the CLI reference (docs/cli.md) can be checked.
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100, "terminal_width": 100}
@@ -381,7 +381,10 @@ def ingest(
         events = ingest_loop(data_dir, src, opts, stop, summary, batches)
         # a progress bar when the amount of work is known and not paced; else a status line
         total = src.total if pace is None else None
-        ui.show_ingest(summary, events, total, "bytes" if source == "replay" else "ticks", console, as_json)
+        ui.show_ingest(summary, events, total, "bytes" if source == "replay" else "ticks", console, as_json, src)
+    if source == "kraken" and not getattr(src, "subscribed_once", True):
+        why = getattr(src, "last_problem", None) or "stopped before a connection was made"
+        raise SourceError(f"never connected to the feed ({why}); nothing was received. Check the network and --url")
     if as_json:
         click.echo(json.dumps(summary.to_json(), indent=2))
         return

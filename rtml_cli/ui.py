@@ -47,9 +47,10 @@ def progress_bar(console: Console, unit: str) -> Progress:
 class StatusLine:
     """A line printed every `every` seconds for unbounded runs: rate, last prices, lag."""
 
-    def __init__(self, console: Console, every: float = 2.0):
+    def __init__(self, console: Console, every: float = 2.0, source=None):
         self.console = console
         self.every = every
+        self.source = source
         self._last = time.monotonic()
         self._last_written = 0
 
@@ -59,14 +60,17 @@ class StatusLine:
             return
         rate = (summary.written - self._last_written) / (now - self._last)
         self._last, self._last_written = now, summary.written
-        self.console.print(ingest_status(summary, rate), highlight=False)
+        self.console.print(ingest_status(summary, rate, getattr(self.source, "state", None)), highlight=False)
 
 
-def show_ingest(summary: IngestSummary, events, total: int | None, unit: str, console: Console, as_json: bool) -> None:
+def show_ingest(
+    summary: IngestSummary, events, total: int | None, unit: str, console: Console, as_json: bool, source=None
+) -> None:
     """Render `ingest.ingest_loop(...)`: a progress bar over `total` (bytes of files, ticks of
-    a bounded market), else a status line every 2 s; nothing with --json."""
+    a bounded market), else a status line every 2 s; nothing with --json. A live `source`
+    says what its connection is doing while no trade has come."""
     if as_json or total is None:
-        status = None if as_json else StatusLine(console)
+        status = None if as_json else StatusLine(console, source=source)
         for _ in events:
             if status:
                 status.update(summary)
@@ -78,11 +82,13 @@ def show_ingest(summary: IngestSummary, events, total: int | None, unit: str, co
             bar.update(task, advance=progress, status=f"{summary.received - bad:,} accepted, {bad:,} quarantined")
 
 
-def ingest_status(summary: IngestSummary, rate: float) -> str:
+def ingest_status(summary: IngestSummary, rate: float, connection: str | None = None) -> str:
     wall = datetime.now(UTC)
     prices = [f"{sym} {st.last_price:g}" for sym, st in sorted(summary.symbols.items())]
     newest = max((st.last_ts for st in summary.symbols.values() if st.last_ts), default=None)
-    if newest is None:
+    if connection is not None and connection != "subscribed":
+        clock = connection  # connecting, or retrying in N s: why
+    elif newest is None:
         clock = "waiting for trades"
     elif summary.source == "kraken":  # a real feed: how far the log is behind the wall clock
         clock = f"lag {(wall - newest).total_seconds():.1f}s"

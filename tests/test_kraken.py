@@ -19,7 +19,7 @@ from rtml_cli.log import ParquetLog
 from rtml_cli.schema import tick_schema
 from rtml_cli.sources import TickBatch
 from rtml_cli.sources.kraken import KrakenSource
-from tests.conftest import assert_clean_error
+from tests.conftest import assert_clean_error, rtml_process
 
 # -- a local Kraken ---------------------------------------------------------------------------
 
@@ -442,3 +442,13 @@ def test_rtml_ingest_from_kraken_with_an_unknown_pair_is_a_clear_error(rtml):
     with FakeKraken([[]], refuse=("NOPE/USD",)) as server:
         r = rtml("ingest", "--source", "kraken", "--url", server.url, "--symbols", "NOPE/USD", "--duration", "5")
     assert_clean_error(r, "refused the subscription for NOPE/USD")
+
+
+def test_a_run_that_never_connects_says_so_while_retrying_and_exits_1(tmp_path):
+    """It used to say "waiting for trades" while it had no connection, and exit 0 at the end."""
+    url = f"ws://127.0.0.1:{free_port()}"
+    p = rtml_process(["ingest", "--source", "kraken", "--url", url, "--duration", "3", "--data-dir", str(tmp_path)])
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 1, err
+    assert "retrying in" in err and "waiting for trades" not in err
+    assert f"never connected to the feed (could not connect to {url}" in err and "Traceback" not in err

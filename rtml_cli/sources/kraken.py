@@ -60,6 +60,9 @@ class KrakenSource:
         self.on_event = on_event or (lambda message: None)
         self.idle_timeout = idle_timeout
         self.last_id: dict[str, int] = {}  # highest integer trade id seen, per symbol
+        self.state = f"connecting to {url}"  # what the connection is doing, for a status line
+        self.subscribed_once = False  # a run that never got a subscription through is an error
+        self.last_problem: str | None = None
         self._failures = 0  # connection losses since the last successful subscription
         self._rows: list[tuple] = []
         self._gaps: list[str] = []
@@ -92,6 +95,8 @@ class KrakenSource:
             delay = self.rng.uniform(0, ceiling)
             self._failures += 1
             what = "disconnected from" if connected else "could not connect to"
+            self.last_problem = f"{what} {self.url}: {reason}"
+            self.state = f"retrying in {delay:.2g} s: {reason}"
             self.on_event(f"{what} {self.url}: {reason}; reconnecting in {delay:.2g} s")
             yield from self._pause(delay, stop)
         if self._rows or self._gaps:
@@ -99,6 +104,7 @@ class KrakenSource:
 
     def _connect(self, stop: threading.Event) -> Generator[TickBatch, None, ClientConnection | None]:
         """Open a connection, yielding batches on time meanwhile; None when `stop` came first."""
+        self.state = f"connecting to {self.url}"
         dial = _Dial(self.url, self.connect_timeout)
         try:
             while not dial.done.wait(self._slice()):
@@ -158,6 +164,8 @@ class KrakenSource:
             if self._failures:
                 self.on_event(f"reconnected to {self.url}")
             self._failures = 0
+            self.subscribed_once = True
+            self.state = "subscribed"
             return
         if msg.get("channel") != "trade" or msg.get("type") not in ("snapshot", "update"):
             return  # heartbeats, status: they only show that the connection is alive
