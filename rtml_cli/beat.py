@@ -1,12 +1,13 @@
 """Ingest's heartbeat: what the feature builder needs to know of the writer of the ticks log.
 
 While `rtml ingest` runs it rewrites `state/ingest.json` (atomically, every BEAT_SECONDS) with
-when it started, when it last beat, and each symbol's newest offset written. Two things
-follow from it:
+when it began delivering (its first write), when it last beat, and each symbol's newest
+offset written. Two things follow from it:
 
-- The market clock of `rtml features --follow` runs on with wall time only while ingest is
-  alive (between its start and its last beat). An ingest that is down, or restarting, stops
-  the clock, so its outage does not close bars whose ticks it has yet to write.
+- The market clock of `rtml features --follow` runs on with wall time only while ingest
+  delivers (from its first write to its last beat). An ingest that is down, or restarting
+  (loading its de-duplication index, opening its source), stops the clock, so its outage
+  does not close bars whose ticks it has yet to write.
 - A ticks partition that ends before the offset ingest recorded has lost its last part(s):
   that is reported, not mistaken for a shorter log (and ingest will not reuse the offsets).
 
@@ -32,13 +33,15 @@ BEAT_SECONDS = 0.5
 
 @dataclass
 class Beat:
-    started: float  # wall time (epoch seconds) ingest started
+    started: float | None  # wall time (epoch seconds) of this ingest's first write; None before it
     beat: float  # wall time of its last beat
     running: bool
     offsets: dict[str, int] = field(default_factory=dict)  # each symbol's newest offset written
 
     def alive_between(self, since: float, now: float) -> float:
-        """Seconds of [since, now] during which ingest ran (as far as its beats tell)."""
+        """Seconds of [since, now] during which ingest delivered (as far as its beats tell)."""
+        if self.started is None:
+            return 0.0
         return max(0.0, min(now, self.beat) - max(since, self.started))
 
 
@@ -48,7 +51,7 @@ def read_beat(data_dir: Path) -> Beat | None:
     try:
         doc = json.loads(path.read_text())
         beat = Beat(
-            float(doc["started"]),
+            None if doc["started"] is None else float(doc["started"]),
             float(doc["beat"]),
             bool(doc["running"]),
             {str(s): int(o) for s, o in doc["offsets"].items()},
@@ -77,7 +80,7 @@ class Heartbeat:
 
     def __init__(self, data_dir: Path, offsets: dict[str, int]):
         self.path = Path(data_dir) / BEAT_FILE
-        self.started = time.time()
+        self.started: float | None = None  # the first write: until then the features clock waits
         self.offsets = dict(offsets)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -98,6 +101,8 @@ class Heartbeat:
         """Record that `symbol`'s part ending at `last` is published."""
         with self._lock:
             self.offsets[symbol] = last
+            if self.started is None:
+                self.started = time.time()
 
     def write(self, running: bool) -> None:
         with self._lock:
