@@ -1144,8 +1144,22 @@ def compact(log_name, symbols, target_rows, data_dir, as_json):
 # -- entry point -------------------------------------------------------------------------------
 
 
-def _param_names() -> dict[str, set[str]]:
-    return {name: {p.name for p in cmd.params if p.name} for name, cmd in cli.commands.items()}
+def _param_names() -> dict[str, dict[str, tuple[str, bool]]]:
+    """Per command, the keys `rtml.toml` may use: each option's flag names (`--from` is
+    `from`) and its Python name, with whether it repeats."""
+    out: dict[str, dict[str, tuple[str, bool]]] = {}
+    for name, cmd in cli.commands.items():
+        keys: dict[str, tuple[str, bool]] = {}
+        for p in cmd.params:
+            if not isinstance(p, click.Option) or not p.name or p.name in ("help", "version"):
+                continue
+            spec = (p.name, bool(p.multiple))
+            keys[p.name] = spec
+            for flag in p.opts:
+                if flag.startswith("--"):
+                    keys[flag[2:].replace("-", "_")] = spec
+        out[name] = keys
+    return out
 
 
 def main() -> None:

@@ -33,37 +33,45 @@ def load_config(path: Path | None = None) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid TOML ({exc}); fix or remove it") from None
 
 
-def default_map(config: dict[str, Any], commands: dict[str, set[str]], path: str = CONFIG_FILE) -> dict[str, Any]:
+# per command: a key as a user writes it (the flag's name: `from`, `model`, `flush-every`) ->
+# (click's name for the parameter, whether the flag repeats)
+Options = dict[str, tuple[str, bool]]
+
+
+def default_map(config: dict[str, Any], commands: dict[str, Options], path: str = CONFIG_FILE) -> dict[str, Any]:
     """Turn a config into click's `default_map`, rejecting keys no command knows.
 
-    `commands` maps each command name to the names of its parameters.
+    A key is an option's flag name (`from`, `model`, `flush_every` or `flush-every`); a
+    repeatable option (`model`, `name`, `param`) takes a list, the others take a value (a list
+    stands for the comma-separated text the flag takes: `symbols = ["A", "B"]`).
     """
     shared: dict[str, Any] = {}
     sections: dict[str, dict[str, Any]] = {}
-    all_params = set().union(*commands.values()) if commands else set()
     for key, value in config.items():
         if isinstance(value, dict):
             if key not in commands:
                 raise ConfigError(f"{path}: [{key}] is not an rtml command; known: {', '.join(sorted(commands))}")
             sections[key] = {}
             for k, v in value.items():
-                name = k.replace("-", "_")
-                if name not in commands[key]:
+                found = commands[key].get(k.replace("-", "_"))
+                if found is None:
                     raise ConfigError(f"{path}: [{key}] has unknown option {k!r}; see `rtml {key} --help`")
-                sections[key][name] = _as_cli_value(v)
+                sections[key][found[0]] = _as_cli_value(v, found[1])
         else:
             name = key.replace("-", "_")
-            if name not in all_params:
+            if not any(name in opts for opts in commands.values()):
                 raise ConfigError(f"{path}: unknown option {key!r}; top-level keys must be options of some command")
-            shared[name] = _as_cli_value(value)
-    return {
-        cmd: {**{k: v for k, v in shared.items() if k in params}, **sections.get(cmd, {})}
-        for cmd, params in commands.items()
-    }
+            shared[name] = value
+    out = {}
+    for cmd, opts in commands.items():
+        mine = {opts[k][0]: _as_cli_value(v, opts[k][1]) for k, v in shared.items() if k in opts}
+        out[cmd] = {**mine, **sections.get(cmd, {})}
+    return out
 
 
-def _as_cli_value(value: Any) -> Any:
-    # Lists are written as the comma-separated text the flags take (symbols = ["A", "B"]).
+def _as_cli_value(value: Any, multiple: bool) -> Any:
+    if multiple:
+        return [str(v) for v in value] if isinstance(value, list) else [str(value)]
     if isinstance(value, list):
         return ",".join(str(v) for v in value)
     return value

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -280,3 +281,30 @@ def test_a_reader_that_goes_away_ends_the_output_quietly():
     err = p.stderr.read()
     assert p.wait(30) == 128 + signal.SIGPIPE, err
     assert err == b""
+
+
+def test_rtml_toml_sets_repeatable_and_renamed_options(examples_dir):
+    """`[backtest] model = [...]`, `from`, `[train] param = [...]` and `[predict] name = [...]`
+    were refused or ignored: rtml.toml keys are the flags' names, and a repeatable flag takes a list."""
+    from click.testing import CliRunner
+
+    from rtml_cli.cli import _param_names, cli
+    from rtml_cli.config import default_map
+
+    config = {
+        "backtest": {"model": ["linear", "sgd"], "from": "2026-01-01T00:30:00", "refresh": [1, 60]},
+        "train": {"param": ["ridge=2"], "checkpoint-every": 500},
+        "predict": {"name": ["a", "b"]},
+    }
+    dm = default_map(config, _param_names())
+    assert dm["backtest"]["models"] == ["linear", "sgd"] and dm["backtest"]["start"] == "2026-01-01T00:30:00"
+    assert dm["backtest"]["refresh"] == "1,60"
+    assert dm["train"]["params"] == ["ridge=2"] and dm["train"]["checkpoint_every"] == 500
+    assert dm["predict"]["names"] == ["a", "b"]
+    r = CliRunner().invoke(cli, ["backtest", "--json", "--data-dir", str(examples_dir)], default_map=dm)
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert {row["model"] for row in result["results"]} >= {"linear", "sgd"}
+    examples = ParquetLog(examples_dir, "examples").read_all(columns=["ts"])
+    after = examples.filter(pl.col("ts") >= datetime(2026, 1, 1, 0, 30, tzinfo=UTC)).height
+    assert result["rows"] == after < examples.height  # --from applied
