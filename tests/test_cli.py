@@ -308,3 +308,19 @@ def test_rtml_toml_sets_repeatable_and_renamed_options(examples_dir):
     examples = ParquetLog(examples_dir, "examples").read_all(columns=["ts"])
     after = examples.filter(pl.col("ts") >= datetime(2026, 1, 1, 0, 30, tzinfo=UTC)).height
     assert result["rows"] == after < examples.height  # --from applied
+
+
+def test_help_fits_an_80_column_terminal_and_lists_commands_in_pipeline_order():
+    """Help was wrapped at 100 columns whatever the terminal, breaking words at 80."""
+    from click.testing import CliRunner
+
+    from rtml_cli.cli import cli
+
+    runner = CliRunner(env={"COLUMNS": "80"})
+    top = runner.invoke(cli, ["--help"], prog_name="rtml").output
+    listed = [line.split()[0] for line in top.split("Commands:")[1].splitlines() if line.strip()]
+    assert listed[:7] == ["ingest", "features", "train", "predict", "backtest", "run", "status"]
+    for name in ["", *cli.commands]:
+        out = runner.invoke(cli, [name, "--help"] if name else ["--help"], prog_name="rtml").output
+        long = [line for line in out.splitlines() if len(line) > 80]
+        assert not long, (name, long[:2])

@@ -18,7 +18,7 @@ START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
 def reference() -> str:
     blocks = []
     for args in [[], *[[name] for name in cli.list_commands(click.Context(cli))]]:
-        out = CliRunner().invoke(cli, [*args, "--help"], prog_name="rtml").output
+        out = CliRunner().invoke(cli, [*args, "--help"], prog_name="rtml", terminal_width=100).output
         title = " ".join(["rtml", *args])
         blocks.append(f"## `{title}`\n\n```text\n{out.rstrip()}\n```\n")
     return "\n".join(blocks)
