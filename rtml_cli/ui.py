@@ -498,19 +498,24 @@ class PredictionBoard:
     def __init__(self, predictor):
         self.predictor = predictor
         self.rows: dict[tuple[str, str], dict] = {}
+        self.made: dict[tuple[str, str], float] = {}  # when each row was predicted (monotonic)
         self.started = time.monotonic()
 
     def add(self, frame) -> None:
+        now = time.monotonic()
         for row in frame.group_by("symbol", "model", maintain_order=True).last().iter_rows(named=True):
             self.rows[row["symbol"], row["model"]] = row
+            self.made[row["symbol"], row["model"]] = now
 
     def status_line(self, rate: float) -> str:
         p = self.predictor
         serving = ", ".join(f"{s.name} v{s.latest.version}" if s.latest else f"{s.name} waiting" for s in p.slots)
         lat = sorted(p.latency_ms)
+        median = _live_latency(lat[len(lat) // 2]) if lat else "-"
         return (
             f"{datetime.now().strftime('%H:%M:%S')} {sum(p.predicted.values()):,} predicted ({rate:,.0f}/s), "
-            f"{serving}, {p.backlog():,} behind" + (f", latency median {_latency(lat[len(lat) // 2])}" if lat else "")
+            f"{serving}, {p.backlog():,} feature rows not predicted yet"
+            + (f", latency median {median}" if median != "-" else "")
         )
 
     def render(self):
@@ -526,6 +531,7 @@ class PredictionBoard:
             ("", "center"),
             ("version", "right"),
             ("model age", "right"),
+            ("predicted", "right"),
             ("latency", "right"),
         ):
             table.add_column(col, justify=just)
@@ -543,14 +549,27 @@ class PredictionBoard:
                 arrow,
                 str(r["model_version"]),
                 _age((now - created).total_seconds()) if created else "-",
-                _latency(r["latency_ms"]),
+                f"{_age(time.monotonic() - self.made[sym, model])} ago",
+                _live_latency(r["latency_ms"]),
             )
         rate = sum(p.predicted.values()) / max(time.monotonic() - self.started, 1e-9)
         waiting = [s.name for s in p.slots if s.latest is None]
-        table.caption = f"{sum(p.predicted.values()):,} predicted ({rate:,.1f}/s), {p.backlog():,} behind" + (
-            f"; waiting for a checkpoint of {', '.join(waiting)}" if waiting else ""
-        )
+        table.caption = (
+            f"{sum(p.predicted.values()):,} predicted ({rate:,.1f}/s), {p.backlog():,} feature rows not predicted "
+            "yet; latency: from the bar's end to its prediction, for live data only"
+        ) + (f"; waiting for a checkpoint of {', '.join(waiting)}" if waiting else "")
         return table
+
+
+def _live_latency(ms: float | None) -> str:
+    """The wall time from a bar's end to its prediction, where that means something: for live
+    data. A replay of history (days behind) or a fast simulated clock (ahead) shows '-'."""
+    if ms is None or not 0 <= ms <= LIVE_LATENCY_MS:
+        return "-"
+    return _latency(ms)
+
+
+LIVE_LATENCY_MS = 600_000  # within ten minutes of the bar's end: live
 
 
 def _parse_iso(text):

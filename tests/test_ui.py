@@ -30,3 +30,18 @@ def test_a_simulated_clock_shows_market_time_not_a_lag():
 
 def test_before_the_first_trade_it_says_so():
     assert "waiting for trades" in ingest_status(summary_with_last_ts(None), 0.0)
+
+
+def test_prediction_latency_is_shown_only_where_it_means_something():
+    """The predict screen showed '331d' on history and '-1793s' on a fast simulated market."""
+    from rtml_cli.ui import _live_latency
+
+    assert _live_latency(850.0) == "850 ms"  # live: a bar predicted 0.85 s after its end
+    assert _live_latency(331 * 86_400_000.0) == "-"  # a replay of last year
+    assert _live_latency(-1_793_000.0) == "-"  # a simulated clock running ahead
+    assert _live_latency(None) == "-"
+
+
+def test_while_not_connected_the_line_says_what_the_connection_does():
+    line = ingest_status(summary_with_last_ts(None), 0.0, "retrying in 2 s: connection refused")
+    assert "retrying in 2 s: connection refused" in line and "waiting for trades" not in line
