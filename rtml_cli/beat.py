@@ -4,10 +4,13 @@ While `rtml ingest` runs it rewrites `state/ingest.json` (atomically, every BEAT
 when it began delivering (its first write), when it last beat, and each symbol's newest
 offset written. Two things follow from it:
 
-- The market clock of `rtml features --follow` runs on with wall time only while ingest
-  delivers (from its first write to its last beat). An ingest that is down, or restarting
-  (loading its de-duplication index, opening its source), stops the clock, so its outage
-  does not close bars whose ticks it has yet to write.
+- The market clock of `rtml features --follow` starts from ingest's *watermark*, the newest
+  tick time of its last complete flush (a flush publishes one part per symbol, one after the
+  other: until the last is published, the newest tick of the first says nothing about the
+  others), and runs on with wall time only while ingest delivers (from its first write to
+  its last beat). An ingest that is down, or restarting (loading its de-duplication index,
+  opening its source), stops the clock, so its outage does not close bars whose ticks it
+  has yet to write.
 - A ticks partition that ends before the offset ingest recorded has lost its last part(s):
   that is reported, not mistaken for a shorter log (and ingest will not reuse the offsets).
 
@@ -37,6 +40,7 @@ class Beat:
     beat: float  # wall time of its last beat
     running: bool
     offsets: dict[str, int] = field(default_factory=dict)  # each symbol's newest offset written
+    watermark: int | None = None  # newest tick time (ns) of the last complete flush
 
     def alive_between(self, since: float, now: float) -> float:
         """Seconds of [since, now] during which ingest delivered (as far as its beats tell)."""
@@ -55,6 +59,7 @@ def read_beat(data_dir: Path) -> Beat | None:
             float(doc["beat"]),
             bool(doc["running"]),
             {str(s): int(o) for s, o in doc["offsets"].items()},
+            None if doc.get("watermark") is None else int(doc["watermark"]),
         )
     except FileNotFoundError:
         return None
@@ -78,10 +83,11 @@ def missing_tail(log_name: str, symbol: str, last: int, expected: int, data_dir:
 class Heartbeat:
     """Beats for one ingest run, from a background thread, so a paced wait still beats."""
 
-    def __init__(self, data_dir: Path, offsets: dict[str, int]):
+    def __init__(self, data_dir: Path, offsets: dict[str, int], watermark: int | None = None):
         self.path = Path(data_dir) / BEAT_FILE
         self.started: float | None = None  # the first write: until then the features clock waits
         self.offsets = dict(offsets)
+        self.watermark = watermark  # carried over a restart: what was published stays published
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rtml-heartbeat", daemon=True)
@@ -104,6 +110,11 @@ class Heartbeat:
             if self.started is None:
                 self.started = time.time()
 
+    def flushed(self, newest_ns: int) -> None:
+        """A flush is complete: every tick up to `newest_ns` that it held is published."""
+        with self._lock:
+            self.watermark = newest_ns if self.watermark is None else max(self.watermark, newest_ns)
+
     def write(self, running: bool) -> None:
         with self._lock:
             doc = {
@@ -112,6 +123,7 @@ class Heartbeat:
                 "beat": time.time(),
                 "running": running,
                 "offsets": dict(sorted(self.offsets.items())),
+                "watermark": self.watermark,
             }
             atomic.write_json(self.path, doc)
 

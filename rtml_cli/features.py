@@ -642,17 +642,22 @@ class FeatureBuilder:
         ingest keeps a heartbeat (see `beat`), only wall time during which ingest ran counts:
         an ingest outage stops the clock instead of closing the bars it has yet to fill.
         """
-        newest, seen_at = None, time.time()
+        base, seen_at = None, time.time()
         while not stop.is_set():
             known = [st.max_ts for st in self.state.values() if st.max_ts is not None]
             now = time.time()
-            if known and (newest is None or max(known) > newest):
-                newest, seen_at = max(known), now
+            beat = read_beat(self.data_dir)
+            # the clock's base: the newest tick read, but never past ingest's watermark (a
+            # flush half published says nothing of the symbols still to come)
+            newest = max(known) if known else None
+            if newest is not None and beat is not None:
+                newest = None if beat.watermark is None else min(newest, beat.watermark)
+            if newest is not None and (base is None or newest > base):
+                base, seen_at = newest, now
             clock = None
-            if newest is not None:
-                beat = read_beat(self.data_dir)
+            if base is not None:
                 ran = now - seen_at if beat is None else beat.alive_between(seen_at, now)
-                clock = newest + int((ran - grace) * NS)
+                clock = base + int((ran - grace) * NS)
             rep = self.step(clock)
             yield rep
             if rep.ticks == 0:

@@ -355,6 +355,8 @@ class _Pipeline:
                 st.last_price = float(part["price"][-1])
                 st.last_offset = last
                 self.summary.parts += 1
+            if self.beat is not None:  # every symbol of this flush is published: the watermark moves
+                self.beat.flushed(max(cast(int, p["ts"].dt.epoch("ns").max()) for p in pending.values()))
         if self.bad:
             path = self.quarantine.write(pl.concat(self.bad))
             self.summary.quarantine_files.append(str(path))
@@ -393,7 +395,7 @@ def ingest_loop(
     """
     log = ParquetLog(data_dir, TICKS)
     deadline = time.monotonic() + opts.duration if opts.duration else None
-    with log.writer() as writer, Heartbeat(data_dir, _written_offsets(log, data_dir)) as beat:
+    with log.writer() as writer, Heartbeat(data_dir, *_written_offsets(log, data_dir)) as beat:
         pipe = _Pipeline(writer, Quarantine(data_dir, TICKS), opts, summary, beat)
         stream = batches if batches is not None else source.batches(stop)
         try:
@@ -423,8 +425,9 @@ def ingest_loop(
                 stream.close()
 
 
-def _written_offsets(log: ParquetLog, data_dir: Path) -> dict[str, int]:
-    """Each symbol's newest offset in the ticks log, checked against what the last ingest wrote.
+def _written_offsets(log: ParquetLog, data_dir: Path) -> tuple[dict[str, int], int | None]:
+    """Each symbol's newest offset in the ticks log, checked against what the last ingest wrote,
+    and the last ingest's watermark.
 
     A partition that ends before the last beat's offset lost its last part(s): appending
     would hand their offsets to new ticks, which a feature builder that read the old ones
@@ -435,7 +438,7 @@ def _written_offsets(log: ParquetLog, data_dir: Path) -> dict[str, int]:
     for sym, expected in (previous.offsets if previous else {}).items():
         if offsets.get(sym, -1) < expected:
             raise LogError(missing_tail(TICKS, sym, offsets.get(sym, -1), expected, data_dir))
-    return offsets
+    return offsets, previous.watermark if previous else None
 
 
 def _split(batch: TickBatch, rows: int) -> Iterator[TickBatch]:
