@@ -93,6 +93,14 @@ class Checkpoint:
             raise CheckpointError(f"{self.manifest_path.name} says it is version {m.get('version')!r}")
         return data
 
+    def verification(self, key: bytes | None = None) -> str:
+        """'ok' when the checkpoint verifies (with `key`, its signature too), else why not."""
+        try:
+            self.verify(key)
+        except CheckpointError as exc:
+            return str(exc)
+        return "ok"
+
     def foreign(self, key: bytes | None) -> str | None:
         """Why an intact checkpoint cannot be loaded here (signed with another key, written by
         another River version), or None. Such a checkpoint is somebody's good model: retention

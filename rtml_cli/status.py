@@ -18,7 +18,7 @@ from typing import Any
 from rtml_cli import atomic
 from rtml_cli.beat import read_beat
 from rtml_cli.build_state import STATE_FILE, read_build
-from rtml_cli.checkpoint import CheckpointError, CheckpointStore, signing_key
+from rtml_cli.checkpoint import CheckpointStore, signing_key
 from rtml_cli.errors import ConfigError, RtmlError
 from rtml_cli.log import ParquetLog
 
@@ -176,11 +176,7 @@ def _checkpoints(data_dir: Path, now_ns: int) -> dict[str, Any]:
             out[d.name] = {"version": None}
             continue
         cp = listed[-1]
-        try:
-            cp.verify(key)
-            verified = "ok"
-        except CheckpointError as exc:
-            verified = str(exc)
+        verified = cp.verification(key)
         m = cp.manifest
         created = m.get("created_at")
         offsets = m.get("offsets")

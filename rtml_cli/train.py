@@ -397,7 +397,6 @@ def _iso(ts_ns: int) -> str:
 
 def list_checkpoints(data_dir: Path, name: str | None) -> list[dict[str, Any]]:
     """Every checkpoint (of `name`, or of all names) with its verification status."""
-    from rtml_cli.checkpoint import CheckpointError
 
     root = Path(data_dir) / "checkpoints"
     names = (
@@ -415,11 +414,7 @@ def list_checkpoints(data_dir: Path, name: str | None) -> list[dict[str, Any]]:
             raise RtmlError(f"there are no checkpoints named {n!r} in {root}; see `rtml checkpoints`")
         listed = {cp.manifest_path for cp in store.list()}
         for cp in store.list():
-            try:
-                cp.verify(key)
-                status = "ok"
-            except CheckpointError as exc:
-                status = str(exc)
+            status = cp.verification(key)
             m = cp.manifest
 
             def part(key: str, m=m) -> dict:

@@ -44,6 +44,16 @@ def progress_bar(console: Console, unit: str) -> Progress:
     )
 
 
+def _started_bar(console: Console, unit: str, name: str, total: int) -> tuple[Progress | None, Any]:
+    """A running progress bar over `total` units (stop it when done), or None for no work."""
+    if not total:
+        return None, None
+    bar = progress_bar(console, unit)
+    task = bar.add_task(name, total=total, status="")
+    bar.start()
+    return bar, task
+
+
 class StatusLine:
     """A line printed every `every` seconds for unbounded runs: rate, last prices, lag."""
 
@@ -151,10 +161,7 @@ def show_features(builder, events, follow: bool, console: Console, as_json: bool
     started = last_print = time.monotonic()
     total = StepReport()
     backlog = 0 if (follow or as_json) else builder.backlog()
-    bar = progress_bar(console, "ticks") if backlog else None
-    if bar:
-        task = bar.add_task("features", total=backlog, status="")
-        bar.start()
+    bar, task = _started_bar(console, "ticks", "features", backlog)
     try:
         for rep in events:
             total.add(rep)
@@ -244,10 +251,7 @@ def show_training(trainer, events, console: Console, as_json: bool) -> None:
     from rtml_cli.train import Learned
 
     backlog = 0 if as_json else trainer.backlog()
-    bar = progress_bar(console, "examples") if backlog else None
-    if bar:
-        task = bar.add_task(f"train {trainer.name}", total=backlog, status="")
-        bar.start()
+    bar, task = _started_bar(console, "examples", f"train {trainer.name}", backlog)
     status = None if as_json else _train_status(trainer, console)
     try:
         for event in events:
@@ -391,10 +395,7 @@ def show_predictions(predictor, events, follow: bool, console: Console, as_json:
     if follow and not as_json:
         view = _LiveBoard(predictor, console) if console.is_terminal else _PlainBoard(predictor, console)
     backlog = 0 if (follow or as_json) else predictor.backlog()
-    bar = progress_bar(console, "predictions") if backlog else None
-    if bar:
-        task = bar.add_task("predict", total=backlog, status="")
-        bar.start()
+    bar, task = _started_bar(console, "predictions", "predict", backlog)
     try:
         for event in events:
             if isinstance(event, Published):
