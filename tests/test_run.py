@@ -81,8 +81,8 @@ def _assert_pipeline_invariants(d):
 
 @pytest.mark.slow
 def test_chaos_kill_9_of_every_stage_again_and_again_loses_and_repeats_nothing(tmp_path):
-    """At least ten SIGKILLs, every stage hit at least twice, each restarted by the
-    supervisor; a reader beside it never sees a torn part or an unverifiable checkpoint."""
+    """Ten SIGKILLs, every stage hit at least twice, each restarted by the supervisor; a
+    reader beside it never sees a torn part or an unverifiable checkpoint."""
     import os
     import random
     import threading
@@ -118,13 +118,13 @@ def test_chaos_kill_9_of_every_stage_again_and_again_loses_and_repeats_nothing(t
     try:
         _wait_for("predictions", lambda: ParquetLog(d, "predictions").partitions())
         watcher.start()
-        order = [s for s in kills for _ in range(3)]
+        order = ["ingest", "features"] * 3 + ["train linear", "predict"] * 2
         rng.shuffle(order)
-        for stage in order:  # 12 kills, each stage three times
+        for stage in order:  # 10 kills: ingest and features three times, train and predict twice
             pid = _wait_for(f"{stage} running", lambda s=stage: _pid(d, s), timeout=90)
             os.kill(pid, signal.SIGKILL)
             kills[stage] += 1
-            time.sleep(rng.uniform(0.5, 2.0))
+            time.sleep(rng.uniform(0.4, 1.5))
         _wait_for("every stage back", lambda: all(_pid(d, s) for s in kills), timeout=90)
         time.sleep(2.0)
     finally:

@@ -396,7 +396,7 @@ def test_train_without_examples_says_what_to_run(rtml):
 def test_kill_9_of_train_follow_while_examples_arrive_loses_nothing_and_repeats_nothing(rtml, examples_dir):
     d = str(examples_dir)
     ingest = rtml_process(
-        ["ingest", "--speed", "2000", "--duration", "12", "--flush-interval", "0.2", "--json", "--data-dir", d]
+        ["ingest", "--speed", "2000", "--duration", "8", "--flush-interval", "0.2", "--json", "--data-dir", d]
     )
     feats = rtml_process(["features", "--follow", "--poll", "0.1", "--json", "--data-dir", d])
     try:
