@@ -121,6 +121,7 @@ def test_the_frozen_model_is_the_model_after_the_warmup_and_a_refresh_serves_a_s
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0, 3])
 def test_a_label_is_learned_only_after_delay_later_rows_were_predicted(rtml, tmp_path, user_models, delay):
     n = 40

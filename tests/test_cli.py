@@ -267,6 +267,7 @@ def test_followers_started_before_the_market_wait_for_their_input_then_run(tmp_p
     assert json.loads(out["predict"][0])["predicted_this_run"] > 0
 
 
+@pytest.mark.slow
 def test_a_follower_stopped_while_waiting_exits_0_and_says_so(tmp_path):
     p = rtml_process(["features", "--follow", "--poll", "0.05", "--json", "--data-dir", str(tmp_path / "none")])
     time.sleep(1.5)
@@ -276,6 +277,7 @@ def test_a_follower_stopped_while_waiting_exits_0_and_says_so(tmp_path):
     assert json.loads(out)["waiting_for"].startswith("the ticks log in")
 
 
+@pytest.mark.slow
 def test_a_reader_that_goes_away_ends_the_output_quietly():
     """`rtml models | head -1` used to print "Error: Broken pipe" and exit 1."""
     p = subprocess.Popen([sys.executable, "-m", "rtml_cli", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -650,6 +650,7 @@ def _follow_briefly(data_dir: Path, seconds: float = 1.0) -> FeatureBuilder:
     return b
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("complete", [False, True])
 def test_the_clock_waits_until_a_flush_is_published_whole(data_dir, complete):
     """Ingest publishes a flush one symbol after the other. The market clock used to take the

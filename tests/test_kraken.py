@@ -444,6 +444,7 @@ def test_rtml_ingest_from_kraken_with_an_unknown_pair_is_a_clear_error(rtml):
     assert_clean_error(r, "refused the subscription for NOPE/USD")
 
 
+@pytest.mark.slow
 def test_a_run_that_never_connects_says_so_while_retrying_and_exits_1(tmp_path):
     """It used to say "waiting for trades" while it had no connection, and exit 0 at the end."""
     url = f"ws://127.0.0.1:{free_port()}"
