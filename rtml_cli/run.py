@@ -93,7 +93,9 @@ class StageProcess:
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM (each stage then finishes its step, publishes and exits 0); SIGKILL after `timeout`."""
-        self.next_start = None
+        if self.next_start is not None:  # stopped while waiting to restart after a crash
+            self.next_start = None
+            self.state = f"stopped (had died: exit {self.exit_code}; not restarted)"
         if self.proc is None or self.proc.poll() is not None:
             return self.exit_code
         self.proc.send_signal(signal.SIGTERM)
