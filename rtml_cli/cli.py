@@ -1052,7 +1052,7 @@ def backtest(
     )
     bt.check_models(opts)
     console = ui.err_console()
-    with _Stopper(console, "stopping: nothing will be written") as stop:
+    with _Stopper(console, "stopping the backtest...") as stop:
         ds = bt.load_table(opts) if table is not None else bt.load_examples(data_dir, opts)
         try:
             result = ui.show_backtest(ds, opts, bt.replay_all(ds, opts, stop), console, as_json)
