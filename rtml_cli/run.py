@@ -13,6 +13,7 @@ tick) for whatever shows them: the dashboard, `--json`, a test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -71,6 +72,7 @@ class StageProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 env={**os.environ, "COLUMNS": "100"},
+                preexec_fn=_die_with_parent,
             )
         self.started_at = time.monotonic()
         self.next_start = None
@@ -116,6 +118,19 @@ class StageProcess:
         except OSError:
             return []
         return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+def _die_with_parent() -> None:
+    """In the child, before it runs rtml: on Linux, a SIGTERM when the supervisor dies (even by
+    kill -9), so that no stage runs on, holding its lock, without the run that started it."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    # no prctl: the stages outlive a killed supervisor, as they would on another system
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 @dataclass

@@ -146,3 +146,31 @@ def test_chaos_kill_9_of_every_stage_again_and_again_loses_and_repeats_nothing(t
     consumers = summary["status"]["consumers"]
     assert [consumers[c]["behind_rows"] for c in ("features", "train linear", "predict linear")] == [0, 0, 0]
     _assert_pipeline_invariants(d)
+
+
+@pytest.mark.slow
+def test_the_stages_do_not_outlive_a_killed_supervisor(tmp_path):
+    """A `rtml run` killed with kill -9 used to leave its four stages running, holding their
+    locks, so that the next run could not start them."""
+
+    d = tmp_path / "data"
+    run = rtml_process(["run", "--speed", "600", "--json", "--data-dir", str(d)])
+    try:
+        pids = _wait_for(
+            "every stage", lambda: (p := [_pid(d, s) for s in ("ingest", "features", "predict")]) and all(p) and p
+        )
+    finally:
+        run.kill()
+        run.wait(30)
+    _wait_for("the stages to exit", lambda: not any(_alive(p) for p in pids), timeout=60)
+    assert not any(snapshot(d)["stages"][s]["running"] for s in ("ingest", "features", "predict"))
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
