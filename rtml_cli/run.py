@@ -13,7 +13,6 @@ tick) for whatever shows them: the dashboard, `--json`, a test.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -72,7 +71,7 @@ class StageProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 env={**os.environ, "COLUMNS": "100"},
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent(),
             )
         self.started_at = time.monotonic()
         self.next_start = None
@@ -120,17 +119,25 @@ class StageProcess:
         return [line for line in text.splitlines() if line.strip()][-lines:]
 
 
-def _die_with_parent() -> None:
-    """In the child, before it runs rtml: on Linux, a SIGTERM when the supervisor dies (even by
-    kill -9), so that no stage runs on, holding its lock, without the run that started it."""
+def _die_with_parent() -> Callable[[], None] | None:
+    """What the child runs before rtml: on Linux, ask for a SIGTERM when the supervisor dies
+    (even by kill -9), so that no stage runs on, holding its lock, without the run that
+    started it. The C function is looked up here, in the parent: between fork and exec the
+    child may only call it (importing there could deadlock on a lock another thread held)."""
     if not sys.platform.startswith("linux"):
-        return
+        return None
     import ctypes
 
-    pr_set_pdeathsig = 1
-    # no prctl: the stages outlive a killed supervisor, as they would on another system
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None  # the stages outlive a killed supervisor, as they would on another system
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def in_child() -> None:
+        prctl(pr_set_pdeathsig, sigterm)
+
+    return in_child
 
 
 @dataclass
