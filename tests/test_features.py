@@ -7,7 +7,7 @@ import json
 import math
 import signal
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from threading import Event
 
@@ -675,3 +675,36 @@ def test_the_clock_waits_until_a_flush_is_published_whole(data_dir, complete):
         copy_ticks(data_dir, ref)
         build(ref)
         assert_same(features(data_dir), features(ref))
+
+
+@pytest.mark.slow
+def test_a_pause_in_a_paced_replay_makes_no_tick_late(rtml, tmp_path):
+    """While pacing waited for the next trade, ingest could not flush what it held, and the
+    features clock ran on past those ticks and closed their bars: they were written late.
+    (Found by a review: an export replayed at --speed 1 with an 8 s pause.)"""
+    d = tmp_path / "data"
+    times = [0.2 * i for i in range(8)] + [9.5 + 0.2 * i for i in range(5)]
+    t0 = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
+    export = pl.DataFrame(
+        {
+            "ts": [int((t0 + t) * 1e6) for t in times],
+            "recv_ts": [int((t0 + t) * 1e6) for t in times],
+            "symbol": ["XRP/USD"] * len(times),
+            "price": [100.0 + i for i in range(len(times))],
+            "qty": [1.0] * len(times),
+            "side": ["buy"] * len(times),
+            "trade_id": [str(i) for i in range(len(times))],
+        }
+    ).with_columns(pl.col("ts", "recv_ts").cast(pl.Datetime("us", "UTC")))
+    path = tmp_path / "export.csv"
+    export.write_csv(path)
+    assert rtml("ingest", "--max-ticks", "1", "--data-dir", str(d), data=False).exit_code == 0  # a ticks log to follow
+    feats = rtml_process(["features", "--follow", "--bar", "1s", "--poll", "0.05", "--json", "--data-dir", str(d)])
+    try:
+        r = rtml("ingest", "--source", "replay", "--path", str(path), "--speed", "1", "--data-dir", str(d), data=False)
+        assert r.exit_code == 0, r.output
+        time.sleep(1.5)
+    finally:
+        stop_processes(feats)
+    state = json.loads((d / STATE_FILE).read_text())
+    assert state["symbols"]["XRP/USD"]["late"] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from threading import Event
 
@@ -10,7 +11,7 @@ import polars as pl
 import pytest
 
 from rtml_cli.log import ParquetLog
-from rtml_cli.sources import TickBatch, pace
+from rtml_cli.sources import IDLE_BATCH_S, TickBatch, pace
 from rtml_cli.sources.synthetic import REGIMES, Simulator, SyntheticSource
 
 START = 1_767_225_600 * 1_000_000_000
@@ -189,8 +190,11 @@ def test_pace_releases_each_trade_when_scaled_wall_time_reaches_it():
 
     stop = Event()
     batches = [_batch([0, 1, 2, 10]), _batch([10.5, 30])]
-    released = []
+    released, idle = [], []
     for out in pace(iter(batches), speed=10.0, stop=stop, clock=lambda: now[0], wait=wait):
+        if out.frame.height == 0:  # a pause: an empty batch, so that ingest can flush on time
+            idle.append(now[0])
+            continue
         ts = out.frame["ts"].dt.epoch("ns").to_list()
         released.append((now[0] - 100.0, [(t - START) / 1e9 for t in ts]))
     flat = [t for _, ts in released for t in ts]
@@ -199,6 +203,8 @@ def test_pace_releases_each_trade_when_scaled_wall_time_reaches_it():
         assert max(ts) / 10.0 <= elapsed + 1e-9  # never early
     assert released[-1][0] == pytest.approx(3.0, abs=0.06)  # and not much late either (step 0.05)
     assert sum(o for o in waits) > 2.9
+    # the 2 s pause before the trade at 30 s came with empty batches, none closer than IDLE_BATCH_S
+    assert len(idle) >= 4 and min(b - a for a, b in itertools.pairwise(idle)) >= IDLE_BATCH_S - 1e-9
 
 
 def test_pace_stops_promptly_when_asked():

@@ -44,6 +44,9 @@ class Source(Protocol):
     def batches(self, stop: Event) -> Iterator[TickBatch]: ...
 
 
+IDLE_BATCH_S = 0.25  # while pacing waits for a trade, an empty batch this often
+
+
 def pace(
     batches: Iterator[TickBatch],
     speed: float,
@@ -101,6 +104,7 @@ def pace(
     def release(part: TickBatch, due: np.ndarray) -> Iterator[TickBatch]:
         frame = part.frame.with_columns(_due=pl.Series(due))
         sent, progress_left = 0, part.progress
+        idle_since = clock()
         while sent < frame.height and not stop.is_set():
             elapsed = clock() - clock_state.get("origin_wall", clock())
             n = _leading_true(frame["_due"].slice(sent) <= elapsed)
@@ -110,8 +114,14 @@ def pace(
                 share = part.progress * n // frame.height if sent < frame.height else progress_left
                 progress_left -= share
                 yield TickBatch(out, part.raw, part.where, share, part.gaps if sent == n else [])
+                idle_since = clock()
             else:
                 wait(min(max(float(frame["_due"][sent]) - elapsed, 0.0), step))
+                if clock() - idle_since >= IDLE_BATCH_S:
+                    # a pause in the trades: an empty batch lets ingest flush what it holds on
+                    # time (else the features clock, running on, closes the bars of those ticks)
+                    yield TickBatch(frame.head(0).drop("_due"), part.raw, part.where, 0, [])
+                    idle_since = clock()
 
     def times(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         ts = frame["ts"].dt.epoch("ns")
