@@ -24,6 +24,7 @@ from pathlib import Path
 from threading import Event
 
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 30.0
+INPUT_LOG = {"features": "ticks", "train": "examples", "predict": "features"}  # what each consumer reads
 STABLE_S = 30.0  # a stage that ran this long without dying starts its back-off afresh
 CHECKPOINT_INTERVAL_S = 3  # train: the longest a learned example waits for a checkpoint
 
@@ -242,12 +243,20 @@ class Supervisor:
         from rtml_cli.status import snapshot
 
         try:
-            consumers = snapshot(self.data_dir)["consumers"]
+            snap = snapshot(self.data_dir)
         except Exception:
             return False
-        # no entry yet (a trainer before its first checkpoint): nothing to wait for; its
-        # SIGTERM writes a final checkpoint of whatever it learned
+        consumers = snap["consumers"]
         mine = [c for name, c in consumers.items() if name == consumer or name.startswith(consumer + " ")]
+        if not mine or mine == [None]:
+            # no record of this consumer yet: it is done when its input is empty (a run whose
+            # ingest wrote nothing); a trainer before its first checkpoint counts as done too:
+            # its SIGTERM writes a final checkpoint of whatever it learned
+            source = INPUT_LOG[consumer.split()[0]]
+            no_model = not any(cp.get("version") for cp in snap["checkpoints"].values())
+            if consumer.startswith("train") or (consumer.startswith("predict") and no_model):
+                return True  # a predictor with no model to serve has nothing to catch up on
+            return snap["logs"][source]["rows"] == 0
         return all(c is not None and "problem" not in c and c["behind_rows"] == 0 for c in mine)
 
     def summary(self) -> dict:

@@ -158,7 +158,7 @@ def _features_consumer(data_dir: Path, logs: dict[str, Any]) -> dict[str, Any] |
         newest = {s: _iso(int(v["max_ts"])) if v.get("max_ts") is not None else None for s, v in symbols.items()}
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
         return {"problem": f"{path} is damaged ({type(exc).__name__}); run `rtml features --rebuild`"}
     return _lag(offsets, logs["ticks"], newest)
 
@@ -180,10 +180,11 @@ def _checkpoints(data_dir: Path, now_ns: int) -> dict[str, Any]:
         m = cp.manifest
         created = m.get("created_at")
         offsets = m.get("offsets")
-        out[d.name] = {
+        learned, until = m.get("examples_learned"), m.get("trained_until")
+        out[d.name] = {  # a manifest not written by rtml may hold anything: keep what has its type
             "version": cp.version,
-            "examples_learned": m.get("examples_learned"),
-            "trained_until": m.get("trained_until"),
+            "examples_learned": learned if type(learned) is int else None,
+            "trained_until": until if isinstance(until, str) else None,
             "age_s": round((now_ns - _ns(created)) / NS, 1) if isinstance(created, str) and _ns(created) else None,
             "verified": verified,
             "diverged": m.get("diverged") is True,
@@ -288,7 +289,7 @@ def _ns(text: str) -> int:
     """An ISO time as ns since the epoch (UTC when it names no zone); 0 if it does not parse."""
     try:
         value = datetime.fromisoformat(text)
-    except ValueError:
+    except (ValueError, TypeError):
         return 0
     value = value if value.tzinfo else value.replace(tzinfo=UTC)
     return int(value.timestamp() * NS)

@@ -760,7 +760,7 @@ def watch_status(look, stop, interval: float, as_json: bool) -> None:
 
 def _when(iso: str | None) -> str:
     """An ISO time as `YYYY-MM-DD HH:MM:SS` (UTC), whole: never cut mid-way."""
-    if not iso:
+    if not iso or not isinstance(iso, str):
         return "-"
     try:
         value = datetime.fromisoformat(iso)

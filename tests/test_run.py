@@ -174,3 +174,24 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+@pytest.mark.slow
+def test_a_run_whose_ingest_ends_without_a_trade_ends_too(tmp_path):
+    """A finite ingest that wrote nothing (here: --symbols keeps none of the file's trades)
+    used to leave the run waiting for a feature builder that had nothing to record."""
+    trades = tmp_path / "XBTUSD.csv"
+    trades.write_text("1704067200,42000.5,0.1\n1704067201,42001.5,0.2\n")
+    d = tmp_path / "data"
+    started = time.monotonic()
+    run = rtml_process(
+        ["run", "--source", "replay", "--path", str(trades), "--symbols", "ETH/USD", "--json", "--data-dir", str(d)]
+    )
+    try:
+        out, err = run.communicate(timeout=90)
+    finally:
+        run.kill()
+    assert run.returncode == 0, err
+    stages = json.loads(out)["stages"]
+    assert stages["ingest"]["state"] in ("finished", "stopped") and stages["ingest"]["restarts"] == 0
+    assert time.monotonic() - started < 45  # not waiting on

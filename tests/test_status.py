@@ -93,3 +93,14 @@ def test_rows_count_every_partition_even_a_compacted_one(rtml, examples_dir):
     assert rtml("compact").exit_code == 0
     rows = ParquetLog(examples_dir, "ticks").read_all(columns=["symbol"]).height
     assert status(rtml)["logs"]["ticks"]["rows"] == rows
+
+
+def test_a_manifest_of_the_wrong_types_is_shown_not_crashed_on(rtml, trained_dir):
+    odd = trained_dir / "checkpoints" / "odd"
+    odd.mkdir()
+    (odd / "0000000001.json").write_text(json.dumps({"examples_learned": "x", "trained_until": 5}))
+    (odd / "0000000001.pkl").write_bytes(b"not a pickle")
+    r = rtml("status")
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    cp = status(rtml)["checkpoints"]["odd"]
+    assert cp["examples_learned"] is None and cp["trained_until"] is None and cp["verified"] != "ok"
