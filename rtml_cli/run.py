@@ -221,8 +221,9 @@ class Supervisor:
             stop.wait(0.5)
 
     def _caught_up(self) -> bool:
-        """Every stage after ingest has read all its input."""
-        return all(self._consumer_done(st.spec.follows) for st in self.stages if st.spec.follows)
+        """Every stage after ingest has read all its input (one look at the data directory)."""
+        snap = self._look()
+        return snap is not None and all(_done(st.spec.follows, snap) for st in self.stages if st.spec.follows)
 
     def shutdown(self, drain: float = 15.0, on_stop: Callable[[StageProcess], None] | None = None) -> None:
         """Stop the stages in pipeline order: each once the one before it has stopped and it
@@ -240,24 +241,17 @@ class Supervisor:
             st.stop()
 
     def _consumer_done(self, consumer: str) -> bool:
+        snap = self._look()
+        return snap is not None and _done(consumer, snap)
+
+    def _look(self) -> dict | None:
+        """`rtml status` of the data directory; None if it cannot be read right now."""
         from rtml_cli.status import snapshot
 
         try:
-            snap = snapshot(self.data_dir)
+            return snapshot(self.data_dir)
         except Exception:
-            return False
-        consumers = snap["consumers"]
-        mine = [c for name, c in consumers.items() if name == consumer or name.startswith(consumer + " ")]
-        if not mine or mine == [None]:
-            # no record of this consumer yet: it is done when its input is empty (a run whose
-            # ingest wrote nothing); a trainer before its first checkpoint counts as done too:
-            # its SIGTERM writes a final checkpoint of whatever it learned
-            source = INPUT_LOG[consumer.split()[0]]
-            no_model = not any(cp.get("version") for cp in snap["checkpoints"].values())
-            if consumer.startswith("train") or (consumer.startswith("predict") and no_model):
-                return True  # a predictor with no model to serve has nothing to catch up on
-            return snap["logs"][source]["rows"] == 0
-        return all(c is not None and "problem" not in c and c["behind_rows"] == 0 for c in mine)
+            return None
 
     def summary(self) -> dict:
         return {
@@ -275,6 +269,22 @@ class Supervisor:
             if self.failed is None
             else {"stage": self.failed.stage, "exit_code": self.failed.exit_code, "last_lines": self.failed.last_lines},
         }
+
+
+def _done(consumer: str, snap: dict) -> bool:
+    """Whether `consumer` (a stage's name in `rtml status`) has read all its input."""
+    consumers = snap["consumers"]
+    mine = [c for name, c in consumers.items() if name == consumer or name.startswith(consumer + " ")]
+    if not mine or mine == [None]:
+        # no record of this consumer yet: it is done when its input is empty (a run whose
+        # ingest wrote nothing); a trainer before its first checkpoint counts as done too:
+        # its SIGTERM writes a final checkpoint of whatever it learned
+        source = INPUT_LOG[consumer.split()[0]]
+        no_model = not any(cp.get("version") for cp in snap["checkpoints"].values())
+        if consumer.startswith("train") or (consumer.startswith("predict") and no_model):
+            return True  # a predictor with no model to serve has nothing to catch up on
+        return snap["logs"][source]["rows"] == 0
+    return all(c is not None and "problem" not in c and c["behind_rows"] == 0 for c in mine)
 
 
 def stage_specs(

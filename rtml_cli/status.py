@@ -94,12 +94,14 @@ def _newest(log: ParquetLog, symbol: str) -> dict[str, Any]:
         out: dict[str, Any] = {"newest_ts": newest.isoformat() if isinstance(newest, datetime) else None}
         if log.name in LAST and LAST[log.name] in tail.columns:
             out["last"] = tail[LAST[log.name]][-1]
-        if log.name == "predictions" and {"model", "prediction"} <= set(tail.columns):
-            last = tail.sort("ts").group_by("model", maintain_order=True).last()
+        if log.name == "predictions" and {"model", "prediction", "latency_ms"} <= set(tail.columns):
+            tail = tail.sort("ts")
+            last = tail.group_by("model", maintain_order=True).last()
             out["newest_predictions"] = {
                 m: {"ts": t.isoformat(), "prediction": p}
                 for m, t, p in last.select("model", "ts", "prediction").iter_rows()
             }
+            out["newest_latency_ms"] = tail["latency_ms"][-1]  # of the newest row: when it was made
         return out
     return {"newest_ts": None}
 
@@ -218,28 +220,20 @@ def _predict_consumers(data_dir: Path, logs: dict[str, Any]) -> dict[str, Any]:
         consumers.resume(build.build_id if build else None)
     except RtmlError as exc:
         return {"predict": {"problem": str(exc)}}
-    newest = _newest_predicted(predictions)
+    newest = _newest_predicted(logs["predictions"])
     return {
         f"predict {name}": _lag(offsets, logs["features"], newest.get(name, {}))
         for name, offsets in sorted(consumers.models.items())
     }
 
 
-def _newest_predicted(predictions: ParquetLog) -> dict[str, dict[str, str | None]]:
-    """Per model, per symbol: the newest bar time predicted (from each partition's last part)."""
-    import polars as pl
-
+def _newest_predicted(predictions: dict[str, Any]) -> dict[str, dict[str, str | None]]:
+    """Per model, per symbol: the newest bar time predicted (what `_log` read of each
+    partition's last part)."""
     out: dict[str, dict[str, str | None]] = {}
-    for sym in predictions.partitions():
-        parts = predictions.parts(sym)
-        if not parts:
-            continue
-        try:
-            tail = pl.read_parquet(parts[-1].path, columns=["model", "ts"])
-        except (FileNotFoundError, pl.exceptions.PolarsError, OSError):
-            continue
-        for model, ts in tail.group_by("model").agg(pl.col("ts").max()).iter_rows():
-            out.setdefault(model, {})[sym] = ts.isoformat() if isinstance(ts, datetime) else None
+    for sym, part in predictions["symbols"].items():
+        for model, newest in part.get("newest_predictions", {}).items():
+            out.setdefault(model, {})[sym] = newest["ts"]
     return out
 
 
@@ -248,36 +242,23 @@ def _newest_predicted(predictions: ParquetLog) -> dict[str, dict[str, str | None
 
 def _freshness(data_dir: Path, logs: dict[str, Any], now_ns: int) -> dict[str, Any]:
     """From the newest tick to the newest prediction: in market time (how far the predicted
-    bar's end lags the newest trade) and in wall time (how long ago that prediction was made)."""
-    import polars as pl
-
+    bar's end lags the newest trade) and in wall time (how long ago that prediction was made),
+    from what `_log` read of the predictions log's last parts."""
     tick = logs["ticks"]["newest_ts"]
     out: dict[str, Any] = {"newest_tick": tick, "newest_prediction": None, "market_lag_s": None, "wall_age_s": None}
+    newest = [p for p in logs["predictions"]["symbols"].values() if p["newest_ts"] and "newest_latency_ms" in p]
+    if not newest:
+        return out
     build = None
     with contextlib.suppress(RtmlError):
         build = read_build(data_dir)
-    predictions = ParquetLog(data_dir, "predictions")
-    newest_ns, made_ns = None, None
-    for sym in predictions.partitions():
-        parts = predictions.parts(sym)
-        if not parts:
-            continue
-        try:
-            tail = pl.read_parquet(parts[-1].path, columns=["ts", "latency_ms"])
-        except (FileNotFoundError, pl.exceptions.PolarsError, OSError):
-            continue
-        row = tail.sort("ts").tail(1).select(pl.col("ts").dt.epoch("ns"), "latency_ms").row(0)
-        if newest_ns is None or row[0] > newest_ns:
-            newest_ns = row[0]
-            bar_ns = build.bar_s * NS if build else 0
-            made_ns = row[0] + bar_ns + int((row[1] or 0) * 1e6)
-    if newest_ns is not None:
-        out["newest_prediction"] = _iso(newest_ns)
-        bar_ns = build.bar_s * NS if build else 0
-        if tick:
-            out["market_lag_s"] = round((_ns(tick) - newest_ns - bar_ns) / NS, 1)
-        if made_ns is not None:
-            out["wall_age_s"] = round((now_ns - made_ns) / NS, 1)
+    bar_ns = build.bar_s * NS if build else 0
+    row = max(newest, key=lambda p: _ns(p["newest_ts"]))
+    newest_ns = _ns(row["newest_ts"])
+    out["newest_prediction"] = row["newest_ts"]
+    if tick:
+        out["market_lag_s"] = round((_ns(tick) - newest_ns - bar_ns) / NS, 1)
+    out["wall_age_s"] = round((now_ns - newest_ns - bar_ns - int((row["newest_latency_ms"] or 0) * 1e6)) / NS, 1)
     return out
 
 
