@@ -609,7 +609,7 @@ def train(
         with Trainer(data_dir, opts) as trainer:
             for problem in trainer.skipped:
                 console.print(f"[yellow]skipped a checkpoint: {problem}[/]")
-            ui.show_training(trainer, trainer.loop(stop, follow, poll), console, as_json)
+            ui.show_training(trainer, trainer.loop(stop, follow, poll), console, as_json, follow)
     summary = trainer.summary()
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -643,11 +643,18 @@ def models(as_json):
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
+    import shutil
+
+    width = shutil.get_terminal_size().columns
+
+    def say(text: str, indent: str = "") -> None:  # wrapped at the terminal's width, words whole
+        click.echo(click.wrap_text(text, width, initial_indent=indent, subsequent_indent=" " * 14))
+
     for r in rows:
-        click.echo(f"{r['name']} ({r['kind']}): {r['description']}")
+        say(f"{r['name']} ({r['kind']}): {r['description']}")
         if r["defaults"]:
-            click.echo("    defaults: " + ", ".join(f"{k}={v}" for k, v in r["defaults"].items()))
-        click.echo("    --param:  " + ", ".join(r["accepts"]))
+            say(", ".join(f"{k}={v}" for k, v in r["defaults"].items()), "    defaults: ")
+        say(", ".join(r["accepts"]), "    --param:  ")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -1073,9 +1080,9 @@ def backtest(
     from rich.console import Console
 
     out = Console()
-    if not out.is_terminal:
-        out = Console(width=110)  # the tables' natural width, also in a pipe or a file
-    for table_ in ui.backtest_tables(result):
+    if not out.is_terminal and not os.environ.get("COLUMNS"):
+        out = Console(width=110)  # the tables' natural width, in a pipe or a file (unless COLUMNS says)
+    for table_ in ui.backtest_tables(result, out.width):
         out.print(table_)
 
 

@@ -259,6 +259,7 @@ class Section:
     rows: list[list[str]]
     caption: str = ""
     dim: list[bool] = field(default_factory=list)  # rows to show faintly (the baselines)
+    keys: int = 2  # the leading columns that say what a row is (repeated when a table is split)
 
 
 def header_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
@@ -386,6 +387,7 @@ def staleness(result: dict[str, Any]) -> list[Section]:
                 "p: Diebold-Mariano test of this copy's absolute errors against the frozen model's "
                 "(negative difference: the fresher copy is better)",
                 [False] * len(mine),
+                keys=1,
             )
         )
     return out
@@ -410,6 +412,7 @@ def per_symbol(result: dict[str, Any]) -> Section:
         [[show(r) for _, show in cols] for r in rows],
         "",
         [r["model"] == "buy and hold" for r in rows],
+        keys=3,
     )
 
 

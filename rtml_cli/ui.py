@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -30,13 +31,15 @@ def progress_bar(console: Console, unit: str) -> Progress:
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+    from rich.table import Column
 
     amount = DownloadColumn() if unit == "bytes" else MofNCompleteColumn()
+    wraps = Column(no_wrap=False, overflow="fold")  # a narrow terminal wraps the words, cuts nothing
     return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        TextColumn("[bold]{task.description}", table_column=wraps),
+        BarColumn(bar_width=20),
         amount,
-        TextColumn("{task.fields[status]}"),
+        TextColumn("{task.fields[status]}", table_column=Column(no_wrap=False, overflow="fold")),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
@@ -54,36 +57,103 @@ def _started_bar(console: Console, unit: str, name: str, total: int) -> tuple[Pr
     return bar, task
 
 
-class StatusLine:
-    """A line printed every `every` seconds for unbounded runs: rate, last prices, lag."""
+class Screen:
+    """A follow mode's live view. On a terminal: `render()` (a table) redrawn in place, at most
+    four times a second. Otherwise (a pipe, a log file): `line()` printed every `every` seconds.
+    Call `tick()` as events come and `close()` at the end; messages printed on the same console
+    meanwhile appear above the table."""
 
-    def __init__(self, console: Console, every: float = 2.0, source=None):
-        self.console = console
+    def __init__(self, console: Console, render, line, every: float = 2.0):
+        self.console, self.render, self.line = console, render, line
+        self.live = None
         self.every = every
-        self.source = source
-        self._last = time.monotonic()
-        self._last_written = 0
+        self.last = time.monotonic()
+        if console.is_terminal:
+            from rich.live import Live
 
-    def update(self, summary: IngestSummary) -> None:
+            self.every = 0.25
+            self.live = Live(render(), console=console, auto_refresh=False, transient=False)
+            self.live.start()
+
+    def tick(self) -> None:
         now = time.monotonic()
-        if now - self._last < self.every:
+        if now - self.last < self.every:
             return
-        rate = (summary.written - self._last_written) / (now - self._last)
-        self._last, self._last_written = now, summary.written
-        self.console.print(ingest_status(summary, rate, getattr(self.source, "state", None)), highlight=False)
+        self.last = now
+        if self.live:
+            self.live.update(self.render(), refresh=True)
+        else:
+            self.console.print(self.line(), highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        if self.live:
+            self.live.update(self.render(), refresh=True)
+            self.live.stop()
+            self.live = None
+
+
+class Rate:
+    """Units per second of a growing count, over the last few seconds."""
+
+    def __init__(self, count, window: float = 5.0):
+        self.count, self.window = count, window
+        self.samples = deque([(time.monotonic(), count())])
+
+    def __call__(self) -> float:
+        now, n = time.monotonic(), self.count()
+        self.samples.append((now, n))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= self.window:
+            self.samples.popleft()
+        t0, n0 = self.samples[0]
+        return (n - n0) / (now - t0) if now > t0 else 0.0
+
+
+def _view(title: str, table, caption: str = ""):
+    """A live view: a title line, the table, a caption; the lines wrap at the terminal's width,
+    not the table's."""
+    from rich.console import Group
+    from rich.text import Text
+
+    return Group(Text(title, style="bold"), table, *([Text.from_markup(caption)] if caption else []))
+
+
+def _table(title: str | None, columns: list[tuple[str, str]], caption: str | None = None):
+    """A table that fits a narrow terminal without cutting anything: times (a header ending
+    in "(UTC)") are never wrapped, other cells wrap at spaces or fold."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for header, justify in columns:
+        if header.endswith("(UTC)"):
+            table.add_column(header, justify=justify, no_wrap=True, min_width=19)
+        else:  # a word too long for a narrow terminal goes on over the next line, whole
+            table.add_column(header, justify=justify, overflow="fold")
+    return table
 
 
 def show_ingest(
     summary: IngestSummary, events, total: int | None, unit: str, console: Console, as_json: bool, source=None
 ) -> None:
     """Render `ingest.ingest_loop(...)`: a progress bar over `total` (bytes of files, ticks of
-    a bounded market), else a status line every 2 s; nothing with --json. A live `source`
-    says what its connection is doing while no trade has come."""
-    if as_json or total is None:
-        status = None if as_json else StatusLine(console, source=source)
+    a bounded market), else a live table per symbol (a line every 2 s off a terminal);
+    nothing with --json. A live `source` says what its connection is doing."""
+    if as_json:
         for _ in events:
-            if status:
-                status.update(summary)
+            pass
+        return
+    if total is None:
+        rate = Rate(lambda: summary.written)
+        connection = lambda: getattr(source, "state", None)  # noqa: E731
+        screen = Screen(
+            console,
+            lambda: ingest_view(summary, rate(), connection()),
+            lambda: ingest_status(summary, rate(), connection()),
+        )
+        try:
+            for _ in events:
+                screen.tick()
+        finally:
+            screen.close()
         return
     with progress_bar(console, unit) as bar:
         task = bar.add_task(summary.source, total=total, status="")
@@ -92,48 +162,62 @@ def show_ingest(
             bar.update(task, advance=progress, status=f"{summary.received - bad:,} accepted, {bad:,} quarantined")
 
 
-def ingest_status(summary: IngestSummary, rate: float, connection: str | None = None) -> str:
-    wall = datetime.now(UTC)
-    prices = [f"{sym} {st.last_price:g}" for sym, st in sorted(summary.symbols.items())]
+def _ingest_clock(summary: IngestSummary, connection: str | None) -> str:
+    """What the feed is doing: connecting, waiting, how far behind the wall clock a live feed is,
+    or where a simulated or replayed clock stands."""
     newest = max((st.last_ts for st in summary.symbols.values() if st.last_ts), default=None)
     if connection is not None and connection != "subscribed":
-        clock = connection  # connecting, or retrying in N s: why
-    elif newest is None:
-        clock = "waiting for trades"
-    elif summary.source == "kraken":  # a real feed: how far the log is behind the wall clock
-        clock = f"lag {(wall - newest).total_seconds():.1f}s"
-    else:  # a simulated or replayed clock, ahead of or behind the wall clock
-        clock = f"market time {newest:%Y-%m-%d %H:%M:%S}"
+        return connection  # connecting, or retrying in N s: why
+    if newest is None:
+        return "waiting for trades"
+    if summary.source == "kraken":  # a real feed: how far the log is behind the wall clock
+        return f"lag {(datetime.now(UTC) - newest).total_seconds():.1f}s"
+    return f"market time {newest:%Y-%m-%d %H:%M:%S}"  # ahead of or behind the wall clock
+
+
+def ingest_status(summary: IngestSummary, rate: float, connection: str | None = None) -> str:
+    prices = [f"{sym} {st.last_price:g}" for sym, st in sorted(summary.symbols.items())]
     bad = sum(summary.quarantined.values())
     return (
-        f"{wall.astimezone():%H:%M:%S} {summary.written:,} ticks ({rate:,.0f}/s)"
-        f"{f', {bad:,} quarantined' if bad else ''}, {clock}  " + "  ".join(prices)
+        f"{datetime.now().strftime('%H:%M:%S')} {summary.written:,} ticks ({rate:,.0f}/s)"
+        f"{f', {bad:,} quarantined' if bad else ''}, {_ingest_clock(summary, connection)}  " + "  ".join(prices)
+    )
+
+
+def ingest_view(summary: IngestSummary, rate: float, connection: str | None = None):
+    """The live table of `rtml ingest`: a row per symbol."""
+    bad = sum(summary.quarantined.values())
+    table = _table(
+        None, [("symbol", "left"), ("ticks", "right"), ("last price", "right"), ("newest trade (UTC)", "left")]
+    )
+    for sym, st in sorted(summary.symbols.items()):
+        table.add_row(
+            sym, f"{st.written:,}", f"{st.last_price:g}" if st.last_price is not None else "-", _when(st.last_ts)
+        )
+    return _view(
+        f"rtml ingest ({summary.source}): {_ingest_clock(summary, connection)}",
+        table,
+        f"{summary.written:,} ticks written ({rate:,.0f}/s) in {summary.flushes:,} flushes"
+        + (f", {bad:,} quarantined" if bad else "")
+        + "; Ctrl-C stops after a last flush",
     )
 
 
 def ingest_table(summary: IngestSummary):
-    from rich.table import Table
-
-    table = Table(title=f"rtml ingest: {summary.source} ({summary.stopped_by})", title_justify="left")
-    table.add_column("symbol")
-    table.add_column("written", justify="right")
-    table.add_column("first ts")
-    table.add_column("last ts")
-    table.add_column("last price", justify="right")
-    table.add_column("last offset", justify="right")
-    for sym, st in sorted(summary.symbols.items()):
-        table.add_row(
-            sym,
-            f"{st.written:,}",
-            _ts(st.first_ts),
-            _ts(st.last_ts),
-            f"{st.last_price:g}" if st.last_price is not None else "",
-            str(st.last_offset),
-        )
-    table.caption = (
+    table = _table(
+        f"rtml ingest: {summary.source} ({summary.stopped_by})",
+        [
+            ("symbol", "left"),
+            ("written", "right"),
+            ("first trade (UTC)", "left"),
+            ("last trade (UTC)", "left"),
+            ("last price", "right"),
+        ],
         f"{summary.written:,} ticks written in {summary.elapsed:.2f}s ({summary.rate:,.0f}/s), "
-        f"{summary.parts} parts, {summary.flushes} flushes"
+        f"{summary.parts} parts, {summary.flushes} flushes",
     )
+    for sym, st in sorted(summary.symbols.items()):
+        table.add_row(sym, f"{st.written:,}", _when(st.first_ts), _when(st.last_ts), _num(st.last_price))
     return table
 
 
@@ -155,24 +239,32 @@ def _ts(value: datetime | None) -> str:
 def show_features(builder, events, follow: bool, console: Console, as_json: bool, stop=None) -> dict:
     """Render `builder.loop(...)` and return the run's summary. One-shot: a progress bar over
     the ticks backlog (a signal ends the run after the step in progress, which is committed).
-    Following: a status line every 2 s. Nothing but the summary with --json."""
+    Following: a live table per symbol (a line every 2 s off a terminal). Nothing but the
+    summary with --json."""
     from rtml_cli.features import StepReport, summarize
 
-    started = last_print = time.monotonic()
+    started = time.monotonic()
     total = StepReport()
     backlog = 0 if (follow or as_json) else builder.backlog()
     bar, task = _started_bar(console, "ticks", "features", backlog)
+    screen = None
+    if follow and not as_json:
+        rate = Rate(lambda: total.ticks)
+        screen = Screen(
+            console, lambda: features_view(builder, total, rate()), lambda: features_status(builder, total, rate())
+        )
     try:
         for rep in events:
             total.add(rep)
             if bar:
                 bar.update(task, advance=rep.ticks, status=f"{total.bars:,} bars, {total.examples:,} examples")
-            elif follow and not as_json and time.monotonic() - last_print >= 2.0:
-                last_print = time.monotonic()
-                console.print(features_status(builder, total), highlight=False)
+            elif screen:
+                screen.tick()
     finally:
         if bar:
             bar.stop()
+        if screen:
+            screen.close()
     summary = summarize(builder, total, time.monotonic() - started)
     if not follow and stop is not None and stop.is_set() and builder.backlog():
         summary["stopped"] = f"by a signal, {builder.backlog():,} ticks before the end; run again to go on"
@@ -181,17 +273,57 @@ def show_features(builder, events, follow: bool, console: Console, as_json: bool
     return summary
 
 
-def features_status(builder, total) -> str:
+def _into_open_bar(st) -> str:
+    """How far (market time) a symbol's newest trade is into its open bar."""
     from rtml_cli.features import NS
 
-    backlog = builder.backlog()
-    into = []  # how far (market time) the newest trade is into its symbol's open bar
-    for sym, st in sorted(builder.state.items()):
-        if st.max_ts is not None and st.closed_until is not None:
-            into.append(f"{sym} {_age(max(0, st.max_ts - st.closed_until) / NS)}")
+    if st.max_ts is None or st.closed_until is None:
+        return "-"
+    return _age(max(0, st.max_ts - st.closed_until) / NS)
+
+
+def features_status(builder, total, rate: float) -> str:
+    into = [f"{sym} {_into_open_bar(st)}" for sym, st in sorted(builder.state.items())]
     return (
-        f"{datetime.now().strftime('%H:%M:%S')} {total.bars:,} bars and {total.examples:,} examples this run, "
-        f"{backlog:,} ticks not read yet; {late_ticks(total)}; newest trade into its open bar: " + ", ".join(into)
+        f"{datetime.now().strftime('%H:%M:%S')} {total.bars:,} bars and {total.examples:,} examples this run "
+        f"({rate:,.0f} ticks/s), {builder.backlog():,} ticks not read yet; {late_ticks(total)}; "
+        "newest trade into its open bar: " + ", ".join(into)
+    )
+
+
+def features_view(builder, total, rate: float):
+    """The live table of `rtml features --follow`: a row per symbol."""
+    from rtml_cli.features import NS
+
+    spec = builder.spec
+    table = _table(
+        None,
+        [
+            ("symbol", "left"),
+            ("bars", "right"),
+            ("examples", "right"),
+            ("late ticks", "right"),
+            ("closed until (UTC)", "left"),
+            ("open bar", "right"),
+        ],
+    )
+    for sym, st in sorted(builder.state.items()):
+        r = total.symbols.get(sym)
+        closed = None if st.closed_until is None else datetime.fromtimestamp(st.closed_until / NS, UTC)
+        table.add_row(
+            sym,
+            f"{r.bars:,}" if r else "0",
+            f"{r.examples:,}" if r else "0",
+            f"{r.late:,}" if r else "0",
+            _when(closed),
+            _into_open_bar(st),
+        )
+    return _view(
+        f"rtml features --follow: {spec.bar_s}s bars, horizon {spec.horizon}, target {spec.target}",
+        table,
+        f"this run: {total.ticks:,} ticks read ({rate:,.0f}/s), {builder.backlog():,} not read yet. bars, "
+        "examples and late ticks: this run's. open bar: how far the newest trade is into it (market time)"
+        + ("" if not total.late else f"\n[yellow]{late_ticks(total)}[/]"),
     )
 
 
@@ -205,15 +337,18 @@ def late_ticks(total) -> str:
 
 
 def features_table(summary: dict):
-    from rich.table import Table
-
     p = summary["params"]
-    table = Table(
-        title=f"rtml features: {p['bar_s']}s bars, horizon {p['horizon']}, target {p['target']}",
-        title_justify="left",
+    table = _table(
+        f"rtml features: {p['bar_s']}s bars, horizon {p['horizon']}, target {p['target']}",
+        [
+            ("symbol", "left"),
+            ("new bars", "right"),
+            ("new examples", "right"),
+            ("late ticks", "right"),
+            ("bars in log", "right"),
+            ("closed until (UTC)", "left"),
+        ],
     )
-    for col in ("symbol", "new bars", "new examples", "late ticks", "features rows", "examples rows", "closed until"):
-        table.add_column(col, justify="left" if col in ("symbol", "closed until") else "right")
     for sym, s in summary["symbols"].items():
         table.add_row(
             sym,
@@ -221,8 +356,7 @@ def features_table(summary: dict):
             f"{s['examples_emitted']:,}",
             f"{s['late_ticks']:,}",
             f"{s['features_rows']:,}",
-            f"{s['examples_rows']:,}",
-            (s["closed_until"] or "")[:19],
+            _when(s["closed_until"]),
         )
     table.caption = f"{summary['ticks_read']:,} ticks read in {summary['elapsed_s']:.2f}s"
     if summary.get("late_ticks"):
@@ -245,30 +379,35 @@ def features_table(summary: dict):
     return table
 
 
-def show_training(trainer, events, console: Console, as_json: bool) -> None:
-    """Render `trainer.loop(...)`: a progress bar while the first pass catches up on a backlog,
-    then a status line every 2 s; nothing but the end with --json."""
+def show_training(trainer, events, console: Console, as_json: bool, follow: bool = False) -> None:
+    """Render `trainer.loop(...)`: a progress bar while the first pass catches up on a backlog;
+    then, following, a live table of the model (a line every 2 s off a terminal); nothing but
+    the end with --json."""
     from rtml_cli.train import Learned
 
     backlog = 0 if as_json else trainer.backlog()
     bar, task = _started_bar(console, "examples", f"train {trainer.name}", backlog)
-    status = None if as_json else _train_status(trainer, console)
+    screen = None
     try:
         for event in events:
-            if isinstance(event, Learned):
-                if bar:
+            if not as_json:
+                say_diverged(trainer, console)
+            if bar:
+                if isinstance(event, Learned):
                     m = trainer.metrics.as_dict()
                     sick = ", [bold red]DIVERGED[/]" if trainer.learner.diverged else ""
                     bar.update(task, advance=event.n, status=f"MAE {_num(m['mae'])}, hit {_num(m['hit_rate'])}{sick}")
-                continue
-            if bar:  # the first pass is over: the backlog is learned
-                bar.stop()
+                    continue
+                bar.stop()  # the first pass is over: the backlog is learned
                 bar = None
-            if status:
-                status()
+            if follow and not as_json:
+                screen = screen or _train_screen(trainer, console)
+                screen.tick()
     finally:
         if bar:
             bar.stop()
+        if screen:
+            screen.close()
 
 
 def say_diverged(trainer, console: Console) -> None:
@@ -285,28 +424,49 @@ def say_diverged(trainer, console: Console) -> None:
     )
 
 
-def _train_status(trainer, console: Console):
-    state = {"last": time.monotonic(), "learned": trainer.learner.learned}
+def _train_screen(trainer, console: Console) -> Screen:
+    rate = Rate(lambda: trainer.learner.learned)
+    return Screen(console, lambda: train_view(trainer, rate()), lambda: train_status(trainer, rate()))
 
-    def on_step() -> None:
-        say_diverged(trainer, console)
-        now = time.monotonic()
-        if now - state["last"] < 2.0:
-            return
-        rate = (trainer.learner.learned - state["learned"]) / (now - state["last"])
-        state.update(last=now, learned=trainer.learner.learned)
-        m = trainer.metrics.as_dict()
-        stall = trainer.checkpointer.stalls_ms[-1] if trainer.checkpointer.stalls_ms else None
-        console.print(
-            f"{datetime.now().strftime('%H:%M:%S')} {trainer.learner.learned:,} learned ({rate:,.0f}/s), "
-            f"v{trainer.version or 0}, MAE {_num(m['mae'])}, hit {_num(m['hit_rate'])}, "
-            f"{trainer.backlog():,} behind, trained until {(trainer.trained_until or '')[:19]}"
-            + (f", last stall {stall:.2f} ms" if stall is not None else "")
-            + (", DIVERGED" if trainer.learner.diverged else ""),
-            highlight=False,
-        )
 
-    return on_step
+def _last_stall(trainer) -> str:
+    stalls = trainer.checkpointer.stalls_ms
+    return f"{stalls[-1]:.2f} ms" if stalls else "-"
+
+
+def train_status(trainer, rate: float) -> str:
+    m = trainer.metrics.as_dict()
+    return (
+        f"{datetime.now().strftime('%H:%M:%S')} {trainer.learner.learned:,} learned ({rate:,.0f}/s), "
+        f"v{trainer.version or 0}, MAE {_num(m['mae'])}, hit {_num(m['hit_rate'])}, "
+        f"{trainer.backlog():,} behind, trained until {_when(trainer.trained_until)}, "
+        f"last checkpoint stall {_last_stall(trainer)}" + (", DIVERGED" if trainer.learner.diverged else "")
+    )
+
+
+def train_view(trainer, rate: float):
+    """The live table of `rtml train --follow`: the model and where its learning stands."""
+    m = trainer.metrics.as_dict()
+    window = trainer.opts.window
+    table = _table(None, [("", "left"), ("", "left")])
+    table.show_header = False
+    health = "[bold red]DIVERGED[/]: predict keeps the last healthy version" if trainer.learner.diverged else "ok"
+    for key, value in (
+        ("checkpoint version", f"v{trainer.version}" if trainer.version else "none yet"),
+        ("examples learned", f"{trainer.learner.learned:,} ({rate:,.0f}/s)"),
+        ("not learned yet", f"{trainer.backlog():,} examples"),
+        ("trained until (UTC)", _when(trainer.trained_until)),
+        (f"MAE (last {window:,})", _num(m["mae"])),
+        (f"hit rate (last {window:,})", _num(m["hit_rate"])),
+        ("last checkpoint stall", _last_stall(trainer)),
+        ("health", health),
+    ):
+        table.add_row(key, value)
+    return _view(
+        f"rtml train --follow: {trainer.name} ({trainer.spec.name}), {trainer.data_dir}",
+        table,
+        "metrics: prequential (each example predicted before it is learned); Ctrl-C writes a last checkpoint",
+    )
 
 
 def _num(value) -> str:
@@ -333,7 +493,7 @@ def train_table(summary: dict):
             "stall per checkpoint",
             f"max {_num(stall['max'])} ms, median {_num(stall['median'])} ms ({stall['snapshots']})",
         ),
-        ("trained until", str(summary["trained_until"])),
+        ("trained until (UTC)", _when(summary["trained_until"])),
         (f"rolling MAE / RMSE / hit rate ({m['n']})", f"{_num(m['mae'])} / {_num(m['rmse'])} / {_num(m['hit_rate'])}"),
         ("drifts detected", str(summary["drift_count"])),
         (
@@ -350,18 +510,26 @@ def train_table(summary: dict):
 
 
 def checkpoints_table(rows: list[dict]):
-    from rich.table import Table
-
-    table = Table(title="checkpoints", title_justify="left")
-    for col in ("name", "version", "examples", "trained until", "MAE", "hit rate", "size", "status"):
-        table.add_column(col)
+    table = _table(
+        "checkpoints",
+        [
+            ("name", "left"),
+            ("v", "right"),
+            ("examples", "right"),
+            ("trained until (UTC)", "left"),
+            ("MAE", "right"),
+            ("hit rate", "right"),
+            ("size", "right"),
+            ("status", "left"),
+        ],
+    )
     for r in rows:
         m = r.get("metrics") or {}
         table.add_row(
             r["name"],
             str(r["version"]),
             _count(r.get("examples_learned")),
-            str(r.get("trained_until") or "")[:19],
+            _when(r.get("trained_until")),
             _num(m.get("mae")),
             _num(m.get("hit_rate")),
             _count(r.get("size"), 1e3, " kB"),
@@ -391,9 +559,11 @@ def show_predictions(predictor, events, follow: bool, console: Console, as_json:
     prediction to stdout."""
     from rtml_cli.predict import Notice, Published, Waiting
 
-    view = None
+    board = view = None
     if follow and not as_json:
-        view = _LiveBoard(predictor, console) if console.is_terminal else _PlainBoard(predictor, console)
+        board = PredictionBoard(predictor)
+        rate = Rate(lambda: sum(predictor.predicted.values()))
+        view = Screen(console, board.render, lambda: board.status_line(rate()))
     backlog = 0 if (follow or as_json) else predictor.backlog()
     bar, task = _started_bar(console, "predictions", "predict", backlog)
     try:
@@ -403,8 +573,8 @@ def show_predictions(predictor, events, follow: bool, console: Console, as_json:
                     write_stdout(event.frame.select(PREDICTION_COLUMNS).write_ndjson())
                 if bar:
                     bar.update(task, advance=event.frame.height)
-                if view:
-                    view.add(event.frame)
+                if board:
+                    board.add(event.frame)
             elif isinstance(event, Waiting):
                 console.print(
                     f"waiting for a checkpoint of {event.name!r} in {event.directory} (run `rtml train`)",
@@ -422,53 +592,6 @@ def show_predictions(predictor, events, follow: bool, console: Console, as_json:
             bar.stop()
         if view:
             view.close()
-
-
-class _PlainBoard:
-    """Following, not on a terminal: a status line every 2 s."""
-
-    def __init__(self, predictor, console: Console):
-        self.board = PredictionBoard(predictor)
-        self.predictor, self.console = predictor, console
-        self.last, self.made = time.monotonic(), 0
-
-    def add(self, frame) -> None:
-        self.board.add(frame)
-
-    def tick(self) -> None:
-        now = time.monotonic()
-        if now - self.last >= 2.0:
-            made = sum(self.predictor.predicted.values())
-            rate = (made - self.made) / (now - self.last)
-            self.console.print(self.board.status_line(rate), highlight=False, soft_wrap=True)
-            self.last, self.made = now, made
-
-    def close(self) -> None:
-        pass
-
-
-class _LiveBoard:
-    """Following, on a terminal: the newest prediction per symbol and model, redrawn 4 times a second."""
-
-    def __init__(self, predictor, console: Console):
-        from rich.live import Live
-
-        self.board = PredictionBoard(predictor)
-        self.live = Live(self.board.render(), console=console, refresh_per_second=4, transient=False)
-        self.live.start()
-        self.shown = 0.0
-
-    def add(self, frame) -> None:
-        self.board.add(frame)
-
-    def tick(self) -> None:
-        if time.monotonic() - self.shown >= 0.25:
-            self.live.update(self.board.render())
-            self.shown = time.monotonic()
-
-    def close(self) -> None:
-        self.live.update(self.board.render())
-        self.live.stop()
 
 
 def write_stdout(text: str) -> None:
@@ -520,46 +643,45 @@ class PredictionBoard:
         )
 
     def render(self):
-        from rich.table import Table
-
         p = self.predictor
-        table = Table(title=f"rtml predict --follow ({p.data_dir})", title_justify="left")
-        for col, just in (
-            ("symbol", "left"),
-            ("model", "left"),
-            ("bar", "left"),
-            ("prediction", "right"),
-            ("", "center"),
-            ("version", "right"),
-            ("model age", "right"),
-            ("predicted", "right"),
-            ("latency", "right"),
-        ):
-            table.add_column(col, justify=just)
+        rate = sum(p.predicted.values()) / max(time.monotonic() - self.started, 1e-9)
         now = datetime.now(UTC)
-        for (sym, model), r in sorted(self.rows.items()):
-            served = p._serving.get(model)
+        serving = []
+        for s in p.slots:
+            served = p._serving.get(s.name)
             created = _parse_iso(served.created_at) if served is not None else None
+            age = f", written {_age((now - created).total_seconds())} ago" if created else ""
+            serving.append(f"{s.name} v{s.latest.version}{age}" if s.latest else f"{s.name}: waiting for a checkpoint")
+        table = _table(
+            None,
+            [
+                ("symbol", "left"),
+                ("model", "left"),
+                ("bar (UTC)", "left"),
+                ("prediction", "right"),
+                ("v", "right"),
+                ("made", "right"),
+                ("latency", "right"),
+            ],
+        )
+        for (sym, model), r in sorted(self.rows.items()):
             y = r["prediction"]
             arrow = "[green]▲[/]" if y > 0 else "[red]▼[/]" if y < 0 else "·"
             table.add_row(
                 sym,
                 model,
-                f"{r['ts']:%Y-%m-%d %H:%M:%S}",
-                f"{y:+.3g}",
-                arrow,
+                _when(r["ts"]),
+                f"{arrow} {y:+.2e}",
                 str(r["model_version"]),
-                _age((now - created).total_seconds()) if created else "-",
                 f"{_age(time.monotonic() - self.made[sym, model])} ago",
                 _live_latency(r["latency_ms"]),
             )
-        rate = sum(p.predicted.values()) / max(time.monotonic() - self.started, 1e-9)
-        waiting = [s.name for s in p.slots if s.latest is None]
-        table.caption = (
-            f"{sum(p.predicted.values()):,} predicted ({rate:,.1f}/s), {p.backlog():,} feature rows not predicted "
-            "yet; latency: from the bar's end to its prediction, for live data only"
-        ) + (f"; waiting for a checkpoint of {', '.join(waiting)}" if waiting else "")
-        return table
+        return _view(
+            f"rtml predict --follow ({p.data_dir})",
+            table,
+            f"serving {'; '.join(serving)}. {sum(p.predicted.values()):,} predicted ({rate:,.1f}/s), "
+            f"{p.backlog():,} feature rows not yet. latency: from the bar's end to its prediction, for live data",
+        )
 
 
 def _live_latency(ms: float | None) -> str:
@@ -595,25 +717,32 @@ def _age(seconds: float) -> str:
 
 
 def predict_table(summary: dict):
-    from rich.table import Table
-
-    table = Table(title="rtml predict", title_justify="left")
-    for col in ("model", "version", "trained until", "predicted", "versions served", "skipped"):
-        table.add_column(col)
+    table = _table(
+        "rtml predict",
+        [
+            ("model", "left"),
+            ("version", "right"),
+            ("trained until (UTC)", "left"),
+            ("predicted", "right"),
+            ("versions served", "left"),
+            ("skipped", "right"),
+        ],
+    )
     for name, m in summary["models"].items():
         served = m["versions_served"]
         table.add_row(
             name,
             str(m["version"] or "-"),
-            str(m["trained_until"] or "")[:19],
+            _when(m["trained_until"]),
             f"{m['predicted_this_run']:,}",
             ", ".join(map(str, served[-6:])) + (" ..." if len(served) > 6 else "") or "-",
             str(len(m["skipped_checkpoints"])),
         )
     lat = summary["latency_ms"]
+    latency = _live_latency(lat["median"])
     table.caption = (
         f"{summary['predicted_this_run']:,} predictions in {summary['elapsed_s']:.2f}s, {summary['backlog']:,} behind"
-        + (f", latency median {_latency(lat['median'])}" if lat["median"] is not None else "")
+        + (f", latency median {latency} (a bar's end to its prediction)" if latency != "-" else "")
     )
     return table
 
@@ -647,54 +776,75 @@ def show_backtest(ds, opts, replays, console: Console, as_json: bool) -> dict:
     return result_of(ds, opts, done, time.perf_counter() - started)
 
 
-def backtest_tables(result: dict) -> list:
+def backtest_tables(result: dict, width: int = 110) -> list:
     """What was run, the tables of `report.sections` and the warnings: the same story the
-    HTML report tells."""
+    HTML report tells. A table wider than `width` is split into parts that fit, each
+    repeating the columns that say what a row is."""
     from rich.table import Table
     from rich.text import Text
 
     from rtml_cli.report import header_lines, sections
 
     head = Table(title=f"rtml backtest: {result['source']}", title_justify="left", show_header=False, box=None)
-    head.add_column(style="bold")
-    head.add_column()
+    head.add_column(style="bold", no_wrap=True)
+    head.add_column(overflow="fold")
     for key, value in header_lines(result):
         head.add_row(key, value)
     out: list = [head]
     for sec in sections(result):
-        table = Table(title=sec.title, title_justify="left", caption=sec.caption or None, caption_justify="left")
-        for i, name in enumerate(sec.headers):
-            table.add_column(name, justify="left" if i < 2 or name == "symbol" else "right")
-        for row, faint in zip(sec.rows, sec.dim or [False] * len(sec.rows), strict=True):
-            table.add_row(*row, style="dim" if faint else None)
-        out.append(table)
+        parts = _fit_columns(sec.headers, sec.rows, sec.keys, width)
+        for n, cols in enumerate(parts):
+            table = _table(
+                sec.title + (" (continued)" if n else ""),
+                [(sec.headers[i], "left" if i < sec.keys else "right") for i in cols],
+                (sec.caption or None) if n == len(parts) - 1 else None,
+            )
+            for row, faint in zip(sec.rows, sec.dim or [False] * len(sec.rows), strict=True):
+                table.add_row(*(row[i] for i in cols), style="dim" if faint else None)
+            out.append(table)
     for warning in result["warnings"]:
         out.append(Text(f"warning: {warning}", style="yellow"))
     return out
 
 
+def _fit_columns(headers: list[str], rows: list[list[str]], keys: int, width: int) -> list[list[int]]:
+    """The columns of each part of a table split to fit `width` at their natural widths: the
+    `keys` leading columns in every part, then as many others as fit."""
+    from rich.cells import cell_len
+
+    def need(i: int) -> int:  # the column's width, with its padding and border
+        return max(cell_len(headers[i]), *(cell_len(r[i]) for r in rows)) + 3
+
+    base = 1 + sum(need(i) for i in range(keys))
+    parts: list[list[int]] = []
+    used = width + 1  # no part open yet
+    for i in range(keys, len(headers)):
+        if used + need(i) > width:
+            parts.append(list(range(keys)))
+            used = base
+        parts[-1].append(i)
+        used += need(i)
+    return parts or [list(range(len(headers)))]
+
+
 def status_view(snap: dict):
     """`rtml status` as tables: logs, stages, consumers, models, and a freshness line."""
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
 
     if snap["empty"]:
         return Text(f"{snap['data_dir']} has no data yet: start with `rtml ingest`")
-    logs = Table(title="logs", title_justify="left")
-    for col in ("log", "symbols", "rows", "newest time (UTC)"):
-        logs.add_column(col, justify="left" if col != "rows" and col != "symbols" else "right")
+    logs = _table("logs", [("log", "left"), ("symbols", "right"), ("rows", "right"), ("newest time (UTC)", "left")])
     for name, log in snap["logs"].items():
         logs.add_row(name, f"{log['partitions']:,}", f"{log['rows']:,}", _when(log["newest_ts"]))
-    stages = Table(title="stages", title_justify="left")
-    for col in ("stage", "running", "detail"):
-        stages.add_column(col)
+    stages = _table("stages", [("stage", "left"), ("running", "left"), ("detail", "left")])
     for name, st in snap["stages"].items():
         detail = f"heartbeat {st['heartbeat_age_s']:,.1f} s ago" if "heartbeat_age_s" in st else ""
         stages.add_row(name, f"pid {st['pid']}" if st["running"] else "[dim]no[/]", detail)
-    consumers = Table(title="consumers (behind their input)", title_justify="left")
-    for col in ("consumer", "rows behind", "market time behind"):
-        consumers.add_column(col, justify="left" if col == "consumer" else "right")
+    consumers = _table(
+        "consumers (behind their input)",
+        [("consumer", "left"), ("rows behind", "right"), ("market time behind", "right")],
+    )
     for name, c in snap["consumers"].items():
         if c is None:
             continue
@@ -703,9 +853,17 @@ def status_view(snap: dict):
             continue
         behind = "-" if c["behind_s"] is None else _age(max(0.0, c["behind_s"]))
         consumers.add_row(name, f"{c['behind_rows']:,}", behind)
-    models = Table(title="models (newest checkpoint)", title_justify="left")
-    for col in ("model", "version", "examples", "trained until (UTC)", "written", "state"):
-        models.add_column(col, justify="right" if col in ("version", "examples") else "left")
+    models = _table(
+        "models (newest checkpoint)",
+        [
+            ("model", "left"),
+            ("version", "right"),
+            ("examples", "right"),
+            ("trained until (UTC)", "left"),
+            ("written", "left"),
+            ("state", "left"),
+        ],
+    )
     for name, cp in snap["checkpoints"].items():
         if cp["version"] is None:
             models.add_row(name, "-", "-", "", "", "no checkpoint yet")
@@ -758,14 +916,17 @@ def watch_status(look, stop, interval: float, as_json: bool) -> None:
             live.update(status_view(look()))
 
 
-def _when(iso: str | None) -> str:
-    """An ISO time as `YYYY-MM-DD HH:MM:SS` (UTC), whole: never cut mid-way."""
-    if not iso or not isinstance(iso, str):
+def _when(iso: str | datetime | None) -> str:
+    """A time (ISO text or a datetime) as `YYYY-MM-DD HH:MM:SS` (UTC), whole: never cut mid-way."""
+    if isinstance(iso, datetime):
+        value = iso
+    elif not iso or not isinstance(iso, str):
         return "-"
-    try:
-        value = datetime.fromisoformat(iso)
-    except ValueError:
-        return iso
+    else:
+        try:
+            value = datetime.fromisoformat(iso)
+        except ValueError:
+            return iso
     value = value.astimezone(UTC) if value.tzinfo else value
     return value.strftime("%Y-%m-%d %H:%M:%S")
 
@@ -860,7 +1021,6 @@ class _RunBoard:
 
     def render(self, note: str | None = None):
         from rich.console import Group
-        from rich.table import Table
         from rich.text import Text
 
         up = time.monotonic() - self.sup.started
@@ -871,9 +1031,16 @@ class _RunBoard:
         )
         s = self.snap or {}
         consumers = s.get("consumers", {})
-        stages = Table(title="stages", title_justify="left", expand=False)
-        for col in ("stage", "state", "restarts", "behind (rows)", "behind (market)"):
-            stages.add_column(col, justify="right" if col.startswith(("restarts", "behind")) else "left")
+        stages = _table(
+            "stages",
+            [
+                ("stage", "left"),
+                ("state", "left"),
+                ("restarts", "right"),
+                ("behind (rows)", "right"),
+                ("behind (market)", "right"),
+            ],
+        )
         for st in self.sup.stages:
             lag = [
                 c
@@ -894,9 +1061,17 @@ class _RunBoard:
         parts: list[Any] = [head, stages]
         logs = s.get("logs")
         if logs:
-            market = Table(title=f"market ({self.rate:,.0f} ticks/s)", title_justify="left")
-            for col in ("symbol", "last price", "ticks", "bars", "examples", "newest prediction"):
-                market.add_column(col, justify="left" if col in ("symbol", "newest prediction") else "right")
+            market = _table(
+                f"market ({self.rate:,.0f} ticks/s)",
+                [
+                    ("symbol", "left"),
+                    ("last price", "right"),
+                    ("ticks", "right"),
+                    ("bars", "right"),
+                    ("examples", "right"),
+                    ("newest prediction", "left"),
+                ],
+            )
             for sym, t in logs["ticks"]["symbols"].items():
                 preds = logs["predictions"]["symbols"].get(sym, {}).get("newest_predictions", {})
                 shown = ", ".join(
@@ -904,7 +1079,7 @@ class _RunBoard:
                 )
                 market.add_row(
                     sym,
-                    _num(t.get("last")),
+                    f"{t['last']:g}" if isinstance(t.get("last"), (int, float)) else "-",
                     f"{t['rows']:,}",
                     f"{logs['features']['symbols'].get(sym, {}).get('rows', 0):,}",
                     f"{logs['examples']['symbols'].get(sym, {}).get('rows', 0):,}",
@@ -912,9 +1087,17 @@ class _RunBoard:
                 )
             parts.append(market)
         if s.get("checkpoints"):
-            models = Table(title="models", title_justify="left")
-            for col in ("model", "version", "examples learned", "rolling MAE", "hit rate", "trained until (UTC)"):
-                models.add_column(col, justify="left" if col in ("model", "trained until (UTC)") else "right")
+            models = _table(
+                "models",
+                [
+                    ("model", "left"),
+                    ("version", "right"),
+                    ("examples learned", "right"),
+                    ("rolling MAE", "right"),
+                    ("hit rate", "right"),
+                    ("trained until (UTC)", "left"),
+                ],
+            )
             for name, cp in s["checkpoints"].items():
                 m = cp.get("metrics") or {}
                 sick = " [bold red]diverged[/]" if cp.get("diverged") else ""
@@ -944,11 +1127,11 @@ class _RunBoard:
 def run_summary(summary: dict):
     """What `rtml run` leaves: each stage's end, and where the data stands."""
     from rich.console import Group
-    from rich.table import Table
 
-    stages = Table(title=f"rtml run: {summary['elapsed_s']:,.0f} s", title_justify="left")
-    for col in ("stage", "state", "exit", "restarts", "log"):
-        stages.add_column(col)
+    stages = _table(
+        f"rtml run: {summary['elapsed_s']:,.0f} s",
+        [("stage", "left"), ("state", "left"), ("exit", "right"), ("restarts", "right"), ("log", "left")],
+    )
     for name, st in summary["stages"].items():
         stages.add_row(
             name, st["state"], "-" if st["exit_code"] is None else str(st["exit_code"]), str(st["restarts"]), st["log"]

@@ -165,3 +165,78 @@ def user_models(tmp_path, monkeypatch):
 
     yield bt_models
     sys.modules.pop("bt_models", None)
+
+
+def render_text(renderable, width: int = 80) -> str:
+    """What a rich renderable shows on a terminal `width` columns wide, as plain text."""
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=width, file=io.StringIO(), record=True, color_system=None)
+    console.print(renderable)
+    return console.export_text()
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The body rows of a rendered rich table, each a list of its cells."""
+    return [[c.strip() for c in line.split("│")[1:-1]] for line in text.splitlines() if line.startswith("│")]
+
+
+class Terminal:
+    """`rtml ARGS` on a pseudo-terminal `columns` wide, as a person runs it; what it shows is
+    in `text` (escape sequences removed) and `raw`."""
+
+    def __init__(self, args: list[str], columns: int = 80, env: dict | None = None):
+        import fcntl
+        import struct
+        import termios
+        import threading
+
+        master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+        env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": str(columns), "LINES": "50", **(env or {})}
+        for name in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+            env.pop(name, None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rtml_cli", *args], stdin=slave, stdout=slave, stderr=slave, env=env
+        )
+        os.close(slave)
+        self.master, self.chunks = master, []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:  # EIO: every end of the terminal is closed
+                return
+            if not data:
+                return
+            self.chunks.append(data)
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.reader.join(10)
+            os.close(self.master)
+        return code
+
+    @property
+    def raw(self) -> str:
+        return b"".join(self.chunks).decode(errors="replace")
+
+    @property
+    def text(self) -> str:
+        import re
+
+        return re.sub(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07", "", self.raw)
+
+    def lines(self) -> list[str]:
+        return [line for chunk in self.text.split("\n") for line in chunk.split("\r")]

@@ -17,7 +17,7 @@ from polars.testing import assert_frame_equal
 
 from rtml_cli.features import STATE_FILE, FeatureBuilder, FeatureSpec
 from rtml_cli.log import ParquetLog
-from tests.conftest import assert_clean_error, rtml_process, stop_processes
+from tests.conftest import assert_clean_error, render_text, rtml_process, stop_processes, table_rows
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z, a minute boundary
 INT_COLS = ["offset", "symbol", "ts", "n_trades"]
@@ -156,9 +156,13 @@ def test_late_ticks_are_reported_per_symbol_with_what_to_do(rtml, data_dir):
     write_ticks(data_dir, [[(130, 103, 1, "buy")]], symbol="Y")
     with FeatureBuilder(data_dir, FeatureSpec()) as b:
         rep = b.build()
-        line = ui.features_status(b, rep)
+        line = ui.features_status(b, rep, 0.0)
+        view = render_text(ui.features_view(b, rep, 0.0), width=80)
     assert "late ticks: X 2 (raise --grace" in line and "Y" not in line.split("late ticks:")[1].split("(")[0]
     assert "-" not in line.split("open bar:")[-1]  # never a negative age
+    rows = {cells[0]: cells for cells in table_rows(view)}
+    assert rows["X"][3] == "2" and rows["Y"][3] == "0"  # late ticks, per symbol
+    assert "late ticks: X 2" in " ".join(view.split()) and "…" not in view
     write_ticks(data_dir, [[(40, 500, 9, "buy")]])
     out = rtml("features").output.replace("\n", " ")
     assert "1 ticks arrived after their bar had closed" in out and "raise --grace" in out

@@ -1,9 +1,14 @@
 """What the live status line says for a real feed and for a simulated clock."""
 
+import re
+import time
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from rtml_cli.ingest import IngestSummary, SymbolStats
 from rtml_cli.ui import ingest_status
+from tests.conftest import Terminal
 
 
 def summary_with_last_ts(last_ts: datetime | None) -> IngestSummary:
@@ -45,3 +50,88 @@ def test_prediction_latency_is_shown_only_where_it_means_something():
 def test_while_not_connected_the_line_says_what_the_connection_does():
     line = ingest_status(summary_with_last_ts(None), 0.0, "retrying in 2 s: connection refused")
     assert "retrying in 2 s: connection refused" in line and "waiting for trades" not in line
+
+
+def _assert_fits(out: str, what: str, columns: int = 80) -> None:
+    """Every line within `columns`, nothing cut short with an ellipsis, every date whole."""
+    long = [line for line in out.splitlines() if len(line) > columns]
+    assert not long, (what, long[:2])
+    assert "…" not in out, (what, out)
+    for date, rest in re.findall(r"(\d{4}-\d\d-\d\d)(.{0,9})", out):
+        assert re.match(r"[ T]\d\d:\d\d:\d\d", rest), (what, date + rest, out)
+
+
+@pytest.mark.slow
+def test_every_command_s_output_fits_80_columns_and_no_time_is_cut(trained_dir):
+    """At 80 columns, timestamps were cut to "2026-01-…" and columns to "predi…"."""
+    from click.testing import CliRunner
+
+    from rtml_cli.cli import cli
+
+    runner = CliRunner(env={"COLUMNS": "80", "RTML_DATA_DIR": str(trained_dir)})
+    for args in (
+        ["ingest", "--max-ticks", "20000"],
+        ["features"],
+        ["train"],
+        ["train", "--model", "sgd", "--name", "a-challenger-with-a-long-name"],
+        ["predict", "--name", "linear", "--name", "a-challenger-with-a-long-name"],
+        ["checkpoints"],
+        ["status"],
+        ["models"],
+        ["compact"],
+        ["backtest", "--model", "linear", "--refresh", "500"],
+    ):
+        r = runner.invoke(cli, args, prog_name="rtml")
+        assert r.exit_code == 0, (args, r.output)
+        _assert_fits(r.output, " ".join(args))
+
+
+def _screen(t: Terminal) -> str:
+    return "\n".join(line for line in t.lines() if line.strip())
+
+
+@pytest.mark.slow
+def test_the_follow_screens_redraw_in_place_on_an_80_column_terminal(tmp_path):
+    """Three of the four live screens were log lines scrolling forever, wrapped at 80 columns."""
+    d = str(tmp_path / "data")
+    follow = ["--follow", "--poll", "0.2", "--data-dir", d]
+    screens = {
+        "ingest (synthetic)": Terminal(["ingest", "--speed", "600", "--duration", "6", "--data-dir", d]),
+        "features --follow": Terminal(["features", *follow]),
+        "train --follow": Terminal(["train", "--checkpoint-every", "20", *follow]),
+        "predict --follow": Terminal(["predict", *follow]),
+    }
+    try:
+        assert screens["ingest (synthetic)"].proc.wait(120) == 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not re.search("[▲▼·] [+-]", screens["predict --follow"].text):
+            time.sleep(0.2)
+        time.sleep(1)  # a few more redraws
+    finally:
+        codes = {name: t.stop() for name, t in screens.items()}
+    for name, t in screens.items():
+        assert codes[name] == 0, (name, _screen(t)[-3000:])
+        shown = _screen(t)
+        assert f"rtml {name}" in shown, (name, shown[-3000:])
+        assert len(re.findall(r"\x1b\[\d*A", t.raw)) >= 5, (name, "not redrawn in place")  # cursor up: redraw
+        _assert_fits(shown, name)
+    assert re.search(
+        r"BTC/USD │ linear │ \d{4}-\d\d-\d\d \d\d:\d\d:\d\d │ [▲▼·] [+-]\d", _screen(screens["predict --follow"])
+    )
+    assert "serving linear v" in _screen(screens["predict --follow"])
+    assert re.search(r"examples learned +│ [1-9][\d,]* \(", _screen(screens["train --follow"]))
+
+
+@pytest.mark.slow
+def test_the_run_dashboard_fits_an_80_column_terminal(tmp_path):
+    t = Terminal(["run", "--speed", "600", "--duration", "10", "--data-dir", str(tmp_path / "data")])
+    try:
+        code = t.proc.wait(120)
+    finally:
+        t.stop()
+    shown = _screen(t)
+    assert code == 0, shown[-3000:]
+    assert len(re.findall(r"\x1b\[\d*A", t.raw)) >= 5, "not redrawn in place"
+    for part in ("stages", "market (", "models", "freshness: newest trade", "rtml run: synthetic at 600x"):
+        assert part in shown, (part, shown[-3000:])
+    _assert_fits(shown, "run")
