@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from rich.console import Console, JustifyMethod
     from rich.progress import Progress
 
     from rtml_cli.ingest import IngestSummary
@@ -117,7 +117,7 @@ def _view(title: str, table, caption: str = ""):
     return Group(Text(title, style="bold"), table, *([Text.from_markup(caption)] if caption else []))
 
 
-def _table(title: str | None, columns: list[tuple[str, str]], caption: str | None = None):
+def _table(title: str | None, columns: list[tuple[str, JustifyMethod]], caption: str | None = None):
     """A table that fits a narrow terminal without cutting anything: times (a header ending
     in "(UTC)") are never wrapped, other cells wrap at spaces or fold."""
     from rich.table import Table
