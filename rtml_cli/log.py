@@ -226,11 +226,8 @@ class ParquetLog:
             except FileNotFoundError:  # replaced by a compaction since the listing: list again
                 time.sleep(0.01 * (attempt + 1))
                 continue
-            query = pl.scan_parquet([p.path for p in parts]).filter(bounds)
-            if columns is not None:
-                query = query.select(columns)
             try:
-                return query.collect()
+                return _scan_parts([p.path for p in parts], lambda q: q.filter(bounds), columns)
             except FileNotFoundError:
                 # A compaction replaced parts between our listing and the read: list again.
                 time.sleep(0.01 * (attempt + 1))
@@ -398,7 +395,7 @@ class LogWriter:
             for p in run:  # never rewrite damaged bytes into a new, trusted part
                 p.verify(self.log.name, symbol)
             try:
-                merged = pl.read_parquet([p.path for p in run]).sort(OFFSET)
+                merged = _scan_parts([p.path for p in run]).sort(OFFSET)
             except (pl.exceptions.PolarsError, OSError) as exc:
                 raise LogError(self.log._damaged(symbol, run, exc)) from None
             first, last = run[0].first, run[-1].last
@@ -410,6 +407,24 @@ class LogWriter:
             atomic.fsync_dir(target.parent)
             rows += merged.height
         return CompactResult(symbol, len(parts), len(self.log.parts(symbol)), rows)
+
+
+def _scan_parts(paths: list[Path], where=None, columns=None) -> pl.DataFrame:
+    """Parts read as one frame, in the given order (`where` applied to the scan, then `columns`
+    selected). A log whose later parts gained a column (the predictions' `in_sample`) reads
+    with the newest part's columns, nulls where an older part has none."""
+    import polars as pl
+
+    def scan(**kw) -> pl.DataFrame:
+        query = pl.scan_parquet(paths, **kw)
+        query = where(query) if where is not None else query
+        return (query.select(columns) if columns is not None else query).collect()
+
+    try:
+        return scan()
+    except (pl.exceptions.SchemaError, pl.exceptions.ColumnNotFoundError):
+        newest = pl.read_parquet_schema(paths[-1])
+        return scan(schema=newest, missing_columns="insert", extra_columns="ignore")
 
 
 def _gap(parts: list[Part], first: int) -> tuple[int, int] | None:

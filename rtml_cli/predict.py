@@ -200,6 +200,9 @@ class Predictor:
         self.consumers = ConsumerOffsets(self.data_dir, opts.names, self.predictions)
         self.offsets = self.consumers.models  # per model, per symbol: the newest features row predicted
         self.predicted: dict[str, int] = dict.fromkeys(opts.names, 0)  # this run
+        self.in_sample: dict[str, int] = dict.fromkeys(
+            opts.names, 0
+        )  # of them, made by a model that had learned the bar
         self.served: dict[str, list[int]] = {n: [] for n in opts.names}  # versions used, in order
         self.latency_ms: deque[float] = deque(maxlen=10_000)
         self.started = time.monotonic()
@@ -235,7 +238,7 @@ class Predictor:
             raise ConfigError(
                 f"there is no features log in {self.data_dir}; run `rtml features` first or check --data-dir"
             )
-        self.bar_ns, self.features_build = build.bar_s * NS, build.build_id
+        self.bar_ns, self.horizon, self.features_build = build.bar_s * NS, build.horizon, build.build_id
 
     def _resume(self) -> None:
         """Consumer offsets, read back (see `ConsumerOffsets`); with --from latest, a model
@@ -361,11 +364,17 @@ class Predictor:
                 .cast(pl.Datetime("ns", "UTC"))
                 .alias("model_trained_until"),
             )
+            # in sample: the model had learned a target that ends after this bar's close (a model
+            # trained on later data, e.g. a challenger catching up on history). Live, the
+            # newest target known at a bar's close is h bars older, so this is never set.
+            known = pl.col("ts") - pl.duration(nanoseconds=self.horizon * self.bar_ns)
+            out = out.with_columns(in_sample=(pl.col("model_trained_until") > known).fill_null(False))
             if due is not None:
                 out = out.filter(pl.Series(due[:done]))
             if out.height:
                 frames.append(out)
                 self.predicted[slot.name] += out.height
+                self.in_sample[slot.name] += int(out["in_sample"].sum())
         if not frames:
             return None
         return self._publish(pl.concat(frames).sort("symbol", "features_offset", "model"))
@@ -432,6 +441,7 @@ class Predictor:
                     "version": s.latest.version if s.latest else None,
                     "trained_until": s.latest.trained_until if s.latest else None,
                     "predicted_this_run": self.predicted[s.name],
+                    "in_sample_this_run": self.in_sample[s.name],
                     "versions_served": self.served[s.name],
                     "skipped_checkpoints": [f"{v}: {why}" for v, why in sorted(s.bad.items())],
                     "load_ms_max": round(max(s.load_ms), 3) if s.load_ms else None,

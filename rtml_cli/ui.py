@@ -549,6 +549,7 @@ PREDICTION_COLUMNS = (
     "prediction",
     "model_version",
     "model_trained_until",
+    "in_sample",
     "latency_ms",
 )
 
@@ -740,9 +741,16 @@ def predict_table(summary: dict):
         )
     lat = summary["latency_ms"]
     latency = _live_latency(lat["median"])
+    fits = sum(m.get("in_sample_this_run", 0) for m in summary["models"].values())
     table.caption = (
         f"{summary['predicted_this_run']:,} predictions in {summary['elapsed_s']:.2f}s, {summary['backlog']:,} behind"
         + (f", latency median {latency} (a bar's end to its prediction)" if latency != "-" else "")
+        + (
+            f"\n{fits:,} in sample (marked `in_sample`): made by a model that had already learned the bar's "
+            "target, as a model catching up on history does; leave them out when you score"
+            if fits
+            else ""
+        )
     )
     return table
 

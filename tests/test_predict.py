@@ -13,6 +13,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from rtml_cli.checkpoint import CheckpointStore, write_checkpoint
 from rtml_cli.learner import NOT_FEATURES
@@ -156,6 +157,71 @@ def test_two_models_side_by_side_and_a_challenger_added_later_catches_up(rtml, t
     assert s["models"]["bayes"]["predicted_this_run"] == features(trained_dir).height
     for m in ("linear", "bayes"):
         assert_each_row_once(trained_dir, m)
+    # the challenger's history was predicted by a model that had learned it: marked in sample
+    for m in ("linear", "pa", "bayes"):
+        assert_in_sample_marked(trained_dir, m)
+    bayes = predictions(trained_dir).filter(pl.col("model") == "bayes")
+    assert bayes["in_sample"].sum() > 0.9 * bayes.height
+
+
+def assert_in_sample_marked(data_dir: Path, model: str, horizon: int = 5) -> None:
+    """A prediction is in sample when its model had learned an example whose target ends after
+    the bar's close: one with a time later than `horizon` bars before the bar's. Derived here
+    from each checkpoint's consumed offsets and the examples log, not from its trained-until."""
+    from datetime import timedelta
+
+    store = CheckpointStore(data_dir, model)
+    examples = ParquetLog(data_dir, "examples").read_all(columns=["offset", "symbol", "ts"])
+    preds = predictions(data_dir).filter(pl.col("model") == model, pl.col("in_sample").is_not_null())
+    for version in preds["model_version"].unique().to_list():
+        offsets = store.get(version).manifest["offsets"]
+        learned = examples.filter(pl.col("offset") <= pl.col("symbol").replace_strict(offsets, default=-1))
+        newest = learned["ts"].max()
+        mine = preds.filter(pl.col("model_version") == version)
+        expected = [newest is not None and newest > ts - timedelta(minutes=horizon) for ts in mine["ts"]]
+        assert mine["in_sample"].to_list() == expected, (model, version)
+
+
+@pytest.mark.slow
+def test_predictions_made_as_the_market_runs_are_out_of_sample_and_older_parts_without_the_mark_read(
+    rtml, examples_dir
+):
+    """A log written before `in_sample` existed reads on, with nulls for the old rows."""
+    feats = features(examples_dir).sort("symbol", "offset")
+    old = ParquetLog(examples_dir, "predictions")
+    with old.writer() as w:  # the first 3 rows of each symbol, as an older rtml wrote them
+        for (sym,), rows in feats.group_by("symbol", maintain_order=True):
+            w.append(
+                sym,
+                rows.head(3).select(
+                    "ts",
+                    "symbol",
+                    pl.col("offset").alias("features_offset"),
+                    pl.lit("linear").alias("model"),
+                    pl.lit(0.0).alias("prediction"),
+                    pl.lit(1, pl.Int64).alias("model_version"),
+                    pl.col("ts").alias("model_trained_until"),
+                    pl.lit(0.0).alias("latency_ms"),
+                ),
+            )
+    assert rtml("train", "--json").exit_code == 0
+    first = predict(rtml)["predicted_this_run"]
+    # then as the market runs: each bar predicted before its example is learned
+    for _ in range(3):
+        more_market(rtml, 10_000)
+        predict(rtml)
+        assert rtml("train", "--json").exit_code == 0
+    p = predictions(examples_dir).sort("offset")
+    assert_each_row_once(examples_dir)
+    assert p["in_sample"].head(3 * 3).is_null().all()  # the old parts: unknown
+    marked = p.filter(pl.col("in_sample").is_not_null())
+    assert_in_sample_marked(examples_dir, "linear")
+    history, live = marked.head(first), marked.tail(marked.height - first)
+    assert history["in_sample"].sum() > 0.9 * history.height  # the history, predicted after learning it
+    assert live.height > 0 and not live["in_sample"].any()
+    r = rtml("compact", "--log", "predictions", "--json")  # parts with and without the column merge
+    assert r.exit_code == 0, r.output
+    assert_frame_equal(predictions(examples_dir).sort("offset"), p)
 
 
 @pytest.mark.slow
