@@ -491,7 +491,8 @@ class ReplaySource:
             header_pending = has_header
             # A fixed width: polars would otherwise take the width of a chunk's first row,
             # and a short first row would cut fields off every row after it in that chunk.
-            width = {f"_c{i}": pl.String for i in range(len(header))}
+            # One column more than the layout has: a row with extra fields shows in it.
+            width = {f"_c{i}": pl.String for i in range(len(header) + 1)}
             for data, pos in _csv_chunks(inp, chunk_bytes or self.chunk_bytes):
                 if stop.is_set():
                     return
@@ -511,7 +512,7 @@ class ReplaySource:
                         has_header=False,
                         schema=width,
                         missing_columns="insert",  # short rows get nulls
-                        extra_columns="ignore",  # long ones are cut
+                        extra_columns="ignore",  # long ones are cut after the first extra field
                         truncate_ragged_lines=True,
                         quote_char='"',
                         raise_if_empty=False,
@@ -525,17 +526,19 @@ class ReplaySource:
                     ) from None
                 if chunk.height == 0:
                     continue
-                chunk = _name_columns(chunk, header)
-                chunk = chunk.with_columns(_line=pl.int_range(line, line + chunk.height))
+                extra = chunk.get_column(f"_c{len(header)}").alias("_extra")
+                chunk = _name_columns(chunk, header).with_columns(extra, _line=pl.int_range(line, line + chunk.height))
                 line += chunk.height
                 # a blank line is no record: skipped, not quarantined
-                chunk = chunk.filter(~pl.all_horizontal(pl.col(header).is_null()))
+                chunk = chunk.filter(~pl.all_horizontal(pl.col([*header, "_extra"]).is_null()))
                 parsed, carry = self._parse(chunk, fmt, symbol, carry)
                 too_long = chunk[header[0]].str.starts_with(TOO_LONG.decode()).fill_null(False)
                 if too_long.any():
                     parsed.frame = parsed.frame.with_columns(
                         _parse_problem=pl.when(too_long).then(pl.lit("line_too_long")).otherwise("_parse_problem")
                     )
+                if chunk["_extra"].is_not_null().any():  # more fields than the layout: not this layout's row
+                    parsed = _with_extra_fields(parsed, chunk["_extra"])
                 if not checked:
                     _check_mostly_parses(parsed.frame, path, fmt)
                     checked = True
@@ -548,7 +551,7 @@ class ReplaySource:
         """One format's columns -> the tick columns (+ `_parse_problem`, `_line`, `_raw_*`)."""
         import polars as pl
 
-        raw_cols = [c for c in chunk.columns if c != "_line"]
+        raw_cols = [c for c in chunk.columns if c not in ("_line", "_extra")]
         recv = _utc(pl.lit(self._recv_ns(), dtype=pl.Int64))
         fixed_symbol = pl.lit(symbol, dtype=pl.String)
         if fmt == "kraken":
@@ -706,6 +709,20 @@ def _temporal_utc(col: str, dtype: pl.DataType) -> pl.Expr:
         expr = expr.dt.cast_time_unit("ns")
         return expr.dt.convert_time_zone("UTC") if dtype.time_zone else expr.dt.replace_time_zone("UTC")
     return expr.cast(pl.Datetime("ns")).dt.replace_time_zone("UTC")
+
+
+def _with_extra_fields(parsed: _Parsed, extra: pl.Series) -> _Parsed:
+    """Rows with more fields than the layout are quarantined as `extra_fields`, whatever else
+    they hold (which field is the extra one cannot be known); their raw text shows the first
+    extra field."""
+    import polars as pl
+
+    frame = parsed.frame.with_columns(
+        _parse_problem=pl.when(extra.is_not_null()).then(pl.lit("extra_fields")).otherwise("_parse_problem"),
+        _raw__extra=extra,
+    )
+    raw = pl.concat_str([parsed.raw, pl.format(",{}", "_raw__extra").fill_null("")])
+    return _Parsed(frame, raw)
 
 
 def _raw_expr(raw_cols: list[str]) -> pl.Expr:
