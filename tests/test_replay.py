@@ -521,16 +521,18 @@ def test_every_bad_binance_record_is_quarantined_with_its_reason_and_good_ones_a
         ("20,100.0,,100,1704067200021,false,true", "missing_qty"),
         ("21,99.5,3.0,298.5,1704067200022,false,true", None),
     ]
+    # and good trades after them: a file whose rows mostly fail is refused as the wrong file
+    rows += [(f"{i},99.5,1.0,99.5,{1704067200000 + i},false,true", None) for i in range(100, 125)]
     name = "BTCUSDT-trades-2024-01-01.csv"
     f = write(tmp_path / name, "\n".join(r for r, _ in rows) + "\n")
     s = replay(rtml, f)
     bad = [(i + 1, r, why) for i, (r, why) in enumerate(rows) if why]
-    assert s["written"] == 3 and s["received"] == len(rows)
+    assert s["written"] == 3 + 25 and s["received"] == len(rows)
     counts: dict[str, int] = {}
     for _, _, why in bad:
         counts[why] = counts.get(why, 0) + 1
     assert s["quarantined"] == dict(sorted(counts.items())) and s["quarantined_total"] == len(bad) == 20
-    df = ticks(data_dir)
+    df = ticks(data_dir).head(3)
     assert df["trade_id"].to_list() == ["1", "13", "21"]
     assert df["price"].to_list() == [100.0, 100.5, 99.5] and df["side"].to_list() == ["buy", "sell", "buy"]
     # the raw record is the line's fields; a short row's missing ones show as empty
@@ -545,8 +547,8 @@ def test_every_bad_binance_record_is_quarantined_with_its_reason_and_good_ones_a
     assert all(p.suffix == ".parquet" for p in (data_dir / "quarantine").iterdir())
     # and against the log: the good rows again are duplicates now
     again = replay(rtml, f)
-    assert again["written"] == 0 and again["quarantined"]["duplicate_trade_id"] == 4
-    assert ticks(data_dir).height == 3
+    assert again["written"] == 0 and again["quarantined"]["duplicate_trade_id"] == 4 + 25
+    assert ticks(data_dir).height == 3 + 25
 
 
 def test_every_bad_kraken_record_is_quarantined_and_good_ones_around_it_are_written(rtml, data_dir, tmp_path):
@@ -570,10 +572,12 @@ def test_every_bad_kraken_record_is_quarantined_and_good_ones_around_it_are_writ
         ("1700000001.3,100.5,0.5", None),  # the same trade again is a second trade (no trade ids)
         ("1700000001.4,101,2", None),
     ]
+    # and good trades after them: a file whose rows mostly fail is refused as the wrong file
+    rows += [(f"1700000002.{i:02d},101,1", None) for i in range(20)]
     f = write(tmp_path / "XBTUSD.csv", "\n".join(r for r, _ in rows) + "\n")
     s = replay(rtml, f)
     bad = [(i + 1, r, why) for i, (r, why) in enumerate(rows) if why]
-    assert s["written"] == 4 and s["quarantined_total"] == len(bad) == 14
+    assert s["written"] == 4 + 20 and s["quarantined_total"] == len(bad) == 14
     assert s["quarantined"] == {
         "future_ts": 1,
         "missing_price": 1,
@@ -585,7 +589,7 @@ def test_every_bad_kraken_record_is_quarantined_and_good_ones_around_it_are_writ
         "non_positive_qty": 2,
         "unparseable_ts": 3,
     }
-    df = ticks(data_dir)
+    df = ticks(data_dir).head(4)
     assert ns(df) == [
         1_700_000_000_100_000_000,
         1_700_000_001_300_000_000,
@@ -607,9 +611,13 @@ def test_every_bad_tardis_record_is_quarantined(rtml, data_dir, tmp_path):
         ("binance,BTCUSDT,1700000000000006,1700000000001000,t1,sell,37001,0.2", "duplicate_trade_id"),
         ("binance,BTCUSDT,1700000000000007,1700000000001100,t7,sell,37001,0.2", None),
     ]
+    # and good trades after them: a file whose rows mostly fail is refused as the wrong file
+    rows += [
+        (f"binance,BTCUSDT,17000000000001{i:02d},17000000000011{i:02d},g{i},buy,37001,0.1", None) for i in range(9)
+    ]
     f = write(tmp_path / "trades.csv", TARDIS.splitlines()[0] + "\n" + "\n".join(r for r, _ in rows) + "\n")
     s = replay(rtml, f)
-    assert s["written"] == 2
+    assert s["written"] == 2 + 9
     assert s["quarantined"] == {
         "bad_side": 1,
         "duplicate_trade_id": 1,
@@ -617,7 +625,7 @@ def test_every_bad_tardis_record_is_quarantined(rtml, data_dir, tmp_path):
         "missing_ts": 1,
         "unparseable_qty": 1,
     }
-    assert ticks(data_dir)["trade_id"].to_list() == ["t1", "t7"]
+    assert ticks(data_dir)["trade_id"].to_list()[:2] == ["t1", "t7"]
     assert quarantined(data_dir) == [(f"trades.csv:{i + 2}", why, r) for i, (r, why) in enumerate(rows) if why]
 
 

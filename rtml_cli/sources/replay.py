@@ -24,7 +24,7 @@ from threading import Event
 from typing import TYPE_CHECKING, BinaryIO
 
 from rtml_cli.errors import InputFormatError, RtmlError
-from rtml_cli.schema import Field, parse_problems
+from rtml_cli.schema import Field, parse_problems, problems
 from rtml_cli.sources import TickBatch
 
 if TYPE_CHECKING:
@@ -200,6 +200,16 @@ def sniff_csv(first_line: str, path: Path) -> tuple[str, bool]:
     )
 
 
+def _is_header(cells: list[str], names: list[str]) -> bool:
+    """Whether a first line is the layout's header (any case, snake_case too). Anything else
+    is a record, quarantined if it does not parse: never skipped unseen."""
+
+    def norm(text: str) -> str:
+        return text.strip().lower().replace("_", "")
+
+    return [norm(c) for c in cells] == [norm(n) for n in names]
+
+
 def _header_for(fmt: str, first_line: str, path: Path) -> tuple[list[str], bool]:
     """Column names and whether the first line is a header, for an explicitly named format."""
     cells = _split_line(first_line)
@@ -210,13 +220,13 @@ def _header_for(fmt: str, first_line: str, path: Path) -> tuple[list[str], bool]
                 f"{path} has {len(cells)} columns on its first line; a Kraken trades CSV has 3 "
                 "(timestamp,price,volume) and no header"
             )
-        return KRAKEN_COLS, not _NUMBER.match(cells[0])
+        return KRAKEN_COLS, _is_header(cells, KRAKEN_COLS)
     if fmt == "binance":
         if len(cells) != 7:
             raise InputFormatError(
                 f"{path} has {len(cells)} columns; a Binance trades CSV has 7 ({','.join(BINANCE_COLS)})"
             )
-        return BINANCE_COLS, not _NUMBER.match(cells[0])
+        return BINANCE_COLS, _is_header(cells, BINANCE_COLS)
     if fmt == "tardis":
         if lowered[: len(TARDIS_COLS)] != TARDIS_COLS:
             raise InputFormatError(f"{path} does not start with the Tardis trades header {','.join(TARDIS_COLS)}")
@@ -777,14 +787,15 @@ def _check_parquet_columns(names: list[str], fmt: str, path: Path) -> None:
 
 
 def _check_mostly_parses(frame: pl.DataFrame, path: Path, fmt: str, sample: int = 200) -> None:
-    """A file whose first rows almost all fail to parse is the wrong file, not bad ticks."""
-    import polars as pl
-
+    """A file whose first rows mostly fail (to parse, or the checks every tick must pass) is the
+    wrong file or the wrong layout, not bad ticks."""
     head = frame.head(sample)
-    bad = head.select(pl.col("_parse_problem").is_not_null().sum()).item()
+    head = head.with_columns(_problem=problems(head))
+    failed = head.filter(head["_problem"].is_not_null())
+    bad = failed.height
     if head.height >= 5 and bad > head.height // 2:
-        example = head.filter(pl.col("_parse_problem").is_not_null())["_parse_problem"][0]
+        example = failed["_problem"][0]
         raise InputFormatError(
-            f"{bad} of the first {head.height} rows of {path} do not parse as {fmt} trades "
-            f"(e.g. {example}); is this the right file, and the right --format?"
+            f"{bad} of the first {head.height} rows of {path} do not parse as {fmt} trades, or fail the "
+            f"checks every trade must pass (e.g. {example}); is this the right file, and the right --format?"
         )
