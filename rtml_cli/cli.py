@@ -389,9 +389,8 @@ def ingest(
     if as_json:
         click.echo(json.dumps(summary.to_json(), indent=2))
         return
-    from rich.console import Console
 
-    out = Console()
+    out = ui.out_console()
     out.print(ui.ingest_table(summary))
     if summary.quarantined:
         out.print(ui.quarantine_table(summary))
@@ -506,9 +505,7 @@ def features(follow, bar, horizon, target, sql_file, symbols, lookback, grace, p
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
-        from rich.console import Console
-
-        Console().print(ui.features_table(summary))
+        ui.out_console().print(ui.features_table(summary))
 
 
 # -- train, models, checkpoints ------------------------------------------------------------------
@@ -614,9 +611,7 @@ def train(
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
-        from rich.console import Console
-
-        Console().print(ui.train_table(summary))
+        ui.out_console().print(ui.train_table(summary))
 
 
 @cli.command(context_settings=CONTEXT)
@@ -740,9 +735,7 @@ def run(
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
-        from rich.console import Console
-
-        Console().print(ui.run_summary(summary))
+        ui.out_console().print(ui.run_summary(summary))
     if sup.failed is not None:
         raise RtmlError(
             f"{sup.failed.stage} died (exit {sup.failed.exit_code}) and --no-restart was given; "
@@ -781,9 +774,7 @@ def status(watch, interval, data_dir, as_json):
         if as_json:
             click.echo(json.dumps(snap, indent=2))
         else:
-            from rich.console import Console
-
-            Console().print(ui.status_view(snap))
+            ui.out_console().print(ui.status_view(snap))
         return
     console = ui.err_console()
     with _Stopper(console) as stop:
@@ -813,9 +804,8 @@ def checkpoints(name, data_dir, as_json):
     if not rows:
         click.echo(f"no checkpoints in {data_dir / 'checkpoints'} yet: run `rtml train`")
         return
-    from rich.console import Console
 
-    Console().print(ui.checkpoints_table(rows))
+    ui.out_console().print(ui.checkpoints_table(rows))
 
 
 # -- predict -----------------------------------------------------------------------------------
@@ -887,9 +877,7 @@ def predict(names, follow, start, poll, no_notify, symbols, jsonl, data_dir, as_
         text = json.dumps(summary, indent=2)
         click.echo(text, err=jsonl)  # stdout is the predictions' when streaming them
     else:
-        from rich.console import Console
-
-        (console if jsonl else Console()).print(ui.predict_table(summary))
+        (console if jsonl else ui.out_console()).print(ui.predict_table(summary))
 
 
 # -- backtest ----------------------------------------------------------------------------------
@@ -1077,11 +1065,10 @@ def backtest(
     if as_json:
         click.echo(json.dumps(public(result), indent=2))
         return
-    from rich.console import Console
 
-    out = Console()
+    out = ui.out_console()
     if not out.is_terminal and not os.environ.get("COLUMNS"):
-        out = Console(width=110)  # the tables' natural width, in a pipe or a file (unless COLUMNS says)
+        out = ui.out_console(width=110)  # the tables' natural width, in a pipe or a file (unless COLUMNS says)
     for table_ in ui.backtest_tables(result, out.width):
         out.print(table_)
 

@@ -21,6 +21,19 @@ def err_console() -> Console:
     return Console(stderr=True)
 
 
+def out_console(**kw) -> Console:
+    """A console on stdout. A reader that goes away (`rtml status | head -1`) ends the command as
+    SIGPIPE ends a Unix tool, exit 141 (rich's own handling exits 1, an error)."""
+    from rich.console import Console
+
+    class Out(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return Out(**kw)
+
+
 def progress_bar(console: Console, unit: str) -> Progress:
     from rich.progress import (
         BarColumn,
@@ -905,9 +918,7 @@ def watch_status(look, stop, interval: float, as_json: bool) -> None:
     (a JSON object per line with --json)."""
     import json
 
-    from rich.console import Console
-
-    out = Console()
+    out = out_console()
     if as_json or not out.is_terminal:
         while True:
             snap = look()

@@ -278,9 +278,13 @@ def test_a_follower_stopped_while_waiting_exits_0_and_says_so(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_reader_that_goes_away_ends_the_output_quietly():
-    """`rtml models | head -1` used to print "Error: Broken pipe" and exit 1."""
-    p = subprocess.Popen([sys.executable, "-m", "rtml_cli", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+@pytest.mark.parametrize("command", [["models"], ["status"], ["checkpoints"], ["status", "--json"]])
+def test_a_reader_that_goes_away_ends_the_output_quietly(trained_dir, command):
+    """`rtml models | head -1` printed "Error: Broken pipe" and exit 1; rich tables exited 1."""
+    where = [] if command == ["models"] else ["--data-dir", str(trained_dir)]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "rtml_cli", *command, *where], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     p.stdout.close()  # gone before rtml writes a byte
     err = p.stderr.read()
     assert p.wait(30) == 128 + signal.SIGPIPE, err
