@@ -85,7 +85,7 @@ def test_chaos_kill_9_of_every_stage_again_and_again_loses_and_repeats_nothing(t
     reader beside it never sees a torn part or an unverifiable checkpoint.
 
     The longer variant is opt-in: `RTML_CHAOS_ROUNDS=10 RTML_CHAOS_SEED=7 pytest -k chaos`
-    kills 100 times (about 15 s a round), with another random order and pace."""
+    kills 100 times (about a minute a round), with another random order and pace."""
     import os
     import random
     import threading
