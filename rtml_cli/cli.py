@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from threading import Event
+from threading import Event, Thread
 
 import click
 
@@ -185,7 +185,10 @@ class _Stopper:
     def _handle(self, signum, frame):
         if not self.stop.is_set():
             self.console.print(f"[yellow]{self.saying}[/]")
-        self.stop.set()
+        # Not `self.stop.set()` here: the handler runs in the main thread, which may be inside
+        # that Event's wait holding its lock, and set() would wait for it forever (a follower
+        # was seen never to stop on SIGTERM). A thread sets it as soon as the lock is free.
+        Thread(target=self.stop.set, name="stop", daemon=True).start()
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
@@ -376,7 +379,7 @@ def ingest(
             fmt=fmt,
             symbol=symbol,
             url=url,
-            on_event=lambda msg: console.print(f"[yellow]{msg}[/]"),
+            on_event=lambda msg: console.print(f"[yellow]{ui.esc(msg)}[/]"),
         )
         summary = IngestSummary(source=src.name, data_dir=str(data_dir))
         events = ingest_loop(data_dir, src, opts, stop, summary, batches)
@@ -396,7 +399,7 @@ def ingest(
         out.print(ui.quarantine_table(summary))
         out.print(f"see {data_dir / 'quarantine'}/ for the rejected records and their reasons")
     for gap in summary.gaps[:20]:
-        out.print(f"[yellow]gap:[/] {gap}")
+        out.print(f"[yellow]gap:[/] {ui.esc(gap)}")
 
 
 def _given(ctx: click.Context, name: str) -> bool:
@@ -605,7 +608,7 @@ def train(
             return _stopped_waiting(what, as_json)
         with Trainer(data_dir, opts) as trainer:
             for problem in trainer.skipped:
-                console.print(f"[yellow]skipped a checkpoint: {problem}[/]")
+                console.print(f"[yellow]skipped a checkpoint: {ui.esc(problem)}[/]")
             ui.show_training(trainer, trainer.loop(stop, follow, poll), console, as_json, follow)
     summary = trainer.summary()
     if as_json:
@@ -640,10 +643,13 @@ def models(as_json):
         return
     import shutil
 
-    width = shutil.get_terminal_size().columns
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
 
-    def say(text: str, indent: str = "") -> None:  # wrapped at the terminal's width, words whole
-        click.echo(click.wrap_text(text, width, initial_indent=indent, subsequent_indent=" " * 14))
+    def say(text: str, indent: str = "") -> None:  # on a terminal, wrapped at its width (whole words)
+        if width is None:  # a pipe: one line each, for grep
+            click.echo(indent + text)
+        else:
+            click.echo(click.wrap_text(text, width, initial_indent=indent, subsequent_indent=" " * 14))
 
     for r in rows:
         say(f"{r['name']} ({r['kind']}): {r['description']}")
@@ -805,7 +811,8 @@ def checkpoints(name, data_dir, as_json):
         click.echo(f"no checkpoints in {data_dir / 'checkpoints'} yet: run `rtml train`")
         return
 
-    ui.out_console().print(ui.checkpoints_table(rows))
+    out = ui.out_console()
+    out.print(ui.checkpoints_table(rows, out.width))
 
 
 # -- predict -----------------------------------------------------------------------------------
@@ -868,7 +875,7 @@ def predict(names, follow, start, poll, no_notify, symbols, jsonl, data_dir, as_
         with Predictor(data_dir, opts) as predictor:
             predictor.load_all()
             for problem in predictor.reports():
-                console.print(f"[yellow]{problem}[/]", highlight=False)
+                console.print(f"[yellow]{ui.esc(problem)}[/]", highlight=False)
             if not follow:
                 require_models(predictor)
             ui.show_predictions(predictor, predictor.loop(stop, follow), follow, console, as_json, jsonl)

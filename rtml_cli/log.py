@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, unquote
 
 from rtml_cli import atomic
@@ -409,10 +409,14 @@ class LogWriter:
         return CompactResult(symbol, len(parts), len(self.log.parts(symbol)), rows)
 
 
+# Columns a later rtml added to a log's rows: a part written before reads with them as nulls.
+ADDED_COLUMNS = {"in_sample": "Boolean"}  # predictions
+
+
 def _scan_parts(paths: list[Path], where=None, columns=None) -> pl.DataFrame:
     """Parts read as one frame, in the given order (`where` applied to the scan, then `columns`
-    selected). A log whose later parts gained a column (the predictions' `in_sample`) reads
-    with the newest part's columns, nulls where an older part has none."""
+    selected). Parts written before a column in `ADDED_COLUMNS` existed read with it as nulls;
+    any other difference between parts' columns is damage, and raises as before."""
     import polars as pl
 
     def scan(**kw) -> pl.DataFrame:
@@ -423,8 +427,28 @@ def _scan_parts(paths: list[Path], where=None, columns=None) -> pl.DataFrame:
     try:
         return scan()
     except (pl.exceptions.SchemaError, pl.exceptions.ColumnNotFoundError):
-        newest = pl.read_parquet_schema(paths[-1])
-        return scan(schema=newest, missing_columns="insert", extra_columns="ignore")
+        schema = _evolved_schema([pl.read_parquet_schema(p) for p in paths])
+        if schema is None:
+            raise
+        return scan(schema=schema, missing_columns="insert")
+
+
+def _evolved_schema(schemas: list[dict[str, Any]]) -> pl.Schema | None:
+    """The parts' common schema when they differ only by an added column that older parts lack
+    (same types everywhere); None for any other difference."""
+    import polars as pl
+
+    union: dict[str, Any] = {}
+    for schema in schemas:  # the widest part's columns
+        if len(schema) > len(union):
+            union = dict(schema)
+    for schema in schemas:
+        if any(union.get(name) != dtype for name, dtype in schema.items()):
+            return None  # a column unknown to the widest part, or another type
+        lacking = set(union) - set(schema)
+        if any(name not in ADDED_COLUMNS or str(union[name]) != ADDED_COLUMNS[name] for name in lacking):
+            return None
+    return pl.Schema(union)
 
 
 def _gap(parts: list[Part], first: int) -> tuple[int, int] | None:

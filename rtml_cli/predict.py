@@ -365,10 +365,13 @@ class Predictor:
                 .alias("model_trained_until"),
             )
             # in sample: the model had learned a target that ends after this bar's close (a model
-            # trained on later data, e.g. a challenger catching up on history). Live, the
-            # newest target known at a bar's close is h bars older, so this is never set.
+            # trained on later data, e.g. a challenger catching up on history). In step with
+            # training, the newest target known at a bar's close is h bars older: not set. (A
+            # target spans h rows; across a gap of days with no bar emitted it ends later than
+            # h bars, so the h rows after such a gap can be in sample unmarked.) Null when the
+            # checkpoint does not say what it was trained until.
             known = pl.col("ts") - pl.duration(nanoseconds=self.horizon * self.bar_ns)
-            out = out.with_columns(in_sample=(pl.col("model_trained_until") > known).fill_null(False))
+            out = out.with_columns(in_sample=pl.col("model_trained_until") > known)
             if due is not None:
                 out = out.filter(pl.Series(due[:done]))
             if out.height:

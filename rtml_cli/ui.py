@@ -81,7 +81,7 @@ class Screen:
         self.live = None
         self.every = every
         self.last = time.monotonic()
-        if console.is_terminal:
+        if console.is_terminal and not console.is_dumb_terminal:
             from rich.live import Live
 
             self.every = 0.25
@@ -96,7 +96,7 @@ class Screen:
         if self.live:
             self.live.update(self.render(), refresh=True)
         else:
-            self.console.print(self.line(), highlight=False, soft_wrap=True)
+            self.console.print(self.line(), highlight=False, markup=False, soft_wrap=True)
 
     def close(self) -> None:
         if self.live:
@@ -204,9 +204,7 @@ def ingest_view(summary: IngestSummary, rate: float, connection: str | None = No
         None, [("symbol", "left"), ("ticks", "right"), ("last price", "right"), ("newest trade (UTC)", "left")]
     )
     for sym, st in sorted(summary.symbols.items()):
-        table.add_row(
-            sym, f"{st.written:,}", f"{st.last_price:g}" if st.last_price is not None else "-", _when(st.last_ts)
-        )
+        table.add_row(esc(sym), f"{st.written:,}", _price(st.last_price), _when(st.last_ts))
     return _view(
         f"rtml ingest ({summary.source}): {_ingest_clock(summary, connection)}",
         table,
@@ -230,7 +228,7 @@ def ingest_table(summary: IngestSummary):
         f"{summary.parts} parts, {summary.flushes} flushes",
     )
     for sym, st in sorted(summary.symbols.items()):
-        table.add_row(sym, f"{st.written:,}", _when(st.first_ts), _when(st.last_ts), _num(st.last_price))
+        table.add_row(esc(sym), f"{st.written:,}", _when(st.first_ts), _when(st.last_ts), _price(st.last_price))
     return table
 
 
@@ -243,10 +241,6 @@ def quarantine_table(summary: IngestSummary):
     for reason, n in sorted(summary.quarantined.items()):
         table.add_row(reason, f"{n:,}")
     return table
-
-
-def _ts(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if value else ""
 
 
 def show_features(builder, events, follow: bool, console: Console, as_json: bool, stop=None) -> dict:
@@ -324,7 +318,7 @@ def features_view(builder, total, rate: float):
         r = total.symbols.get(sym)
         closed = None if st.closed_until is None else datetime.fromtimestamp(st.closed_until / NS, UTC)
         table.add_row(
-            sym,
+            esc(sym),
             f"{r.bars:,}" if r else "0",
             f"{r.examples:,}" if r else "0",
             f"{r.late:,}" if r else "0",
@@ -336,7 +330,7 @@ def features_view(builder, total, rate: float):
         table,
         f"this run: {total.ticks:,} ticks read ({rate:,.0f}/s), {builder.backlog():,} not read yet. bars, "
         "examples and late ticks: this run's. open bar: how far the newest trade is into it (market time)"
-        + ("" if not total.late else f"\n[yellow]{late_ticks(total)}[/]"),
+        + ("" if not total.late else f"\n[yellow]{esc(late_ticks(total))}[/]"),
     )
 
 
@@ -364,7 +358,7 @@ def features_table(summary: dict):
     )
     for sym, s in summary["symbols"].items():
         table.add_row(
-            sym,
+            esc(sym),
             f"{s['bars_emitted']:,}",
             f"{s['examples_emitted']:,}",
             f"{s['late_ticks']:,}",
@@ -383,7 +377,7 @@ def features_table(summary: dict):
 
         table.caption += (
             "\n[yellow]"
-            + ", ".join(f"{sym}: {n:,}" for sym, n in gaps.items())
+            + esc(", ".join(f"{sym}: {n:,}" for sym, n in gaps.items()))
             + (
                 f" empty bars not emitted: gaps of more than {MAX_EMPTY_SECONDS // 86_400} days without a trade "
                 "(or a trade stamped far off)[/]"
@@ -482,6 +476,18 @@ def train_view(trainer, rate: float):
     )
 
 
+def esc(text: str) -> str:
+    """Text from data (a symbol, a path) shown in a rich table or message, never read as markup."""
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _price(value) -> str:
+    """A price as traded, to 6 significant digits (64988.7, not 6.499e+04)."""
+    return f"{value:g}" if isinstance(value, (int, float)) else "-"
+
+
 def _num(value) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else "-"
 
@@ -522,33 +528,36 @@ def train_table(summary: dict):
     return table
 
 
-def checkpoints_table(rows: list[dict]):
-    table = _table(
-        "checkpoints",
-        [
-            ("name", "left"),
-            ("v", "right"),
-            ("examples", "right"),
-            ("trained until (UTC)", "left"),
-            ("MAE", "right"),
-            ("hit rate", "right"),
-            ("size", "right"),
-            ("status", "left"),
-        ],
-    )
+def checkpoints_table(rows: list[dict], width: int = 80):
+    """Every checkpoint kept, split into parts that fit `width` (each repeating name and version)."""
+    from rich.console import Group
+
+    columns: list[tuple[str, JustifyMethod]] = [
+        ("name", "left"),
+        ("version", "right"),
+        ("examples", "right"),
+        ("trained until (UTC)", "left"),
+        ("MAE", "right"),
+        ("hit rate", "right"),
+        ("size", "right"),
+        ("status", "left"),
+    ]
+    cells = []
     for r in rows:
         m = r.get("metrics") or {}
-        table.add_row(
-            r["name"],
-            str(r["version"]),
-            _count(r.get("examples_learned")),
-            _when(r.get("trained_until")),
-            _num(m.get("mae")),
-            _num(m.get("hit_rate")),
-            _count(r.get("size"), 1e3, " kB"),
-            "diverged" if r.get("diverged") and r["status"] == "ok" else r["status"],  # predict serves neither
+        cells.append(
+            [
+                str(r["name"]),
+                str(r["version"]),
+                _count(r.get("examples_learned")),
+                _when(r.get("trained_until")),
+                _num(m.get("mae")),
+                _num(m.get("hit_rate")),
+                _count(r.get("size"), 1e3, " kB"),
+                "diverged" if r.get("diverged") and r["status"] == "ok" else str(r["status"]),  # predict serves neither
+            ]
         )
-    return table
+    return Group(*_fitted("checkpoints", columns, cells, 2, width))
 
 
 # -- predict -----------------------------------------------------------------------------------
@@ -596,9 +605,9 @@ def show_predictions(predictor, events, follow: bool, console: Console, as_json:
                 )
             elif isinstance(event, Notice):
                 if event.problem:
-                    console.print(f"[yellow]{event.text}[/]", highlight=False)
+                    console.print(f"[yellow]{esc(event.text)}[/]", highlight=False)
                 elif not as_json:
-                    console.print(f"{datetime.now().strftime('%H:%M:%S')} {event.text}", highlight=False)
+                    console.print(f"{datetime.now().strftime('%H:%M:%S')} {event.text}", highlight=False, markup=False)
             if view:
                 view.tick()
     finally:
@@ -682,7 +691,7 @@ class PredictionBoard:
             y = r["prediction"]
             arrow = "[green]▲[/]" if y > 0 else "[red]▼[/]" if y < 0 else "·"
             table.add_row(
-                sym,
+                esc(sym),
                 model,
                 _when(r["ts"]),
                 f"{arrow} {y:+.2e}",
@@ -810,21 +819,40 @@ def backtest_tables(result: dict, width: int = 110) -> list:
     head.add_column(style="bold", no_wrap=True)
     head.add_column(overflow="fold")
     for key, value in header_lines(result):
-        head.add_row(key, value)
+        head.add_row(key, esc(value))
     out: list = [head]
     for sec in sections(result):
-        parts = _fit_columns(sec.headers, sec.rows, sec.keys, width)
-        for n, cols in enumerate(parts):
-            table = _table(
-                sec.title + (" (continued)" if n else ""),
-                [(sec.headers[i], "left" if i < sec.keys else "right") for i in cols],
-                (sec.caption or None) if n == len(parts) - 1 else None,
-            )
-            for row, faint in zip(sec.rows, sec.dim or [False] * len(sec.rows), strict=True):
-                table.add_row(*(row[i] for i in cols), style="dim" if faint else None)
-            out.append(table)
+        columns: list[tuple[str, JustifyMethod]] = [
+            (h, "left" if i < sec.keys else "right") for i, h in enumerate(sec.headers)
+        ]
+        styles = ["dim" if faint else None for faint in sec.dim or [False] * len(sec.rows)]
+        out += _fitted(sec.title, columns, sec.rows, sec.keys, width, sec.caption or None, styles)
     for warning in result["warnings"]:
         out.append(Text(f"warning: {warning}", style="yellow"))
+    return out
+
+
+def _fitted(
+    title: str,
+    columns: list[tuple[str, JustifyMethod]],
+    rows: list[list[str]],
+    keys: int,
+    width: int,
+    caption: str | None = None,
+    styles: list[str | None] | None = None,
+) -> list:
+    """A table of plain-text `rows` as one or more tables that fit `width` (see `_fit_columns`)."""
+    parts = _fit_columns([h for h, _ in columns], rows, keys, width)
+    out = []
+    for n, cols in enumerate(parts):
+        table = _table(
+            title + (" (continued)" if n else ""),
+            [columns[i] for i in cols],
+            caption if n == len(parts) - 1 else None,
+        )
+        for row, style in zip(rows, styles or [None] * len(rows), strict=True):
+            table.add_row(*(esc(row[i]) for i in cols), style=style)
+        out.append(table)
     return out
 
 
@@ -834,7 +862,7 @@ def _fit_columns(headers: list[str], rows: list[list[str]], keys: int, width: in
     from rich.cells import cell_len
 
     def need(i: int) -> int:  # the column's width, with its padding and border
-        return max(cell_len(headers[i]), *(cell_len(r[i]) for r in rows)) + 3
+        return max([cell_len(headers[i]), *(cell_len(r[i]) for r in rows)]) + 3
 
     base = 1 + sum(need(i) for i in range(keys))
     parts: list[list[int]] = []
@@ -870,7 +898,7 @@ def status_view(snap: dict):
         if c is None:
             continue
         if "problem" in c:
-            consumers.add_row(name, f"[yellow]{c['problem']}[/]", "")
+            consumers.add_row(name, f"[yellow]{esc(c['problem'])}[/]", "")
             continue
         behind = "-" if c["behind_s"] is None else _age(max(0.0, c["behind_s"]))
         consumers.add_row(name, f"{c['behind_rows']:,}", behind)
@@ -919,7 +947,7 @@ def watch_status(look, stop, interval: float, as_json: bool) -> None:
     import json
 
     out = out_console()
-    if as_json or not out.is_terminal:
+    if as_json or not out.is_terminal or out.is_dumb_terminal:
         while True:
             snap = look()
             if as_json:
@@ -958,7 +986,7 @@ def show_run(sup, events, console: Console, as_json: bool, source: str, speed: f
 
     board = _RunBoard(sup, source, speed)
     live = None
-    if not as_json and console.is_terminal:
+    if not as_json and console.is_terminal and not console.is_dumb_terminal:
         from rich.live import Live
 
         live = Live(board.render(), console=console, refresh_per_second=2, transient=False)
@@ -970,7 +998,7 @@ def show_run(sup, events, console: Console, as_json: bool, source: str, speed: f
                 what = (
                     "restarting in " + f"{event.restart_in:.0f} s" if event.restart_in is not None else "ending the run"
                 )
-                lines = "\n".join(f"    {line}" for line in event.last_lines)
+                lines = "\n".join(f"    {esc(line)}" for line in event.last_lines)
                 console.print(
                     f"[bold red]{event.stage} died (exit {event.exit_code})[/], {what}; it said:\n{lines}",
                     highlight=False,
@@ -1097,8 +1125,8 @@ class _RunBoard:
                     f"{m} {p['prediction']:+.2e}" for m, p in preds.items() if p["prediction"] is not None
                 )
                 market.add_row(
-                    sym,
-                    f"{t['last']:g}" if isinstance(t.get("last"), (int, float)) else "-",
+                    esc(sym),
+                    _price(t.get("last")),
                     f"{t['rows']:,}",
                     f"{logs['features']['symbols'].get(sym, {}).get('rows', 0):,}",
                     f"{logs['examples']['symbols'].get(sym, {}).get('rows', 0):,}",

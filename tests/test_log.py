@@ -306,3 +306,21 @@ def test_a_flipped_bit_is_caught_by_the_part_checksum_before_a_rebuild_or_compac
     with log.writer() as w, pytest.raises(LogError, match="do not match the checksum"):
         w.compact("S", target_rows=10_000)
     assert log.parts("S")[1].path == part.path  # nothing rewritten
+
+
+def test_parts_that_differ_by_more_than_an_added_column_are_damage_not_read_around(tmp_path):
+    """Parts without `in_sample` read with it as nulls; a part lacking any other column (or
+    with another type) is an error, and compact does not merge it into a trusted part."""
+    log = ParquetLog(tmp_path, "predictions")
+    with log.writer() as w:
+        w.append("X", pl.DataFrame({"prediction": [1.0, 2.0]}))
+        w.append("X", pl.DataFrame({"prediction": [3.0], "in_sample": [True]}))
+    assert log.read_after("X")["in_sample"].to_list() == [None, None, True]
+    with log.writer() as w:
+        w.append("X", pl.DataFrame({"in_sample": [False]}))  # no prediction: not an older layout
+    with pytest.raises(LogError, match=r"damaged|failed"):
+        log.read_after("X")
+    before = sorted(p.path.name for p in log.parts("X"))
+    with log.writer() as w, pytest.raises(LogError):
+        w.compact("X")
+    assert sorted(p.path.name for p in log.parts("X")) == before

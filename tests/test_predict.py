@@ -216,7 +216,10 @@ def test_predictions_made_as_the_market_runs_are_out_of_sample_and_older_parts_w
     assert p["in_sample"].head(3 * 3).is_null().all()  # the old parts: unknown
     marked = p.filter(pl.col("in_sample").is_not_null())
     assert_in_sample_marked(examples_dir, "linear")
-    history, live = marked.head(first), marked.tail(marked.height - first)
+    end = dict(feats.group_by("symbol").agg(pl.col("offset").max()).rows())  # the history's last rows
+    in_history = pl.col("features_offset") <= pl.col("symbol").replace_strict(end)
+    history, live = marked.filter(in_history), marked.filter(~in_history)
+    assert history.height == first
     assert history["in_sample"].sum() > 0.9 * history.height  # the history, predicted after learning it
     assert live.height > 0 and not live["in_sample"].any()
     r = rtml("compact", "--log", "predictions", "--json")  # parts with and without the column merge
@@ -368,12 +371,16 @@ def test_hot_swap_while_rows_flow_and_kill_9_loses_and_repeats_nothing(rtml, tra
         d,
     ]
     errs = []
+    # --jsonl to files: a pipe nobody reads fills up and blocks the predictor (it did, here)
+    jsonl = [trained_dir.parent / "first.jsonl", trained_dir.parent / "second.jsonl"]
     try:
-        p = rtml_process(predict_args)
+        with jsonl[0].open("w") as sink:
+            p = rtml_process(predict_args, stdout=sink)
         time.sleep(5)
         p.send_signal(signal.SIGKILL)
         p.wait(30)
-        p = rtml_process(predict_args)
+        with jsonl[1].open("w") as sink:
+            p = rtml_process(predict_args, stdout=sink)
         time.sleep(2)
         pa = CheckpointStore(trained_dir, "pa")
         (pa.dir / "0000000002.json").write_text("{damaged")  # reported once, pa v1 keeps serving
@@ -395,9 +402,18 @@ def test_hot_swap_while_rows_flow_and_kill_9_loses_and_repeats_nothing(rtml, tra
     lin = assert_each_row_once(trained_dir, "linear")
     pa_rows = assert_each_row_once(trained_dir, "pa")
     assert pa_rows["model_version"].unique().to_list() == [1]
-    # the trainer published new versions while rows flowed, and predictions picked them up in order
-    versions = lin.sort("offset")["model_version"].to_list()
-    assert len(set(versions)) >= 3, set(versions)
+    # the trainer published new versions while rows flowed, and the running predictor swapped
+    # them in (a swap within one process; how many depends on the machine's load)
+    published = [json.loads(line) for line in jsonl[1].read_text().splitlines()]
+    served = {r["model_version"] for r in published if r["model"] == "linear"}
+    assert len(served) >= 2, served
+    # what --jsonl wrote is what the log holds, the second run's rows whole
+    logged = {(r["symbol"], r["features_offset"], r["model"]): r["model_version"] for r in lin.iter_rows(named=True)}
+    assert all(
+        logged[r["symbol"], r["features_offset"], r["model"]] == r["model_version"]
+        for r in published
+        if r["model"] == "linear"
+    )
     for sym, part in lin.sort("offset").group_by("symbol"):
         v = part["model_version"].to_list()
         assert v == sorted(v), f"{sym}: a model older than one already trained_dir came back"

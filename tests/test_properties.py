@@ -225,7 +225,8 @@ def trade_files(draw, layout: Layout, bad_share: float = 0.4):
         unread = [n for n, k in layout.columns if k == "unread"]
         if unread and draw(st.booleans()):  # garbage where rtml does not read: still a good row
             fields[draw(st.sampled_from(unread))] = draw(NOT_A_NUMBER)
-        rows.append(Row(",".join(fields.values()), True, i, price, qty, side, micros))
+        trailing = "," if draw(st.integers(0, 5)) == 0 else ""  # an empty field past the layout is none
+        rows.append(Row(",".join(fields.values()) + trailing, True, i, price, qty, side, micros))
     targets = bad_values(layout)
     for j in range(n_bad):
         fields = layout.good(n_good + j, "100", "1", "buy", 0)  # a bad row's other fields are fine
@@ -238,7 +239,7 @@ def trade_files(draw, layout: Layout, bad_share: float = 0.4):
             keep = draw(st.integers(1, layout.short_from - 1))
             line = ",".join(list(fields.values())[:keep])
         elif how == "extra":
-            line = ",".join([*fields.values(), draw(st.sampled_from(["x", "1", "0.5", "true"]))])
+            line = ",".join([*fields.values(), draw(st.sampled_from(["x", "1", "0.5", "true", ",x", ",,1", "x,"]))])
         pos = draw(st.integers(1, len(rows)))  # the first row stays good
         if how == "duplicate" and any(k == "id" for _, k in layout.columns):  # an id seen before
             ids = next(n for n, k in layout.columns if k == "id")

@@ -1,6 +1,8 @@
 """What the live status line says for a real feed and for a simulated clock."""
 
 import re
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -77,7 +79,6 @@ def test_every_command_s_output_fits_80_columns_and_no_time_is_cut(trained_dir):
         ["predict", "--name", "linear", "--name", "a-challenger-with-a-long-name"],
         ["checkpoints"],
         ["status"],
-        ["models"],
         ["compact"],
         ["backtest", "--model", "linear", "--refresh", "500"],
     ):
@@ -135,3 +136,36 @@ def test_the_run_dashboard_fits_an_80_column_terminal(tmp_path):
     for part in ("stages", "market (", "models", "freshness: newest trade", "rtml run: synthetic at 600x"):
         assert part in shown, (part, shown[-3000:])
     _assert_fits(shown, "run")
+
+
+@pytest.mark.slow
+def test_models_wraps_whole_words_on_a_terminal_and_keeps_one_line_each_in_a_pipe():
+    t = Terminal(["models"])
+    try:
+        assert t.proc.wait(60) == 0
+    finally:
+        t.stop()
+    _assert_fits(_screen(t), "models")
+    assert "adapts to drift" in " ".join(_screen(t).split())
+    piped = subprocess.run([sys.executable, "-m", "rtml_cli", "models"], capture_output=True, text=True, timeout=60)
+    first = piped.stdout.splitlines()[0]
+    assert first.startswith("linear (regressor): ") and "adapts to drift" in first  # one line, for grep
+
+
+def test_a_symbol_that_looks_like_markup_is_shown_as_it_is():
+    """Symbols come from data: rich read "[/b]" in one as markup and raised, ending the screen."""
+    from rtml_cli.ui import features_table, ingest_table, ingest_view
+    from tests.conftest import render_text
+
+    summary = summary_with_last_ts(datetime.now(UTC))
+    summary.symbols["X[/b]Y[bold]"] = summary.symbols.pop("BTC/USD")
+    sym = {"bars_emitted": 1, "examples_emitted": 0, "late_ticks": 2, "features_rows": 1, "examples_rows": 0}
+    built = {
+        "params": {"bar_s": 60, "horizon": 5, "target": "logret"},
+        "symbols": {"X[/b]Y[bold]": {**sym, "closed_until": None, "gap_bars_skipped": 3}},
+        "ticks_read": 9,
+        "elapsed_s": 0.1,
+        "late_ticks": 2,
+    }
+    for view in (ingest_view(summary, 1.0), ingest_table(summary), features_table(built)):
+        assert "X[/b]Y[bold]" in render_text(view, width=100)

@@ -38,6 +38,7 @@ RTML_REQUIRED = ["ts", "price", "qty"]
 CHUNK_BYTES = 8 << 20
 MAX_NS = 2**63 - 1  # the last instant a timestamp[ns] holds (2262-04-11)
 CARRY_ROWS = 1000  # occurrence counts are carried for the timestamps of the last rows read
+EXTRA_FIELDS_SEEN = 8  # fields past a CSV layout's read to tell a row with extra fields
 _NUMBER = re.compile(r"^\s*-?\d+(\.\d*)?([eE][-+]?\d+)?\s*$")
 
 
@@ -170,8 +171,12 @@ def _too_long(start: bytes) -> bytes:
     return TOO_LONG + start + b"\n"
 
 
-def _split_line(line: str) -> list[str]:
-    return [c.strip().strip('"') for c in line.rstrip("\r\n").split(",")]
+def _split_line(line: str, width: int | None = None) -> list[str]:
+    """A line's fields; with `width`, empty fields past it (a trailing comma) dropped."""
+    cells = [c.strip().strip('"') for c in line.rstrip("\r\n").split(",")]
+    if width is not None and len(cells) > width and not any(cells[width:]):
+        cells = cells[:width]
+    return cells
 
 
 # -- sniffing ------------------------------------------------------------------------------
@@ -187,10 +192,10 @@ def sniff_csv(first_line: str, path: Path) -> tuple[str, bool]:
         return "binance", True
     if all(c in lowered for c in RTML_REQUIRED):
         return "rtml", True
-    numeric = [bool(_NUMBER.match(c)) for c in cells]
-    if len(cells) == 3 and all(numeric):
+    kraken, binance = _split_line(first_line, 3), _split_line(first_line, 7)
+    if len(kraken) == 3 and all(_NUMBER.match(c) for c in kraken):
         return "kraken", False
-    if len(cells) == 7 and all(numeric[:5]) and lowered[5] in ("true", "false"):
+    if len(binance) == 7 and all(_NUMBER.match(c) for c in binance[:5]) and binance[5].lower() in ("true", "false"):
         return "binance", False
     raise InputFormatError(
         f"{path} does not look like a trade file rtml knows (first line: {first_line[:80]!r}). "
@@ -212,7 +217,7 @@ def _is_header(cells: list[str], names: list[str]) -> bool:
 
 def _header_for(fmt: str, first_line: str, path: Path) -> tuple[list[str], bool]:
     """Column names and whether the first line is a header, for an explicitly named format."""
-    cells = _split_line(first_line)
+    cells = _split_line(first_line, {"kraken": 3, "binance": 7}.get(fmt))
     lowered = [c.lower() for c in cells]
     if fmt == "kraken":
         if len(cells) != 3:
@@ -501,8 +506,9 @@ class ReplaySource:
             header_pending = has_header
             # A fixed width: polars would otherwise take the width of a chunk's first row,
             # and a short first row would cut fields off every row after it in that chunk.
-            # One column more than the layout has: a row with extra fields shows in it.
-            width = {f"_c{i}": pl.String for i in range(len(header) + 1)}
+            # Some columns more than the layout has: a row with a non-empty field past the
+            # layout's shows in them (empty ones, a trailing comma, are no field).
+            width = {f"_c{i}": pl.String for i in range(len(header) + EXTRA_FIELDS_SEEN)}
             for data, pos in _csv_chunks(inp, chunk_bytes or self.chunk_bytes):
                 if stop.is_set():
                     return
@@ -522,7 +528,7 @@ class ReplaySource:
                         has_header=False,
                         schema=width,
                         missing_columns="insert",  # short rows get nulls
-                        extra_columns="ignore",  # long ones are cut after the first extra field
+                        extra_columns="ignore",  # long ones are cut (past what is seen of them)
                         truncate_ragged_lines=True,
                         quote_char='"',
                         raise_if_empty=False,
@@ -536,7 +542,7 @@ class ReplaySource:
                     ) from None
                 if chunk.height == 0:
                     continue
-                extra = chunk.get_column(f"_c{len(header)}").alias("_extra")
+                extra = chunk.select(pl.coalesce(chunk.columns[len(header) :]).alias("_extra")).to_series()
                 chunk = _name_columns(chunk, header).with_columns(extra, _line=pl.int_range(line, line + chunk.height))
                 line += chunk.height
                 # a blank line is no record: skipped, not quarantined
@@ -724,7 +730,7 @@ def _temporal_utc(col: str, dtype: pl.DataType) -> pl.Expr:
 def _with_extra_fields(parsed: _Parsed, extra: pl.Series) -> _Parsed:
     """Rows with more fields than the layout are quarantined as `extra_fields`, whatever else
     they hold (which field is the extra one cannot be known); their raw text shows the first
-    extra field."""
+    non-empty extra field."""
     import polars as pl
 
     frame = parsed.frame.with_columns(
