@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from threading import Event, Thread
+from threading import Event, Lock, Thread
 
 import click
 
@@ -173,6 +173,7 @@ class _Stopper:
         self.stop = Event()
         self.console = console
         self.saying = saying
+        self._said = Lock()  # one message however many signals come
 
     def __enter__(self) -> Event:
         # polars hooks SIGINT when it is first imported and then raises KeyboardInterrupt
@@ -183,12 +184,17 @@ class _Stopper:
         return self.stop
 
     def _handle(self, signum, frame):
-        if not self.stop.is_set():
-            self.console.print(f"[yellow]{self.saying}[/]")
-        # Not `self.stop.set()` here: the handler runs in the main thread, which may be inside
-        # that Event's wait holding its lock, and set() would wait for it forever (a follower
-        # was seen never to stop on SIGTERM). A thread sets it as soon as the lock is free.
-        Thread(target=self.stop.set, name="stop", daemon=True).start()
+        # The handler runs in the main thread between any two bytecodes: inside the stop
+        # Event's wait holding its lock (set() then waited forever: a follower never stopped
+        # on SIGTERM), or halfway through an import rich needs (printing then failed). So it
+        # only starts a thread, which says so and sets the Event once the main thread lets it.
+        Thread(target=self._stopping, name="stop", daemon=True).start()
+
+    def _stopping(self) -> None:
+        with self._said:
+            if not self.stop.is_set():
+                self.console.print(f"[yellow]{self.saying}[/]")
+            self.stop.set()
 
     def __exit__(self, *exc):
         for s, h in self._old.items():

@@ -335,17 +335,21 @@ def test_help_fits_an_80_column_terminal_and_lists_commands_in_pipeline_order():
 
 
 def test_a_signal_arriving_while_the_main_thread_holds_the_stop_event_s_lock_still_stops():
-    """Seen once on a loaded machine: SIGTERM reached `train --follow` while its main thread was
+    """Seen on a loaded machine: SIGTERM reached `train --follow` while its main thread was
     inside `stop.wait()` holding the Event's lock; the handler's `stop.set()` then waited for
-    that lock forever. Here the handler runs just so, in the thread that holds the lock."""
+    that lock forever. (And a handler that printed failed when it came halfway through an
+    import.) Here the handler runs just so, twice, in the thread that holds the lock."""
     script = (
         "import io, signal\n"
         "from rich.console import Console\n"
         "from rtml_cli.cli import _Stopper\n"
-        "s = _Stopper(Console(file=io.StringIO()))\n"
+        "out = io.StringIO()\n"
+        "s = _Stopper(Console(file=out))\n"
         "with s.stop._cond:\n"
         "    s._handle(signal.SIGTERM, None)\n"
+        "    s._handle(signal.SIGINT, None)\n"
         "assert s.stop.wait(10)\n"
+        "assert out.getvalue().count('stopping') == 1, out.getvalue()\n"
         "print('stopped')\n"
     )
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
