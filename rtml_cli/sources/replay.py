@@ -195,7 +195,8 @@ def sniff_csv(first_line: str, path: Path) -> tuple[str, bool]:
     kraken, binance = _split_line(first_line, 3), _split_line(first_line, 7)
     if len(kraken) == 3 and all(_NUMBER.match(c) for c in kraken):
         return "kraken", False
-    if len(binance) == 7 and all(_NUMBER.match(c) for c in binance[:5]) and binance[5].lower() in ("true", "false"):
+    read = [binance[i] for i in (0, 1, 2, 4) if i < len(binance)]  # id, price, qty, time (quoteQty: unread)
+    if len(binance) == 7 and all(_NUMBER.match(c) for c in read) and binance[5].lower() in ("true", "false"):
         return "binance", False
     raise InputFormatError(
         f"{path} does not look like a trade file rtml knows (first line: {first_line[:80]!r}). "
