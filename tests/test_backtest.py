@@ -463,7 +463,9 @@ def test_ctrl_c_or_sigterm_stops_a_backtest_in_the_middle(tmp_path, sig, extra):
     p.wait(60)
     err = p.stderr.read()
     assert p.returncode == 0 and "stopped by a signal" in err and "nothing was written" in err, err
-    assert time.monotonic() - sent < 10 and not report.exists()
+    # stopped in the middle: the whole replay writes a report and takes far longer. Seconds,
+    # idle; 14 s was seen with `make demo` and the suite sharing the 2 cores: allow 30
+    assert time.monotonic() - sent < 30 and not report.exists()
     assert time.monotonic() - started < 60
     left = []  # workers and forked children: none may outlive the command
     for proc in Path("/proc").iterdir():
