@@ -35,6 +35,7 @@ PROPERTY = settings(
     derandomize="RTML_PROPERTY_EXAMPLES" not in os.environ,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     database=None,
+    print_blob=True,  # a failure prints the @reproduce_failure line that replays it
 )
 
 T0_S = 1_704_067_200  # 2024-01-01T00:00:00Z
