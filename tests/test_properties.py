@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -75,38 +75,25 @@ class Layout:
         return ns - ns % 1_000_000 if self.fmt == "binance" else ns  # ms times keep ms
 
 
+BINANCE = Layout(
+    "binance",
+    (
+        ("id", "id"),
+        ("price", "price"),
+        ("qty", "qty"),
+        ("quoteQty", "unread"),
+        ("time", "ts_ms"),
+        ("isBuyerMaker", "maker"),
+        ("isBestMatch", "unread"),
+    ),
+    False,
+    "BTCUSDT-trades-2024-01-01.csv",
+    6,
+)
 LAYOUTS = {
     "kraken": Layout("kraken", (("timestamp", "ts_s"), ("price", "price"), ("volume", "qty")), False, "XBTUSD.csv", 3),
-    "binance": Layout(
-        "binance",
-        (
-            ("id", "id"),
-            ("price", "price"),
-            ("qty", "qty"),
-            ("quoteQty", "unread"),
-            ("time", "ts_ms"),
-            ("isBuyerMaker", "maker"),
-            ("isBestMatch", "unread"),
-        ),
-        False,
-        "BTCUSDT-trades-2024-01-01.csv",
-        6,
-    ),
-    "binance-header": Layout(
-        "binance",
-        (
-            ("id", "id"),
-            ("price", "price"),
-            ("qty", "qty"),
-            ("quoteQty", "unread"),
-            ("time", "ts_ms"),
-            ("isBuyerMaker", "maker"),
-            ("isBestMatch", "unread"),
-        ),
-        True,
-        "BTCUSDT-trades-2024-01-01.csv",
-        6,
-    ),
+    "binance": BINANCE,
+    "binance-header": replace(BINANCE, header=True),
     "tardis": Layout(
         "tardis",
         (
