@@ -31,7 +31,8 @@ from rtml_cli import stats
 from rtml_cli.build_state import read_build
 from rtml_cli.errors import ConfigError, RtmlError
 from rtml_cli.learner import DIVERGENCE_FACTOR, MIN_TARGETS, Learner, feature_columns, model_inputs, predict_value
-from rtml_cli.log import OFFSET, ParquetLog
+from rtml_cli.log import OFFSET
+from rtml_cli.logs import LogStore, store_for
 from rtml_cli.models import CLASSIFIER, resolve
 from rtml_cli.trading import FEE_LADDER_BPS, Book, Tape, directions, mark, summarize, tape_from_prices
 
@@ -122,7 +123,7 @@ class BacktestOptions:
 # -- input --------------------------------------------------------------------------------------
 
 
-def load_examples(data_dir: Path, opts: BacktestOptions) -> Dataset:
+def load_examples(data_dir: Path, opts: BacktestOptions, logs: LogStore | None = None) -> Dataset:
     """The examples log of a data directory: label delay and holding period = the horizon;
     trading is marked to the bars' closes (from the features log, which also holds the h
     bars after the newest example)."""
@@ -130,28 +131,29 @@ def load_examples(data_dir: Path, opts: BacktestOptions) -> Dataset:
 
     if opts.price or opts.returns:
         raise ConfigError("--price and --returns describe a --table; the examples log trades on its bars' closes")
-    log = ParquetLog(data_dir, "examples")
-    build = read_build(data_dir)
-    if not log.root.is_dir() or build is None:
-        raise ConfigError(f"there is no examples log in {data_dir}; run `rtml features` first, or give --table")
+    store = store_for(data_dir, logs)
+    log = store.open("examples")
+    build = read_build(data_dir, store)
+    if not log.exists() or build is None:
+        raise ConfigError(f"there is no examples log in {store.where}; run `rtml features` first, or give --table")
     horizon, bar_s, target = build.horizon, build.bar_s, build.target
     symbols = [s for s in log.partitions() if opts.symbols is None or s in opts.symbols]
     frames = [log.read_after(s) for s in symbols]
     frames = [f for f in frames if f.height]
     if not frames:
-        raise ConfigError(f"the examples log in {data_dir} has no rows{' for --symbols' if opts.symbols else ''}")
+        raise ConfigError(f"the examples log in {store.where} has no rows{' for --symbols' if opts.symbols else ''}")
     frame = pl.concat(frames, how="diagonal_relaxed").sort("ts", "symbol", OFFSET)
     frame = _between(frame, "ts", opts)
     if frame.height == 0:
         raise ConfigError("no examples between --from and --to")
-    bars = _bar_closes(data_dir, frame, horizon)
+    bars = _bar_closes(store.open("features"), frame, horizon)
     ds = _dataset(
         frame,
         "target",
         "symbol",
         "ts",
         feature_columns(frame.columns),
-        f"examples log of {data_dir}",
+        f"examples log of {store.where}",
         delay=horizon,
         hold=horizon,
         periods_per_year=opts.periods_per_year or YEAR_S / bar_s,
@@ -162,12 +164,11 @@ def load_examples(data_dir: Path, opts: BacktestOptions) -> Dataset:
     return ds
 
 
-def _bar_closes(data_dir: Path, examples: pl.DataFrame, horizon: int) -> pl.DataFrame:
+def _bar_closes(features: Any, examples: pl.DataFrame, horizon: int) -> pl.DataFrame:
     """symbol, ts, close of every bar from each symbol's first example to `horizon` bars after
     its last: the prices its positions are marked to. Example k is features row k."""
     import polars as pl
 
-    features = ParquetLog(data_dir, "features")
     out = []
     for sym, lo, hi in (
         examples.group_by("symbol").agg(pl.col(OFFSET).min().alias("lo"), pl.col(OFFSET).max().alias("hi")).iter_rows()

@@ -17,7 +17,6 @@ from typing import Any
 
 from rtml_cli import atomic
 from rtml_cli.errors import ConfigError, FeatureError
-from rtml_cli.log import ParquetLog
 
 STATE_FILE = Path("state") / "features.json"
 FEATURES, EXAMPLES = "features", "examples"
@@ -45,7 +44,7 @@ class BuildState:
         self.build_id = build_id
 
     @classmethod
-    def load(cls, data_dir: Path, params: dict[str, Any], features: ParquetLog, examples: ParquetLog) -> BuildState:
+    def load(cls, data_dir: Path, params: dict[str, Any], features: Any, examples: Any) -> BuildState:
         """The state of the logs in `data_dir`, a pending publish resolved; a new one if there is
         none. Settings other than `params`, damage, or a state that does not match the features
         log are a FeatureError that says to rebuild."""
@@ -130,7 +129,7 @@ class Build:
     build_id: str | None  # None for a state written before builds had ids
 
 
-def read_build(data_dir: Path) -> Build | None:
+def read_build(data_dir: Path, logs: Any = None) -> Build | None:
     """The build settings from the features state; None if there is none (no `rtml features`
     ran here). A damaged state is a ConfigError."""
     path = Path(data_dir) / STATE_FILE
@@ -139,7 +138,10 @@ def read_build(data_dir: Path) -> Build | None:
         params = doc["params"]
         return Build(int(params["bar_s"]), int(params["horizon"]), str(params["target"]), doc.get("build_id"))
     except FileNotFoundError:
-        built = [name for name in (FEATURES, EXAMPLES) if ParquetLog(data_dir, name).partitions()]
+        from rtml_cli.logs import store_for
+
+        store = store_for(data_dir, logs)
+        built = [name for name in (FEATURES, EXAMPLES) if store.open(name).partitions()]
         if built:
             raise ConfigError(
                 f"{data_dir} has {' and '.join(built)} logs but no {STATE_FILE}, the record of how they "

@@ -81,6 +81,64 @@ def data_dir_option(f):
     )(f)
 
 
+def log_option(f):
+    return click.option(
+        "--log",
+        "log_url",
+        default=None,
+        envvar="RTML_LOG",
+        show_envvar=True,
+        metavar="DIR|kafka://HOST:PORT",
+        help="Where the logs are: a directory (default: --data-dir) or kafka://HOST:PORT[,...][?prefix=rtml.&partitions=N].",
+    )(f)
+
+
+def share_options(f):
+    f = click.option(
+        "--partitions",
+        "partition_list",
+        default=None,
+        metavar="0,4,8",
+        help="Kafka: consume only these partitions of the topics.",
+    )(f)
+    return click.option(
+        "--member",
+        default=None,
+        metavar="I/N",
+        help="Kafka: consume the I-th of N shares of the partitions (N processes split the symbols).",
+    )(f)
+
+
+def _logs(data_dir: Path, log_url: str | None, member: str | None = None, partition_list: str | None = None):
+    from rtml_cli.kafka import parse_share
+    from rtml_cli.logs import LogStore
+
+    return LogStore(data_dir, log_url, parse_share(member, partition_list))
+
+
+def _reach(logs, stop: Event, console, duration: float | None = None) -> bool:
+    """With the logs on Kafka: wait until the brokers answer, saying so; False when a signal came
+    first, a LogError when --duration ran out first."""
+    import time
+
+    if not logs.is_kafka:
+        return True
+    said: list[str] = []
+
+    def waiting(why: str) -> None:
+        if not said:
+            from rtml_cli.ui import esc
+
+            console.print(f"[yellow]waiting: {esc(why)}; retrying every second[/]")
+        said.append(why)
+
+    deadline = time.monotonic() + duration if duration is not None else None
+    reached = logs.wait(stop, waiting, deadline)
+    if reached and said:
+        console.print("Kafka answers: starting", highlight=False)
+    return reached
+
+
 def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of tables.")(f)
 
@@ -305,6 +363,7 @@ SYNTHETIC_DEFAULT_TICKS = 1_000_000
 )
 @click.option("--url", default=None, help="kraken: WebSocket endpoint. [default: wss://ws.kraken.com/v2]")
 @data_dir_option
+@log_option
 @json_option
 def ingest(
     source,
@@ -323,6 +382,7 @@ def ingest(
     symbol,
     url,
     data_dir,
+    log_url,
     as_json,
 ):
     """Write trades into the ticks log, validated and de-duplicated.
@@ -369,7 +429,10 @@ def ingest(
 
     console = ui.err_console()
     opts = IngestOptions(flush_every, flush_interval, max_ticks, duration, wanted if source == "replay" else None)
+    logs = _logs(data_dir, log_url)
     with _Stopper(console) as stop:
+        if not _reach(logs, stop, console, duration):
+            return _stopped_waiting("Kafka", as_json)
         src, batches = open_source(
             source,
             data_dir,
@@ -386,9 +449,10 @@ def ingest(
             symbol=symbol,
             url=url,
             on_event=lambda msg: console.print(f"[yellow]{ui.esc(msg)}[/]"),
+            logs=logs,
         )
         summary = IngestSummary(source=src.name, data_dir=str(data_dir))
-        events = ingest_loop(data_dir, src, opts, stop, summary, batches)
+        events = ingest_loop(data_dir, src, opts, stop, summary, batches, logs)
         # a progress bar when the amount of work is known and not paced; else a status line
         total = src.total if pace is None else None
         ui.show_ingest(summary, events, total, "bytes" if source == "replay" else "ticks", console, as_json, src)
@@ -467,8 +531,26 @@ def _only_for(ctx: click.Context, source: str, owners: dict[str, str]) -> None:
 )
 @click.option("--rebuild", is_flag=True, help="Delete the features and examples logs and build them again.")
 @data_dir_option
+@log_option
+@share_options
 @json_option
-def features(follow, bar, horizon, target, sql_file, symbols, lookback, grace, poll, rebuild, data_dir, as_json):
+def features(
+    follow,
+    bar,
+    horizon,
+    target,
+    sql_file,
+    symbols,
+    lookback,
+    grace,
+    poll,
+    rebuild,
+    data_dir,
+    log_url,
+    member,
+    partition_list,
+    as_json,
+):
     """Turn ticks into closed bars, features and delayed-label examples (DuckDB SQL).
 
     Appends one row per closed bar to the features log, and, once bar t+h has closed, the
@@ -501,14 +583,17 @@ def features(follow, bar, horizon, target, sql_file, symbols, lookback, grace, p
         except UnicodeDecodeError:
             raise ConfigError(f"--sql {sql_file} is not a UTF-8 text file of SQL") from None
     spec = FeatureSpec(bar_s=parse_bar(bar), horizon=horizon, target=target, lookback=lookback, sql=sql)
-    if rebuild:
-        dry_run(spec)  # a broken --sql costs nothing: the logs are deleted only for a query that works
-        remove_built(data_dir)
+    logs = _logs(data_dir, log_url, member, partition_list)
     console = ui.err_console()
     with _Stopper(console, "stopping: finishing the step in progress...") as stop:
-        if follow and (what := _await_input(lambda: awaited_input(data_dir), stop, poll, console)):
+        if not _reach(logs, stop, console):
+            return _stopped_waiting("Kafka", as_json)
+        if rebuild:
+            dry_run(spec)  # a broken --sql costs nothing: the logs are deleted only for a query that works
+            remove_built(data_dir, logs)
+        if follow and (what := _await_input(lambda: awaited_input(data_dir, logs), stop, poll, console)):
             return _stopped_waiting(what, as_json)
-        with FeatureBuilder(data_dir, spec, parse_symbols(symbols)) as builder:
+        with FeatureBuilder(data_dir, spec, parse_symbols(symbols), logs=logs) as builder:
             events = builder.loop(stop, follow, poll, grace)
             summary = ui.show_features(builder, events, follow, console, as_json, stop)
     if as_json:
@@ -563,6 +648,8 @@ def features(follow, bar, horizon, target, sql_file, symbols, lookback, grace, p
     help="--follow: seconds between looks at the examples log when idle.",
 )
 @data_dir_option
+@log_option
+@share_options
 @json_option
 def train(
     model,
@@ -578,6 +665,9 @@ def train(
     fresh,
     poll,
     data_dir,
+    log_url,
+    member,
+    partition_list,
     as_json,
 ):
     """Learn the examples log with a River model, publishing verified checkpoints.
@@ -608,11 +698,14 @@ def train(
         window,
         fresh,
     )
+    logs = _logs(data_dir, log_url, member, partition_list)
     console = ui.err_console()
     with _Stopper(console, "stopping: writing a checkpoint of what was learned...") as stop:
-        if follow and (what := _await_input(lambda: awaited_input(data_dir), stop, poll, console)):
+        if not _reach(logs, stop, console):
+            return _stopped_waiting("Kafka", as_json)
+        if follow and (what := _await_input(lambda: awaited_input(data_dir, logs), stop, poll, console)):
             return _stopped_waiting(what, as_json)
-        with Trainer(data_dir, opts) as trainer:
+        with Trainer(data_dir, opts, logs) as trainer:
             for problem in trainer.skipped:
                 console.print(f"[yellow]skipped a checkpoint: {ui.esc(problem)}[/]")
             ui.show_training(trainer, trainer.loop(stop, follow, poll), console, as_json, follow)
@@ -699,9 +792,22 @@ def models(as_json):
 )
 @click.option("--no-restart", is_flag=True, help="End the run (exit 1) when a stage dies, instead of restarting it.")
 @data_dir_option
+@log_option
 @json_option
 def run(
-    source, path, fmt, speed, duration, max_ticks, models, symbols, checkpoint_every, no_restart, data_dir, as_json
+    source,
+    path,
+    fmt,
+    speed,
+    duration,
+    max_ticks,
+    models,
+    symbols,
+    checkpoint_every,
+    no_restart,
+    data_dir,
+    log_url,
+    as_json,
 ):
     """Run the whole pipeline: ingest, features, train and predict, live.
 
@@ -735,15 +841,16 @@ def run(
         speed = 60.0
     parse_symbols(symbols)
     data_dir.mkdir(parents=True, exist_ok=True)
-    specs = stage_specs(data_dir, source, names, symbols, speed, path, fmt, checkpoint_every, max_ticks)
-    sup = Supervisor(data_dir, specs, restart=not no_restart)
+    logs = _logs(data_dir, log_url)
+    specs = stage_specs(data_dir, source, names, symbols, speed, path, fmt, checkpoint_every, max_ticks, log_url)
+    sup = Supervisor(data_dir, specs, restart=not no_restart, logs=logs)
     console = ui.err_console()
     with _Stopper(console, "stopping the stages in pipeline order...") as stop:
         ui.show_run(sup, sup.loop(stop, duration), console, as_json, source, speed)
     summary = sup.summary()
     from rtml_cli.status import snapshot
 
-    summary["status"] = snapshot(data_dir)
+    summary["status"] = snapshot(data_dir, logs)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -761,8 +868,9 @@ def run(
     "--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True, help="--watch: seconds between looks."
 )
 @data_dir_option
+@log_option
 @json_option
-def status(watch, interval, data_dir, as_json):
+def status(watch, interval, data_dir, log_url, as_json):
     """Where the pipeline stands: logs, running stages, lags, models, freshness.
 
     Per log: symbols, rows, newest time and offset. Per consumer (the feature builder, each
@@ -781,8 +889,9 @@ def status(watch, interval, data_dir, as_json):
     from rtml_cli import ui
     from rtml_cli.status import snapshot
 
+    logs = _logs(data_dir, log_url)
     if not watch:
-        snap = snapshot(data_dir)
+        snap = snapshot(data_dir, logs)
         if as_json:
             click.echo(json.dumps(snap, indent=2))
         else:
@@ -790,7 +899,7 @@ def status(watch, interval, data_dir, as_json):
         return
     console = ui.err_console()
     with _Stopper(console) as stop:
-        ui.watch_status(lambda: snapshot(data_dir), stop, interval, as_json)
+        ui.watch_status(lambda: snapshot(data_dir, logs), stop, interval, as_json)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -856,8 +965,10 @@ def checkpoints(name, data_dir, as_json):
 @symbols_option("Only feature rows of these symbols (default: all).")
 @click.option("--jsonl", is_flag=True, help="Also stream each prediction to stdout as one JSON object per line.")
 @data_dir_option
+@log_option
+@share_options
 @json_option
-def predict(names, follow, start, poll, no_notify, symbols, jsonl, data_dir, as_json):
+def predict(names, follow, start, poll, no_notify, symbols, jsonl, data_dir, log_url, member, partition_list, as_json):
     """Predict each new feature row with the newest verified checkpoint, into the predictions log.
 
     Each model keeps its own offsets in the features log: a restart resumes right after
@@ -874,11 +985,14 @@ def predict(names, follow, start, poll, no_notify, symbols, jsonl, data_dir, as_
     from rtml_cli.predict import PredictOptions, Predictor, awaited_input, require_models
 
     opts = PredictOptions(list(names) or ["linear"], parse_symbols(symbols), start, poll, not no_notify)
+    logs = _logs(data_dir, log_url, member, partition_list)
     console = ui.err_console()
     with _Stopper(console, "stopping: publishing what was predicted...") as stop:
-        if follow and (what := _await_input(lambda: awaited_input(data_dir), stop, poll, console)):
+        if not _reach(logs, stop, console):
+            return _stopped_waiting("Kafka", as_json)
+        if follow and (what := _await_input(lambda: awaited_input(data_dir, logs), stop, poll, console)):
             return _stopped_waiting(what, as_json)
-        with Predictor(data_dir, opts) as predictor:
+        with Predictor(data_dir, opts, logs) as predictor:
             predictor.load_all()
             for problem in predictor.reports():
                 console.print(f"[yellow]{ui.esc(problem)}[/]", highlight=False)
@@ -991,6 +1105,7 @@ def predict(names, follow, start, poll, no_notify, symbols, jsonl, data_dir, as_
     "--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Models replayed in parallel processes."
 )
 @data_dir_option
+@log_option
 @json_option
 def backtest(
     models,
@@ -1012,6 +1127,7 @@ def backtest(
     params,
     jobs,
     data_dir,
+    log_url,
     as_json,
 ):
     """Replay history predict-then-learn, against baselines, and show what model staleness costs.
@@ -1061,7 +1177,7 @@ def backtest(
     bt.check_models(opts)
     console = ui.err_console()
     with _Stopper(console, "stopping the backtest...") as stop:
-        ds = bt.load_table(opts) if table is not None else bt.load_examples(data_dir, opts)
+        ds = bt.load_table(opts) if table is not None else bt.load_examples(data_dir, opts, _logs(data_dir, log_url))
         try:
             result = ui.show_backtest(ds, opts, bt.replay_all(ds, opts, stop), console, as_json)
         except bt.Stopped as exc:  # asked to stop: not an error
@@ -1091,7 +1207,7 @@ def backtest(
 
 @cli.command(context_settings=CONTEXT)
 @click.option(
-    "--log",
+    "--name",
     "log_name",
     type=click.Choice(["all", "ticks", "features", "examples", "predictions"]),
     default="all",
@@ -1107,8 +1223,9 @@ def backtest(
     help="Merge runs of small parts into parts of up to this many rows.",
 )
 @data_dir_option
+@log_option
 @json_option
-def compact(log_name, symbols, target_rows, data_dir, as_json):
+def compact(log_name, symbols, target_rows, data_dir, log_url, as_json):
     """Merge small parts of a log into bigger ones, keeping every row's offset.
 
     Live ingest flushes often and leaves many small parts; readers are unaffected by
@@ -1117,16 +1234,18 @@ def compact(log_name, symbols, target_rows, data_dir, as_json):
 
     \b
     Example:
-        rtml compact --log ticks --target-rows 500000
+        rtml compact --name ticks --target-rows 500000
     """
     from rtml_cli.errors import LockedError
-    from rtml_cli.log import ParquetLog
 
+    store = _logs(data_dir, log_url)
+    if store.is_kafka:
+        raise ConfigError("compact merges Parquet parts; a Kafka topic's size is the brokers' retention settings")
     names = ["ticks", "features", "examples", "predictions"] if log_name == "all" else [log_name]
-    logs = [ParquetLog(data_dir, n) for n in names if (data_dir / n).is_dir()]
+    logs = [store.open(n) for n in names if store.open(n).exists()]
     if not logs:
         what = "are no logs" if log_name == "all" else f"is no {log_name!r} log"
-        raise ConfigError(f"there {what} in {data_dir}; run `rtml ingest` first or check --data-dir")
+        raise ConfigError(f"there {what} in {store.where}; run `rtml ingest` first or check --data-dir")
     results, skipped = [], []
     for log in logs:
         wanted = [s for s in (parse_symbols(symbols) or log.partitions()) if s in log.partitions()]

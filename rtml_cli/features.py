@@ -30,14 +30,15 @@ from datetime import UTC
 from importlib import resources
 from pathlib import Path
 from threading import Event
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from rtml_cli.beat import missing_tail, read_beat
 from rtml_cli.build_state import STATE_FILE, BuildState, SymbolState
 from rtml_cli.errors import ConfigError, FeatureError, LogError
-from rtml_cli.log import OFFSET, LogWriter, ParquetLog
+from rtml_cli.log import OFFSET, LogWriter
+from rtml_cli.logs import LogStore, store_for
 
 if TYPE_CHECKING:
     import polars as pl
@@ -168,10 +169,10 @@ class _Plan:
         return self.stop > self.first
 
 
-def awaited_input(data_dir: Path) -> str | None:
+def awaited_input(data_dir: Path, logs: LogStore | None = None) -> str | None:
     """What `rtml features --follow` waits for before it can start; None when it is there."""
-    ticks = Path(data_dir) / TICKS
-    return None if ticks.is_dir() else f"the ticks log in {ticks} (start `rtml ingest`)"
+    ticks = store_for(data_dir, logs).open(TICKS)
+    return None if ticks.exists() else f"the ticks log in {ticks.location} (start `rtml ingest`)"
 
 
 def dry_run(spec: FeatureSpec) -> None:
@@ -210,7 +211,7 @@ class StepPlanner:
     """The plan of a step, per symbol: which ticks are new, which are late, which bars close
     (on the symbol's own ticks or on the market clock), and the symbol's state after it."""
 
-    def __init__(self, ticks: ParquetLog, data_dir: Path, bar_ns: int, chunk_ticks: int, max_empty: int):
+    def __init__(self, ticks: Any, data_dir: Path, bar_ns: int, chunk_ticks: int, max_empty: int):
         self.ticks = ticks
         self.data_dir = data_dir
         self.bar_ns = bar_ns
@@ -370,7 +371,7 @@ class RecentRows:
     and the examples' targets read. A following builder appends a small part per step, so
     reading them from the log would open more files the longer it runs."""
 
-    def __init__(self, features: ParquetLog, keep: int):
+    def __init__(self, features: Any, keep: int):
         self.features = features
         self.keep = keep
         self.rows: dict[str, pl.DataFrame] = {}
@@ -413,7 +414,12 @@ class FeatureBuilder:
     """Builds the features and examples logs from the ticks log; use as a context manager."""
 
     def __init__(
-        self, data_dir: Path, spec: FeatureSpec, symbols: list[str] | None = None, chunk_ticks: int = 2_000_000
+        self,
+        data_dir: Path,
+        spec: FeatureSpec,
+        symbols: list[str] | None = None,
+        chunk_ticks: int = 2_000_000,
+        logs: LogStore | None = None,
     ):
         if spec.target not in TARGETS:
             raise ConfigError(f"--target {spec.target!r} is not one of {', '.join(TARGETS)}")
@@ -427,9 +433,10 @@ class FeatureBuilder:
         self.spec = spec
         self.bar_ns = spec.bar_s * NS
         self.wanted = symbols
-        self.ticks = ParquetLog(data_dir, TICKS)
-        self.features = ParquetLog(data_dir, FEATURES)
-        self.examples = ParquetLog(data_dir, EXAMPLES)
+        self.logs = store_for(data_dir, logs)
+        self.ticks = self.logs.open(TICKS)
+        self.features = self.logs.open(FEATURES)
+        self.examples = self.logs.open(EXAMPLES)
         self.state: dict[str, SymbolState] = {}
         self._stack = ExitStack()
         self.max_empty = max(10, MAX_EMPTY_SECONDS // spec.bar_s)
@@ -439,8 +446,10 @@ class FeatureBuilder:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def __enter__(self) -> FeatureBuilder:
-        if not self.ticks.root.is_dir():
-            raise ConfigError(f"there is no ticks log in {self.data_dir}; run `rtml ingest` first or check --data-dir")
+        if not self.ticks.exists():
+            raise ConfigError(
+                f"there is no ticks log in {self.logs.where}; run `rtml ingest` first or check --data-dir / --log"
+            )
         try:
             self.fw: LogWriter = self._stack.enter_context(self.features.writer())
             self.ew: LogWriter = self._stack.enter_context(self.examples.writer())
@@ -705,16 +714,11 @@ def _check_contract(out: pl.DataFrame, rows_in: int) -> None:
         raise FeatureError(f"feature column(s) {', '.join(bad)} are not numeric; models need numbers")
 
 
-def remove_built(data_dir: Path) -> None:
+def remove_built(data_dir: Path, logs: LogStore | None = None) -> None:
     """Delete the features and examples logs and the builder state (for --rebuild)."""
-    import shutil
-
+    store = store_for(data_dir, logs)
     for name in (FEATURES, EXAMPLES):
-        log = ParquetLog(data_dir, name)
-        if log.root.is_dir():
-            with log.writer():  # refuse while another builder is running
-                pass
-            shutil.rmtree(log.root)
+        store.open(name).delete()
     (Path(data_dir) / STATE_FILE).unlink(missing_ok=True)
 
 

@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from threading import Event
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from rtml_cli import atomic
 from rtml_cli.beat import Heartbeat, missing_tail, read_beat
 from rtml_cli.errors import LogError, SymbolError
-from rtml_cli.log import LogWriter, ParquetLog, check_symbol
+from rtml_cli.log import LogWriter, check_symbol
+from rtml_cli.logs import LogStore, store_for
 from rtml_cli.schema import MAX_JUMP_SECONDS, TICK_COLUMNS, isolated_in_time, problems, tick_schema
 from rtml_cli.sources import Source, TickBatch
 
@@ -110,7 +111,7 @@ class TradeIdIndex:
     happen, the tick would be quarantined as a duplicate, visibly, not dropped.
     """
 
-    def __init__(self, log: ParquetLog):
+    def __init__(self, log: Any):
         self.log = log
         # Per symbol, sorted runs of hashes, each at least twice the size of the next, so
         # there are O(log n) runs and every id is re-merged O(log n) times in all.
@@ -337,7 +338,7 @@ class _Pipeline:
                     _first, last = self.writer.append(sym, part)
                 except OSError as exc:
                     raise LogError(
-                        f"could not write to {self.writer.log.root}: {exc.strerror or exc}; "
+                        f"could not write to {self.writer.log.location}: {exc.strerror or exc}; "
                         f"{self.buffered:,} ticks received since the last write were not written"
                     ) from None
                 if self.beat is not None:
@@ -385,6 +386,7 @@ def ingest_loop(
     stop: Event,
     summary: IngestSummary,
     batches: Iterator[TickBatch] | None = None,
+    logs: LogStore | None = None,
 ) -> Iterator[int]:
     """The stage: drain `source` into the ticks log until it ends, `stop` is set, or a bound
     is hit, keeping `summary` up to date and yielding each batch's progress (units of
@@ -393,7 +395,7 @@ def ingest_loop(
     Everything accepted is flushed before it ends, also when `stop` ends the run (Ctrl-C,
     SIGTERM). `batches` replaces `source.batches(stop)`, e.g. with a paced version of it.
     """
-    log = ParquetLog(data_dir, TICKS)
+    log = store_for(data_dir, logs).open(TICKS)
     deadline = time.monotonic() + opts.duration if opts.duration else None
     with log.writer() as writer, Heartbeat(data_dir, *_written_offsets(log, data_dir)) as beat:
         pipe = _Pipeline(writer, Quarantine(data_dir, TICKS), opts, summary, beat)
@@ -425,7 +427,7 @@ def ingest_loop(
                 stream.close()
 
 
-def _written_offsets(log: ParquetLog, data_dir: Path) -> tuple[dict[str, int], int | None]:
+def _written_offsets(log: Any, data_dir: Path) -> tuple[dict[str, int], int | None]:
     """Each symbol's newest offset in the ticks log, checked against what the last ingest wrote,
     and the last ingest's watermark.
 
@@ -457,26 +459,27 @@ def _split(batch: TickBatch, rows: int) -> Iterator[TickBatch]:
         )
 
 
-def synthetic_resume(data_dir: Path, symbols: list[str]) -> tuple[int | None, dict[str, tuple[float, int]]]:
+def synthetic_resume(
+    data_dir: Path, symbols: list[str], logs: LogStore | None = None
+) -> tuple[int | None, dict[str, tuple[float, int]]]:
     """Where a synthetic run continues an existing log: (first free second, per-symbol price and next id).
 
     Repeated runs extend the simulated market instead of regenerating the same ticks (which
     would all be duplicates): time goes on from the newest tick, each price from its last
     trade, trade ids from the partition's row count.
     """
-    import polars as pl
 
-    log = ParquetLog(data_dir, TICKS)
+    log = store_for(data_dir, logs).open(TICKS)
+    log.sync()
     resume: dict[str, tuple[float, int]] = {}
     latest: int | None = None
     for sym in symbols:
-        parts = log.parts(sym)
-        if not parts:
+        tail = log.tail(sym)
+        if tail is None or tail.height == 0:
             continue
-        tail = pl.read_parquet(parts[-1].path, columns=["ts", "price"])
         ts_max = cast(int, tail["ts"].dt.epoch("ns").max())
         latest = ts_max if latest is None else max(latest, ts_max)
-        resume[sym] = (float(tail["price"][-1]), sum(p.rows for p in parts))
+        resume[sym] = (float(tail["price"][-1]), log.last_offset(sym) + 1)
     start = None if latest is None else (latest // 1_000_000_000 + 1) * 1_000_000_000
     return start, resume
 
@@ -501,6 +504,7 @@ def open_source(
     symbol: str | None = None,
     url: str | None = None,
     on_event: Callable[[str], None] | None = None,
+    logs: LogStore | None = None,
 ) -> tuple[Source, Iterator[TickBatch]]:
     """Build the named source and its batch stream (paced when `speed` is a factor)."""
     from rtml_cli.sources import pace
@@ -510,7 +514,7 @@ def open_source(
         from rtml_cli.sources.synthetic import DEFAULT_SYMBOLS, SyntheticSource
 
         names = symbols or DEFAULT_SYMBOLS
-        resume_start, resume = synthetic_resume(data_dir, names)
+        resume_start, resume = synthetic_resume(data_dir, names, logs)
         if start_ns is None:
             # Continue the market where the log ends; a new market starts now when paced
             # (so it looks live) and at a fixed time when generating history (reproducible).

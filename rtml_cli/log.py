@@ -261,33 +261,7 @@ class ParquetLog:
     def read_in_time_order(
         self, symbols: list[str], offsets: dict[str, int], chunk: int, columns: list[str] | None = None
     ) -> pl.DataFrame:
-        """The next rows of `symbols` after `offsets`, in time order (then symbol, offset).
-
-        At most `chunk` rows per symbol are read, so memory stays bounded however long the
-        backlog; a symbol with more to come bounds the batch at its last time read, so that
-        reading in chunks gives the same order as one sort of the whole backlog. `columns`
-        (which must include ts and symbol) reads only those.
-        """
-        import polars as pl
-
-        frames, horizon = [], None
-        for s in symbols:
-            after = offsets.get(s, -1)
-            frame = self.read_after(s, after, columns, upto=after + chunk)
-            if frame.height == 0:
-                continue
-            frames.append(frame)
-            if self.last_offset(s) > after + chunk:  # more of this symbol to come
-                last = cast("datetime", frame["ts"].max())
-                horizon = last if horizon is None else min(horizon, last)
-        if not frames:
-            return pl.DataFrame()
-        batch = pl.concat(frames, how="diagonal_relaxed")
-        if horizon is not None:
-            # strictly before: rows at the horizon's own time may continue past the chunk
-            before = batch.filter(pl.col("ts") < horizon)
-            batch = before if before.height else batch.filter(pl.col("ts") <= horizon)
-        return batch.sort("ts", "symbol", OFFSET)
+        return read_in_time_order(self, symbols, offsets, chunk, columns)
 
     def read_all(self, columns: list[str] | None = None) -> pl.DataFrame:
         import polars as pl
@@ -298,6 +272,53 @@ class ParquetLog:
 
     def row_count(self, symbol: str) -> int:
         return sum(p.rows for p in self.parts(symbol))
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def poll(self) -> None:
+        """Nothing to do: a listing is always current (a Kafka log takes in new messages)."""
+
+    def sync(self, stop: Event | None = None) -> None:
+        """Nothing to do (see `poll`)."""
+
+    def close(self) -> None:
+        """Nothing held open."""
+
+    def columns(self, symbol: str) -> list[str] | None:
+        """The columns of the symbol's newest part, or None when it has none."""
+        import polars as pl
+
+        for _ in range(3):
+            parts = self.parts(symbol)
+            if not parts:
+                return None
+            try:
+                return list(pl.read_parquet_schema(parts[-1].path))
+            except FileNotFoundError:
+                continue  # compacted away since the listing: look again
+        return None
+
+    def tail(self, symbol: str) -> pl.DataFrame | None:
+        """The rows of the symbol's newest part (a compaction may merge it with earlier ones),
+        or None; a damaged part reads as None (the stages that read it say so)."""
+        import polars as pl
+
+        for _ in range(3):
+            parts = self.parts(symbol)
+            if not parts:
+                return None
+            try:
+                return pl.read_parquet(parts[-1].path)
+            except FileNotFoundError:
+                continue
+            except (pl.exceptions.PolarsError, OSError):
+                return None
+        return None
 
     def follow(self, symbol: str, offset: int, stop: Event, poll: float = 0.2) -> Iterator[pl.DataFrame]:
         """Yield each batch of new rows after `offset` until `stop` is set."""
@@ -310,6 +331,15 @@ class ParquetLog:
                 stop.wait(poll)
 
     # -- writing -------------------------------------------------------------------------
+
+    def delete(self) -> None:
+        """Remove the whole log (refused while a writer holds it)."""
+        import shutil
+
+        if self.root.is_dir():
+            with self.writer():
+                pass
+            shutil.rmtree(self.root)
 
     @contextmanager
     def writer(self) -> Iterator[LogWriter]:
@@ -407,6 +437,38 @@ class LogWriter:
             atomic.fsync_dir(target.parent)
             rows += merged.height
         return CompactResult(symbol, len(parts), len(self.log.parts(symbol)), rows)
+
+
+def read_in_time_order(
+    log: Any, symbols: list[str], offsets: dict[str, int], chunk: int, columns: list[str] | None = None
+) -> pl.DataFrame:
+    """The next rows in `log` of `symbols` after `offsets`, in time order (then symbol, offset).
+
+    At most `chunk` rows per symbol are read, so memory stays bounded however long the
+    backlog; a symbol with more to come bounds the batch at its last time read, so that
+    reading in chunks gives the same order as one sort of the whole backlog. `columns`
+    (which must include ts and symbol) reads only those.
+    """
+    import polars as pl
+
+    frames, horizon = [], None
+    for s in symbols:
+        after = offsets.get(s, -1)
+        frame = log.read_after(s, after, columns, upto=after + chunk)
+        if frame.height == 0:
+            continue
+        frames.append(frame)
+        if log.last_offset(s) > after + chunk:  # more of this symbol to come
+            last = cast("datetime", frame["ts"].max())
+            horizon = last if horizon is None else min(horizon, last)
+    if not frames:
+        return pl.DataFrame()
+    batch = pl.concat(frames, how="diagonal_relaxed")
+    if horizon is not None:
+        # strictly before: rows at the horizon's own time may continue past the chunk
+        before = batch.filter(pl.col("ts") < horizon)
+        batch = before if before.height else batch.filter(pl.col("ts") <= horizon)
+    return batch.sort("ts", "symbol", OFFSET)
 
 
 # Columns a later rtml added to a log's rows: a part written before reads with them as nulls.

@@ -29,7 +29,8 @@ from rtml_cli.build_state import read_build
 from rtml_cli.checkpoint import signing_key
 from rtml_cli.errors import ConfigError, RtmlError
 from rtml_cli.learner import feature_columns, model_inputs, predict_value
-from rtml_cli.log import OFFSET, ParquetLog
+from rtml_cli.log import OFFSET
+from rtml_cli.logs import LogStore, store_for
 from rtml_cli.serving import CheckpointWatcher, ModelSlot, Served
 
 if TYPE_CHECKING:
@@ -97,12 +98,12 @@ class _ModelRows:
     versions: list[int | None] = field(default_factory=list)
 
 
-def awaited_input(data_dir: Path) -> str | None:
+def awaited_input(data_dir: Path, logs: LogStore | None = None) -> str | None:
     """What `rtml predict --follow` waits for before it can start; None when it is there."""
-    features = Path(data_dir) / FEATURES
-    if features.is_dir() and read_build(data_dir) is not None:
+    features = store_for(data_dir, logs).open(FEATURES)
+    if features.exists() and read_build(data_dir, logs) is not None:
         return None
-    return f"the features log in {features} (start `rtml features --follow`)"
+    return f"the features log in {features.location} (start `rtml features --follow`)"
 
 
 class ConsumerOffsets:
@@ -115,7 +116,7 @@ class ConsumerOffsets:
     so that serving it again later resumes it instead of repeating it.
     """
 
-    def __init__(self, data_dir: Path, names: list[str], predictions: ParquetLog):
+    def __init__(self, data_dir: Path, names: list[str], predictions: Any):
         self.path = data_dir / STATE_FILE
         self.data_dir = data_dir
         self.predictions = predictions
@@ -152,7 +153,7 @@ class ConsumerOffsets:
         if self.predictions.partitions() and build not in (None, features_build):
             raise ConfigError(
                 f"the features in {self.data_dir} were rebuilt since the predictions were written, so their "
-                f"offsets now mean other rows; move {self.predictions.root} and {self.path} away to start afresh"
+                f"offsets now mean other rows; move {self.predictions.location} and {self.path} away to start afresh"
             )
         for sym in self.predictions.partitions():
             tail = self.predictions.read_after(sym, self.log.get(sym, -1), columns=["model", "features_offset"])
@@ -184,7 +185,7 @@ class Predictor:
     """Serves one or more models over the features log; use as a context manager (holds the
     predictions log's writer lock)."""
 
-    def __init__(self, data_dir: Path, opts: PredictOptions):
+    def __init__(self, data_dir: Path, opts: PredictOptions, logs: LogStore | None = None):
         if not opts.names:
             raise ConfigError("give at least one --name")
         if len(set(opts.names)) != len(opts.names):
@@ -193,8 +194,9 @@ class Predictor:
             raise ConfigError(f"--from must be earliest or latest, not {opts.start!r}")
         self.data_dir = Path(data_dir)
         self.opts = opts
-        self.features = ParquetLog(self.data_dir, FEATURES)
-        self.predictions = ParquetLog(self.data_dir, PREDICTIONS)
+        self.logs = store_for(self.data_dir, logs)
+        self.features = self.logs.open(FEATURES)
+        self.predictions = self.logs.open(PREDICTIONS)
         key = signing_key()
         self.slots = [ModelSlot(self.data_dir, n, key) for n in opts.names]
         self.consumers = ConsumerOffsets(self.data_dir, opts.names, self.predictions)
@@ -233,10 +235,10 @@ class Predictor:
             self._writer_ctx.__exit__(None, None, None)
 
     def _features_params(self) -> None:
-        build = read_build(self.data_dir)
-        if not self.features.root.is_dir() or build is None:
+        build = read_build(self.data_dir, self.logs)
+        if not self.features.exists() or build is None:
             raise ConfigError(
-                f"there is no features log in {self.data_dir}; run `rtml features` first or check --data-dir"
+                f"there is no features log in {self.logs.where}; run `rtml features` first or check --data-dir / --log"
             )
         self.bar_ns, self.horizon, self.features_build = build.bar_s * NS, build.horizon, build.build_id
 
@@ -263,7 +265,7 @@ class Predictor:
     def start_watching(self) -> None:
         """Follow mode: a loader thread keeps swapping newer checkpoints in, and wakes the
         prediction loop for them and for new feature rows."""
-        self.watcher.start(self.wake, self.features.root)
+        self.watcher.start(self.wake, None if self.logs.is_kafka else self.features.root)
 
     def reports(self) -> list[str]:
         """Refused checkpoints and load problems not shown yet."""
@@ -311,14 +313,9 @@ class Predictor:
 
         Read once from a part's schema: one build of the features log has one set of columns.
         """
-        import polars as pl
 
         if self._needed is None:
-            parts = next((self.features.parts(s) for s in symbols if self.features.parts(s)), None)
-            try:
-                names = list(pl.read_parquet_schema(parts[-1].path)) if parts else None
-            except FileNotFoundError:
-                names = None  # compacted away since the listing: read every column this time
+            names = next((c for c in (self.features.columns(s) for s in symbols) if c is not None), None)
             if names is not None:
                 self._needed = [OFFSET, "ts", "symbol", *feature_columns(names)]
         return self._needed
@@ -459,7 +456,7 @@ class Predictor:
             },
             "backlog": self.backlog(),
             "elapsed_s": round(time.monotonic() - self.started, 3),
-            "predictions_log": str(self.predictions.root),
+            "predictions_log": self.predictions.location,
         }
 
 

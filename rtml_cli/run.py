@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Event
+from typing import Any
 
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 30.0
 INPUT_LOG = {"features": "ticks", "train": "examples", "predict": "features"}  # what each consumer reads
@@ -176,8 +177,9 @@ RunEvent = Started | Crashed | Finished | Tick
 class Supervisor:
     """Starts, watches and restarts the stages; stops them in pipeline order."""
 
-    def __init__(self, data_dir: Path, specs: list[StageSpec], restart: bool = True):
+    def __init__(self, data_dir: Path, specs: list[StageSpec], restart: bool = True, logs: Any = None):
         self.data_dir = Path(data_dir)
+        self.logs = logs  # where the stages' logs are (None: the data directory)
         self.stages = [StageProcess(s, self.data_dir / "logs") for s in specs]
         self.restart = restart
         self.failed: Crashed | None = None  # the crash that ended a --no-restart run
@@ -244,12 +246,16 @@ class Supervisor:
         snap = self._look()
         return snap is not None and _done(consumer, snap)
 
-    def _look(self) -> dict | None:
-        """`rtml status` of the data directory; None if it cannot be read right now."""
+    def snapshot(self) -> dict:
+        """`rtml status` of the run's data directory and logs."""
         from rtml_cli.status import snapshot
 
+        return snapshot(self.data_dir, self.logs)
+
+    def _look(self) -> dict | None:
+        """`rtml status` of the run; None if it cannot be read right now."""
         try:
-            return snapshot(self.data_dir)
+            return self.snapshot()
         except Exception:
             return None
 
@@ -297,9 +303,10 @@ def stage_specs(
     fmt: str,
     checkpoint_every: int,
     max_ticks: int | None,
+    log_url: str | None = None,
 ) -> list[StageSpec]:
     """The stages of a run, in pipeline order, as rtml command lines."""
-    d = ["--data-dir", str(data_dir)]
+    d = ["--data-dir", str(data_dir), *(["--log", log_url] if log_url else [])]
     ingest = ["ingest", "--source", source, *d]
     if symbols:
         ingest += ["--symbols", symbols]

@@ -163,12 +163,14 @@ class CheckpointWatcher:
         self._stop = Event()
         self._wake = Event()
 
-    def start(self, wake: Event, features_root: Path) -> None:
-        """Load into the slots from now on; set `wake` for a new model or new feature rows."""
+    def start(self, wake: Event, features_root: Path | None) -> None:
+        """Load into the slots from now on; set `wake` for a new model or new feature rows (of a
+        Parquet log in `features_root`; a Kafka log is polled)."""
         self._wake = wake
         for slot in self.slots:
             self.notifier.add(slot.store.dir, self.changed, recursive=False)
-        self.notifier.add(features_root, wake, recursive=True)
+        if features_root is not None:
+            self.notifier.add(features_root, wake, recursive=True)
         self.notifier.start()
         self._thread = threading.Thread(target=self._run, name="rtml-model-loader", daemon=True)
         self._thread.start()

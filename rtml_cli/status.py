@@ -20,25 +20,27 @@ from rtml_cli.beat import read_beat
 from rtml_cli.build_state import STATE_FILE, read_build
 from rtml_cli.checkpoint import CheckpointStore, signing_key
 from rtml_cli.errors import ConfigError, RtmlError
-from rtml_cli.log import ParquetLog
+from rtml_cli.logs import LogStore, store_for
 
 LOGS = ("ticks", "features", "examples", "predictions")
 NS = 1_000_000_000
 
 
-def snapshot(data_dir: Path) -> dict[str, Any]:
+def snapshot(data_dir: Path, store: LogStore | None = None) -> dict[str, Any]:
     """Logs, running stages, consumers and their lag, checkpoints, and end-to-end freshness."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise ConfigError(f"there is no data directory {data_dir}; run `rtml ingest` first or check --data-dir")
+    store = store_for(data_dir, store)
     now_ns = time.time_ns()
-    logs = {name: _log(ParquetLog(data_dir, name)) for name in LOGS}
+    logs = {name: _log(store.open(name)) for name in LOGS}
     out: dict[str, Any] = {
         "data_dir": str(data_dir),
+        "log": store.where,
         "at": _iso(now_ns),
         "empty": not any(logs[name]["symbols"] for name in LOGS),
         "logs": logs,
-        "stages": _stages(data_dir, now_ns),
+        "stages": _stages(data_dir, store, now_ns),
         "consumers": {},
         "checkpoints": {},
     }
@@ -46,7 +48,7 @@ def snapshot(data_dir: Path) -> dict[str, Any]:
     for name, cp in _checkpoints(data_dir, now_ns).items():
         out["checkpoints"][name] = cp
         out["consumers"][f"train {name}"] = _train_consumer(cp, logs)
-    out["consumers"].update(_predict_consumers(data_dir, logs))
+    out["consumers"].update(_predict_consumers(data_dir, store, logs))
     out["freshness"] = _freshness(data_dir, logs, now_ns)
     return out
 
@@ -54,7 +56,7 @@ def snapshot(data_dir: Path) -> dict[str, Any]:
 # -- logs ----------------------------------------------------------------------------------------
 
 
-def _log(log: ParquetLog) -> dict[str, Any]:
+def _log(log: Any) -> dict[str, Any]:
     symbols = {}
     for sym in log.partitions():
         last = log.last_offset(sym)
@@ -62,69 +64,58 @@ def _log(log: ParquetLog) -> dict[str, Any]:
             continue
         symbols[sym] = {"rows": last + 1, "newest_offset": last, **_newest(log, sym)}
     times = [s["newest_ts"] for s in symbols.values() if s["newest_ts"]]
-    return {
+    out = {
         "partitions": len(symbols),
         "rows": sum(s["rows"] for s in symbols.values()),
         "newest_ts": max(times) if times else None,
         "symbols": symbols,
     }
+    if hasattr(log, "lag"):  # a Kafka topic: where this read stopped in each partition, and its end
+        out["kafka"] = {"topic": log.topic, "partitions": log.lag(), "abandoned_rows": log.abandoned}
+    return out
 
 
 LAST = {"ticks": "price", "features": "close", "examples": "close"}
 
 
-def _newest(log: ParquetLog, symbol: str) -> dict[str, Any]:
-    """From the partition's last part (a compaction may replace it: look again): its newest
-    `ts`, and the last row's price (ticks), close (bars), or each model's newest prediction."""
-    import polars as pl
-
-    for _ in range(3):
-        parts = log.parts(symbol)
-        if not parts:
-            return {"newest_ts": None}
-        try:
-            tail = pl.read_parquet(parts[-1].path)
-        except FileNotFoundError:
-            continue
-        except (pl.exceptions.PolarsError, OSError):
-            return {"newest_ts": None}  # a damaged part: the stages that read it say so
-        if tail.height == 0 or "ts" not in tail.columns:
-            return {"newest_ts": None}
-        newest = tail["ts"].max()
-        out: dict[str, Any] = {"newest_ts": newest.isoformat() if isinstance(newest, datetime) else None}
-        if log.name in LAST and LAST[log.name] in tail.columns:
-            out["last"] = tail[LAST[log.name]][-1]
-        if log.name == "predictions" and {"model", "prediction", "latency_ms"} <= set(tail.columns):
-            tail = tail.sort("ts")
-            last = tail.group_by("model", maintain_order=True).last()
-            out["newest_predictions"] = {
-                m: {"ts": t.isoformat(), "prediction": p}
-                for m, t, p in last.select("model", "ts", "prediction").iter_rows()
-            }
-            out["newest_latency_ms"] = tail["latency_ms"][-1]  # of the newest row: when it was made
-        return out
-    return {"newest_ts": None}
+def _newest(log: Any, symbol: str) -> dict[str, Any]:
+    """From the partition's newest part or batch: its newest `ts`, and the last row's price
+    (ticks), close (bars), or each model's newest prediction."""
+    tail = log.tail(symbol)
+    if tail is None or tail.height == 0 or "ts" not in tail.columns:
+        return {"newest_ts": None}
+    newest = tail["ts"].max()
+    out: dict[str, Any] = {"newest_ts": newest.isoformat() if isinstance(newest, datetime) else None}
+    if log.name in LAST and LAST[log.name] in tail.columns:
+        out["last"] = tail[LAST[log.name]][-1]
+    if log.name == "predictions" and {"model", "prediction", "latency_ms"} <= set(tail.columns):
+        tail = tail.sort("ts")
+        last = tail.group_by("model", maintain_order=True).last()
+        rows = last.select("model", "ts", "prediction").iter_rows()
+        out["newest_predictions"] = {m: {"ts": t.isoformat(), "prediction": p} for m, t, p in rows}
+        out["newest_latency_ms"] = tail["latency_ms"][-1]  # of the newest row: when it was made
+    return out
 
 
 # -- stages --------------------------------------------------------------------------------------
 
 
-def _stages(data_dir: Path, now_ns: int) -> dict[str, Any]:
+def _stages(data_dir: Path, store: LogStore, now_ns: int) -> dict[str, Any]:
     """Which stage holds which writer lock now, and ingest's heartbeat."""
     stages: dict[str, Any] = {}
     beat = None
     with contextlib.suppress(RtmlError):  # a damaged heartbeat: the stages that read it say so
         beat = read_beat(data_dir)
-    ingest: dict[str, Any] = {"pid": atomic.holder(data_dir / "ticks" / ".writer.lock")}
+    ingest: dict[str, Any] = {"pid": atomic.holder(store.lock_path("ticks"))}
     if beat is not None:
         ingest["heartbeat_age_s"] = round(now_ns / NS - beat.beat, 1)
     stages["ingest"] = ingest
-    stages["features"] = {"pid": atomic.holder(data_dir / "features" / ".writer.lock")}
+    stages["features"] = {"pid": atomic.holder(store.lock_path("features"))}
     root = data_dir / "checkpoints"
     for d in sorted(root.iterdir()) if root.is_dir() else []:
         if d.is_dir() and not d.name.startswith("."):
             stages[f"train {d.name}"] = {"pid": atomic.holder(d / ".train.lock")}
-    stages["predict"] = {"pid": atomic.holder(data_dir / "predictions" / ".writer.lock")}
+    stages["predict"] = {"pid": atomic.holder(store.lock_path("predictions"))}
     for s in stages.values():
         s["running"] = s["pid"] is not None
     return stages
@@ -206,16 +197,16 @@ def _train_consumer(cp: dict[str, Any], logs: dict[str, Any]) -> dict[str, Any]:
     return lag
 
 
-def _predict_consumers(data_dir: Path, logs: dict[str, Any]) -> dict[str, Any]:
+def _predict_consumers(data_dir: Path, store: LogStore, logs: dict[str, Any]) -> dict[str, Any]:
     """Each model's offsets in the features log: the bookmark, moved on by the predictions
     log's tail (what `rtml predict` itself does on start)."""
     from rtml_cli.predict import ConsumerOffsets
 
-    predictions = ParquetLog(data_dir, "predictions")
+    predictions = store.open("predictions")
     if not predictions.partitions() and not (data_dir / "state" / "predict.json").exists():
         return {}
     try:
-        build = read_build(data_dir)
+        build = read_build(data_dir, store)
         consumers = ConsumerOffsets(data_dir, [], predictions)
         consumers.resume(build.build_id if build else None)
     except RtmlError as exc:

@@ -21,7 +21,8 @@ from rtml_cli.build_state import read_build
 from rtml_cli.checkpoint import KEY_ENV, Checkpoint, Checkpointer, CheckpointStore, runtime_versions, signing_key
 from rtml_cli.errors import ConfigError, RtmlError
 from rtml_cli.learner import Learner, RollingMetrics, feature_columns, model_inputs
-from rtml_cli.log import OFFSET, ParquetLog
+from rtml_cli.log import OFFSET
+from rtml_cli.logs import LogStore, store_for
 from rtml_cli.models import CLASSIFIER, resolve
 
 if TYPE_CHECKING:
@@ -67,25 +68,26 @@ class TrainReport:
     started: float = field(default_factory=time.monotonic)
 
 
-def awaited_input(data_dir: Path) -> str | None:
+def awaited_input(data_dir: Path, logs: LogStore | None = None) -> str | None:
     """What `rtml train --follow` waits for before it can start; None when it is there: the
     examples log and the record of how it was built (a checkpoint names its build)."""
-    examples = Path(data_dir) / EXAMPLES
-    if examples.is_dir() and read_build(data_dir) is not None:
+    examples = store_for(data_dir, logs).open(EXAMPLES)
+    if examples.exists() and read_build(data_dir, logs) is not None:
         return None
-    return f"the examples log in {examples} (start `rtml features --follow`)"
+    return f"the examples log in {examples.location} (start `rtml features --follow`)"
 
 
 class Trainer:
     """Trains one named model from the examples log; use as a context manager (holds the lock)."""
 
-    def __init__(self, data_dir: Path, opts: TrainOptions):
+    def __init__(self, data_dir: Path, opts: TrainOptions, logs: LogStore | None = None):
         self.data_dir = Path(data_dir)
+        self.logs = store_for(data_dir, logs)
         self.opts = opts
         self.spec = resolve(opts.model)
         self.name = opts.name or re.sub(r"[^A-Za-z0-9_.-]", "-", self.spec.name)
         self.store = CheckpointStore(self.data_dir, self.name)
-        self.examples = ParquetLog(self.data_dir, EXAMPLES)
+        self.examples = self.logs.open(EXAMPLES)
         self.key = signing_key()
         self.offsets: dict[str, int] = {}
         self.trained_until: str | None = None
@@ -96,9 +98,9 @@ class Trainer:
         self.examples_build: str | None = None
 
     def __enter__(self) -> Trainer:
-        if not self.examples.root.is_dir():  # before the lock: a mistyped --data-dir leaves nothing behind
+        if not self.examples.exists():  # before the lock: a mistyped --data-dir leaves nothing behind
             raise ConfigError(
-                f"there is no examples log in {self.data_dir}; run `rtml features` first or check --data-dir"
+                f"there is no examples log in {self.logs.where}; run `rtml features` first or check --data-dir / --log"
             )
         self._lock = self.store.lock()
         self._lock.__enter__()
@@ -154,7 +156,7 @@ class Trainer:
         self._last_checkpoint = time.monotonic()
 
     def _check_target(self) -> None:
-        build = read_build(self.data_dir)  # a damaged or missing record of the build is an error
+        build = read_build(self.data_dir, self.logs)  # a damaged or missing record of the build is an error
         if build is None:
             return
         self.examples_build, target = build.build_id, build.target

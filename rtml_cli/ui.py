@@ -982,7 +982,6 @@ def show_run(sup, events, console: Console, as_json: bool, source: str, speed: f
     """Render `Supervisor.loop(...)` as one live dashboard (a line per interval when stderr is
     not a terminal; crashes only with --json), then stop the stages in pipeline order."""
     from rtml_cli.run import Crashed, Started, Tick
-    from rtml_cli.status import snapshot
 
     board = _RunBoard(sup, source, speed)
     live = None
@@ -1009,7 +1008,7 @@ def show_run(sup, events, console: Console, as_json: bool, source: str, speed: f
                 continue
             last_look = time.monotonic()
             try:
-                board.look(snapshot(sup.data_dir))
+                board.look(sup.snapshot())
             except Exception as exc:  # a look at the data must never stop the run
                 board.problem = f"{type(exc).__name__}: {exc}"
             if live:

@@ -225,7 +225,7 @@ def test_compact_all_logs_predictions_too_and_readers_resume_where_they_were(rtm
 def test_compact_without_a_log_is_a_clear_error(rtml, data_dir):
     data_dir.mkdir()
     assert_clean_error(rtml("compact"), "there are no logs", "rtml ingest")
-    assert_clean_error(rtml("compact", "--log", "ticks"), "there is no 'ticks' log", "rtml ingest")
+    assert_clean_error(rtml("compact", "--name", "ticks"), "there is no 'ticks' log", "rtml ingest")
 
 
 def test_environment_problems_are_errors_not_tracebacks(rtml, tmp_path):
@@ -235,7 +235,7 @@ def test_environment_problems_are_errors_not_tracebacks(rtml, tmp_path):
     assert_clean_error(r, "Not a directory")
     assert_clean_error(rtml("ingest", "--start", "2300-01-01"), "outside 1971..2200", code=2)
     assert_clean_error(rtml("ingest", "--seed", "-1"), "--seed", code=2)
-    assert_clean_error(rtml("compact", "--log", ".."), "--log", code=2)
+    assert_clean_error(rtml("compact", "--name", ".."), "--name", code=2)
 
 
 @pytest.mark.slow

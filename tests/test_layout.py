@@ -15,6 +15,8 @@ LAYERS = {
     "errors": 0,
     "atomic": 0,
     "log": 1,
+    "kafka": 1,
+    "logs": 1,
     "schema": 1,
     "config": 1,
     "beat": 2,

@@ -222,7 +222,7 @@ def test_predictions_made_as_the_market_runs_are_out_of_sample_and_older_parts_w
     assert history.height == first
     assert history["in_sample"].sum() > 0.9 * history.height  # the history, predicted after learning it
     assert live.height > 0 and not live["in_sample"].any()
-    r = rtml("compact", "--log", "predictions", "--json")  # parts with and without the column merge
+    r = rtml("compact", "--name", "predictions", "--json")  # parts with and without the column merge
     assert r.exit_code == 0, r.output
     assert_frame_equal(predictions(examples_dir).sort("offset"), p)
 
