@@ -469,7 +469,7 @@ class KafkaLog:
         self._checked_at = now
         if self.topic not in self.conn.topics():
             return False
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+        from confluent_kafka import Consumer, TopicPartition
 
         self._assigned = self.conn.owned()
         consumer = Consumer(
@@ -479,11 +479,13 @@ class KafkaLog:
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
                 "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 50,
+                "fetch.wait.max.ms": 10,
                 "fetch.queue.backoff.ms": 10,
             }
         )
-        consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self._assigned])
+        # from offset 0, or the oldest kept (auto.offset.reset) when retention has removed it: one
+        # request fewer than OFFSET_BEGINNING, which asks the brokers first
+        consumer.assign([TopicPartition(self.topic, p, 0) for p in self._assigned])
         self._consumer = consumer
         self._at_end = dict.fromkeys(self._assigned, False)
         return True
@@ -627,7 +629,7 @@ class KafkaLog:
 
         self.poll()
         rows = self._rows.get(symbol)
-        if rows is None or not rows.frames or rows.last <= offset or (upto is not None and upto <= offset):
+        if rows is None or not rows.frames or rows.last <= offset:
             return pl.DataFrame()
         if offset >= 0 and offset + 1 < rows.firsts[0]:
             raise LogError(
@@ -705,9 +707,9 @@ class KafkaLog:
         )
         with atomic.exclusive(self.data_dir / self.name / _LOCK_NAME, busy):
             self.conn.create(self.topic)
-            self.sync()
-            writer = KafkaWriter(self)
+            writer = KafkaWriter(self)  # first: its producer gets its id from the brokers meanwhile
             try:
+                self.sync()
                 yield writer
             finally:
                 writer.close()

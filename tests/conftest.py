@@ -240,3 +240,23 @@ class Terminal:
 
     def lines(self) -> list[str]:
         return [line for chunk in self.text.split("\n") for line in chunk.split("\r")]
+
+
+# -- Kafka -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kafka_broker():
+    """A real Kafka-protocol broker (Tansu, in memory) on loopback for the whole test run."""
+    from tools.broker import Broker
+
+    with Broker() as broker:
+        yield broker
+
+
+@pytest.fixture
+def kafka_url(kafka_broker) -> str:
+    """A `--log` URL on the session's broker with topics of this test's own (4 partitions each)."""
+    import uuid
+
+    return f"kafka://{kafka_broker.address}?prefix=t{uuid.uuid4().hex[:10]}.&partitions=4&timeout=10"

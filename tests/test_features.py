@@ -45,9 +45,10 @@ def write_ticks(data_dir: Path, batches: list[list[tuple]], symbol: str = "X") -
             )
 
 
-def copy_ticks(src: Path, dst: Path, keep: pl.Expr | None = None) -> None:
-    """The ticks of `src` (those matching `keep`) appended anew to the ticks log of `dst`."""
-    ticks = ParquetLog(src, "ticks")
+def copy_ticks(src: Path, dst: Path, keep: pl.Expr | None = None, logs=None) -> None:
+    """The ticks of `src` (those matching `keep`; of the store `logs` if given) appended anew to
+    the ticks log of `dst`."""
+    ticks = logs.open("ticks") if logs is not None else ParquetLog(src, "ticks")
     with ParquetLog(dst, "ticks").writer() as w:
         for sym in ticks.partitions():
             rows = ticks.read_after(sym)
@@ -61,8 +62,9 @@ def build(data_dir: Path, spec: FeatureSpec | None = None, chunk: int = 2_000_00
         return b.step(clock_ns)
 
 
-def features(data_dir: Path, name: str = "features") -> pl.DataFrame:
-    return ParquetLog(data_dir, name).read_all().sort("symbol", "offset")
+def features(data_dir: Path, name: str = "features", logs=None) -> pl.DataFrame:
+    log = logs.open(name) if logs is not None else ParquetLog(data_dir, name)
+    return log.read_all().sort("symbol", "offset")
 
 
 def assert_same(a: pl.DataFrame, b: pl.DataFrame) -> None:

@@ -51,38 +51,43 @@ def test_bad_run_options_are_clear_errors(rtml):
     assert_clean_error(rtml("run", "--source", "kraken", "--speed", "10"), "--speed", code=2)
 
 
-def _assert_pipeline_invariants(d):
+def _assert_pipeline_invariants(d, url=None):
     """What a run must leave, whatever was killed when: every tick once; features and
     examples equal to a one-shot build of the same ticks; each example learned once; each
-    features row predicted once per model; model versions never going back."""
+    features row predicted once per model; model versions never going back. `url`: the
+    run's logs were on Kafka there (the one-shot build is on Parquet)."""
+    from rtml_cli.logs import LogStore
     from tests.test_features import assert_same, build, copy_ticks, features
 
-    ticks = ParquetLog(d, "ticks").read_all()
+    store = LogStore(d, url)
+    ticks = store.open("ticks").read_all()
     assert ticks.select(pl.struct("symbol", "trade_id").is_unique().all()).item()
     for _, part in ticks.group_by("symbol"):
         assert part["offset"].sort().to_list() == list(range(part.height))
     ref = d.parent / "one-shot"
-    copy_ticks(d, ref)
+    copy_ticks(d, ref, logs=store)
     build(ref)
     # the run's builder stopped with its newest bars open; the one-shot build closed no more
     for name in ("features", "examples"):
-        assert_same(features(d, name), features(ref, name))
+        assert_same(features(d, name, store), features(ref, name))
     from rtml_cli.checkpoint import CheckpointStore
 
     newest = CheckpointStore(d, "linear").list()[-1].manifest
-    examples = ParquetLog(d, "examples")
+    examples = store.open("examples")
     assert newest["examples_learned"] == sum(examples.row_count(s) for s in examples.partitions())
-    p = ParquetLog(d, "predictions").read_all()
-    f = ParquetLog(d, "features").read_all()
+    p = store.open("predictions").read_all()
+    f = store.open("features").read_all()
     assert p.height == f.height and p.select(pl.struct("symbol", "features_offset").is_unique().all()).item()
     for _, part in p.sort("features_offset").group_by("symbol"):
         assert part["model_version"].drop_nulls().diff().drop_nulls().min() >= 0
 
 
 @pytest.mark.slow
-def test_chaos_kill_9_of_every_stage_again_and_again_loses_and_repeats_nothing(tmp_path):
+@pytest.mark.parametrize("backend", ["parquet", "kafka"])
+def test_chaos_kill_9_of_every_stage_again_and_again_loses_and_repeats_nothing(tmp_path, backend, request):
     """Ten SIGKILLs, every stage hit at least twice, each restarted by the supervisor; a
-    reader beside it never sees a torn part or an unverifiable checkpoint.
+    reader beside it never sees a torn part or an unverifiable checkpoint. On both backends:
+    the Parquet log, and Kafka topics on a real broker.
 
     The longer variant is opt-in: `RTML_CHAOS_ROUNDS=10 RTML_CHAOS_SEED=7 pytest -k chaos`
     kills 100 times (about a minute a round), with another random order and pace."""
@@ -95,15 +100,20 @@ def test_chaos_kill_9_of_every_stage_again_and_again_loses_and_repeats_nothing(t
     d = tmp_path / "data"
     rounds = int(os.environ.get("RTML_CHAOS_ROUNDS", "1"))
     rng = random.Random(int(os.environ.get("RTML_CHAOS_SEED", "5")))
-    run = rtml_process(["run", "--speed", "1500", "--json", "--data-dir", str(d)])
+    url = request.getfixturevalue("kafka_url") if backend == "kafka" else None
+    on = ["--log", url] if url else []
+    run = rtml_process(["run", "--speed", "1500", "--json", "--data-dir", str(d), *on])
     problems: list[str] = []
     done = threading.Event()
 
     def reader():  # reads every log and the newest checkpoint, over and over
+        from rtml_cli.logs import LogStore
+
+        logs = LogStore(d, url)
         while not done.is_set():
             try:
                 for name in ("ticks", "features", "examples", "predictions"):
-                    log = ParquetLog(d, name)
+                    log = logs.open(name)
                     for sym in log.partitions():
                         rows = log.read_after(sym)
                         if rows.height and rows["offset"].to_list() != list(range(rows.height)):
@@ -120,7 +130,10 @@ def test_chaos_kill_9_of_every_stage_again_and_again_loses_and_repeats_nothing(t
     watcher = threading.Thread(target=reader, daemon=True)
     kills = {"ingest": 0, "features": 0, "train linear": 0, "predict": 0}
     try:
-        _wait_for("predictions", lambda: ParquetLog(d, "predictions").partitions())
+        from rtml_cli.logs import LogStore
+
+        predictions = LogStore(d, url).open("predictions")
+        _wait_for("predictions", lambda: predictions.partitions(), timeout=90)
         watcher.start()
         order = []
         for _ in range(rounds):  # 10 kills a round: ingest and features three times, train and predict twice
@@ -152,7 +165,7 @@ def test_chaos_kill_9_of_every_stage_again_and_again_loses_and_repeats_nothing(t
     # stopped in pipeline order, each once it had caught up: nothing left unread between two logs
     consumers = summary["status"]["consumers"]
     assert [consumers[c]["behind_rows"] for c in ("features", "train linear", "predict linear")] == [0, 0, 0]
-    _assert_pipeline_invariants(d)
+    _assert_pipeline_invariants(d, url)
 
 
 @pytest.mark.slow

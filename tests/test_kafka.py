@@ -1,0 +1,220 @@
+"""The Kafka log against a real broker (Tansu, started by the fixtures): the same interface and
+guarantees as the Parquet log, rows that survive the trip exactly, atomic batches without
+transactions, and clear errors for what is not an rtml row."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+
+import polars as pl
+import pytest
+from confluent_kafka import Producer
+from polars.testing import assert_frame_equal
+
+from rtml_cli.errors import ConfigError, LogError
+from rtml_cli.kafka import BATCH_HEADER, SCHEMA_HEADER, encode, murmur2, parse_url, partition_of
+from rtml_cli.log import ParquetLog
+from rtml_cli.logs import LogStore
+
+
+def _store(tmp_path, url: str) -> LogStore:
+    return LogStore(tmp_path / "state", url)
+
+
+def _producer(url: str) -> Producer:
+    return Producer({"bootstrap.servers": parse_url(url).brokers, "enable.idempotence": True})
+
+
+def _topic(url: str, name: str) -> str:
+    return parse_url(url).prefix + name
+
+
+def messy(n: int = 40, seed: int = 3) -> pl.DataFrame:
+    """Rows with what JSON loses unless it is careful: NaN and infinities, nulls, the smallest
+    and largest floats, -0.0, ns-precision times, quotes, newlines and non-ASCII text."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    floats = list(rng.standard_normal(n) * 10.0 ** rng.integers(-300, 300, n))
+    floats = ([math.nan, math.inf, -math.inf, 5e-324, 1.7976931348623157e308, -0.0, 0.1 + 0.2] + floats[7:])[:n]
+    base = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000_000
+    return pl.DataFrame(
+        {
+            "ts": pl.Series([base + i * 1_000_000_007 + 1 for i in range(n)]).cast(pl.Datetime("ns")),
+            "x": pl.Series(floats, dtype=pl.Float64),
+            "y": pl.Series([None if i % 5 == 0 else float(i) / 3 for i in range(n)], dtype=pl.Float64),
+            "n": pl.Series([2**63 - 1 - i if i % 2 else -(2**62) + i for i in range(n)], dtype=pl.Int64),
+            "side": pl.Series([None if i % 3 == 0 else 'b"u\\y\n€' for i in range(n)], dtype=pl.String),
+            "flag": pl.Series([None if i % 4 == 0 else i % 2 == 0 for i in range(n)], dtype=pl.Boolean),
+        }
+    ).with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
+
+
+def test_murmur2_puts_a_symbol_where_kafka_s_default_partitioner_does(kafka_url):
+    """Any Kafka producer keying by symbol (Java's default partitioner; librdkafka's
+    murmur2_random) lands a symbol in the partition rtml reads it from."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    brokers, topic = parse_url(kafka_url).brokers, _topic(kafka_url, "hash")
+    admin = AdminClient({"bootstrap.servers": brokers})
+    for fut in admin.create_topics([NewTopic(topic, 7, 1)]).values():
+        fut.result()
+    producer = Producer({"bootstrap.servers": brokers, "partitioner": "murmur2_random"})
+    symbols = ["BTC/USD", "ETH/USD", "SOL/USD", "XBTUSDT", "a", "ab", "abc", "abcd", "€uro", "x" * 64]
+    landed: dict[str, int] = {}
+    for s in symbols:
+        producer.produce(topic, b"{}", s.encode(), on_delivery=lambda err, m, s=s: landed.update({s: m.partition()}))
+    producer.flush(10)
+    assert landed == {s: partition_of(s, 7) for s in symbols}
+    # Kafka's own test vector (org.apache.kafka.common.utils.UtilsTest): murmur2("21") = -973932308
+    assert murmur2(b"21") - (1 << 32) == -973932308
+
+
+def test_rows_come_back_exactly_nan_infinities_nulls_and_nanoseconds_too(tmp_path, kafka_url):
+    frame = messy()
+    with _store(tmp_path, kafka_url).open("ticks").writer() as w:
+        assert w.append("BTC/USD", frame) == (0, frame.height - 1)
+    back = _store(tmp_path / "other", kafka_url).open("ticks").read_after("BTC/USD")  # a fresh reader
+    assert_frame_equal(back.drop("offset"), frame)
+    assert back["x"].is_nan().sum() == 1 and back["x"].is_infinite().sum() == 2
+    assert math.copysign(1.0, back["x"][5]) == -1.0  # -0.0 kept its sign
+
+
+def test_the_message_format_is_plain_json_any_consumer_can_read(tmp_path, kafka_url):
+    """What the README documents: key = symbol, one JSON object per row, times in integer ns."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    frame = messy(8)
+    with _store(tmp_path, kafka_url).open("ticks").writer() as w:
+        w.append("ETH/USD", frame)
+    c = Consumer({"bootstrap.servers": parse_url(kafka_url).brokers, "group.id": "x"})
+    p = partition_of("ETH/USD", 4)
+    c.assign([TopicPartition(_topic(kafka_url, "ticks"), p, OFFSET_BEGINNING)])
+    got = []
+    while len(got) < 5:
+        got += [m for m in c.consume(10, 5) if m.error() is None]
+    c.close()
+    first = got[0]
+    assert first.key() == b"ETH/USD"
+    headers = dict(first.headers())
+    batch_writer, first_offset, last_offset = headers[BATCH_HEADER].decode().split(":")
+    assert (first_offset, last_offset) == ("0", "7") and batch_writer
+    schema = json.loads(headers[SCHEMA_HEADER])
+    assert dict(map(tuple, schema["columns"]))["ts"] == "timestamp[ns, UTC]" and schema["text"] == ["x"]
+    row = json.loads(first.value())
+    assert row["offset"] == 0 and row["ts"] == frame["ts"].dt.epoch("ns")[0] and row["x"] == "NaN"
+    assert json.loads(got[1].value())["x"] == "Infinity"
+    assert SCHEMA_HEADER not in dict(got[1].headers())  # the schema rides on a batch's first message
+
+
+def test_the_kafka_log_answers_as_the_parquet_log_does(tmp_path, kafka_url):
+    """The same appends to both backends: the same partitions, offsets, reads after an offset
+    with bounds and columns, reads in time order in chunks, tails and columns."""
+    parquet = ParquetLog(tmp_path / "p", "features")
+    kafka = _store(tmp_path, kafka_url).open("features")
+    frame = messy(30).drop("x")
+    with parquet.writer() as pw, kafka.writer() as kw:
+        for i, sym in enumerate(["BTC/USD", "ETH/USD", "SOL/USD", "BTC/USD", "ETH/USD", "BTC/USD"]):
+            part = frame.slice(i * 4, 7).with_columns(symbol=pl.lit(sym))
+            assert pw.append(sym, part) == kw.append(sym, part)
+    fresh = _store(tmp_path / "fresh", kafka_url).open("features")
+    for log in (kafka, fresh):
+        assert log.partitions() == parquet.partitions()
+        for sym in parquet.partitions():
+            assert log.last_offset(sym) == parquet.last_offset(sym)
+            assert_frame_equal(log.tail(sym), parquet.tail(sym))
+            assert log.columns(sym) == parquet.columns(sym)
+            for after, upto in [(-1, None), (3, None), (6, 9), (8, 8), (20, None)]:
+                assert_frame_equal(log.read_after(sym, after, upto=upto), parquet.read_after(sym, after, upto=upto))
+            cols = [pl.col("offset"), pl.col("n") * 2]
+            assert_frame_equal(log.read_after(sym, 2, cols), parquet.read_after(sym, 2, cols))
+        offsets = {"BTC/USD": 3}
+        for chunk in (2, 5, 100):
+            assert_frame_equal(
+                log.read_in_time_order(parquet.partitions(), offsets, chunk),
+                parquet.read_in_time_order(parquet.partitions(), offsets, chunk),
+            )
+        assert_frame_equal(log.read_all().sort("symbol", "offset"), parquet.read_all().sort("symbol", "offset"))
+
+
+def _half_a_batch(url: str, symbol: str, first: int, rows: pl.DataFrame, sent: int) -> None:
+    """What a writer killed halfway through an append leaves: `sent` of the batch's messages."""
+    frame = rows.select(pl.int_range(first, first + rows.height, dtype=pl.Int64).alias("offset"), pl.all())
+    values, schema = encode(frame)
+    batch = (BATCH_HEADER, f"deadwriter:{first}:{first + rows.height - 1}".encode())
+    p = _producer(url)
+    for i, v in enumerate(values[:sent]):
+        headers = [batch, (SCHEMA_HEADER, schema)] if i == 0 else [batch]
+        p.produce(_topic(url, "ticks"), v, symbol.encode(), partition=partition_of(symbol, 4), headers=headers)
+    p.flush(10)
+
+
+def test_a_batch_cut_short_by_a_killed_writer_is_never_read_and_its_offsets_are_written_again(tmp_path, kafka_url):
+    frame = messy(10)
+    log = _store(tmp_path, kafka_url).open("ticks")
+    with log.writer() as w:
+        w.append("BTC/USD", frame.head(4))
+    _half_a_batch(kafka_url, "BTC/USD", 4, frame.slice(4, 6), sent=3)
+    reader = _store(tmp_path / "r", kafka_url).open("ticks")
+    assert reader.last_offset("BTC/USD") == 3  # the three messages of the cut batch do not count
+    assert reader.read_after("BTC/USD")["offset"].to_list() == [0, 1, 2, 3]
+    with _store(tmp_path / "w2", kafka_url).open("ticks").writer() as w:  # the restarted writer
+        assert w.next_offset("BTC/USD") == 4
+        assert w.append("BTC/USD", frame.slice(4, 6)) == (4, 9)
+    again = _store(tmp_path / "r2", kafka_url).open("ticks")
+    assert_frame_equal(again.read_after("BTC/USD").drop("offset"), frame)
+    assert again.abandoned == 3
+    reader.poll()  # a reader that was there all along agrees
+    assert reader.last_offset("BTC/USD") == 9 and reader.abandoned == 3
+
+
+def test_a_message_rtml_did_not_write_is_a_clear_error_not_a_skip(tmp_path, kafka_url):
+    log = _store(tmp_path, kafka_url).open("ticks")
+    with log.writer() as w:
+        w.append("BTC/USD", messy(3))
+    p = _producer(kafka_url)
+    p.produce(_topic(kafka_url, "ticks"), b'{"price": 1}', b"BTC/USD", partition=partition_of("BTC/USD", 4))
+    p.flush(10)
+    with pytest.raises(LogError, match=r"Kafka offset 3 is not an rtml row"):
+        _store(tmp_path / "r", kafka_url).open("ticks").partitions()
+
+
+def test_a_batch_that_does_not_decode_is_a_clear_error(tmp_path, kafka_url):
+    with _store(tmp_path, kafka_url).open("ticks").writer() as w:
+        w.append("ETH/USD", messy(3))
+    schema = json.dumps({"columns": [["offset", "int64"], ["price", "float64"]]}).encode()
+    batch = (BATCH_HEADER, b"other:3:4")
+    p = _producer(kafka_url)
+    topic, part = _topic(kafka_url, "ticks"), partition_of("ETH/USD", 4)
+    p.produce(topic, b'{"offset":3,"price":1.5}', b"ETH/USD", partition=part, headers=[batch, (SCHEMA_HEADER, schema)])
+    p.produce(topic, b'{"offset":4,"price":"cheap"', b"ETH/USD", partition=part, headers=[batch])
+    p.flush(10)
+    with pytest.raises(LogError, match=r"batch of 'ETH/USD'.*does not decode"):
+        _store(tmp_path / "r", kafka_url).open("ticks").partitions()
+
+
+def test_topics_with_another_partition_count_are_a_clear_error(tmp_path, kafka_url):
+    with _store(tmp_path, kafka_url).open("ticks").writer() as w:
+        w.append("BTC/USD", messy(2))
+    other = kafka_url.replace("partitions=4", "partitions=6")
+    with pytest.raises(ConfigError, match="have 4 partitions, --log says partitions=6"):
+        _store(tmp_path / "r", other).open("ticks").partitions()
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("kafka://", "is not kafka://HOST:PORT"),
+        ("kafka://localhost", "is not HOST:PORT"),
+        ("kafka://h:1?partitions=0", "partitions must be a whole number"),
+        ("kafka://h:1?prefix=a/b", "a topic prefix may hold"),
+        ("kafka://h:1?colour=red", "unknown setting 'colour'"),
+        ("s3://bucket", "give a directory or kafka://"),
+    ],
+)
+def test_bad_log_urls_are_clear_errors(rtml, url, says):
+    from tests.conftest import assert_clean_error
+
+    assert_clean_error(rtml("ingest", "--max-ticks", "10", "--log", url), says)
