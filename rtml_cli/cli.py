@@ -26,7 +26,19 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 # `rtml --help` lists the commands in pipeline order, then the tools
-ORDER = ["ingest", "features", "train", "predict", "backtest", "run", "status", "checkpoints", "models", "compact"]
+ORDER = [
+    "ingest",
+    "features",
+    "train",
+    "predict",
+    "backtest",
+    "run",
+    "status",
+    "checkpoints",
+    "models",
+    "compact",
+    "archive",
+]
 
 
 class RtmlGroup(click.Group):
@@ -1268,6 +1280,84 @@ def compact(log_name, symbols, target_rows, data_dir, log_url, as_json):
         click.echo(
             f"{r['log']}/{r['symbol']}: {r['parts_before']} parts -> {r['parts_after']} ({r['rows']:,} rows rewritten)"
         )
+
+
+# -- archive -----------------------------------------------------------------------------------
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option(
+    "--name",
+    "log_name",
+    type=click.Choice(["all", "ticks", "features", "examples", "predictions"]),
+    default="all",
+    show_default=True,
+    help="Which log to copy.",
+)
+@click.option("--reverse", is_flag=True, help="Copy the Parquet logs of --data-dir into Kafka instead (a backfill).")
+@click.option("--follow", is_flag=True, help="Keep copying what arrives, until Ctrl-C.")
+@click.option(
+    "--poll", type=click.FloatRange(min=0.1), default=5.0, show_default=True, help="--follow: seconds between copies."
+)
+@symbols_option("Only these symbols (default: all).")
+@data_dir_option
+@log_option
+@json_option
+def archive(log_name, reverse, follow, poll, symbols, data_dir, log_url, as_json):
+    """Copy the Kafka logs (--log kafka://...) into the Parquet logs of --data-dir.
+
+    History stays queryable with DuckDB, polars and `rtml backtest` while the live path runs
+    on Kafka. Rows keep their offsets; each batch is published atomically, so an archive
+    stopped at any moment (Ctrl-C, kill -9) goes on where it stopped, copying nothing twice.
+    --reverse replays the Parquet logs into Kafka. A destination that is not a copy of the
+    source (its newest row differs) is an error.
+
+    \b
+    Examples:
+        rtml archive --log kafka://broker:9092 --data-dir history
+        rtml archive --log kafka://broker:9092 --data-dir history --follow
+        rtml archive --log kafka://broker:9092 --data-dir history --reverse --name ticks
+    """
+    from rtml_cli import ui
+    from rtml_cli.archive import copy_log
+    from rtml_cli.logs import LOG_NAMES, LogStore
+
+    kafka = _logs(data_dir, log_url)
+    if not kafka.is_kafka:
+        raise ConfigError("archive copies between Kafka and Parquet: give --log kafka://HOST:PORT (or set RTML_LOG)")
+    parquet = LogStore(data_dir)
+    src, dst = (parquet, kafka) if reverse else (kafka, parquet)
+    names = list(LOG_NAMES) if log_name == "all" else [log_name]
+    wanted = parse_symbols(symbols)
+    console = ui.err_console()
+    copied: dict[str, dict[str, int]] = {}
+    with _Stopper(console, "stopping: finishing the batch in progress...") as stop:
+        if not _reach(kafka, stop, console):
+            return _stopped_waiting("Kafka", as_json)
+        while True:
+            for name in names:
+                if not src.open(name).exists():
+                    continue
+                for c in copy_log(src.open(name), dst.open(name), wanted, stop):
+                    mine = copied.setdefault(name, {})
+                    mine[c.symbol] = mine.get(c.symbol, 0) + c.rows
+                    if not as_json:
+                        console.print(
+                            f"{name}/{ui.esc(c.symbol)}: {c.rows:,} rows, up to offset {c.last_offset:,}",
+                            highlight=False,
+                        )
+            if not follow or stop.wait(poll):
+                break
+    summary = {
+        "from": src.where,
+        "to": dst.where,
+        "rows": sum(n for per in copied.values() for n in per.values()),
+        "logs": copied,
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"copied {summary['rows']:,} rows from {src.where} to {dst.where}")
 
 
 # -- entry point -------------------------------------------------------------------------------

@@ -48,7 +48,6 @@ DEFAULT_PREFIX = "rtml."
 DEFAULT_TIMEOUT_S = 30.0
 BATCH_HEADER = "rtml-batch"
 SCHEMA_HEADER = "rtml-schema"
-_LOCK_NAME = ".writer.lock"
 _MERGE_FRAMES = 64  # a symbol's rows are merged into one frame once they are in this many pieces
 
 
@@ -303,6 +302,8 @@ class Connection:
 
         self.config = config
         self.errors: list[str] = []
+        self.down_since: float | None = None  # when the client said no broker is reachable
+        self._checked = 0.0
         self.admin = AdminClient(self._client_config())
         self._partitions: int | None = None
 
@@ -316,8 +317,30 @@ class Connection:
         }
 
     def _on_error(self, err: Any) -> None:
+        from confluent_kafka import KafkaError
+
         self.errors.append(str(err.str() if hasattr(err, "str") else err))
         del self.errors[:-5]
+        down = getattr(err, "code", lambda: None)() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT)
+        if down and self.down_since is None:
+            self.down_since = time.monotonic()
+
+    def check(self) -> None:
+        """A LogError once the brokers have been out of reach for the URL's timeout (the client
+        retries until then); at most one metadata request a second to see whether they are back."""
+        since = self.down_since
+        if since is None or time.monotonic() - self._checked < 1.0:
+            return
+        self._checked = time.monotonic()
+        try:
+            self.topics(timeout=min(2.0, self.config.timeout_s))
+            self.down_since = None
+        except LogError:
+            if time.monotonic() - since >= self.config.timeout_s:
+                raise LogError(
+                    f"{self.unreachable()}; gave up after {self.config.timeout_s:g} s "
+                    "(everything written so far is complete; run again once they are back)"
+                ) from None
 
     def topics(self, timeout: float | None = None) -> dict[str, int]:
         """Topic -> partitions; a LogError when the brokers do not answer within `timeout`."""
@@ -330,7 +353,9 @@ class Connection:
         return {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
 
     def unreachable(self, exc: object = None) -> str:
-        why = self.errors[-1] if self.errors else (str(exc.args[0]) if isinstance(exc, Exception) and exc.args else "")
+        why = self.errors[-1] if self.errors else ""
+        if isinstance(exc, Exception) and exc.args:
+            why = exc.args[0].str() if hasattr(exc.args[0], "str") else str(exc.args[0])
         return (
             f"Kafka at {self.config.brokers} does not answer ({why or 'no reply'}); "
             "start the brokers or check --log / RTML_LOG"
@@ -445,6 +470,7 @@ class KafkaLog:
         self._position: dict[int, int] = {}  # next Kafka offset per partition
         self._at_end: dict[int, bool] = {}
         self._checked_at = 0.0
+        self._synced = False  # read to the end once (the first read does)
         self.abandoned = 0  # rows of batches a killed writer left incomplete
 
     def __repr__(self) -> str:
@@ -453,6 +479,12 @@ class KafkaLog:
     @property
     def location(self) -> str:
         return f"topic {self.topic} on {self.conn.config.brokers}"
+
+    @property
+    def lock_path(self) -> Path:
+        """What a writer on this machine holds: beside the stage's state, one per topic (a
+        Parquet log of the same name in the data directory has its own)."""
+        return self.data_dir / "kafka" / f"{self.topic}.lock"
 
     # -- the consumer --------------------------------------------------------------------------
 
@@ -494,14 +526,16 @@ class KafkaLog:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+        self._synced = False
 
     def poll(self) -> None:
         """Take in what the consumer has fetched, without waiting; the first time, read to the end
         (so a one-shot reader sees the whole log as it is at its start)."""
-        if self._consumer is None:
+        if not self._synced:
             if self._ensure():
                 self.sync()
             return
+        self.conn.check()
         for _ in range(1000):
             if not self._take(self._consumer.consume(100_000, 0)):
                 return
@@ -510,12 +544,14 @@ class KafkaLog:
         """Read every partition to its end as of now (the newest offsets a writer resumes from)."""
         if not self._ensure(force=True):
             return
+        self._synced = True
         deadline = time.monotonic() + self.conn.config.timeout_s
         while not all(self._at_end.values()):
             if stop is not None and stop.is_set():
                 return
-            self._take(self._consumer.consume(100_000, 0.05))
-            if time.monotonic() > deadline:
+            if self._take(self._consumer.consume(100_000, 0.05)):
+                deadline = time.monotonic() + self.conn.config.timeout_s  # still coming: not stuck
+            elif time.monotonic() > deadline:
                 raise LogError(
                     f"{self.conn.unreachable()} (reading {self.topic} to its end took over "
                     f"{self.conn.config.timeout_s:g} s)"
@@ -705,7 +741,7 @@ class KafkaLog:
             f"another rtml process (pid {{pid}}) is writing {self.topic} from {self.data_dir}; stop it first, "
             "or use another --data-dir"
         )
-        with atomic.exclusive(self.data_dir / self.name / _LOCK_NAME, busy):
+        with atomic.exclusive(self.lock_path, busy):
             self.conn.create(self.topic)
             writer = KafkaWriter(self)  # first: its producer gets its id from the brokers meanwhile
             try:
@@ -721,7 +757,7 @@ class KafkaLog:
         if self.topic not in self.conn.topics():
             return
         busy = f"pid {{pid}} is writing {self.topic}; stop it first"
-        with atomic.exclusive(self.data_dir / self.name / _LOCK_NAME, busy):
+        with atomic.exclusive(self.lock_path, busy):
             self.close()
             futures = self.conn.admin.delete_topics([self.topic], request_timeout=self.conn.config.timeout_s)
             for fut in futures.values():
@@ -736,6 +772,7 @@ class KafkaLog:
         self._rows.clear()
         self._pending.clear()
         self._position.clear()
+        self._own.clear()
 
     def _inject(self, symbol: str, first: int, frame: pl.DataFrame, writer: str) -> None:
         """Rows this process just appended: readable at once, skipped when they come back."""

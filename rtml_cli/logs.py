@@ -74,7 +74,9 @@ class LogStore:
 
     def lock_path(self, name: str) -> Path:
         """The lock file a writer of log `name` holds (on this machine)."""
-        return (self.data_dir if self.is_kafka else self.log_dir) / name / ".writer.lock"
+        if self.is_kafka:
+            return self.data_dir / "kafka" / f"{self.kafka.config.prefix}{name}.lock"
+        return self.log_dir / name / ".writer.lock"
 
     def open(self, name: str) -> Any:
         """The log `name` (one object per name and store, so a writer's appends are seen at once)."""

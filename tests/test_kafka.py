@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from datetime import UTC, datetime
 
 import polars as pl
@@ -17,6 +18,7 @@ from rtml_cli.errors import ConfigError, LogError
 from rtml_cli.kafka import BATCH_HEADER, SCHEMA_HEADER, encode, murmur2, parse_url, partition_of
 from rtml_cli.log import ParquetLog
 from rtml_cli.logs import LogStore
+from tests.conftest import assert_clean_error, rtml_process
 
 
 def _store(tmp_path, url: str) -> LogStore:
@@ -38,7 +40,7 @@ def messy(n: int = 40, seed: int = 3) -> pl.DataFrame:
 
     rng = np.random.default_rng(seed)
     floats = list(rng.standard_normal(n) * 10.0 ** rng.integers(-300, 300, n))
-    floats = ([math.nan, math.inf, -math.inf, 5e-324, 1.7976931348623157e308, -0.0, 0.1 + 0.2] + floats[7:])[:n]
+    floats = [math.nan, math.inf, -math.inf, 5e-324, 1.7976931348623157e308, -0.0, 0.1 + 0.2, *floats[7:]][:n]
     base = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000_000
     return pl.DataFrame(
         {
@@ -84,14 +86,14 @@ def test_rows_come_back_exactly_nan_infinities_nulls_and_nanoseconds_too(tmp_pat
 
 def test_the_message_format_is_plain_json_any_consumer_can_read(tmp_path, kafka_url):
     """What the README documents: key = symbol, one JSON object per row, times in integer ns."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    from confluent_kafka import Consumer, TopicPartition
 
     frame = messy(8)
     with _store(tmp_path, kafka_url).open("ticks").writer() as w:
         w.append("ETH/USD", frame)
     c = Consumer({"bootstrap.servers": parse_url(kafka_url).brokers, "group.id": "x"})
     p = partition_of("ETH/USD", 4)
-    c.assign([TopicPartition(_topic(kafka_url, "ticks"), p, OFFSET_BEGINNING)])
+    c.assign([TopicPartition(_topic(kafka_url, "ticks"), p, 0)])
     got = []
     while len(got) < 5:
         got += [m for m in c.consume(10, 5) if m.error() is None]
@@ -215,6 +217,160 @@ def test_topics_with_another_partition_count_are_a_clear_error(tmp_path, kafka_u
     ],
 )
 def test_bad_log_urls_are_clear_errors(rtml, url, says):
-    from tests.conftest import assert_clean_error
-
     assert_clean_error(rtml("ingest", "--max-ticks", "10", "--log", url), says)
+
+
+# -- the broker down ---------------------------------------------------------------------------------
+
+
+def test_brokers_that_do_not_answer_are_waited_for_saying_so_until_duration(rtml):
+    from tools.broker import free_port
+
+    started = time.monotonic()
+    r = rtml("ingest", "--speed", "10", "--duration", "3", "--log", f"kafka://127.0.0.1:{free_port()}?timeout=1")
+    assert_clean_error(r, "does not answer", "gave up at --duration")
+    said = " ".join(r.output.split())
+    assert "waiting: Kafka at 127.0.0.1:" in said and "retrying every second" in said, said
+    assert "KafkaError{" not in said  # the client's reason, not its repr
+    assert time.monotonic() - started < 20
+
+
+@pytest.mark.slow
+def test_a_broker_that_comes_up_late_is_waited_for_then_used(tmp_path):
+    from tools.broker import Broker
+
+    broker = Broker()
+    url = f"kafka://{broker.address}?partitions=2&timeout=5"
+    d = tmp_path / "data"
+    ingest = rtml_process(["ingest", "--max-ticks", "2000", "--json", "--data-dir", str(d), "--log", url])
+    try:
+        time.sleep(3)
+        broker.start()
+        out, err = ingest.communicate(timeout=60)
+        assert ingest.returncode == 0, err
+        assert "waiting: Kafka at" in err and "Kafka answers: starting" in err
+        assert json.loads(out)["written"] == 2000
+        assert sum(LogStore(d, url).open("ticks").last_offset(s) + 1 for s in ("BTC/USD", "ETH/USD", "SOL/USD")) == 2000
+    finally:
+        ingest.kill()
+        broker.stop()
+
+
+@pytest.mark.slow
+def test_a_broker_gone_mid_run_ends_the_stages_with_a_clear_error(tmp_path):
+    """The writer (ingest) and a follower (features) retry for the URL's timeout, then stop
+    with an error that says so, not a traceback, and not a hang."""
+    from tools.broker import Broker
+
+    broker = Broker().start()
+    url = f"kafka://{broker.address}?partitions=2&timeout=3"
+    d = tmp_path / "data"
+    on = ["--data-dir", str(d), "--log", url]
+    ingest = rtml_process(["ingest", "--speed", "200", "--flush-interval", "0.2", *on])
+    features = None
+    try:
+        ticks = LogStore(tmp_path / "reader", url).open("ticks")
+        deadline = time.monotonic() + 30
+        while not ticks.partitions() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        features = rtml_process(["features", "--follow", "--poll", "0.2", *on])
+        time.sleep(3)
+        assert ingest.poll() is None and features.poll() is None
+        broker.stop()
+        for proc in (ingest, features):
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 1, err
+            assert "Traceback" not in err and "Error: " in err, err
+            assert "does not answer" in err or "did not take offsets" in err, err
+    finally:
+        for proc in (ingest, features):
+            if proc is not None:
+                proc.kill()
+        broker.stop()
+
+
+# -- the pipeline on Kafka, and its archive ----------------------------------------------------------
+
+
+def _rtml(d, url, *args: str) -> dict:
+    from click.testing import CliRunner
+
+    from rtml_cli.cli import cli
+
+    r = CliRunner().invoke(cli, [*args, "--json", "--data-dir", str(d), *(["--log", url] if url else [])])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def _same_logs(a: LogStore, b: LogStore, names=("ticks", "features", "examples", "predictions")) -> None:
+    for name in names:
+        x, y = (s.open(name).read_all().sort("symbol", "offset") for s in (a, b))
+        # when a row was received or predicted differs from run to run; the rest is exact
+        varies = [c for c in ("recv_ts", "latency_ms") if c in x.columns]
+        assert x.height > 0 and x.height == y.height, name
+        assert_frame_equal(x.drop(varies), y.drop(varies), check_exact=False, rel_tol=1e-9, abs_tol=1e-12)
+
+
+@pytest.mark.slow
+def test_the_pipeline_on_kafka_writes_what_it_writes_on_parquet_and_archives_exactly_once(tmp_path, kafka_url):
+    """ingest, features, train and predict on each backend, from the same simulated market;
+    then `rtml archive` copies the topics into Parquet (a second run copies nothing, a run after
+    more ticks only those), and `rtml backtest` reads the archive as it reads a Parquet log."""
+    steps = [["ingest", "--max-ticks", "40000"], ["features"], ["train"], ["predict"]]
+    for args in steps:
+        _rtml(tmp_path / "parquet", None, *args)
+        _rtml(tmp_path / "kafka", kafka_url, *args)
+    kafka = LogStore(tmp_path / "kafka", kafka_url)
+    _same_logs(LogStore(tmp_path / "parquet"), kafka)
+
+    first = _rtml(tmp_path / "kafka", kafka_url, "archive")
+    assert first["rows"] == sum(first["logs"][n][s] for n in first["logs"] for s in first["logs"][n])
+    _same_logs(kafka, LogStore(tmp_path / "kafka"))  # the Parquet archive beside the stages' state
+    assert _rtml(tmp_path / "kafka", kafka_url, "archive")["rows"] == 0
+    _rtml(tmp_path / "kafka", kafka_url, "ingest", "--max-ticks", "500")
+    again = _rtml(tmp_path / "kafka", kafka_url, "archive", "--name", "ticks")
+    assert again["rows"] == 500
+    _same_logs(LogStore(tmp_path / "kafka", kafka_url), LogStore(tmp_path / "kafka"), names=("ticks",))
+    archived = _rtml(tmp_path / "kafka", None, "backtest", "--warmup", "50")
+    live = _rtml(tmp_path / "kafka", kafka_url, "backtest", "--warmup", "50")
+    assert archived["models"] == live["models"]
+
+
+def test_an_archive_stopped_halfway_goes_on_where_it_stopped(tmp_path, kafka_url):
+    from threading import Event
+
+    from rtml_cli.archive import copy_log
+
+    frame = messy(40)
+    with _store(tmp_path, kafka_url).open("ticks").writer() as w:
+        for sym in ("BTC/USD", "ETH/USD"):
+            w.append(sym, frame)
+    src, dst = _store(tmp_path, kafka_url).open("ticks"), ParquetLog(tmp_path / "history", "ticks")
+    stop = Event()
+    for n, _ in enumerate(copy_log(src, dst, chunk=7, stop=stop)):
+        if n == 2:
+            stop.set()  # after three batches of BTC/USD: 21 rows
+    assert dst.last_offset("BTC/USD") == 20 and dst.last_offset("ETH/USD") == -1
+    rest = list(copy_log(_store(tmp_path / "again", kafka_url).open("ticks"), dst, chunk=7))
+    assert sum(c.rows for c in rest) == 80 - 21
+    for sym in ("BTC/USD", "ETH/USD"):
+        assert_frame_equal(dst.read_after(sym).drop("offset"), frame)
+
+
+def test_archiving_into_a_log_that_is_not_a_copy_is_a_clear_error(tmp_path, kafka_url):
+    from rtml_cli.archive import copy_log
+
+    with _store(tmp_path, kafka_url).open("ticks").writer() as w:
+        w.append("BTC/USD", messy(5))
+    dst = ParquetLog(tmp_path / "history", "ticks")
+    with dst.writer() as w:
+        w.append("BTC/USD", messy(3).with_columns(pl.col("n") + 1))  # another history
+    with pytest.raises(LogError, match="is not a copy of topic .*offset 2 differ"):
+        list(copy_log(_store(tmp_path, kafka_url).open("ticks"), dst))
+
+
+def test_a_parquet_log_replays_into_kafka(tmp_path, kafka_url, examples_dir):
+    """The reverse, for a backfill: every log of a data directory into fresh topics."""
+    out = _rtml(examples_dir, kafka_url, "archive", "--reverse")
+    assert out["rows"] > 0 and out["to"].startswith("Kafka")
+    _same_logs(LogStore(examples_dir), LogStore(tmp_path / "reader", kafka_url), names=("ticks", "features", "examples"))

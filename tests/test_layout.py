@@ -34,6 +34,7 @@ LAYERS = {
     "train": 4,
     "predict": 4,
     "backtest": 4,
+    "archive": 4,
     "report": 5,
     "status": 5,
     "run": 5,

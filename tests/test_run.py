@@ -9,7 +9,6 @@ import time
 import polars as pl
 import pytest
 
-from rtml_cli.log import ParquetLog
 from rtml_cli.status import snapshot
 from tests.conftest import assert_clean_error, rtml_process
 
@@ -24,8 +23,16 @@ def _wait_for(what, check, timeout=60.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _pid(data_dir, stage):
-    return snapshot(data_dir)["stages"].get(stage, {}).get("pid") if data_dir.is_dir() else None
+def _pid(data_dir, stage, url=None):
+    if url is None:
+        return snapshot(data_dir)["stages"].get(stage, {}).get("pid") if data_dir.is_dir() else None
+    from rtml_cli import atomic
+    from rtml_cli.logs import LogStore
+
+    writes = {"ingest": "ticks", "features": "features", "predict": "predictions"}
+    if stage in writes:
+        return atomic.holder(LogStore(data_dir, url).lock_path(writes[stage]))
+    return atomic.holder(data_dir / "checkpoints" / stage.removeprefix("train ") / ".train.lock")
 
 
 @pytest.mark.slow
@@ -141,11 +148,11 @@ def test_chaos_kill_9_of_every_stage_again_and_again_loses_and_repeats_nothing(t
             rng.shuffle(one)
             order += one
         for stage in order:
-            pid = _wait_for(f"{stage} running", lambda s=stage: _pid(d, s), timeout=90)
+            pid = _wait_for(f"{stage} running", lambda s=stage: _pid(d, s, url), timeout=90)
             os.kill(pid, signal.SIGKILL)
             kills[stage] += 1
             time.sleep(rng.uniform(0.4, 1.5))
-        _wait_for("every stage back", lambda: all(_pid(d, s) for s in kills), timeout=90)
+        _wait_for("every stage back", lambda: all(_pid(d, s, url) for s in kills), timeout=90)
         time.sleep(2.0)
     finally:
         done.set()
