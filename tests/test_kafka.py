@@ -365,7 +365,7 @@ def test_archiving_into_a_log_that_is_not_a_copy_is_a_clear_error(tmp_path, kafk
     dst = ParquetLog(tmp_path / "history", "ticks")
     with dst.writer() as w:
         w.append("BTC/USD", messy(3).with_columns(pl.col("n") + 1))  # another history
-    with pytest.raises(LogError, match="is not a copy of topic .*offset 2 differ"):
+    with pytest.raises(LogError, match=r"is not a copy of topic .*offset 2 differ"):
         list(copy_log(_store(tmp_path, kafka_url).open("ticks"), dst))
 
 
@@ -373,4 +373,5 @@ def test_a_parquet_log_replays_into_kafka(tmp_path, kafka_url, examples_dir):
     """The reverse, for a backfill: every log of a data directory into fresh topics."""
     out = _rtml(examples_dir, kafka_url, "archive", "--reverse")
     assert out["rows"] > 0 and out["to"].startswith("Kafka")
-    _same_logs(LogStore(examples_dir), LogStore(tmp_path / "reader", kafka_url), names=("ticks", "features", "examples"))
+    reader = LogStore(tmp_path / "reader", kafka_url)
+    _same_logs(LogStore(examples_dir), reader, names=("ticks", "features", "examples"))
