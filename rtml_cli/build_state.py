@@ -20,6 +20,46 @@ from rtml_cli.errors import ConfigError, FeatureError
 
 STATE_FILE = Path("state") / "features.json"
 FEATURES, EXAMPLES = "features", "examples"
+# On Kafka, the build (its id and settings) is also a record in the topic `<prefix>builds`,
+# so that feature builders splitting the partitions build one build, and trainers and
+# predictors on other machines know it without the builders' state files.
+BUILDS, BUILD_KEY = "builds", "features"
+
+
+def write_record(data_dir: Path, build: dict[str, Any], source: str) -> bool:
+    """Give a data directory that an archive copied features into the record of their build
+    (what backtest, train and predict read), if it has none; True if written. It holds no
+    symbols: a feature builder there refuses to go on from it."""
+    path = Path(data_dir) / STATE_FILE
+    if path.exists():
+        return False
+    doc = {"build_id": build["build_id"], "params": build["params"], "symbols": {}, "archived_from": source}
+    atomic.write_json(path, doc)
+    return True
+
+
+def shared_build(logs: Any) -> dict[str, Any] | None:
+    """The build record on Kafka ({"build_id", "params"}), or None when there is none yet."""
+    rows = logs.open(BUILDS).read_after(BUILD_KEY, -1, upto=0)
+    if rows.height == 0:
+        return None
+    try:
+        row = rows.row(0, named=True)
+        return {"build_id": str(row["build_id"]), "params": json.loads(row["params"])}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"the build record in {logs.open(BUILDS).location} is damaged ({exc})") from None
+
+
+def publish_build(logs: Any, build_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Write the build record unless one is there; returns the one that counts."""
+    import polars as pl
+
+    with logs.open(BUILDS).writer() as w:
+        if w.next_offset(BUILD_KEY) == 0:
+            w.append(BUILD_KEY, pl.DataFrame({"build_id": [build_id], "params": [json.dumps(params, sort_keys=True)]}))
+    found = shared_build(logs)
+    assert found is not None
+    return found
 
 
 @dataclass
@@ -44,11 +84,13 @@ class BuildState:
         self.build_id = build_id
 
     @classmethod
-    def load(cls, data_dir: Path, params: dict[str, Any], features: Any, examples: Any) -> BuildState:
+    def load(cls, data_dir: Path, params: dict[str, Any], features: Any, examples: Any, logs: Any = None) -> BuildState:
         """The state of the logs in `data_dir`, a pending publish resolved; a new one if there is
         none. Settings other than `params`, damage, or a state that does not match the features
-        log are a FeatureError that says to rebuild."""
+        log are a FeatureError that says to rebuild. With `logs` on Kafka, the build is the one
+        recorded there (see `shared_build`)."""
         path = data_dir / STATE_FILE
+        shared = shared_build(logs) if logs is not None and logs.is_kafka else None
         if not path.exists():
             if features.partitions() or examples.partitions():
                 raise FeatureError(
@@ -57,7 +99,18 @@ class BuildState:
                 )
             # A new build id: a rebuild starts offsets at 0 again, and a trainer must not
             # resume a model at offsets of a build that is gone.
-            return cls(path, params, {}, uuid.uuid4().hex)
+            if logs is None or not logs.is_kafka:
+                return cls(path, params, {}, uuid.uuid4().hex)
+            if shared is None:
+                if not logs.leads():
+                    raise FeatureError(
+                        f"there is no build on {logs.where} yet: the feature builder that owns partition 0 "
+                        "(--member 1/N) starts it; start that one first"
+                    )
+                shared = publish_build(logs, uuid.uuid4().hex, params)
+            if shared["params"] != params:
+                raise FeatureError(_other_settings(shared["params"], params, logs.where))
+            return cls(path, params, {}, shared["build_id"])
         try:
             doc = json.loads(path.read_text())
             symbols = {s: SymbolState(**v) for s, v in doc.get("symbols", {}).items()}
@@ -84,19 +137,24 @@ class BuildState:
                     f"{path} is damaged ({sym!r}: {', '.join(bad)} not whole numbers); run `rtml features --rebuild`"
                 )
         if doc.get("params") != params:
-            old = doc.get("params", {})
-            diff = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in params.items() if old.get(k) != v)
-            raise FeatureError(
-                f"the features in {data_dir} were built with other settings ({diff}); "
-                "rerun with the same --bar/--horizon/--target/--lookback/--sql, or pass --rebuild "
-                "to rebuild features and examples from the ticks"
-            )
+            raise FeatureError(_other_settings(doc.get("params", {}), params, str(data_dir)))
         state = cls(path, params, symbols, doc.get("build_id") or "unknown")
+        if logs is not None and logs.is_kafka and (shared is None or shared["build_id"] != state.build_id):
+            raise FeatureError(
+                f"{path} is the state of another build than the one on {logs.where} (rebuilt since); "
+                "run `rtml features --rebuild` here"
+            )
         for sym, (pending_state, expect_last_offset) in pending.items():
             # The intent was written before publishing; the features log says whether the
             # publish happened (its last offset is the one the intent expected).
             if features.last_offset(sym) == expect_last_offset:
                 state.symbols[sym] = pending_state
+        unknown = sorted(set(features.partitions()) - set(state.symbols))
+        if unknown:
+            raise FeatureError(
+                f"the features log has {unknown[0]!r}, which {path} does not know (written by something else, "
+                "or an archive); run `rtml features --rebuild`"
+            )
         for sym, st in state.symbols.items():
             if features.last_offset(sym) != st.bars - 1:
                 raise FeatureError(
@@ -119,6 +177,15 @@ class BuildState:
         atomic.write_json(self.path, doc)
 
 
+def _other_settings(old: dict[str, Any], params: dict[str, Any], where: str) -> str:
+    diff = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in params.items() if old.get(k) != v)
+    return (
+        f"the features in {where} were built with other settings ({diff}); "
+        "rerun with the same --bar/--horizon/--target/--lookback/--sql, or pass --rebuild "
+        "to rebuild features and examples from the ticks"
+    )
+
+
 @dataclass(frozen=True)
 class Build:
     """What the features and examples logs of a data directory were built with."""
@@ -131,7 +198,13 @@ class Build:
 
 def read_build(data_dir: Path, logs: Any = None) -> Build | None:
     """The build settings from the features state; None if there is none (no `rtml features`
-    ran here). A damaged state is a ConfigError."""
+    ran here). A damaged state is a ConfigError. On Kafka, the build recorded there."""
+    if logs is not None and logs.is_kafka:
+        shared = shared_build(logs)
+        if shared is None:
+            return None
+        p = shared["params"]
+        return Build(int(p["bar_s"]), int(p["horizon"]), str(p["target"]), shared["build_id"])
     path = Path(data_dir) / STATE_FILE
     try:
         doc = json.loads(path.read_text())

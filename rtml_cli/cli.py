@@ -1346,6 +1346,7 @@ def archive(log_name, reverse, follow, poll, symbols, data_dir, log_url, as_json
                             f"{name}/{ui.esc(c.symbol)}: {c.rows:,} rows, up to offset {c.last_offset:,}",
                             highlight=False,
                         )
+            _copy_build(kafka, parquet, reverse, data_dir)
             if not follow or stop.wait(poll):
                 break
     summary = {
@@ -1358,6 +1359,20 @@ def archive(log_name, reverse, follow, poll, symbols, data_dir, log_url, as_json
         click.echo(json.dumps(summary, indent=2))
     else:
         click.echo(f"copied {summary['rows']:,} rows from {src.where} to {dst.where}")
+
+
+def _copy_build(kafka, parquet, reverse: bool, data_dir: Path) -> None:
+    """The record of how the features were built goes with them (backtest, train and predict
+    read it): into an archive's state directory, or onto Kafka for a backfill."""
+    from rtml_cli.build_state import publish_build, read_build, shared_build, write_record
+
+    if reverse:
+        build = read_build(data_dir)
+        if build is not None and shared_build(kafka) is None:
+            doc = json.loads((data_dir / "state" / "features.json").read_text())
+            publish_build(kafka, doc["build_id"], doc["params"])
+    elif parquet.open("features").exists() and (shared := shared_build(kafka)) is not None:
+        write_record(data_dir, shared, kafka.where)
 
 
 # -- entry point -------------------------------------------------------------------------------

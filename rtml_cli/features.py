@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from rtml_cli.beat import missing_tail, read_beat
-from rtml_cli.build_state import STATE_FILE, BuildState, SymbolState
+from rtml_cli.build_state import BUILDS, STATE_FILE, BuildState, SymbolState
 from rtml_cli.errors import ConfigError, FeatureError, LogError
 from rtml_cli.log import OFFSET, LogWriter
 from rtml_cli.logs import LogStore, store_for
@@ -454,7 +454,7 @@ class FeatureBuilder:
             self.fw: LogWriter = self._stack.enter_context(self.features.writer())
             self.ew: LogWriter = self._stack.enter_context(self.examples.writer())
             self.query = self._stack.enter_context(FeatureQuery(self.spec.sql, self.bar_ns, self.max_empty))
-            self.store = BuildState.load(self.data_dir, self.spec.params(), self.features, self.examples)
+            self.store = BuildState.load(self.data_dir, self.spec.params(), self.features, self.examples, self.logs)
             self.state, self.build_id = self.store.symbols, self.store.build_id
         except BaseException:
             self._stack.close()
@@ -717,8 +717,9 @@ def _check_contract(out: pl.DataFrame, rows_in: int) -> None:
 def remove_built(data_dir: Path, logs: LogStore | None = None) -> None:
     """Delete the features and examples logs and the builder state (for --rebuild)."""
     store = store_for(data_dir, logs)
-    for name in (FEATURES, EXAMPLES):
-        store.open(name).delete()
+    if store.leads():  # on Kafka: the builder owning partition 0 deletes the topics; each other its state
+        for name in (FEATURES, EXAMPLES, *((BUILDS,) if store.is_kafka else ())):
+            store.open(name).delete()
     (Path(data_dir) / STATE_FILE).unlink(missing_ok=True)
 
 

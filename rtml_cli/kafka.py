@@ -457,8 +457,9 @@ class _Batch:
 class KafkaLog:
     """One named log as a topic; the same reading and writing interface as `ParquetLog`."""
 
-    def __init__(self, connection: Connection, data_dir: Path | str, name: str):
+    def __init__(self, connection: Connection, data_dir: Path | str, name: str, everything: bool = False):
         self.conn = connection
+        self.everything = everything  # all partitions, whatever this process's share
         self.data_dir = Path(data_dir)
         self.name = name
         self.topic = connection.config.prefix + name
@@ -503,7 +504,7 @@ class KafkaLog:
             return False
         from confluent_kafka import Consumer, TopicPartition
 
-        self._assigned = self.conn.owned()
+        self._assigned = list(range(self.conn.partitions())) if self.everything else self.conn.owned()
         consumer = Consumer(
             {
                 **self.conn._client_config(),

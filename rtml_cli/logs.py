@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from rtml_cli.kafka import Connection, Share
 
 LOG_NAMES = ("ticks", "features", "examples", "predictions")
+SHARED = {"builds"}  # Kafka topics every process reads whole (the build record)
 
 
 @dataclass
@@ -78,13 +79,19 @@ class LogStore:
             return self.data_dir / "kafka" / f"{self.kafka.config.prefix}{name}.lock"
         return self.log_dir / name / ".writer.lock"
 
+    def leads(self) -> bool:
+        """Whether this process's share holds partition 0 (all of a Parquet log does): the
+        feature builder that does starts and deletes builds."""
+        return not self.is_kafka or 0 in self.kafka.owned()
+
     def open(self, name: str) -> Any:
         """The log `name` (one object per name and store, so a writer's appends are seen at once)."""
         if name not in self._open:
             if self.is_kafka:
                 from rtml_cli.kafka import KafkaLog
 
-                self._open[name] = KafkaLog(self.kafka, self.data_dir, name)
+                # the build record is everyone's, whatever partitions a process consumes
+                self._open[name] = KafkaLog(self.kafka, self.data_dir, name, everything=name in SHARED)
             else:
                 from rtml_cli.log import ParquetLog
 

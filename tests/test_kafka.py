@@ -375,3 +375,59 @@ def test_a_parquet_log_replays_into_kafka(tmp_path, kafka_url, examples_dir):
     assert out["rows"] > 0 and out["to"].startswith("Kafka")
     reader = LogStore(tmp_path / "reader", kafka_url)
     _same_logs(LogStore(examples_dir), reader, names=("ticks", "features", "examples"))
+
+
+# -- scaling out ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_of_each_stage_splitting_the_partitions_build_what_one_builds(tmp_path, kafka_url):
+    """Two feature builders (--member 1/2 and 2/2, each with its own state directory, as on two
+    machines) write exactly the features and examples one builder writes; two trainers learn
+    every example once between them; two predictors predict every features row once."""
+    from click.testing import CliRunner
+
+    from rtml_cli.build_state import shared_build
+    from rtml_cli.checkpoint import CheckpointStore
+    from rtml_cli.cli import cli
+    from tests.test_features import assert_same, build, copy_ticks, features
+
+    _rtml(tmp_path / "ingest", kafka_url, "ingest", "--max-ticks", "40000")
+    owners = {s: partition_of(s, 4) % 2 + 1 for s in ("BTC/USD", "ETH/USD", "SOL/USD")}
+    assert set(owners.values()) == {1, 2}  # both members have symbols to build
+    share = lambda i: ["--member", f"{i}/2"]  # noqa: E731
+
+    # the member owning partition 0 starts a build; the other waits for it
+    early = CliRunner().invoke(cli, ["features", "--data-dir", str(tmp_path / "m2"), "--log", kafka_url, *share(2)])
+    assert_clean_error(early, "no build on Kafka", "owns partition 0")
+    built = {i: _rtml(tmp_path / f"m{i}", kafka_url, "features", *share(i)) for i in (1, 2)}
+    assert {i: set(b["symbols"]) for i, b in built.items()} == {
+        i: {s for s, m in owners.items() if m == i} for i in (1, 2)
+    }
+    kafka = LogStore(tmp_path / "reader", kafka_url)
+    ref = tmp_path / "one"
+    copy_ticks(tmp_path, ref, logs=kafka)
+    build(ref)
+    for name in ("features", "examples"):
+        assert_same(features(tmp_path, name, kafka), features(ref, name))
+    assert json.loads((tmp_path / "m2" / "state" / "features.json").read_text())["build_id"] == shared_build(kafka)[
+        "build_id"
+    ]
+
+    learned = {}
+    for i in (1, 2):
+        d = tmp_path / f"m{i}"
+        _rtml(d, kafka_url, "train", *share(i))
+        manifest = CheckpointStore(d, "linear").list()[-1].manifest
+        learned[i] = manifest
+        _rtml(d, kafka_url, "predict", *share(i))
+    examples = kafka.open("examples")
+    assert sum(m["examples_learned"] for m in learned.values()) == sum(
+        examples.last_offset(s) + 1 for s in examples.partitions()
+    )
+    for i, m in learned.items():
+        assert {s for s, off in m["offsets"].items() if off >= 0} == {s for s, o in owners.items() if o == i}
+    predictions = LogStore(tmp_path / "reader2", kafka_url).open("predictions").read_all()
+    rows = kafka.open("features").read_all()
+    assert predictions.height == rows.height
+    assert predictions.select(pl.struct("symbol", "features_offset").is_unique().all()).item()
