@@ -51,6 +51,7 @@ bench: install
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/predict.py
 	$(BIN)/python bench/backtest.py
+	$(BIN)/python bench/kafka.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build site *.egg-info

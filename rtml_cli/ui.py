@@ -938,6 +938,21 @@ def status_view(snap: dict):
     else:
         fresh = "freshness: no prediction yet"
     parts = [logs, stages, consumers, models] if snap["checkpoints"] else [logs, stages, consumers]
+    topics = [log["kafka"] for log in snap["logs"].values() if "kafka" in log]
+    if topics:  # the logs are Kafka topics: their messages per partition (rows of cut batches too)
+        kafka = _table(
+            "kafka topics",
+            [("topic", "left"), ("partitions", "right"), ("messages", "right"), ("end offsets", "left")],
+        )
+        for t in topics:
+            ends = {int(p): v["end"] for p, v in t["partitions"].items()}
+            kafka.add_row(
+                esc(t["topic"]),
+                str(len(ends)),
+                f"{sum(ends.values()):,}",
+                " ".join(f"{p}:{e:,}" for p, e in sorted(ends.items())),
+            )
+        parts.insert(1, kafka)
     return Group(*parts, Text(fresh))
 
 
