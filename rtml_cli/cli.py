@@ -1316,7 +1316,7 @@ def archive(log_name, reverse, follow, poll, symbols, data_dir, log_url, as_json
     Examples:
         rtml archive --log kafka://broker:9092 --data-dir history
         rtml archive --log kafka://broker:9092 --data-dir history --follow
-        rtml archive --log kafka://broker:9092 --data-dir history --reverse --name ticks
+        rtml archive --log kafka://broker:9092 --data-dir history --reverse
     """
     from rtml_cli import ui
     from rtml_cli.archive import copy_log

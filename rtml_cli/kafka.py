@@ -64,6 +64,7 @@ class KafkaConfig:
     prefix: str = DEFAULT_PREFIX
     partitions: int | None = None  # None: what the topics have (new topics get DEFAULT_PARTITIONS)
     timeout_s: float = DEFAULT_TIMEOUT_S
+    replication: int = 1  # replicas of each topic rtml creates (a production cluster: 3)
     owned: Share = None  # the partitions this process consumes (None: all)
 
     @property
@@ -72,7 +73,7 @@ class KafkaConfig:
 
 
 def parse_url(url: str) -> KafkaConfig:
-    """`kafka://HOST:PORT[,HOST:PORT...][?prefix=rtml.&partitions=N&timeout=S]`."""
+    """`kafka://HOST:PORT[,HOST:PORT...][?prefix=rtml.&partitions=N&replication=R&timeout=S]`."""
     parts = urlsplit(url)
     if parts.scheme != "kafka" or not parts.netloc:
         raise ConfigError(f"--log {url!r} is not kafka://HOST:PORT[,HOST:PORT...]; or give a directory")
@@ -81,9 +82,11 @@ def parse_url(url: str) -> KafkaConfig:
         if not host or not port.isdigit():
             raise ConfigError(f"--log {url!r}: {broker!r} is not HOST:PORT")
     query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = set(query) - {"prefix", "partitions", "timeout"}
+    unknown = set(query) - {"prefix", "partitions", "timeout", "replication"}
     if unknown:
-        raise ConfigError(f"--log {url!r}: unknown setting {sorted(unknown)[0]!r}; known: prefix, partitions, timeout")
+        raise ConfigError(
+            f"--log {url!r}: unknown setting {sorted(unknown)[0]!r}; known: prefix, partitions, replication, timeout"
+        )
     prefix = query.get("prefix", [DEFAULT_PREFIX])[-1]
     if not all(ch.isalnum() or ch in "._-" for ch in prefix):
         raise ConfigError(f"--log {url!r}: a topic prefix may hold letters, digits, '.', '_' and '-' only")
@@ -101,7 +104,13 @@ def parse_url(url: str) -> KafkaConfig:
             timeout = -1
         if not timeout > 0:
             raise ConfigError(f"--log {url!r}: timeout is seconds, a number above 0")
-    return KafkaConfig(parts.netloc, prefix, partitions, timeout)
+    replication = 1
+    if "replication" in query:
+        text = query["replication"][-1]
+        if not text.isdigit() or int(text) < 1:
+            raise ConfigError(f"--log {url!r}: replication must be a whole number of at least 1, not {text!r}")
+        replication = int(text)
+    return KafkaConfig(parts.netloc, prefix, partitions, timeout, replication)
 
 
 def murmur2(data: bytes) -> int:
@@ -406,7 +415,9 @@ class Connection:
         n = self.partitions()
         if topic in self.topics():
             return
-        futures = self.admin.create_topics([NewTopic(topic, n, 1)], request_timeout=self.config.timeout_s)
+        futures = self.admin.create_topics(
+            [NewTopic(topic, n, self.config.replication)], request_timeout=self.config.timeout_s
+        )
         for fut in futures.values():
             try:
                 fut.result()
