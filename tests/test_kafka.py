@@ -410,9 +410,10 @@ def test_two_of_each_stage_splitting_the_partitions_build_what_one_builds(tmp_pa
     build(ref)
     for name in ("features", "examples"):
         assert_same(features(tmp_path, name, kafka), features(ref, name))
-    assert json.loads((tmp_path / "m2" / "state" / "features.json").read_text())["build_id"] == shared_build(kafka)[
-        "build_id"
-    ]
+    assert (
+        json.loads((tmp_path / "m2" / "state" / "features.json").read_text())["build_id"]
+        == shared_build(kafka)["build_id"]
+    )
 
     learned = {}
     for i in (1, 2):

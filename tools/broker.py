@@ -37,9 +37,9 @@ class Broker:
 
     def start(self) -> Broker:
         url = f"tcp://{self.address}"
+        args = ["--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
         self.proc = subprocess.Popen(
-            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
-            + ["--storage-engine", "memory://tansu/"],
+            [tansu_binary(), "broker", *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
