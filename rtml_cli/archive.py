@@ -45,7 +45,7 @@ def copy_log(
                     f"{dst.location} has {sym!r} up to offset {have}, {src.location} only up to {end}: "
                     "it is not a copy of it (another source, or the source was rebuilt)"
                 )
-            if have >= 0:
+            if have >= 0 and src.first_offset(sym) <= have:  # else retention removed it: nothing to compare
                 _check_same_row(src, dst, sym, have)
             while have < end and not (stop is not None and stop.is_set()):
                 rows = src.read_after(sym, have, upto=have + chunk)

@@ -1334,6 +1334,8 @@ def archive(log_name, reverse, follow, poll, symbols, data_dir, log_url, as_json
     with _Stopper(console, "stopping: finishing the batch in progress...") as stop:
         if not _reach(kafka, stop, console):
             return _stopped_waiting("Kafka", as_json)
+        if reverse:  # the build record first: a Kafka holding another build refuses the backfill
+            _copy_build(kafka, parquet, reverse, data_dir)
         while True:
             for name in names:
                 if not src.open(name).exists():
@@ -1346,7 +1348,8 @@ def archive(log_name, reverse, follow, poll, symbols, data_dir, log_url, as_json
                             f"{name}/{ui.esc(c.symbol)}: {c.rows:,} rows, up to offset {c.last_offset:,}",
                             highlight=False,
                         )
-            _copy_build(kafka, parquet, reverse, data_dir)
+            if not reverse:
+                _copy_build(kafka, parquet, reverse, data_dir)
             if not follow or stop.wait(poll):
                 break
     summary = {
@@ -1368,9 +1371,22 @@ def _copy_build(kafka, parquet, reverse: bool, data_dir: Path) -> None:
 
     if reverse:
         build = read_build(data_dir)
-        if build is not None and shared_build(kafka) is None:
+        if build is None:
+            return
+        if build.build_id is None:
+            raise ConfigError(
+                f"the features in {data_dir} were built before builds had ids; rebuild them "
+                "(`rtml features --rebuild`) before replaying them into Kafka"
+            )
+        shared = shared_build(kafka)
+        if shared is None:
             doc = json.loads((data_dir / "state" / "features.json").read_text())
-            publish_build(kafka, doc["build_id"], doc["params"])
+            publish_build(kafka, build.build_id, doc["params"])
+        elif shared["build_id"] != build.build_id:
+            raise ConfigError(
+                f"{kafka.where} holds another build of the features than {data_dir}; replay into another "
+                "--log prefix, or rebuild there first"
+            )
     elif parquet.open("features").exists() and (shared := shared_build(kafka)) is not None:
         write_record(data_dir, shared, kafka.where)
 

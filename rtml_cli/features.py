@@ -718,7 +718,9 @@ def remove_built(data_dir: Path, logs: LogStore | None = None) -> None:
     """Delete the features and examples logs and the builder state (for --rebuild)."""
     store = store_for(data_dir, logs)
     if store.leads():  # on Kafka: the builder owning partition 0 deletes the topics; each other its state
-        for name in (FEATURES, EXAMPLES, *((BUILDS,) if store.is_kafka else ())):
+        # (on Kafka the predictions go too: their features offsets mean other rows after a rebuild,
+        # and a topic is not a directory a user moves away)
+        for name in (FEATURES, EXAMPLES, *((BUILDS, "predictions") if store.is_kafka else ())):
             store.open(name).delete()
     (Path(data_dir) / STATE_FILE).unlink(missing_ok=True)
 

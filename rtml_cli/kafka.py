@@ -47,7 +47,9 @@ DEFAULT_PARTITIONS = 8
 DEFAULT_PREFIX = "rtml."
 DEFAULT_TIMEOUT_S = 30.0
 BATCH_HEADER = "rtml-batch"
+TOPICS = ("ticks", "features", "examples", "predictions", "builds")  # under the prefix
 SCHEMA_HEADER = "rtml-schema"
+MAX_BATCH_ROWS = 50_000_000  # more rows than any append writes: a header saying so is not rtml's
 _MERGE_FRAMES = 64  # a symbol's rows are merged into one frame once they are in this many pieces
 
 
@@ -102,8 +104,8 @@ def parse_url(url: str) -> KafkaConfig:
             timeout = float(query["timeout"][-1])
         except ValueError:
             timeout = -1
-        if not timeout > 0:
-            raise ConfigError(f"--log {url!r}: timeout is seconds, a number above 0")
+        if not 0 < timeout < 86_400:
+            raise ConfigError(f"--log {url!r}: timeout is seconds, a number above 0 (and below a day)")
     replication = 1
     if "replication" in query:
         text = query["replication"][-1]
@@ -273,12 +275,6 @@ def decode(values: list[bytes], schema_header: bytes) -> pl.DataFrame:
     if unknown:
         raise ValueError(f"its schema names a type rtml does not know: {unknown[0]!r}")
     read_as = {n: (pl.String if n in as_text else _polars_type(t)) for n, t in columns}
-    try:
-        frame = pl.read_ndjson(io.BytesIO(b"\n".join(values)), schema=read_as)
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise ValueError(f"its values are not the JSON rows their schema says ({str(exc).splitlines()[0]})") from None
-    if frame.height != len(values):
-        raise ValueError(f"{len(values)} messages decoded as {frame.height} rows")
     exprs = []
     for name, kind in columns:
         col = pl.col(name)
@@ -287,7 +283,14 @@ def decode(values: list[bytes], schema_header: bytes) -> pl.DataFrame:
         elif name in as_text:
             col = col.replace({"Infinity": "inf", "-Infinity": "-inf"}).cast(_polars_type(kind))
         exprs.append(col.alias(name))
-    return frame.select(exprs)
+    try:
+        frame = pl.read_ndjson(io.BytesIO(b"\n".join(values)), schema=read_as)
+        if frame.height != len(values):
+            raise ValueError(f"{len(values)} messages decoded as {frame.height} rows")
+        return frame.select(exprs)
+    except (pl.exceptions.PolarsError, OSError, TypeError) as exc:
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"its values are not the JSON rows their schema says ({why})") from None
 
 
 # -- the client --------------------------------------------------------------------------------------
@@ -390,7 +393,8 @@ class Connection:
         the default); a ConfigError when the topics and the URL disagree."""
         if self._partitions is not None:
             return self._partitions
-        found = {name: n for name, n in self.topics().items() if name.startswith(self.config.prefix)}
+        mine = {self.config.prefix + name for name in TOPICS}
+        found = {name: n for name, n in self.topics().items() if name in mine}
         counts = sorted(set(found.values()))
         want = self.config.partitions
         if len(counts) > 1:
@@ -407,8 +411,9 @@ class Connection:
         self._partitions = counts[0] if counts else (want or DEFAULT_PARTITIONS)
         return self._partitions
 
-    def create(self, topic: str) -> None:
-        """Create `topic` with the common partition count if it does not exist."""
+    def create(self, topic: str, config: dict[str, str] | None = None) -> None:
+        """Create `topic` with the common partition count if it does not exist, and wait until
+        the brokers list it."""
         from confluent_kafka import KafkaError, KafkaException
         from confluent_kafka.admin import NewTopic
 
@@ -416,7 +421,7 @@ class Connection:
         if topic in self.topics():
             return
         futures = self.admin.create_topics(
-            [NewTopic(topic, n, self.config.replication)], request_timeout=self.config.timeout_s
+            [NewTopic(topic, n, self.config.replication, config=config or {})], request_timeout=self.config.timeout_s
         )
         for fut in futures.values():
             try:
@@ -426,6 +431,11 @@ class Connection:
                     raise LogError(
                         f"cannot create topic {topic} on {self.config.brokers}: {exc.args[0].str()}"
                     ) from None
+        deadline = time.monotonic() + self.config.timeout_s
+        while topic not in self.topics():  # metadata may lag the creation on a cluster
+            if time.monotonic() > deadline:
+                raise LogError(f"topic {topic} was created on {self.config.brokers} but is not listed; try again")
+            time.sleep(0.1)
 
     def owned(self) -> list[int]:
         return share_partitions(self.config.owned, self.partitions())
@@ -483,6 +493,7 @@ class KafkaLog:
         self._at_end: dict[int, bool] = {}
         self._checked_at = 0.0
         self._synced = False  # read to the end once (the first read does)
+        self._broken: LogError | None = None  # a message that could not be taken in
         self.abandoned = 0  # rows of batches a killed writer left incomplete
 
     def __repr__(self) -> str:
@@ -545,6 +556,8 @@ class KafkaLog:
     def poll(self) -> None:
         """Take in what the consumer has fetched, without waiting; the first time, read to the end
         (so a one-shot reader sees the whole log as it is at its start)."""
+        if self._broken is not None:
+            raise self._broken
         if not self._synced:
             if self._ensure():
                 self.sync()
@@ -558,7 +571,6 @@ class KafkaLog:
         """Read every partition to its end as of now (the newest offsets a writer resumes from)."""
         if not self._ensure(force=True):
             return
-        self._synced = True
         deadline = time.monotonic() + self.conn.config.timeout_s
         while not all(self._at_end.values()):
             if stop is not None and stop.is_set():
@@ -570,8 +582,21 @@ class KafkaLog:
                     f"{self.conn.unreachable()} (reading {self.topic} to its end took over "
                     f"{self.conn.config.timeout_s:g} s)"
                 )
+        self._synced = True
 
     def _take(self, messages: list[Any]) -> int:
+        """Take in fetched messages; the number of rows' messages among them. An error leaves the
+        log broken for good (it is raised again by every later read): the messages after the bad
+        one are not taken in, so going on would lose them."""
+        if self._broken is not None:
+            raise self._broken
+        try:
+            return self._take_all(messages)
+        except LogError as exc:
+            self._broken = exc
+            raise
+
+    def _take_all(self, messages: list[Any]) -> int:
         from confluent_kafka import KafkaError
 
         n = 0
@@ -611,6 +636,11 @@ class KafkaLog:
             first, last = int(first_s), int(last_s)
         except (UnicodeDecodeError, ValueError):
             raise LogError(f"the message at {where} has a bad key or {BATCH_HEADER} header ({batch!r})") from None
+        if not 0 <= first <= last or last - first >= MAX_BATCH_ROWS or m.value() is None:
+            raise LogError(
+                f"the message at {where} is not an rtml row ({BATCH_HEADER} {batch.decode()!r}"
+                f"{', no value' if m.value() is None else ''})"
+            )
         slot = (p, symbol)
         pending = self._pending.get(slot)
         if pending is None or (pending.writer, pending.first) != (writer, first):
@@ -756,7 +786,8 @@ class KafkaLog:
             "or use another --data-dir"
         )
         with atomic.exclusive(self.lock_path, busy):
-            self.conn.create(self.topic)
+            # the build record must outlive any retention: everything built is numbered under it
+            self.conn.create(self.topic, {"retention.ms": "-1"} if self.everything else None)
             writer = KafkaWriter(self)  # first: its producer gets its id from the brokers meanwhile
             try:
                 self.sync()

@@ -273,6 +273,10 @@ class ParquetLog:
     def row_count(self, symbol: str) -> int:
         return sum(p.rows for p in self.parts(symbol))
 
+    def first_offset(self, symbol: str) -> int:
+        """Offset of the symbol's oldest row (0: a Parquet log keeps every row)."""
+        return 0
+
     @property
     def location(self) -> str:
         return str(self.root)

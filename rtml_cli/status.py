@@ -49,7 +49,7 @@ def snapshot(data_dir: Path, store: LogStore | None = None) -> dict[str, Any]:
         out["checkpoints"][name] = cp
         out["consumers"][f"train {name}"] = _train_consumer(cp, logs)
     out["consumers"].update(_predict_consumers(data_dir, store, logs))
-    out["freshness"] = _freshness(data_dir, logs, now_ns)
+    out["freshness"] = _freshness(data_dir, store, logs, now_ns)
     return out
 
 
@@ -231,7 +231,7 @@ def _newest_predicted(predictions: dict[str, Any]) -> dict[str, dict[str, str | 
 # -- freshness -----------------------------------------------------------------------------------
 
 
-def _freshness(data_dir: Path, logs: dict[str, Any], now_ns: int) -> dict[str, Any]:
+def _freshness(data_dir: Path, store: LogStore, logs: dict[str, Any], now_ns: int) -> dict[str, Any]:
     """From the newest tick to the newest prediction: in market time (how far the predicted
     bar's end lags the newest trade) and in wall time (how long ago that prediction was made),
     from what `_log` read of the predictions log's last parts."""
@@ -242,7 +242,7 @@ def _freshness(data_dir: Path, logs: dict[str, Any], now_ns: int) -> dict[str, A
         return out
     build = None
     with contextlib.suppress(RtmlError):
-        build = read_build(data_dir)
+        build = read_build(data_dir, store)
     bar_ns = build.bar_s * NS if build else 0
     row = max(newest, key=lambda p: _ns(p["newest_ts"]))
     newest_ns = _ns(row["newest_ts"])

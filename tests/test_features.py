@@ -363,6 +363,13 @@ def test_kill_9_of_ingest_and_features_with_the_default_grace_gives_the_one_shot
         for kill_features in (False, True):
             run = rtml_process(ingest)
             feats = feats or rtml_process(follow)
+            # two seconds of writing, counted from its first flush (starting takes seconds on a
+            # loaded machine: a fixed sleep killed it before it had written anything)
+            before = sizes[-1] if sizes else 0
+            deadline = time.monotonic() + 60
+            while ParquetLog(live, "ticks").read_all(columns=["offset"]).height == before:
+                assert time.monotonic() < deadline, "ingest wrote nothing in 60 s"
+                time.sleep(0.1)
             time.sleep(2.0)
             run.send_signal(signal.SIGKILL)
             run.wait(30)

@@ -197,6 +197,32 @@ def test_a_batch_that_does_not_decode_is_a_clear_error(tmp_path, kafka_url):
         _store(tmp_path / "r", kafka_url).open("ticks").partitions()
 
 
+@pytest.mark.parametrize(
+    ("value", "headers", "says"),
+    [
+        (b'{"offset":3,"x":"oops"}', [(BATCH_HEADER, b"w:3:3")], "does not decode"),  # text where a float goes
+        (None, [(BATCH_HEADER, b"w:3:3")], "no value"),  # a tombstone
+        (b"{}", [(BATCH_HEADER, b"w:3:-5")], "is not an rtml row"),  # a batch that ends before it starts
+        (b"{}", [(BATCH_HEADER, b"w:3:999999999999")], "is not an rtml row"),  # one that never ends
+    ],
+)
+def test_bad_batches_are_errors_and_the_log_stays_broken_not_skipping_on(tmp_path, kafka_url, value, headers, says):
+    """A reader that hit a bad message raises again on every later read (the dashboards read
+    on after an error): going on would lose the messages fetched after it."""
+    schema = json.dumps({"columns": [["offset", "int64"], ["x", "float64"]], "text": ["x"]}).encode()
+    p = _producer(kafka_url)
+    topic, part = _topic(kafka_url, "ticks"), partition_of("BTC/USD", 4)
+    with _store(tmp_path, kafka_url).open("ticks").writer() as w:
+        w.append("BTC/USD", messy(3).select("ts", "x"))
+        p.produce(topic, value, b"BTC/USD", partition=part, headers=[*headers, (SCHEMA_HEADER, schema)])
+        p.flush(10)
+        w.append("ETH/USD", messy(3).select("ts", "x"))  # a good batch after it
+    log = _store(tmp_path / "r", kafka_url).open("ticks")
+    for _ in range(3):
+        with pytest.raises(LogError, match=says):
+            log.partitions()
+
+
 def test_topics_with_another_partition_count_are_a_clear_error(tmp_path, kafka_url):
     with _store(tmp_path, kafka_url).open("ticks").writer() as w:
         w.append("BTC/USD", messy(2))
@@ -242,13 +268,22 @@ def test_a_broker_that_comes_up_late_is_waited_for_then_used(tmp_path):
     broker = Broker()
     url = f"kafka://{broker.address}?partitions=2&timeout=5"
     d = tmp_path / "data"
-    ingest = rtml_process(["ingest", "--max-ticks", "2000", "--json", "--data-dir", str(d), "--log", url])
+    said = tmp_path / "stderr"
+    with open(said, "w") as err_file:
+        ingest = rtml_process(
+            ["ingest", "--max-ticks", "2000", "--json", "--data-dir", str(d), "--log", url], stderr=err_file
+        )
     try:
-        time.sleep(3)
+        deadline = time.monotonic() + 60
+        while "retrying every second" not in " ".join(said.read_text().split()):
+            assert time.monotonic() < deadline and ingest.poll() is None, said.read_text()
+            time.sleep(0.1)
+        time.sleep(1.5)  # a retry or two with nobody there
         broker.start()
-        out, err = ingest.communicate(timeout=60)
+        out, _ = ingest.communicate(timeout=60)
+        err = said.read_text()
         assert ingest.returncode == 0, err
-        assert "waiting: Kafka at" in err and "Kafka answers: starting" in err
+        assert "Kafka answers: starting" in err
         assert json.loads(out)["written"] == 2000
         assert sum(LogStore(d, url).open("ticks").last_offset(s) + 1 for s in ("BTC/USD", "ETH/USD", "SOL/USD")) == 2000
     finally:
@@ -355,6 +390,22 @@ def test_an_archive_stopped_halfway_goes_on_where_it_stopped(tmp_path, kafka_url
     assert sum(c.rows for c in rest) == 80 - 21
     for sym in ("BTC/USD", "ETH/USD"):
         assert_frame_equal(dst.read_after(sym).drop("offset"), frame)
+
+
+def test_an_archive_whose_newest_row_the_topic_no_longer_holds_goes_on(tmp_path, kafka_url):
+    """Retention removed every row the archive had (the symbol was idle): rows 3.. are still
+    the continuation of 0..2, nothing is missing, the archive goes on."""
+    from rtml_cli.archive import copy_log
+
+    frame = messy(5)
+    dst = ParquetLog(tmp_path / "history", "ticks")
+    with dst.writer() as w:
+        w.append("BTC/USD", frame.head(3))
+    # the topic as retention left it: offsets 3 and 4 only
+    _half_a_batch(kafka_url, "BTC/USD", 3, frame.slice(3, 2), sent=2)
+    copied = list(copy_log(_store(tmp_path, kafka_url).open("ticks"), dst))
+    assert [(c.rows, c.last_offset) for c in copied] == [(2, 4)]
+    assert_frame_equal(dst.read_after("BTC/USD").drop("offset"), frame)
 
 
 def test_archiving_into_a_log_that_is_not_a_copy_is_a_clear_error(tmp_path, kafka_url):
