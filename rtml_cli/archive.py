@@ -58,6 +58,8 @@ def copy_log(
                 if first != have + 1:  # the writer numbers on from what the destination has
                     raise LogError(f"{dst.location}: {sym!r} was written to while archiving; stop the other writer")
                 have = last
+                src.release(sym, last)  # copied: neither side reads these rows again
+                dst.release(sym, last)
                 yield Copied(src.name, sym, rows.height, last)
 
 

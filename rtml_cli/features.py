@@ -520,6 +520,8 @@ class FeatureBuilder:
             self.state[p.symbol] = p.state
             report.symbols[p.symbol] = p.report
         self.store.save()
+        for p in plans:  # committed: a step reads ticks from open_from on
+            self.ticks.release(p.symbol, p.state.open_from - 1)
 
     def _bars_and_features(self, plans: list[_Plan]) -> dict[str, pl.DataFrame]:
         """The new features rows of every planned symbol: one bars query, one feature query."""
@@ -613,6 +615,7 @@ class FeatureBuilder:
         target = logret if self.spec.target == "logret" else logret.sign()
         examples = rows.with_columns(target=target).filter(pl.col(OFFSET) <= due).drop(OFFSET)
         self.ew.append(sym, examples)
+        self.examples.release(sym, self.examples.last_offset(sym))  # the builder reads only their last offset
         return examples.height
 
     # -- drivers -------------------------------------------------------------------------------

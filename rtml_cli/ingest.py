@@ -341,6 +341,7 @@ class _Pipeline:
                         f"could not write to {self.writer.log.location}: {exc.strerror or exc}; "
                         f"{self.buffered:,} ticks received since the last write were not written"
                     ) from None
+                self.writer.log.release(sym, last)  # ingest never reads back what it wrote
                 if self.beat is not None:
                     self.beat.wrote(sym, last)
                 # Written: drop it from the buffer at once, so a retry cannot write it twice.

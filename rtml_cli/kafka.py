@@ -452,11 +452,21 @@ class _Rows:
     frames: list[Any] = field(default_factory=list)
     last: int = -1
     newest: int = -1  # the first offset of the newest batch
+    start: int = -1  # the oldest offset the topic held when read
+    released: int = -1  # rows up to this offset are no longer kept (see `KafkaLog.release`)
 
     def add(self, first: int, frame: pl.DataFrame) -> None:
         import polars as pl
 
         self.newest = first
+        if self.start < 0:
+            self.start = first
+        if first <= self.released:  # rows this process released before they arrived
+            self.last = max(self.last, first + frame.height - 1)
+            frame = frame.filter(pl.col(OFFSET) > self.released)
+            if frame.height == 0:
+                return
+            first = self.released + 1
         self.firsts.append(first)
         self.frames.append(frame)
         self.last = first + frame.height - 1
@@ -658,7 +668,7 @@ class KafkaLog:
         if (symbol, batch.writer, batch.first) in self._own:  # appended by this process: already in memory
             self._own.discard((symbol, batch.writer, batch.first))
             return
-        if rows.frames and batch.first != rows.last + 1:
+        if rows.last >= 0 and batch.first != rows.last + 1:
             raise LogError(
                 f"the batch of {symbol!r} ending at {where} holds offsets {batch.first}-{batch.last}, but "
                 f"{self.topic} has {symbol!r} up to {rows.last}: two writers wrote this symbol; stop one, and "
@@ -682,7 +692,7 @@ class KafkaLog:
 
     def partitions(self) -> list[str]:
         self.poll()
-        return sorted(s for s, r in self._rows.items() if r.frames)
+        return sorted(s for s, r in self._rows.items() if r.last >= 0)
 
     def last_offset(self, symbol: str) -> int:
         self.poll()
@@ -691,11 +701,28 @@ class KafkaLog:
 
     def first_offset(self, symbol: str) -> int:
         rows = self._rows.get(symbol)
-        return rows.firsts[0] if rows is not None and rows.firsts else 0
+        return rows.start if rows is not None and rows.start >= 0 else 0
 
     def row_count(self, symbol: str) -> int:
         rows = self._rows.get(symbol)
-        return rows.last - rows.firsts[0] + 1 if rows is not None and rows.firsts else 0
+        return rows.last - rows.start + 1 if rows is not None and rows.start >= 0 else 0
+
+    def release(self, symbol: str, upto: int) -> None:
+        """This process will not read rows of `symbol` up to offset `upto` again: stop keeping
+        them in memory (what bounds a long-running stage's memory; a read of them afterwards
+        is an error, not a silent gap)."""
+        import polars as pl
+
+        rows = self._rows.setdefault(symbol, _Rows())  # (released before read: rows up to it are not kept)
+        if upto <= rows.released:
+            return
+        rows.released = upto
+        keep = [(f, fr) for f, fr in zip(rows.firsts, rows.frames, strict=True) if f + fr.height - 1 > upto]
+        if keep and keep[0][0] <= upto:  # a batch the bound cuts through
+            _, frame = keep[0]
+            keep[0] = (upto + 1, frame.filter(pl.col(OFFSET) > upto))
+        rows.firsts = [f for f, _ in keep]
+        rows.frames = [fr for _, fr in keep]
 
     def read_after(
         self,
@@ -709,11 +736,16 @@ class KafkaLog:
 
         self.poll()
         rows = self._rows.get(symbol)
+        if rows is not None and rows.released >= 0 and offset < rows.released:
+            raise LogError(
+                f"rows {offset + 1}-{rows.released} of {symbol!r} in {self.topic} were read and released by this "
+                "process already (a bug: report it)"
+            )
         if rows is None or not rows.frames or rows.last <= offset:
             return pl.DataFrame()
-        if offset >= 0 and offset + 1 < rows.firsts[0]:
+        if offset >= 0 and offset + 1 < rows.start:
             raise LogError(
-                f"{self.topic} no longer holds offsets {offset + 1}-{rows.firsts[0] - 1} of {symbol!r} (the "
+                f"{self.topic} no longer holds offsets {offset + 1}-{rows.start - 1} of {symbol!r} (the "
                 "topic's retention deleted them before this stage read them); rebuild from the Parquet archive"
             )
         start = max(0, bisect_right(rows.firsts, offset) - 1)

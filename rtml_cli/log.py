@@ -273,6 +273,9 @@ class ParquetLog:
     def row_count(self, symbol: str) -> int:
         return sum(p.rows for p in self.parts(symbol))
 
+    def release(self, symbol: str, upto: int) -> None:
+        """Nothing to do: a Parquet log holds no rows in memory (a Kafka log does)."""
+
     def first_offset(self, symbol: str) -> int:
         """Offset of the symbol's oldest row (0: a Parquet log keeps every row)."""
         return 0

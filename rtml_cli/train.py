@@ -197,6 +197,8 @@ class Trainer:
         while not (stop is not None and stop.is_set()):
             frame = self.examples.read_in_time_order(self.symbols(), self.offsets, chunk)
             n = yield from self._learn(frame, stop)
+            for sym, offset in self.offsets.items():  # learned: never read again by this process
+                self.examples.release(sym, offset)
             if n == 0:
                 break
             done += n

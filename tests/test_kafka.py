@@ -214,9 +214,9 @@ def test_bad_batches_are_errors_and_the_log_stays_broken_not_skipping_on(tmp_pat
     topic, part = _topic(kafka_url, "ticks"), partition_of("BTC/USD", 4)
     with _store(tmp_path, kafka_url).open("ticks").writer() as w:
         w.append("BTC/USD", messy(3).select("ts", "x"))
-        p.produce(topic, value, b"BTC/USD", partition=part, headers=[*headers, (SCHEMA_HEADER, schema)])
-        p.flush(10)
-        w.append("ETH/USD", messy(3).select("ts", "x"))  # a good batch after it
+    p.produce(topic, value, b"BTC/USD", partition=part, headers=[*headers, (SCHEMA_HEADER, schema)])
+    p.flush(10)
+    _half_a_batch(kafka_url, "ETH/USD", 0, messy(3).select("ts", "x"), sent=3)  # a good batch after it
     log = _store(tmp_path / "r", kafka_url).open("ticks")
     for _ in range(3):
         with pytest.raises(LogError, match=says):
@@ -483,3 +483,23 @@ def test_two_of_each_stage_splitting_the_partitions_build_what_one_builds(tmp_pa
     rows = kafka.open("features").read_all()
     assert predictions.height == rows.height
     assert predictions.select(pl.struct("symbol", "features_offset").is_unique().all()).item()
+
+
+def test_a_long_running_stage_keeps_in_memory_only_what_it_has_not_consumed(tmp_path, kafka_url):
+    """What a stage released (ingest: what it wrote; the trainer: what it learned; the feature
+    builder: ticks before its open bars) is no longer held; reading it again is an error,
+    never a silent gap; the offsets and counts stay right."""
+    log = _store(tmp_path, kafka_url).open("ticks")
+    frame = messy(40)
+    with log.writer() as w:
+        for start in range(0, 40, 10):
+            w.append("BTC/USD", frame.slice(start, 10))
+            log.release("BTC/USD", start + 9)
+    assert log._rows["BTC/USD"].frames == [] and log.last_offset("BTC/USD") == 39 and log.row_count("BTC/USD") == 40
+    assert log.partitions() == ["BTC/USD"]
+    reader = _store(tmp_path / "r", kafka_url).open("ticks")
+    reader.release("BTC/USD", 14)  # through the middle of a batch
+    assert reader.read_after("BTC/USD", 14)["offset"].to_list() == list(range(15, 40))
+    assert_frame_equal(reader.read_after("BTC/USD", 20, upto=22).drop("offset"), frame.slice(21, 2))
+    with pytest.raises(LogError, match="released by this process"):
+        reader.read_after("BTC/USD", 3)
