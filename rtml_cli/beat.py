@@ -15,6 +15,10 @@ offset written. Two things follow from it:
   that is reported, not mistaken for a shorter log (and ingest will not reuse the offsets).
 
 The offsets are lower bounds: a beat is written after the parts it counts are published.
+
+With the logs on Kafka the beats go to the topic `<prefix>heartbeats` instead (one message a
+beat, the same document as JSON, key `ingest`), so that feature builders on other machines
+read them: one ingest per topic prefix.
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rtml_cli import atomic
 from rtml_cli.errors import LogError
 
 BEAT_FILE = Path("state") / "ingest.json"
 BEAT_SECONDS = 0.5
+HEARTBEATS, BEAT_KEY = "heartbeats", "ingest"  # on Kafka: the topic and the key of the beats
 
 
 @dataclass
@@ -49,11 +55,18 @@ class Beat:
         return max(0.0, min(now, self.beat) - max(since, self.started))
 
 
-def read_beat(data_dir: Path) -> Beat | None:
-    """The last beat ingest wrote to `data_dir`, or None when ingest never ran there."""
+def read_beat(data_dir: Path, logs: Any = None) -> Beat | None:
+    """The last beat ingest wrote to `data_dir` (to Kafka, with `logs` there), or None when
+    ingest never ran there."""
     path = Path(data_dir) / BEAT_FILE
     try:
-        doc = json.loads(path.read_text())
+        if logs is not None and logs.is_kafka:
+            path = Path(logs.open(HEARTBEATS).location)
+            doc = _newest_beat(logs.open(HEARTBEATS))
+            if doc is None:
+                return None
+        else:
+            doc = json.loads(path.read_text())
         beat = Beat(
             None if doc["started"] is None else float(doc["started"]),
             float(doc["beat"]),
@@ -70,6 +83,16 @@ def read_beat(data_dir: Path) -> Beat | None:
     return beat
 
 
+def _newest_beat(log: Any) -> dict[str, Any] | None:
+    """The newest beat document in the heartbeats topic; the older ones are released."""
+    last = log.last_offset(BEAT_KEY)
+    if last < 0:
+        return None
+    rows = log.read_after(BEAT_KEY, last - 1)
+    log.release(BEAT_KEY, last - 1)
+    return json.loads(rows["beat"][-1])
+
+
 def missing_tail(log_name: str, symbol: str, last: int, expected: int, data_dir: Path) -> str:
     """The error for a partition that ends at `last` though `expected` was written."""
     return (
@@ -83,8 +106,10 @@ def missing_tail(log_name: str, symbol: str, last: int, expected: int, data_dir:
 class Heartbeat:
     """Beats for one ingest run, from a background thread, so a paced wait still beats."""
 
-    def __init__(self, data_dir: Path, offsets: dict[str, int], watermark: int | None = None):
+    def __init__(self, data_dir: Path, offsets: dict[str, int], watermark: int | None = None, logs: Any = None):
         self.path = Path(data_dir) / BEAT_FILE
+        self.logs = logs if logs is not None and logs.is_kafka else None
+        self._sink: Any = None  # Kafka: the heartbeats topic's writer
         self.started: float | None = None  # the first write: until then the features clock waits
         self.offsets = dict(offsets)
         self.watermark = watermark  # carried over a restart: what was published stays published
@@ -93,6 +118,9 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name="rtml-heartbeat", daemon=True)
 
     def __enter__(self) -> Heartbeat:
+        if self.logs is not None:
+            self._stack = contextlib.ExitStack()
+            self._sink = self._stack.enter_context(self.logs.open(HEARTBEATS).writer())
         self.write(running=True)
         self._thread.start()
         return self
@@ -100,8 +128,10 @@ class Heartbeat:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        with contextlib.suppress(OSError):  # a full disk: the error that ends the run says so
+        with contextlib.suppress(OSError, LogError):  # a full disk, brokers gone: the error that ends the run says so
             self.write(running=False)
+        if self._sink is not None:
+            self._stack.close()
 
     def wrote(self, symbol: str, last: int) -> None:
         """Record that `symbol`'s part ending at `last` is published."""
@@ -125,9 +155,16 @@ class Heartbeat:
                 "offsets": dict(sorted(self.offsets.items())),
                 "watermark": self.watermark,
             }
+        if self._sink is None:
             atomic.write_json(self.path, doc)
+            return
+        import polars as pl
+
+        # (outside the lock: a slow broker must not hold up ingest's flushes, which take it)
+        _, last = self._sink.append(BEAT_KEY, pl.DataFrame({"beat": [json.dumps(doc)]}))
+        self._sink.log.release(BEAT_KEY, last)
 
     def _run(self) -> None:
         while not self._stop.wait(BEAT_SECONDS):
-            with contextlib.suppress(OSError):  # a full disk: the next flush reports it; the clock pauses
+            with contextlib.suppress(OSError, LogError):  # the next flush reports it; the clock pauses
                 self.write(running=True)

@@ -483,8 +483,12 @@ class FeatureBuilder:
         without a tick after them.
         """
         report = StepReport()
-        beat = read_beat(self.data_dir)
-        written = {s: o for s, o in (beat.offsets if beat else {}).items() if self.wanted is None or s in self.wanted}
+        beat = read_beat(self.data_dir, self.logs)
+        written = {
+            s: o
+            for s, o in (beat.offsets if beat else {}).items()
+            if (self.wanted is None or s in self.wanted) and self.logs.owns(s)
+        }
         symbols = sorted(set(self.symbols()) | set(written))
         plans = []
         for sym in symbols:
@@ -658,7 +662,7 @@ class FeatureBuilder:
         while not stop.is_set():
             known = [st.max_ts for st in self.state.values() if st.max_ts is not None]
             now = time.time()
-            beat = read_beat(self.data_dir)
+            beat = read_beat(self.data_dir, self.logs)
             # the clock's base: the newest tick read, but never past ingest's watermark (a
             # flush half published says nothing of the symbols still to come)
             newest = max(known) if known else None

@@ -396,9 +396,10 @@ def ingest_loop(
     Everything accepted is flushed before it ends, also when `stop` ends the run (Ctrl-C,
     SIGTERM). `batches` replaces `source.batches(stop)`, e.g. with a paced version of it.
     """
-    log = store_for(data_dir, logs).open(TICKS)
+    store = store_for(data_dir, logs)
+    log = store.open(TICKS)
     deadline = time.monotonic() + opts.duration if opts.duration else None
-    with log.writer() as writer, Heartbeat(data_dir, *_written_offsets(log, data_dir)) as beat:
+    with log.writer() as writer, Heartbeat(data_dir, *_written_offsets(log, data_dir, store), logs=store) as beat:
         pipe = _Pipeline(writer, Quarantine(data_dir, TICKS), opts, summary, beat)
         stream = batches if batches is not None else source.batches(stop)
         try:
@@ -428,7 +429,7 @@ def ingest_loop(
                 stream.close()
 
 
-def _written_offsets(log: Any, data_dir: Path) -> tuple[dict[str, int], int | None]:
+def _written_offsets(log: Any, data_dir: Path, store: LogStore) -> tuple[dict[str, int], int | None]:
     """Each symbol's newest offset in the ticks log, checked against what the last ingest wrote,
     and the last ingest's watermark.
 
@@ -437,7 +438,7 @@ def _written_offsets(log: Any, data_dir: Path) -> tuple[dict[str, int], int | No
     would skip. That is an error, not a fresh start.
     """
     offsets = {s: log.last_offset(s) for s in log.partitions()}
-    previous = read_beat(data_dir)
+    previous = read_beat(data_dir, store)
     for sym, expected in (previous.offsets if previous else {}).items():
         if offsets.get(sym, -1) < expected:
             raise LogError(missing_tail(TICKS, sym, offsets.get(sym, -1), expected, data_dir))

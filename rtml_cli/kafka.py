@@ -47,7 +47,7 @@ DEFAULT_PARTITIONS = 8
 DEFAULT_PREFIX = "rtml."
 DEFAULT_TIMEOUT_S = 30.0
 BATCH_HEADER = "rtml-batch"
-TOPICS = ("ticks", "features", "examples", "predictions", "builds")  # under the prefix
+TOPICS = ("ticks", "features", "examples", "predictions", "builds", "heartbeats")  # under the prefix
 SCHEMA_HEADER = "rtml-schema"
 MAX_BATCH_ROWS = 50_000_000  # more rows than any append writes: a header saying so is not rtml's
 _MERGE_FRAMES = 64  # a symbol's rows are merged into one frame once they are in this many pieces
@@ -818,8 +818,10 @@ class KafkaLog:
             "or use another --data-dir"
         )
         with atomic.exclusive(self.lock_path, busy):
-            # the build record must outlive any retention: everything built is numbered under it
-            self.conn.create(self.topic, {"retention.ms": "-1"} if self.everything else None)
+            # the build record must outlive any retention (everything built is numbered under
+            # it); of the heartbeats only the newest counts
+            config = {"builds": {"retention.ms": "-1"}, "heartbeats": {"cleanup.policy": "compact"}}.get(self.name)
+            self.conn.create(self.topic, config)
             writer = KafkaWriter(self)  # first: its producer gets its id from the brokers meanwhile
             try:
                 self.sync()

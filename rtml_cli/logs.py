@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from rtml_cli.kafka import Connection, Share
 
 LOG_NAMES = ("ticks", "features", "examples", "predictions")
-SHARED = {"builds"}  # Kafka topics every process reads whole (the build record)
+SHARED = {"builds", "heartbeats"}  # Kafka topics every process reads whole (the build record, ingest's beats)
 
 
 @dataclass
@@ -83,6 +83,14 @@ class LogStore:
         """Whether this process's share holds partition 0 (all of a Parquet log does): the
         feature builder that does starts and deletes builds."""
         return not self.is_kafka or 0 in self.kafka.owned()
+
+    def owns(self, symbol: str) -> bool:
+        """Whether `symbol` is in this process's share of the partitions (always, on Parquet)."""
+        if not self.is_kafka:
+            return True
+        from rtml_cli.kafka import partition_of
+
+        return partition_of(symbol, self.kafka.partitions()) in self.kafka.owned()
 
     def open(self, name: str) -> Any:
         """The log `name` (one object per name and store, so a writer's appends are seen at once)."""

@@ -105,7 +105,7 @@ def _stages(data_dir: Path, store: LogStore, now_ns: int) -> dict[str, Any]:
     stages: dict[str, Any] = {}
     beat = None
     with contextlib.suppress(RtmlError):  # a damaged heartbeat: the stages that read it say so
-        beat = read_beat(data_dir)
+        beat = read_beat(data_dir, store)
     ingest: dict[str, Any] = {"pid": atomic.holder(store.lock_path("ticks"))}
     if beat is not None:
         ingest["heartbeat_age_s"] = round(now_ns / NS - beat.beat, 1)

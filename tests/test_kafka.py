@@ -503,3 +503,19 @@ def test_a_long_running_stage_keeps_in_memory_only_what_it_has_not_consumed(tmp_
     assert_frame_equal(reader.read_after("BTC/USD", 20, upto=22).drop("offset"), frame.slice(21, 2))
     with pytest.raises(LogError, match="released by this process"):
         reader.read_after("BTC/USD", 3)
+
+
+def test_ingest_s_heartbeat_goes_to_kafka_where_a_builder_on_another_machine_reads_it(tmp_path, kafka_url):
+    """The market clock of `features --follow` stops while ingest is down, from ingest's beats:
+    on Kafka they are messages, so a builder with another --data-dir (another machine) reads
+    them; the file is not written."""
+    from rtml_cli.beat import BEAT_FILE, read_beat
+
+    out = _rtml(tmp_path / "ingest", kafka_url, "ingest", "--max-ticks", "3000")
+    assert not (tmp_path / "ingest" / BEAT_FILE).exists()
+    beat = read_beat(tmp_path / "elsewhere", LogStore(tmp_path / "elsewhere", kafka_url))
+    ticks = LogStore(tmp_path / "r", kafka_url).open("ticks")
+    assert beat is not None and not beat.running and beat.started is not None
+    assert beat.offsets == {s: ticks.last_offset(s) for s in ticks.partitions()}
+    assert sum(o + 1 for o in beat.offsets.values()) == out["written"] == 3000
+    assert beat.watermark == max(ticks.read_after(s)["ts"].dt.epoch("ns").max() for s in ticks.partitions())
