@@ -93,6 +93,12 @@ class BuildState:
         shared = shared_build(logs) if logs is not None and logs.is_kafka else None
         if not path.exists():
             if features.partitions() or examples.partitions():
+                if logs is not None and logs.is_kafka and not logs.leads():
+                    raise FeatureError(
+                        f"the features topics on {logs.where} hold rows of this member's partitions but {data_dir} "
+                        "has no state: rebuild with the member owning partition 0 first (`rtml features --rebuild "
+                        "--member 1/N` deletes the topics), then start this one"
+                    )
                 raise FeatureError(
                     f"{data_dir} has features or examples but no {STATE_FILE}; "
                     "run `rtml features --rebuild` to build them again from the ticks"

@@ -230,6 +230,10 @@ def encode(frame: pl.DataFrame) -> tuple[list[bytes], bytes]:
     """One JSON document per row, and the schema header of the batch."""
     import polars as pl
 
+    # narrower integers (a user's feature query may return them) travel as int64
+    narrow = [n for n, t in frame.schema.items() if t.is_integer() and t not in (pl.Int64, pl.Int32)]
+    if narrow:
+        frame = frame.with_columns(pl.col(narrow).cast(pl.Int64))
     columns = [[name, _type_name(dtype)] for name, dtype in frame.schema.items()]
     exprs, as_text = [], []
     for name, kind in columns:
@@ -757,6 +761,13 @@ class KafkaLog:
             bounds &= pl.col(OFFSET) <= upto
         frame = frame.filter(bounds)
         return frame.select(columns) if columns is not None else frame
+
+    def keep_newest(self) -> None:
+        """Release every row but each symbol's newest batch (a reader that only looks at the
+        end, as `rtml status` does)."""
+        for symbol, rows in self._rows.items():
+            if rows.newest > 0:
+                self.release(symbol, rows.newest - 1)
 
     def columns(self, symbol: str) -> list[str] | None:
         rows = self._rows.get(symbol)

@@ -72,6 +72,8 @@ def _log(log: Any) -> dict[str, Any]:
     }
     if hasattr(log, "lag"):  # a Kafka topic: where this read stopped in each partition, and its end
         out["kafka"] = {"topic": log.topic, "partitions": log.lag(), "abandoned_rows": log.abandoned}
+        if log.name != "predictions":  # (whose tail predict's offsets are read from) status needs only
+            log.keep_newest()  # the newest rows: `status --watch` and `rtml run` look again and again
     return out
 
 

@@ -78,8 +78,12 @@ def test_rows_come_back_exactly_nan_infinities_nulls_and_nanoseconds_too(tmp_pat
     frame = messy()
     with _store(tmp_path, kafka_url).open("ticks").writer() as w:
         assert w.append("BTC/USD", frame) == (0, frame.height - 1)
-    back = _store(tmp_path / "other", kafka_url).open("ticks").read_after("BTC/USD")  # a fresh reader
+        # a user's feature query may return narrower integers: they travel as int64
+        w.append("ETH/USD", pl.DataFrame({"small": pl.Series([-128, 0, 127], dtype=pl.Int8)}))
+    reader = _store(tmp_path / "other", kafka_url).open("ticks")  # a fresh reader
+    back = reader.read_after("BTC/USD")
     assert_frame_equal(back.drop("offset"), frame)
+    assert reader.read_after("ETH/USD")["small"].to_list() == [-128, 0, 127]
     assert back["x"].is_nan().sum() == 1 and back["x"].is_infinite().sum() == 2
     assert math.copysign(1.0, back["x"][5]) == -1.0  # -0.0 kept its sign
 
@@ -519,3 +523,24 @@ def test_ingest_s_heartbeat_goes_to_kafka_where_a_builder_on_another_machine_rea
     assert beat.offsets == {s: ticks.last_offset(s) for s in ticks.partitions()}
     assert sum(o + 1 for o in beat.offsets.values()) == out["written"] == 3000
     assert beat.watermark == max(ticks.read_after(s)["ts"].dt.epoch("ns").max() for s in ticks.partitions())
+
+
+def test_status_on_kafka_counts_what_is_there_and_holds_only_the_newest_rows(tmp_path, kafka_url):
+    """`status --watch` and `rtml run` look again and again with one store: the counts follow
+    the topics, and what it holds of them is the newest batch of each symbol."""
+    from rtml_cli.status import snapshot
+
+    d = tmp_path / "data"
+    _rtml(d, kafka_url, "ingest", "--max-ticks", "2000", "--flush-every", "500")
+    store = LogStore(d, kafka_url)
+    first = snapshot(d, store)
+    assert first["logs"]["ticks"]["rows"] == 2000 and first["stages"]["ingest"]["heartbeat_age_s"] >= 0
+    _rtml(d, kafka_url, "ingest", "--max-ticks", "700", "--flush-every", "500")
+    again = snapshot(d, store)
+    assert again["logs"]["ticks"]["rows"] == 2700
+    held = store.open("ticks")._rows
+    assert all(sum(f.height for f in rows.frames) <= 500 for rows in held.values())
+    ticks = LogStore(tmp_path / "r", kafka_url).open("ticks")
+    for sym, seen in again["logs"]["ticks"]["symbols"].items():
+        assert seen["newest_offset"] == ticks.last_offset(sym)
+        assert seen["last"] == ticks.read_after(sym)["price"][-1]
