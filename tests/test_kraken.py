@@ -448,7 +448,8 @@ def test_rtml_ingest_from_kraken_with_an_unknown_pair_is_a_clear_error(rtml):
 def test_a_run_that_never_connects_says_so_while_retrying_and_exits_1(tmp_path):
     """It used to say "waiting for trades" while it had no connection, and exit 0 at the end."""
     url = f"ws://127.0.0.1:{free_port()}"
-    p = rtml_process(["ingest", "--source", "kraken", "--url", url, "--duration", "3", "--data-dir", str(tmp_path)])
+    # (6 s: its status line, which says "retrying in", comes every 2 s; a loaded machine delays it)
+    p = rtml_process(["ingest", "--source", "kraken", "--url", url, "--duration", "6", "--data-dir", str(tmp_path)])
     _, err = p.communicate(timeout=60)
     assert p.returncode == 1, err
     assert "retrying in" in err and "waiting for trades" not in err
