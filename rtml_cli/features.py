@@ -233,6 +233,9 @@ class StepPlanner:
         old_closed = old.closed_until if old.closed_until is not None else _NEVER
         last_tick = self.ticks.last_offset(sym)
         if last_tick < max(written, old.tick_offset):
+            # (a Kafka reader may not have fetched yet what ingest's beat says it published)
+            last_tick = self.ticks.catch_up(sym, max(written, old.tick_offset))
+        if last_tick < max(written, old.tick_offset):
             raise LogError(missing_tail(self.ticks.name, sym, last_tick, max(written, old.tick_offset), self.data_dir))
         limit = min(last_tick, old.tick_offset + self.chunk_ticks)
         has_new = limit > old.tick_offset

@@ -762,6 +762,35 @@ class KafkaLog:
         frame = frame.filter(bounds)
         return frame.select(columns) if columns is not None else frame
 
+    def refresh(self) -> None:
+        """Take in every message the brokers held when called (`poll` takes what was fetched):
+        for a reader that compares topics, as `rtml status` does, where a lagging view of one
+        would make a consumer look caught up when it is not."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        self.poll()
+        if self._consumer is None:
+            return
+        try:
+            ends = {
+                p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=5, cached=False)[1]
+                for p in self._assigned
+            }
+        except KafkaException as exc:
+            raise LogError(self.conn.unreachable(exc)) from None
+        deadline = time.monotonic() + self.conn.config.timeout_s
+        while any(self._position.get(p, 0) < end for p, end in ends.items()) and time.monotonic() < deadline:
+            self._take(self._consumer.consume(100_000, 0.05))
+
+    def catch_up(self, symbol: str, offset: int) -> int:
+        """The symbol's last offset once it reaches `offset` (rows another process says it
+        published, which this reader may not have fetched yet), or as far as it got within the
+        URL's timeout."""
+        deadline = time.monotonic() + self.conn.config.timeout_s
+        while (last := self.last_offset(symbol)) < offset and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return last
+
     def keep_newest(self) -> None:
         """Release every row but each symbol's newest batch (a reader that only looks at the
         end, as `rtml status` does)."""

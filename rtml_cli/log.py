@@ -273,6 +273,10 @@ class ParquetLog:
     def row_count(self, symbol: str) -> int:
         return sum(p.rows for p in self.parts(symbol))
 
+    def catch_up(self, symbol: str, offset: int) -> int:
+        """The symbol's last offset (a listing is always current: no waiting for `offset`)."""
+        return self.last_offset(symbol)
+
     def release(self, symbol: str, upto: int) -> None:
         """Nothing to do: a Parquet log holds no rows in memory (a Kafka log does)."""
 

@@ -57,6 +57,8 @@ def snapshot(data_dir: Path, store: LogStore | None = None) -> dict[str, Any]:
 
 
 def _log(log: Any) -> dict[str, Any]:
+    if hasattr(log, "refresh"):  # a Kafka topic: everything the brokers hold now, not only what was fetched
+        log.refresh()
     symbols = {}
     for sym in log.partitions():
         last = log.last_offset(sym)
