@@ -8,8 +8,9 @@ data directory: with stages on several machines, the directories they share must
 (see docs/deployment.md).
 
 A log, whichever backend, offers what the stages use: `partitions()` (the symbols), `last_offset`,
-`read_after`, `read_in_time_order`, `read_all`, `follow`, `columns`, `tail`, `exists`, `poll`,
-`sync`, `location`, and `writer()` whose `append(symbol, frame)` publishes a batch atomically.
+`first_offset`, `read_after`, `read_in_time_order`, `read_all`, `follow`, `columns`, `tail`,
+`exists`, `poll`, `sync`, `catch_up`, `release`, `delete`, `location`, and `writer()` whose
+`append(symbol, frame)` publishes a batch atomically.
 """
 
 from __future__ import annotations
