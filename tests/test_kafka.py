@@ -544,3 +544,45 @@ def test_status_on_kafka_counts_what_is_there_and_holds_only_the_newest_rows(tmp
     for sym, seen in again["logs"]["ticks"]["symbols"].items():
         assert seen["newest_offset"] == ticks.last_offset(sym)
         assert seen["last"] == ticks.read_after(sym)["price"][-1]
+
+
+def test_log_in_rtml_toml_or_rtml_log_chooses_kafka_for_every_command(tmp_path, kafka_url, monkeypatch):
+    from click.testing import CliRunner
+
+    from rtml_cli.cli import cli, main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rtml.toml").write_text(f'log = "{kafka_url}"\ndata_dir = "data"\n')
+    monkeypatch.setattr("sys.argv", ["rtml", "ingest", "--max-ticks", "300", "--json"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code in (0, None)
+    assert not (tmp_path / "data" / "ticks").exists()  # not the Parquet log
+    ticks = LogStore(tmp_path / "r", kafka_url).open("ticks")
+    assert sum(ticks.last_offset(s) + 1 for s in ticks.partitions()) == 300
+    monkeypatch.setenv("RTML_LOG", kafka_url)
+    r = CliRunner().invoke(cli, ["status", "--json", "--data-dir", str(tmp_path / "data")])
+    assert r.exit_code == 0 and json.loads(r.stdout)["logs"]["ticks"]["rows"] == 300, r.output
+
+
+@pytest.mark.parametrize(
+    ("member", "partitions", "of", "share"),
+    [("1/2", None, 4, [0, 2]), ("2/2", None, 4, [1, 3]), ("3/4", None, 8, [2, 6]), (None, "0,4,8", 9, [0, 4, 8])],
+)
+def test_member_and_partitions_name_shares_of_the_partitions(member, partitions, of, share):
+    from rtml_cli.kafka import parse_share, share_partitions
+
+    assert share_partitions(parse_share(member, partitions), of) == share
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--member", "3/2"], "is not I/N"),
+        (["--member", "1/2", "--partitions", "0"], "not both"),
+        (["--partitions", "a,b"], "partition numbers"),
+        (["--member", "1/2", "--log", "somewhere"], "split a Kafka log"),
+    ],
+)
+def test_bad_shares_are_clear_errors(rtml, args, says):
+    assert_clean_error(rtml("features", *args), says)
