@@ -19,6 +19,7 @@ import click
 
 from rtml_cli import __version__
 from rtml_cli.errors import ConfigError, RtmlError, SourceError
+from rtml_cli.logs import LOG_NAMES
 
 # Help fits the terminal (up to 100 columns); the CLI reference (docs/cli.md) is rendered at
 # a fixed 100 so that a test can check it.
@@ -149,6 +150,13 @@ def _reach(logs, stop: Event, console, duration: float | None = None) -> bool:
     if reached and said:
         console.print("Kafka answers: starting", highlight=False)
     return reached
+
+
+def log_name_option(help_text: str):
+    """`--name`: one of the logs, or all of them."""
+    return click.option(
+        "--name", "log_name", type=click.Choice(["all", *LOG_NAMES]), default="all", show_default=True, help=help_text
+    )
 
 
 def json_option(f):
@@ -1218,14 +1226,7 @@ def backtest(
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option(
-    "--name",
-    "log_name",
-    type=click.Choice(["all", "ticks", "features", "examples", "predictions"]),
-    default="all",
-    show_default=True,
-    help="Which log to compact (all: every log there is; one in use by a running stage is skipped).",
-)
+@log_name_option("Which log to compact (all: every log there is; one in use by a running stage is skipped).")
 @symbols_option("Only these partitions (default: all).")
 @click.option(
     "--target-rows",
@@ -1253,7 +1254,7 @@ def compact(log_name, symbols, target_rows, data_dir, log_url, as_json):
     store = _logs(data_dir, log_url)
     if store.is_kafka:
         raise ConfigError("compact merges Parquet parts; a Kafka topic's size is the brokers' retention settings")
-    names = ["ticks", "features", "examples", "predictions"] if log_name == "all" else [log_name]
+    names = list(LOG_NAMES) if log_name == "all" else [log_name]
     logs = [store.open(n) for n in names if store.open(n).exists()]
     if not logs:
         what = "are no logs" if log_name == "all" else f"is no {log_name!r} log"
@@ -1286,14 +1287,7 @@ def compact(log_name, symbols, target_rows, data_dir, log_url, as_json):
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option(
-    "--name",
-    "log_name",
-    type=click.Choice(["all", "ticks", "features", "examples", "predictions"]),
-    default="all",
-    show_default=True,
-    help="Which log to copy.",
-)
+@log_name_option("Which log to copy.")
 @click.option("--reverse", is_flag=True, help="Copy the Parquet logs of --data-dir into Kafka instead (a backfill).")
 @click.option("--follow", is_flag=True, help="Keep copying what arrives, until Ctrl-C.")
 @click.option(
@@ -1320,7 +1314,7 @@ def archive(log_name, reverse, follow, poll, symbols, data_dir, log_url, as_json
     """
     from rtml_cli import ui
     from rtml_cli.archive import copy_log
-    from rtml_cli.logs import LOG_NAMES, LogStore
+    from rtml_cli.logs import LogStore
 
     kafka = _logs(data_dir, log_url)
     if not kafka.is_kafka:

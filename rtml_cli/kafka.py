@@ -38,7 +38,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from rtml_cli import atomic
 from rtml_cli.errors import ConfigError, LogError
-from rtml_cli.log import OFFSET, check_symbol
+from rtml_cli.log import OFFSET, LogReads, check_symbol
+from rtml_cli.logs import LOG_NAMES, SHARED
 
 if TYPE_CHECKING:
     import polars as pl
@@ -47,7 +48,7 @@ DEFAULT_PARTITIONS = 8
 DEFAULT_PREFIX = "rtml."
 DEFAULT_TIMEOUT_S = 30.0
 BATCH_HEADER = "rtml-batch"
-TOPICS = ("ticks", "features", "examples", "predictions", "builds", "heartbeats")  # under the prefix
+TOPICS = (*LOG_NAMES, *sorted(SHARED))  # under the prefix
 SCHEMA_HEADER = "rtml-schema"
 MAX_BATCH_ROWS = 50_000_000  # more rows than any append writes: a header saying so is not rtml's
 _MERGE_FRAMES = 64  # a symbol's rows are merged into one frame once they are in this many pieces
@@ -489,7 +490,7 @@ class _Batch:
     start: int  # Kafka offset of its first message
 
 
-class KafkaLog:
+class KafkaLog(LogReads):
     """One named log as a topic; the same reading and writing interface as `ParquetLog`."""
 
     def __init__(self, connection: Connection, data_dir: Path | str, name: str, everything: bool = False):
@@ -810,29 +811,6 @@ class KafkaLog:
         import polars as pl
 
         return rows.frames[-1].filter(pl.col(OFFSET) >= rows.newest)
-
-    def read_in_time_order(
-        self, symbols: list[str], offsets: dict[str, int], chunk: int, columns: list[str] | None = None
-    ) -> pl.DataFrame:
-        from rtml_cli.log import read_in_time_order
-
-        return read_in_time_order(self, symbols, offsets, chunk, columns)
-
-    def read_all(self, columns: list[str] | None = None) -> pl.DataFrame:
-        import polars as pl
-
-        frames = [self.read_after(s, -1, columns) for s in self.partitions()]
-        frames = [f for f in frames if f.height]
-        return pl.concat(frames, how="vertical") if frames else pl.DataFrame()
-
-    def follow(self, symbol: str, offset: int, stop: Event, poll: float = 0.2) -> Iterator[pl.DataFrame]:
-        while not stop.is_set():
-            frame = self.read_after(symbol, offset)
-            if frame.height:
-                offset = int(frame[OFFSET][-1])
-                yield frame
-            else:
-                stop.wait(poll)
 
     def lag(self) -> dict[int, dict[str, int]]:
         """Per assigned partition: the Kafka offset read up to and the broker's end."""

@@ -146,7 +146,75 @@ class CompactResult:
     rows: int
 
 
-class ParquetLog:
+class LogReads:
+    """Reads every backend shares, built on its `partitions`, `last_offset` and `read_after`."""
+
+    def partitions(self) -> list[str]:
+        raise NotImplementedError
+
+    def last_offset(self, symbol: str) -> int:
+        raise NotImplementedError
+
+    def read_after(
+        self,
+        symbol: str,
+        offset: int = -1,
+        columns: list[str] | list[pl.Expr] | None = None,
+        upto: int | None = None,
+        verified: set[Path] | None = None,
+    ) -> pl.DataFrame:
+        raise NotImplementedError
+
+    def read_in_time_order(
+        self, symbols: list[str], offsets: dict[str, int], chunk: int, columns: list[str] | None = None
+    ) -> pl.DataFrame:
+        """The next rows of `symbols` after `offsets`, in time order (then symbol, offset).
+
+        At most `chunk` rows per symbol are read, so memory stays bounded however long the
+        backlog; a symbol with more to come bounds the batch at its last time read, so that
+        reading in chunks gives the same order as one sort of the whole backlog. `columns`
+        (which must include ts and symbol) reads only those.
+        """
+        import polars as pl
+
+        frames, horizon = [], None
+        for s in symbols:
+            after = offsets.get(s, -1)
+            frame = self.read_after(s, after, columns, upto=after + chunk)
+            if frame.height == 0:
+                continue
+            frames.append(frame)
+            if self.last_offset(s) > after + chunk:  # more of this symbol to come
+                last = cast("datetime", frame["ts"].max())
+                horizon = last if horizon is None else min(horizon, last)
+        if not frames:
+            return pl.DataFrame()
+        batch = pl.concat(frames, how="diagonal_relaxed")
+        if horizon is not None:
+            # strictly before: rows at the horizon's own time may continue past the chunk
+            before = batch.filter(pl.col("ts") < horizon)
+            batch = before if before.height else batch.filter(pl.col("ts") <= horizon)
+        return batch.sort("ts", "symbol", OFFSET)
+
+    def read_all(self, columns: list[str] | None = None) -> pl.DataFrame:
+        import polars as pl
+
+        frames = [self.read_after(s, -1, columns) for s in self.partitions()]
+        frames = [f for f in frames if f.height]
+        return pl.concat(frames, how="vertical") if frames else pl.DataFrame()
+
+    def follow(self, symbol: str, offset: int, stop: Event, poll: float = 0.2) -> Iterator[pl.DataFrame]:
+        """Yield each batch of new rows after `offset` until `stop` is set."""
+        while not stop.is_set():
+            frame = self.read_after(symbol, offset)
+            if frame.height:
+                offset = int(frame[OFFSET][-1])
+                yield frame
+            else:
+                stop.wait(poll)
+
+
+class ParquetLog(LogReads):
     """One named log (ticks, features, ...) under a data directory."""
 
     def __init__(self, data_dir: Path | str, name: str):
@@ -258,18 +326,6 @@ class ParquetLog:
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"reading {self.name}/{symbol} failed ({why}), though each of its parts reads on its own; try again"
 
-    def read_in_time_order(
-        self, symbols: list[str], offsets: dict[str, int], chunk: int, columns: list[str] | None = None
-    ) -> pl.DataFrame:
-        return read_in_time_order(self, symbols, offsets, chunk, columns)
-
-    def read_all(self, columns: list[str] | None = None) -> pl.DataFrame:
-        import polars as pl
-
-        frames = [self.read_after(s, -1, columns) for s in self.partitions()]
-        frames = [f for f in frames if f.height]
-        return pl.concat(frames, how="vertical") if frames else pl.DataFrame()
-
     def row_count(self, symbol: str) -> int:
         return sum(p.rows for p in self.parts(symbol))
 
@@ -330,16 +386,6 @@ class ParquetLog:
             except (pl.exceptions.PolarsError, OSError):
                 return None
         return None
-
-    def follow(self, symbol: str, offset: int, stop: Event, poll: float = 0.2) -> Iterator[pl.DataFrame]:
-        """Yield each batch of new rows after `offset` until `stop` is set."""
-        while not stop.is_set():
-            frame = self.read_after(symbol, offset)
-            if frame.height:
-                offset = int(frame[OFFSET][-1])
-                yield frame
-            else:
-                stop.wait(poll)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -448,38 +494,6 @@ class LogWriter:
             atomic.fsync_dir(target.parent)
             rows += merged.height
         return CompactResult(symbol, len(parts), len(self.log.parts(symbol)), rows)
-
-
-def read_in_time_order(
-    log: Any, symbols: list[str], offsets: dict[str, int], chunk: int, columns: list[str] | None = None
-) -> pl.DataFrame:
-    """The next rows in `log` of `symbols` after `offsets`, in time order (then symbol, offset).
-
-    At most `chunk` rows per symbol are read, so memory stays bounded however long the
-    backlog; a symbol with more to come bounds the batch at its last time read, so that
-    reading in chunks gives the same order as one sort of the whole backlog. `columns`
-    (which must include ts and symbol) reads only those.
-    """
-    import polars as pl
-
-    frames, horizon = [], None
-    for s in symbols:
-        after = offsets.get(s, -1)
-        frame = log.read_after(s, after, columns, upto=after + chunk)
-        if frame.height == 0:
-            continue
-        frames.append(frame)
-        if log.last_offset(s) > after + chunk:  # more of this symbol to come
-            last = cast("datetime", frame["ts"].max())
-            horizon = last if horizon is None else min(horizon, last)
-    if not frames:
-        return pl.DataFrame()
-    batch = pl.concat(frames, how="diagonal_relaxed")
-    if horizon is not None:
-        # strictly before: rows at the horizon's own time may continue past the chunk
-        before = batch.filter(pl.col("ts") < horizon)
-        batch = before if before.height else batch.filter(pl.col("ts") <= horizon)
-    return batch.sort("ts", "symbol", OFFSET)
 
 
 # Columns a later rtml added to a log's rows: a part written before reads with them as nulls.

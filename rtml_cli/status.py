@@ -20,9 +20,8 @@ from rtml_cli.beat import read_beat
 from rtml_cli.build_state import STATE_FILE, read_build
 from rtml_cli.checkpoint import CheckpointStore, signing_key
 from rtml_cli.errors import ConfigError, RtmlError
-from rtml_cli.logs import LogStore, store_for
+from rtml_cli.logs import LOG_NAMES, LogStore, store_for
 
-LOGS = ("ticks", "features", "examples", "predictions")
 NS = 1_000_000_000
 
 
@@ -33,12 +32,12 @@ def snapshot(data_dir: Path, store: LogStore | None = None) -> dict[str, Any]:
         raise ConfigError(f"there is no data directory {data_dir}; run `rtml ingest` first or check --data-dir")
     store = store_for(data_dir, store)
     now_ns = time.time_ns()
-    logs = {name: _log(store.open(name)) for name in LOGS}
+    logs = {name: _log(store.open(name)) for name in LOG_NAMES}
     out: dict[str, Any] = {
         "data_dir": str(data_dir),
         "log": store.where,
         "at": _iso(now_ns),
-        "empty": not any(logs[name]["symbols"] for name in LOGS),
+        "empty": not any(logs[name]["symbols"] for name in LOG_NAMES),
         "logs": logs,
         "stages": _stages(data_dir, store, now_ns),
         "consumers": {},

@@ -363,7 +363,9 @@ def test_the_pipeline_on_kafka_writes_what_it_writes_on_parquet_and_archives_exa
     _same_logs(LogStore(tmp_path / "parquet"), kafka)
 
     first = _rtml(tmp_path / "kafka", kafka_url, "archive")
-    assert first["rows"] == sum(first["logs"][n][s] for n in first["logs"] for s in first["logs"][n])
+    held = {n: kafka.open(n) for n in ("ticks", "features", "examples", "predictions")}
+    assert first["logs"] == {n: {s: log.last_offset(s) + 1 for s in log.partitions()} for n, log in held.items()}
+    assert first["rows"] == sum(log.last_offset(s) + 1 for log in held.values() for s in log.partitions())
     _same_logs(kafka, LogStore(tmp_path / "kafka"))  # the Parquet archive beside the stages' state
     assert _rtml(tmp_path / "kafka", kafka_url, "archive")["rows"] == 0
     _rtml(tmp_path / "kafka", kafka_url, "ingest", "--max-ticks", "500")
