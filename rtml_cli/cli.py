@@ -20,6 +20,7 @@ import click
 from rtml_cli import __version__
 from rtml_cli.errors import ConfigError, RtmlError, SourceError
 from rtml_cli.logs import LOG_NAMES
+from rtml_cli.sources.layouts import FORMATS
 
 # Help fits the terminal (up to 100 columns); the CLI reference (docs/cli.md) is rendered at
 # a fixed 100 so that a test can check it.
@@ -373,7 +374,7 @@ SYNTHETIC_DEFAULT_TICKS = 1_000_000
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["auto", "kraken", "binance", "tardis", "rtml"]),
+    type=click.Choice(FORMATS),
     default="auto",
     show_default=True,
     help="replay: file format.",

@@ -63,7 +63,7 @@ class Layout:
             "qty": qty,
             "maker": "true" if side == "sell" else "false",
             "side": side,
-            "id": str(1000 + i) if self.fmt == "binance" else f"id{i}",  # Binance's ids are numbers
+            "id": str(1000 + i) if self.fmt.startswith("binance") else f"id{i}",  # Binance's ids are numbers
             "symbol": "BTCUSDT",
             "unread": f"{i}.5",
             "local_us": str(us + 500),
@@ -72,7 +72,7 @@ class Layout:
 
     def expected_ns(self, i: int, micros: int) -> int:
         ns = ((T0_S + i) * 1_000_000 + micros) * 1000
-        return ns - ns % 1_000_000 if self.fmt == "binance" else ns  # ms times keep ms
+        return ns - ns % 1_000_000 if any(k == "ts_ms" for _, k in self.columns) else ns  # ms times keep ms
 
 
 BINANCE = Layout(
@@ -90,10 +90,52 @@ BINANCE = Layout(
     "BTCUSDT-trades-2024-01-01.csv",
     6,
 )
+BINANCE_FUTURES = Layout(
+    "binance-futures",
+    (
+        ("id", "id"),
+        ("price", "price"),
+        ("qty", "qty"),
+        ("quote_qty", "unread"),
+        ("time", "ts_ms"),
+        ("is_buyer_maker", "maker"),
+    ),
+    False,
+    "BTCUSDT-trades-2024-01.csv",
+    6,
+)
+AGG = (
+    ("agg_trade_id", "id"),
+    ("price", "price"),
+    ("quantity", "qty"),
+    ("first_trade_id", "unread"),
+    ("last_trade_id", "unread"),
+    ("transact_time", "ts_ms"),
+    ("is_buyer_maker", "maker"),
+)
+BINANCE_FUTURES_AGG = Layout("binance-futures-agg", AGG, False, "BTCUSDT-aggTrades-2024-01-01.csv", 7)
 LAYOUTS = {
     "kraken": Layout("kraken", (("timestamp", "ts_s"), ("price", "price"), ("volume", "qty")), False, "XBTUSD.csv", 3),
     "binance": BINANCE,
     "binance-header": replace(BINANCE, header=True),
+    "binance-futures": BINANCE_FUTURES,
+    "binance-futures-header": replace(BINANCE_FUTURES, header=True),
+    "binance-coin-m-header": replace(
+        BINANCE_FUTURES,
+        columns=tuple(("base_qty", k) if n == "quote_qty" else (n, k) for n, k in BINANCE_FUTURES.columns),
+        header=True,
+        filename="BTCUSD_PERP-trades-2024-01-01.csv",
+    ),
+    # spot aggTrades since 2025: microseconds
+    "binance-agg": Layout(
+        "binance-agg",
+        (*AGG[:5], ("transact_time", "ts_us"), AGG[6], ("is_best_match", "unread")),
+        False,
+        "BTCUSDT-aggTrades-2025-01-01.csv",
+        7,
+    ),
+    "binance-futures-agg": BINANCE_FUTURES_AGG,
+    "binance-futures-agg-header": replace(BINANCE_FUTURES_AGG, header=True),
     "tardis": Layout(
         "tardis",
         (
@@ -178,7 +220,7 @@ def bad_values(layout: Layout) -> dict[str, st.SearchStrategy[str]]:
             out[name] = BAD_MAKER
         elif kind == "side":
             out[name] = BAD_SIDE
-        elif kind == "symbol" or (kind == "id" and layout.fmt == "binance"):  # a Tardis row may lack an id
+        elif kind == "symbol" or (kind == "id" and layout.fmt.startswith("binance")):  # a Tardis row may lack an id
             out[name] = st.just("")
     return out
 

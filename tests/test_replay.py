@@ -148,7 +148,7 @@ def test_kraken_log_read_back_with_duckdb(rtml, data_dir, tmp_path):
 
 def test_kraken_symbol_option_and_a_file_name_that_names_no_pair(rtml, data_dir, tmp_path):
     f = write(tmp_path / "trades.csv", KRAKEN)
-    replay_error(rtml, f, fragments=("trades.csv is a kraken file", "pass --symbol"))
+    replay_error(rtml, f, fragments=("trades.csv is a Kraken trades CSV", "pass --symbol"))
     assert ParquetLog(data_dir, "ticks").partitions() == []
     s = replay(rtml, f, "--symbol", "BTC/USD")
     assert list(s["symbols"]) == ["BTC/USD"] and s["written"] == 5
@@ -724,20 +724,28 @@ def test_paths_that_lead_nowhere_are_clear_errors(rtml, tmp_path, path, fragment
 
 def test_an_explicit_format_that_does_not_fit_the_file_is_a_clear_error(rtml, tmp_path):
     f = write(tmp_path / "BTCUSDT-trades-2024-01-01.csv", "\n".join(BINANCE_ROWS) + "\n")
-    replay_error(rtml, f, "--format", "kraken", "--symbol", "X", fragments=("has 7 columns", "Kraken"))
+    binance = "it looks like a Binance spot trades dump (id,price,qty,quoteQty,time,isBuyerMaker,isBestMatch): "
+    replay_error(rtml, f, "--format", "kraken", "--symbol", "X", fragments=("has 7 columns", "Kraken", binance))
     k = write(tmp_path / "XBTUSD.csv", KRAKEN)
-    replay_error(rtml, k, "--format", "binance", fragments=("has 3 columns", "Binance"))
-    replay_error(rtml, k, "--format", "tardis", fragments=("does not start with the Tardis trades header",))
-    replay_error(rtml, k, "--format", "rtml", fragments=("lacks the column(s) ts, price, qty",))
+    kraken = "it looks like a Kraken trades CSV (timestamp,price,volume): pass --format kraken, or --format auto"
+    replay_error(rtml, k, "--format", "binance", fragments=("has 3 columns", "Binance", kraken))
+    replay_error(rtml, k, "--format", "tardis", fragments=("does not start with the Tardis trades header", kraken))
+    replay_error(rtml, k, "--format", "rtml", fragments=("lacks the column(s) ts, price, qty", kraken))
     garbage = write(tmp_path / "G" / "XBTUSD.csv", "\n".join(f"x{i},y,z" for i in range(50)) + "\n")
-    replay_error(rtml, garbage, "--format", "kraken", fragments=("do not parse as kraken trades",))
+    replay_error(
+        rtml,
+        garbage,
+        "--format",
+        "kraken",
+        fragments=("do not parse as a Kraken trades CSV (--format kraken)", "is this the right file"),
+    )
 
 
 def test_a_file_whose_rows_mostly_do_not_parse_is_a_clear_error(rtml, data_dir, tmp_path):
     # the first line looks like a Binance trade; the rest does not
     rows = [BINANCE_ROWS[0]] + [f"{i},price,qty,q,time,false,true" for i in range(30)]
     f = write(tmp_path / "BTCUSDT-trades-2024-01-01.csv", "\n".join(rows) + "\n")
-    replay_error(rtml, f, fragments=("30 of the first 31 rows", "do not parse as binance trades"))
+    replay_error(rtml, f, fragments=("30 of the first 31 rows", "do not parse as a Binance spot trades dump"))
     assert ParquetLog(data_dir, "ticks").partitions() == []
 
 

@@ -26,20 +26,27 @@ from typing import TYPE_CHECKING, BinaryIO
 from rtml_cli.errors import InputFormatError, RtmlError
 from rtml_cli.schema import Field, parse_problems, problems
 from rtml_cli.sources import TickBatch
+from rtml_cli.sources.layouts import (
+    FORMATS,
+    LAYOUTS,
+    RTML_REQUIRED,
+    Layout,
+    by_header,
+    hint,
+    normalise,
+    parquet_columns,
+    parquet_layout,
+    resembles,
+    split_line,
+)
 
 if TYPE_CHECKING:
     import polars as pl
 
-FORMATS = ("auto", "kraken", "binance", "tardis", "rtml")
-KRAKEN_COLS = ["timestamp", "price", "volume"]
-BINANCE_COLS = ["id", "price", "qty", "quoteQty", "time", "isBuyerMaker", "isBestMatch"]
-TARDIS_COLS = ["exchange", "symbol", "timestamp", "local_timestamp", "id", "side", "price", "amount"]
-RTML_REQUIRED = ["ts", "price", "qty"]
 CHUNK_BYTES = 8 << 20
 MAX_NS = 2**63 - 1  # the last instant a timestamp[ns] holds (2262-04-11)
 CARRY_ROWS = 1000  # occurrence counts are carried for the timestamps of the last rows read
 EXTRA_FIELDS_SEEN = 8  # fields past a CSV layout's read to tell a row with extra fields
-_NUMBER = re.compile(r"^\s*-?\d+(\.\d*)?([eE][-+]?\d+)?\s*$")
 
 
 def expand_paths(path: str) -> list[Path]:
@@ -171,86 +178,48 @@ def _too_long(start: bytes) -> bytes:
     return TOO_LONG + start + b"\n"
 
 
-def _split_line(line: str, width: int | None = None) -> list[str]:
-    """A line's fields; with `width`, empty fields past it (a trailing comma) dropped."""
-    cells = [c.strip().strip('"') for c in line.rstrip("\r\n").split(",")]
-    if width is not None and len(cells) > width and not any(cells[width:]):
-        cells = cells[:width]
-    return cells
+# -- which layout ------------------------------------------------------------------------------
 
 
-# -- sniffing ------------------------------------------------------------------------------
-
-
-def sniff_csv(first_line: str, path: Path) -> tuple[str, bool]:
-    """(format, has_header) of a CSV trade file, from its first line."""
-    cells = _split_line(first_line)
-    lowered = [c.lower() for c in cells]
-    if lowered[: len(TARDIS_COLS)] == TARDIS_COLS:
-        return "tardis", True
-    if [c.lower() for c in BINANCE_COLS] == lowered[: len(BINANCE_COLS)]:
-        return "binance", True
-    if all(c in lowered for c in RTML_REQUIRED):
-        return "rtml", True
-    kraken, binance = _split_line(first_line, 3), _split_line(first_line, 7)
-    if len(kraken) == 3 and all(_NUMBER.match(c) for c in kraken):
-        return "kraken", False
-    read = [binance[i] for i in (0, 1, 2, 4) if i < len(binance)]  # id, price, qty, time (quoteQty: unread)
-    if len(binance) == 7 and all(_NUMBER.match(c) for c in read) and binance[5].lower() in ("true", "false"):
-        return "binance", False
-    raise InputFormatError(
-        f"{path} does not look like a trade file rtml knows (first line: {first_line[:80]!r}). "
-        "Expected a Kraken CSV (timestamp,price,volume), a Binance trades CSV "
-        f"({','.join(BINANCE_COLS)}), a Tardis trades CSV ({','.join(TARDIS_COLS)}) or an rtml "
-        "export with ts,price,qty columns; pass --format if the file is one of these"
-    )
-
-
-def _is_header(cells: list[str], names: list[str]) -> bool:
-    """Whether a first line is the layout's header (any case, snake_case too). Anything else
-    is a record, quarantined if it does not parse: never skipped unseen."""
-
-    def norm(text: str) -> str:
-        return text.strip().lower().replace("_", "")
-
-    return [norm(c) for c in cells] == [norm(n) for n in names]
-
-
-def _header_for(fmt: str, first_line: str, path: Path) -> tuple[list[str], bool]:
-    """Column names and whether the first line is a header, for an explicitly named format."""
-    cells = _split_line(first_line, {"kraken": 3, "binance": 7}.get(fmt))
-    lowered = [c.lower() for c in cells]
-    if fmt == "kraken":
-        if len(cells) != 3:
-            raise InputFormatError(
-                f"{path} has {len(cells)} columns on its first line; a Kraken trades CSV has 3 "
-                "(timestamp,price,volume) and no header"
-            )
-        return KRAKEN_COLS, _is_header(cells, KRAKEN_COLS)
-    if fmt == "binance":
-        if len(cells) != 7:
-            raise InputFormatError(
-                f"{path} has {len(cells)} columns; a Binance trades CSV has 7 ({','.join(BINANCE_COLS)})"
-            )
-        return BINANCE_COLS, _is_header(cells, BINANCE_COLS)
+def _csv_layout(fmt: str, first_line: str, path: Path, looks: Layout | None) -> tuple[list[str], bool]:
+    """Column names and whether the first line is a header, for a CSV file in layout `fmt`."""
+    lay = LAYOUTS[fmt]
     if fmt == "tardis":
-        if lowered[: len(TARDIS_COLS)] != TARDIS_COLS:
-            raise InputFormatError(f"{path} does not start with the Tardis trades header {','.join(TARDIS_COLS)}")
-        return TARDIS_COLS + cells[len(TARDIS_COLS) :], True
-    missing = [c for c in RTML_REQUIRED if c not in lowered]
-    if missing:
+        cells = split_line(first_line)
+        if [c.lower() for c in cells[: lay.width]] != list(lay.columns):
+            raise InputFormatError(
+                f"{path} does not start with the Tardis trades header {','.join(lay.columns)}; {hint(looks, fmt)}"
+            )
+        return list(lay.columns) + cells[lay.width :], True
+    if fmt == "rtml":
+        cells = split_line(first_line)
+        lowered = [c.lower() for c in cells]
+        missing = [c for c in RTML_REQUIRED if c not in lowered]
+        if missing:
+            raise InputFormatError(
+                f"{path} lacks the column(s) {', '.join(missing)} of an rtml ticks file (its first line is "
+                f"{','.join(cells[:12])}); {hint(looks, fmt)}"
+            )
+        return lowered, True
+    cells = split_line(first_line, lay.width)
+    if lay.is_header(cells):
+        return list(lay.columns), True
+    header = by_header(first_line)
+    if header is not None:  # another layout's header: its columns mean something else
+        raise InputFormatError(f"{path} starts with the header of {header.title}, not of {lay.title}; {hint(header)}")
+    if len(cells) != lay.width:
         raise InputFormatError(
-            f"{path} lacks the column(s) {', '.join(missing)} of an rtml ticks file; "
-            "its header is " + ",".join(cells[:12])
+            f"{path} has {len(cells)} columns on its first line; {lay.shown()} has {lay.width}; {hint(looks, fmt)}"
         )
-    return lowered, True
+    return list(lay.columns), False
 
 
 def symbol_from_filename(path: Path, fmt: str) -> str | None:
-    """Kraken dumps are named after the pair (XBTUSD.csv), Binance ones SYMBOL-trades-DATE.csv."""
+    """Kraken dumps are named after the pair (XBTUSD.csv), Binance ones SYMBOL-trades-DATE.csv
+    or SYMBOL-aggTrades-DATE.csv (futures: BTCUSDT, or COIN-M's BTCUSD_PERP, BTCUSD_250627)."""
     stem = path.name.split(".")[0]
-    if fmt == "binance":
-        m = re.match(r"^([A-Z0-9]+)-trades", stem)
+    if fmt.startswith("binance"):
+        m = re.match(r"^([A-Z0-9_]+)-(?:trades|aggTrades)-", stem)
         return m.group(1) if m else None
     if fmt == "kraken" and re.fullmatch(r"[A-Z0-9]{4,16}", stem):
         return stem
@@ -351,6 +320,19 @@ def _occurrence_ids(frame: pl.DataFrame, key: list[str], carry: tuple | None) ->
     return ids_s, (counts, recent)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """How to read one file: its layout, columns (as the parser names them), header, symbol."""
+
+    path: Path
+    fmt: str
+    header: list[str]
+    has_header: bool
+    symbol: str | None
+    looks: Layout | None  # what the file looks like, for the error if its rows do not parse
+    rename: dict[str, str]  # a Parquet file's column names -> the parser's
+
+
 @dataclass
 class _Parsed:
     frame: pl.DataFrame
@@ -379,23 +361,31 @@ class ReplaySource:
         self.chunk_bytes = chunk_bytes or CHUNK_BYTES  # read at call time, so tests can patch it
         self.now_ns = now_ns
         self.total = sum(p.stat().st_size for p in self.paths)
-        self.formats_seen: dict[str, str] = {}
         # Sniff every file up front, so a wrong file fails before anything is written;
         # Ctrl-C (`stop`) ends that between two files.
-        self._plans: list[tuple[str, list[str] | None, bool, str | None]] = []
+        self._plans: list[_Plan] = []
         for p in self.paths:
             if stop is not None and stop.is_set():
                 raise RtmlError(
                     f"stopped by a signal while checking the files ({len(self._plans):,} of "
                     f"{len(self.paths):,} checked); nothing was written"
                 )
-            self._plans.append(self._plan(p))
+            plan = self._plan(p)
+            first = self._plans[0] if self._plans else plan
+            if plan.fmt != first.fmt:
+                raise InputFormatError(
+                    f"{p.name} is {LAYOUTS[plan.fmt].title} (--format {plan.fmt}), but {first.path.name} is "
+                    f"{LAYOUTS[first.fmt].title} (--format {first.fmt}); one --path takes files of one layout: "
+                    "ingest each with its own command"
+                )
+            self._plans.append(plan)
 
     def _recv_ns(self) -> int:
         return self.now_ns if self.now_ns is not None else time.time_ns()
 
-    def _plan(self, path: Path) -> tuple[str, list[str] | None, bool, str | None]:
+    def _plan(self, path: Path) -> _Plan:
         inp = _Input(path)
+        rename: dict[str, str] = {}
         try:
             if inp.is_parquet:
                 import pyarrow.parquet as pq
@@ -404,9 +394,10 @@ class ReplaySource:
                     names = pq.ParquetFile(path).schema_arrow.names
                 except Exception as exc:
                     raise InputFormatError(f"{path} is not a readable Parquet file: {exc}") from None
-                fmt = self.fmt if self.fmt != "auto" else _parquet_format(names, path)
-                _check_parquet_columns(names, fmt, path)
-                header, has_header = names, False
+                looks = parquet_layout(names)
+                fmt = self.fmt if self.fmt != "auto" else _parquet_format(names, path, looks)
+                rename = _check_parquet_columns(names, fmt, path, looks)
+                header, has_header = [rename.get(n, n) for n in names], False
             else:
                 head = inp.read(64 * 1024)
                 # a binary file is full of NULs; a text file with a stray NUL has a bad record
@@ -422,23 +413,30 @@ class ReplaySource:
                     if nuls:
                         raise binary from None
                     raise InputFormatError(f"{path} is not UTF-8 text; rtml reads CSV trade files") from None
-                first_line = next((ln for ln in text.splitlines() if ln.strip()), "")
-                if not first_line:
+                lines = [ln for ln in text.splitlines()[:100] if ln.strip()]
+                if not lines:
                     raise InputFormatError(f"{path} is empty")
-                if self.fmt == "auto":
-                    fmt, has_header = sniff_csv(first_line, path)
-                    header = _header_for(fmt, first_line, path)[0]
-                else:
+                looks = resembles(lines[:50])
+                if self.fmt != "auto":
                     fmt = self.fmt
-                    header, has_header = _header_for(fmt, first_line, path)
+                elif looks is not None:
+                    fmt = looks.name
+                else:
+                    raise InputFormatError(
+                        f"{path} does not look like a trade file rtml knows (first line: {lines[0][:80]!r}). "
+                        "Expected one of: "
+                        + "; ".join(lay.shown() for lay in LAYOUTS.values())
+                        + ". Pass --format if the file is one of these"
+                    )
+                header, has_header = _csv_layout(fmt, lines[0], path, looks)
         finally:
             inp.close()
         symbol = self.symbol
-        if fmt in ("kraken", "binance") and symbol is None:
+        if LAYOUTS[fmt].fixed and symbol is None:
             symbol = symbol_from_filename(path, fmt)
             if symbol is None:
                 raise InputFormatError(
-                    f"{path.name} is a {fmt} file, which has no symbol column, and its name does "
+                    f"{path.name} is {LAYOUTS[fmt].title}, which has no symbol column, and its name does "
                     "not say the pair; pass --symbol (e.g. --symbol BTC/USD)"
                 )
         has_symbol_column = "symbol" in [h.lower() for h in header]
@@ -449,27 +447,28 @@ class ReplaySource:
             raise InputFormatError(
                 f"{path.name} has a symbol column, so --symbol does not apply; use --symbols to keep some symbols"
             )
-        self.formats_seen[str(path)] = fmt
+        plan = _Plan(path, fmt, header, has_header, symbol, looks, rename)
         # Parse the first rows now too, so that a file that is mostly not trades of this
         # format fails before anything is written (and before a progress bar is drawn).
-        probe = self._file_batches(path, fmt, header, has_header, symbol, Event(), 64 * 1024, 1_000)
+        probe = self._file_batches(plan, Event(), 64 * 1024, 1_000)
         try:
             next(probe, None)
         finally:
             probe.close()
-        return fmt, header, has_header, symbol
+        return plan
 
     def batches(self, stop: Event) -> Iterator[TickBatch]:
-        for path, (fmt, header, has_header, symbol) in zip(self.paths, self._plans, strict=True):
+        for plan in self._plans:
             if stop.is_set():
                 return
-            yield from self._file_batches(path, fmt, header, has_header, symbol, stop)
+            yield from self._file_batches(plan, stop)
 
     def _file_batches(
-        self, path, fmt, header, has_header, symbol, stop, chunk_bytes=None, parquet_rows=200_000
+        self, plan: _Plan, stop: Event, chunk_bytes: int | None = None, parquet_rows: int = 200_000
     ) -> Generator[TickBatch, None, None]:
         import polars as pl
 
+        path, fmt, header, symbol = plan.path, plan.fmt, plan.header, plan.symbol
         inp = _Input(path)
         done = 0
         line = 1  # 1-based line number of the chunk's first record in the (decompressed) file
@@ -487,6 +486,7 @@ class ReplaySource:
                         return
                     chunk = pl.from_arrow(rb)
                     assert isinstance(chunk, pl.DataFrame)
+                    chunk = chunk.rename(plan.rename)
                     chunk = chunk.with_columns(
                         [
                             pl.col(c).cast(pl.String)
@@ -498,13 +498,13 @@ class ReplaySource:
                     rows_done += chunk.height
                     pos = inp.size * rows_done // rows_total
                     if not checked:
-                        _check_mostly_parses(parsed.frame, path, fmt)
+                        _check_mostly_parses(parsed.frame, plan)
                         checked = True
                     yield TickBatch(parsed.frame, parsed.raw, pl.format(f"{path.name}:row {{}}", "_line"), pos - done)
                     done = pos
                 return
             first = True
-            header_pending = has_header
+            header_pending = plan.has_header
             # A fixed width: polars would otherwise take the width of a chunk's first row,
             # and a short first row would cut fields off every row after it in that chunk.
             # Some columns more than the layout has: a row with a non-empty field past the
@@ -554,10 +554,15 @@ class ReplaySource:
                     parsed.frame = parsed.frame.with_columns(
                         _parse_problem=pl.when(too_long).then(pl.lit("line_too_long")).otherwise("_parse_problem")
                     )
+                again = _repeated_header(chunk, LAYOUTS[fmt])  # dumps joined with `cat`
+                if again is not None and again.any():
+                    parsed.frame = parsed.frame.with_columns(
+                        _parse_problem=pl.when(again).then(pl.lit("repeated_header")).otherwise("_parse_problem")
+                    )
                 if chunk["_extra"].is_not_null().any():  # more fields than the layout: not this layout's row
                     parsed = _with_extra_fields(parsed, chunk["_extra"])
                 if not checked:
-                    _check_mostly_parses(parsed.frame, path, fmt)
+                    _check_mostly_parses(parsed.frame, plan)
                     checked = True
                 yield TickBatch(parsed.frame, parsed.raw, pl.format(f"{path.name}:{{}}", "_line"), pos - done)
                 done = pos
@@ -585,7 +590,7 @@ class ReplaySource:
                 side=pl.lit(None, dtype=pl.String),
                 trade_id=pl.format("k{}", "_id"),
             )
-        elif fmt == "binance":
+        elif fmt.startswith("binance"):  # every Binance layout: its columns have the same names here
             t = pl.col("time").cast(pl.Int64, strict=False)
             # Binance switched spot dumps from milliseconds to microseconds in 2025.
             ts_ns = _us_to_ns(pl.when(t >= 10**14).then(t).when(t >= 0).then(t * 1_000))
@@ -728,6 +733,17 @@ def _temporal_utc(col: str, dtype: pl.DataType) -> pl.Expr:
     return expr.cast(pl.Datetime("ns")).dt.replace_time_zone("UTC")
 
 
+def _repeated_header(chunk: pl.DataFrame, lay: Layout) -> pl.Series | None:
+    """Which rows of a fixed layout's chunk are its header again (None for the other layouts)."""
+    import polars as pl
+
+    if not lay.fixed:
+        return None
+    headers = [",".join(normalise(h) for h in header) for header in lay.headers]
+    row = pl.concat_str([pl.col(c).fill_null("") for c in lay.columns], separator=",")
+    return chunk.select(row.str.to_lowercase().str.replace_all("_", "", literal=True).is_in(headers)).to_series()
+
+
 def _with_extra_fields(parsed: _Parsed, extra: pl.Series) -> _Parsed:
     """Rows with more fields than the layout are quarantined as `extra_fields`, whatever else
     they hold (which field is the extra one cannot be known); their raw text shows the first
@@ -758,51 +774,52 @@ def _name_columns(chunk: pl.DataFrame, header: list[str]) -> pl.DataFrame:
     return chunk.rename(dict(zip(chunk.columns, header, strict=False)))
 
 
-def _parquet_format(names: list[str], path: Path) -> str:
-    lowered = [n.lower() for n in names]
-    if all(c in lowered for c in RTML_REQUIRED):
-        return "rtml"
-    if all(c in names for c in ("id", "price", "qty", "time", "isBuyerMaker")):
-        return "binance"
-    if all(c in lowered for c in ("timestamp", "price", "amount", "side")):
-        return "tardis"
-    raise InputFormatError(
-        f"{path} is a Parquet file without trade columns (it has {', '.join(names[:12])}); "
-        "rtml reads Parquet exports with ts,price,qty columns"
-    )
+def _parquet_format(names: list[str], path: Path, looks: Layout | None) -> str:
+    if looks is None:
+        raise InputFormatError(
+            f"{path} is a Parquet file without trade columns (it has {', '.join(names[:12])}); "
+            "rtml reads Parquet exports with ts,price,qty columns, Binance dumps and Tardis trades"
+        )
+    return looks.name
 
 
-# The columns each parser reads from a Parquet file (rtml's: RTML_REQUIRED, in any case).
-_PARQUET_NEEDS = {
-    "binance": ["id", "price", "qty", "time", "isBuyerMaker"],
-    "tardis": ["timestamp", "local_timestamp", "id", "side", "price", "amount"],
-}
+_TARDIS_NEEDS = ["timestamp", "local_timestamp", "id", "side", "price", "amount"]
 
 
-def _check_parquet_columns(names: list[str], fmt: str, path: Path) -> None:
+def _check_parquet_columns(names: list[str], fmt: str, path: Path, looks: Layout | None) -> dict[str, str]:
+    """The renaming of a Parquet file's columns to the parser's names; a clear error when the
+    file lacks a column the format needs."""
     if fmt == "kraken":
         raise InputFormatError(f"{path} is a Parquet file; Kraken trades come as CSV (timestamp,price,volume)")
+    rename: dict[str, str] = {}
     if fmt == "rtml":
         lowered = [n.lower() for n in names]
         missing = [c for c in RTML_REQUIRED if c not in lowered]
+    elif fmt == "tardis":
+        missing = [c for c in _TARDIS_NEEDS if c not in names]
     else:
-        missing = [c for c in _PARQUET_NEEDS[fmt] if c not in names]
+        rename, missing = parquet_columns(names, LAYOUTS[fmt])
     if missing:
         raise InputFormatError(
-            f"{path} lacks the column(s) {', '.join(missing)} of a {fmt} trades file (it has {', '.join(names[:12])})"
+            f"{path} lacks the column(s) {', '.join(missing)} of {LAYOUTS[fmt].title} (it has "
+            f"{', '.join(names[:12])}); {hint(looks, fmt)}"
         )
+    return rename
 
 
-def _check_mostly_parses(frame: pl.DataFrame, path: Path, fmt: str, sample: int = 200) -> None:
+def _check_mostly_parses(frame: pl.DataFrame, plan: _Plan, sample: int = 200) -> None:
     """A file whose first rows mostly fail (to parse, or the checks every tick must pass) is the
-    wrong file or the wrong layout, not bad ticks."""
+    wrong file or the wrong layout, not bad ticks; so is one whose every row fails, however
+    few, when it looks like another layout."""
     head = frame.head(sample)
     head = head.with_columns(_problem=problems(head))
     failed = head.filter(head["_problem"].is_not_null())
     bad = failed.height
-    if head.height >= 5 and bad > head.height // 2:
+    other = plan.looks is not None and plan.looks.name != plan.fmt
+    if (head.height >= 5 and bad > head.height // 2) or (bad and bad == head.height and other):
         example = failed["_problem"][0]
         raise InputFormatError(
-            f"{bad} of the first {head.height} rows of {path} do not parse as {fmt} trades, or fail the "
-            f"checks every trade must pass (e.g. {example}); is this the right file, and the right --format?"
+            f"{bad} of the first {head.height} rows of {plan.path} do not parse as {LAYOUTS[plan.fmt].title} "
+            f"(--format {plan.fmt}), or fail the checks every trade must pass (e.g. {example}); "
+            + hint(plan.looks, plan.fmt)
         )
