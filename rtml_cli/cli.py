@@ -20,6 +20,7 @@ import click
 from rtml_cli import __version__
 from rtml_cli.errors import ConfigError, RtmlError, SourceError
 from rtml_cli.logs import LOG_NAMES
+from rtml_cli.sources import LIVE, SOURCES
 from rtml_cli.sources.layouts import FORMATS
 
 # Help fits the terminal (up to 100 columns); the CLI reference (docs/cli.md) is rendered at
@@ -309,14 +310,15 @@ SYNTHETIC_DEFAULT_TICKS = 1_000_000
 @cli.command(context_settings=CONTEXT)
 @click.option(
     "--source",
-    type=click.Choice(["synthetic", "replay", "kraken"]),
+    type=click.Choice(SOURCES),
     default="synthetic",
     show_default=True,
-    help="Where trades come from.",
+    help="Where trades come from: the simulator, trade files, or a live exchange feed.",
 )
 @symbols_option(
     "Symbols, comma-separated. synthetic: which markets to simulate [BTC/USD,ETH/USD,SOL/USD]; "
-    "kraken: pairs to subscribe to [BTC/USD]; replay: keep only these."
+    "live feeds: in the exchange's own spelling, kraken BTC/USD, binance and binance-futures BTCUSDT, "
+    "coinbase BTC-USD (the default); replay: keep only these."
 )
 @click.option("--max-ticks", type=click.IntRange(min=1), default=None, help="Stop after writing this many ticks.")
 @click.option(
@@ -375,14 +377,15 @@ SYNTHETIC_DEFAULT_TICKS = 1_000_000
     "--format",
     "fmt",
     type=click.Choice(FORMATS),
+    metavar="FORMAT",
     default="auto",
     show_default=True,
-    help="replay: file format.",
+    help=f"replay: the files' layout: {', '.join(FORMATS)}.",
 )
 @click.option(
     "--symbol", default=None, help="replay: symbol for files without a symbol column (default: from the file name)."
 )
-@click.option("--url", default=None, help="kraken: WebSocket endpoint. [default: wss://ws.kraken.com/v2]")
+@click.option("--url", default=None, help="live feeds: the WebSocket endpoint, instead of the exchange's own.")
 @data_dir_option
 @log_option
 @json_option
@@ -420,6 +423,8 @@ def ingest(
         rtml ingest --speed 60 --duration 30
         rtml ingest --source replay --path 'dumps/BTCUSDT-trades-*.csv.gz'
         rtml ingest --source kraken --symbols BTC/USD,ETH/USD
+        rtml ingest --source binance --symbols BTCUSDT,ETHUSDT
+        rtml ingest --source coinbase --symbols BTC-USD --duration 3600
     """
     from rtml_cli import ui
     from rtml_cli.ingest import IngestOptions, IngestSummary, ingest_loop, open_source
@@ -436,11 +441,11 @@ def ingest(
             "path": "replay",
             "fmt": "replay",
             "symbol": "replay",
-            "url": "kraken",
+            "url": "live",
         },
     )
-    if source == "kraken" and _given(ctx, "speed"):
-        raise click.UsageError("--speed does not apply to --source kraken: a live feed runs at its own pace")
+    if source in LIVE and _given(ctx, "speed"):
+        raise click.UsageError(f"--speed does not apply to --source {source}: a live feed runs at its own pace")
     if source == "replay" and not path:
         raise click.UsageError("--source replay needs --path FILE_OR_GLOB")
     pace = parse_speed(speed)
@@ -477,7 +482,7 @@ def ingest(
         # a progress bar when the amount of work is known and not paced; else a status line
         total = src.total if pace is None else None
         ui.show_ingest(summary, events, total, "bytes" if source == "replay" else "ticks", console, as_json, src)
-    if source == "kraken" and not getattr(src, "subscribed_once", True):
+    if source in LIVE and not getattr(src, "subscribed_once", True):
         why = getattr(src, "last_problem", None) or "stopped before a connection was made"
         raise SourceError(f"never connected to the feed ({why}); nothing was received. Check the network and --url")
     if as_json:
@@ -499,10 +504,12 @@ def _given(ctx: click.Context, name: str) -> bool:
 
 
 def _only_for(ctx: click.Context, source: str, owners: dict[str, str]) -> None:
+    """Options that belong to one source ("live": to every live feed) refused with another."""
     for name, owner in owners.items():
-        if owner != source and _given(ctx, name):
+        if owner != source and not (owner == "live" and source in LIVE) and _given(ctx, name):
             flag = "--format" if name == "fmt" else "--" + name.replace("_", "-")
-            raise click.UsageError(f"{flag} only applies to --source {owner}, not --source {source}")
+            where = f"the live feeds (--source {', '.join(LIVE)})" if owner == "live" else f"--source {owner}"
+            raise click.UsageError(f"{flag} only applies to {where}, not --source {source}")
 
 
 # -- features ----------------------------------------------------------------------------------
@@ -781,13 +788,21 @@ def models(as_json):
 @cli.command(context_settings=CONTEXT)
 @click.option(
     "--source",
-    type=click.Choice(["synthetic", "replay", "kraken"]),
+    type=click.Choice(SOURCES),
     default="synthetic",
     show_default=True,
     help="Where trades come from (see `rtml ingest`).",
 )
 @click.option("--path", default=None, help="replay: the trade file(s), a glob allowed.")
-@click.option("--format", "fmt", default="auto", show_default=True, help="replay: the files' format.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    metavar="FORMAT",
+    default="auto",
+    show_default=True,
+    help="replay: the files' layout (see `rtml ingest`).",
+)
 @click.option(
     "--speed",
     type=click.FloatRange(min=0.001),
@@ -856,7 +871,7 @@ def run(
         resolve(m)  # a bad name is an error now, not a crashing trainer
     if source == "replay" and not path:
         raise click.UsageError("--source replay needs --path", ctx=click.get_current_context())
-    if source == "kraken" and speed is not None:
+    if source in LIVE and speed is not None:
         raise click.UsageError("--speed is for synthetic and replay; a live feed runs at its own pace")
     if source == "synthetic" and speed is None:
         speed = 60.0

@@ -509,7 +509,7 @@ def open_source(
     logs: LogStore | None = None,
 ) -> tuple[Source, Iterator[TickBatch]]:
     """Build the named source and its batch stream (paced when `speed` is a factor)."""
-    from rtml_cli.sources import pace
+    from rtml_cli.sources import LIVE, live_source, pace
 
     src: Source
     if kind == "synthetic":
@@ -529,16 +529,11 @@ def open_source(
         if symbol is not None:
             check_symbol(symbol)
         src = ReplaySource(path or "", fmt, symbol, stop=stop)
-    elif kind == "kraken":
-        from rtml_cli.sources.kraken import KrakenSource
-
-        if url:
-            src = KrakenSource(symbols or ["BTC/USD"], url=url, on_event=on_event)
-        else:
-            src = KrakenSource(symbols or ["BTC/USD"], on_event=on_event)
+    elif kind in LIVE:
+        src = live_source(kind)(symbols, url=url, on_event=on_event)
     else:
         raise ValueError(f"unknown source {kind!r}")
     batches = src.batches(stop)
-    if speed is not None and kind != "kraken":
+    if speed is not None and kind not in LIVE:
         batches = pace(batches, speed, stop)
     return src, batches

@@ -8,6 +8,8 @@ from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from rtml_cli.sources import LIVE
+
 if TYPE_CHECKING:
     from rich.console import Console, JustifyMethod
     from rich.progress import Progress
@@ -183,7 +185,7 @@ def _ingest_clock(summary: IngestSummary, connection: str | None) -> str:
         return connection  # connecting, or retrying in N s: why
     if newest is None:
         return "waiting for trades"
-    if summary.source == "kraken":  # a real feed: how far the log is behind the wall clock
+    if summary.source in LIVE:  # a real feed: how far the log is behind the wall clock
         return f"lag {(datetime.now(UTC) - newest).total_seconds():.1f}s"
     return f"market time {newest:%Y-%m-%d %H:%M:%S}"  # ahead of or behind the wall clock
 

@@ -48,7 +48,7 @@ def test_version(rtml):
         (["--path", "x.csv"], "--path only applies to --source replay"),
         (["--source", "replay"], "--source replay needs --path"),
         (["--source", "replay", "--path", "x.csv", "--seed", "3"], "--seed only applies to --source synthetic"),
-        (["--url", "ws://127.0.0.1:1"], "--url only applies to --source kraken"),
+        (["--url", "ws://127.0.0.1:1"], "--url only applies to the live feeds (--source kraken, binance"),
         (["--max-ticks", "0"], "--max-ticks"),
         (["--source", "bitstamp"], "--source"),
     ],

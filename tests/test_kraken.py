@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import socket
-import threading
 import time
 
-import polars as pl
 import pytest
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.server import ServerConnection, serve
 
 from rtml_cli.errors import SourceError
 from rtml_cli.log import ParquetLog
 from rtml_cli.schema import tick_schema
-from rtml_cli.sources import TickBatch
 from rtml_cli.sources.kraken import KrakenSource
 from tests.conftest import assert_clean_error, rtml_process
+from tests.feeds import DROP, FakeFeed, Run, delays, free_port, rows_at_least
 
 # -- a local Kraken ---------------------------------------------------------------------------
 
-DROP = "DROP"  # script step: cut the TCP connection, no close frame (a reset, as when a link dies)
 HEARTBEAT = '{"channel":"heartbeat"}'
 STATUS = (
     '{"channel":"status","type":"update","data":[{"api_version":"v2","connection_id":1,'
@@ -55,132 +49,32 @@ def trade_msg(kind: str, trades: list[dict]) -> dict:
     return {"channel": "trade", "type": kind, "data": trades}
 
 
-class FakeKraken:
-    """A WebSocket server playing one script per connection, in the order clients connect.
+def fake_kraken(scripts: list[list], refuse: tuple[str, ...] = ()) -> FakeFeed:
+    """A local Kraken: a status message on connect, one acknowledgement per symbol of the
+    subscribe request (a refusal for the symbols in `refuse`), a heartbeat every 0.1 s."""
 
-    On connect it sends a status message, then answers the subscribe request with one
-    acknowledgement per symbol (a refusal for the symbols in `refuse`). A script step is a
-    message (a dict, or a str sent verbatim so a test controls the exact decimal text),
-    `DROP`, or a float: silence for that many seconds. After its script a connection gets a
-    heartbeat every 0.1 s until the client leaves.
-    """
+    def answer(request: dict) -> list[str]:
+        replies = []
+        for symbol in request["params"]["symbol"]:
+            if symbol in refuse:
+                replies.append(
+                    f'{{"error":"Currency pair not supported {symbol}","method":"subscribe",'
+                    f'"success":false,"symbol":"{symbol}",{STAMP}}}'
+                )
+            else:
+                replies.append(
+                    f'{{"method":"subscribe","result":{{"channel":"trade","snapshot":true,'
+                    f'"symbol":"{symbol}"}},"success":true,{STAMP}}}'
+                )
+        return replies
 
-    def __init__(self, scripts: list[list], refuse: tuple[str, ...] = ()):
-        self.scripts = scripts
-        self.refuse = refuse
-        self.subscriptions: list[dict] = []
-        self.connections = 0
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._server = serve(self._handle, "127.0.0.1", 0, compression=None)
-        self.url = f"ws://127.0.0.1:{self._server.socket.getsockname()[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeKraken:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stopped.set()
-        self._server.shutdown()
-        self._thread.join(5)
-
-    def _handle(self, ws: ServerConnection) -> None:
-        with self._lock:
-            index = self.connections
-            self.connections += 1
-        try:
-            ws.send(STATUS)
-            request = json.loads(ws.recv(timeout=5))
-            self.subscriptions.append(request)
-            for symbol in request["params"]["symbol"]:
-                if symbol in self.refuse:
-                    ws.send(
-                        f'{{"error":"Currency pair not supported {symbol}","method":"subscribe",'
-                        f'"success":false,"symbol":"{symbol}",{STAMP}}}'
-                    )
-                else:
-                    ws.send(
-                        f'{{"method":"subscribe","result":{{"channel":"trade","snapshot":true,'
-                        f'"symbol":"{symbol}"}},"success":true,{STAMP}}}'
-                    )
-            for step in self.scripts[index] if index < len(self.scripts) else []:
-                if step == DROP:
-                    ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                    ws.socket.close()
-                    return
-                if isinstance(step, float):
-                    time.sleep(step)
-                else:
-                    ws.send(step if isinstance(step, str) else json.dumps(step))
-            while not self._stopped.is_set():
-                ws.send(HEARTBEAT)
-                time.sleep(0.1)
-        except (ConnectionClosed, OSError, TimeoutError):
-            return  # the client went away: this connection is done
+    return FakeFeed(scripts, answer, greeting=(STATUS,), heartbeat=HEARTBEAT)
 
 
-# -- running the source -------------------------------------------------------------------------
-
-
-class Run:
-    """`src.batches(stop)` drained in a thread, so a hung source fails its test instead of the suite."""
-
-    def __init__(self, src: KrakenSource, until=lambda batches: False):
-        self.stop = threading.Event()
-        self.batches: list[TickBatch] = []
-        self.error: BaseException | None = None
-        self.finished = threading.Event()
-
-        def drain() -> None:
-            try:
-                for batch in src.batches(self.stop):
-                    self.batches.append(batch)
-                    if until(self.batches):
-                        self.stop.set()
-            except BaseException as exc:
-                self.error = exc
-            finally:
-                self.finished.set()
-
-        threading.Thread(target=drain, daemon=True).start()
-
-    def wait(self, timeout: float = 5.0) -> Run:
-        if not self.finished.wait(timeout):
-            self.stop.set()
-            pytest.fail(f"the source did not finish within {timeout} s")
-        if self.error is not None:
-            raise self.error
-        return self
-
-    @property
-    def frame(self) -> pl.DataFrame:
-        return pl.concat([b.frame for b in self.batches])
-
-    @property
-    def gaps(self) -> list[str]:
-        return [g for b in self.batches for g in b.gaps]
-
-
-def rows_at_least(n: int):
-    return lambda batches: sum(b.frame.height for b in batches) >= n
-
-
-def source(server: FakeKraken | str, symbols=("BTC/USD",), **kw) -> KrakenSource:
+def source(server: FakeFeed | str, symbols=("BTC/USD",), **kw) -> KrakenSource:
     url = server if isinstance(server, str) else server.url
     opts = {"batch_interval": 0.05, "backoff_initial": 0.05, "backoff_max": 0.2, "rng_seed": 1} | kw
     return KrakenSource(list(symbols), url=url, **opts)
-
-
-def delays(events: list[str]) -> list[str]:
-    return [m.group(1) for e in events if (m := re.search(r"reconnecting in (\S+) s$", e))]
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- the feed -----------------------------------------------------------------------------------
@@ -202,7 +96,7 @@ def test_trades_arrive_once_in_order_with_exact_values_and_heartbeats_add_nothin
         '"qty":3,"ord_type":"market","trade_id":13,"timestamp":"2026-11-26T13:00:02+01:00"}]}',
     ]
     before = time.time_ns()
-    with FakeKraken([script]) as server:
+    with fake_kraken([script]) as server:
         run = Run(source(server), until=rows_at_least(4)).wait()
         assert server.connections == 1
     after = time.time_ns()
@@ -245,7 +139,7 @@ def test_an_abrupt_disconnect_reconnects_resubscribes_skips_repeats_and_reports_
         trade_msg("update", [trade(9)]),
     ]
     events: list[str] = []
-    with FakeKraken([first, second]) as server:
+    with fake_kraken([first, second]) as server:
         run = Run(source(server, on_event=events.append), until=rows_at_least(7)).wait()
         assert server.connections == 2
         assert server.subscriptions[0] == server.subscriptions[1]
@@ -262,7 +156,7 @@ def test_ids_are_tracked_per_symbol_and_non_integer_ids_pass_through():
         trade_msg("snapshot", [trade(100, "BTC/USD"), trade(7, "ETH/USD"), trade(101, "BTC/USD")]),
         trade_msg("update", [trade(9, "ETH/USD"), trade(8, "ETH/USD"), trade("x1", "ETH/USD"), trade("x1", "ETH/USD")]),
     ]
-    with FakeKraken([script]) as server:
+    with fake_kraken([script]) as server:
         run = Run(source(server, symbols=("BTC/USD", "ETH/USD")), until=rows_at_least(6)).wait()
     df = run.frame
     assert list(zip(df["symbol"], df["trade_id"], strict=True)) == [
@@ -278,7 +172,7 @@ def test_ids_are_tracked_per_symbol_and_non_integer_ids_pass_through():
 
 @pytest.mark.slow
 def test_a_refused_subscription_ends_the_source_with_an_error_naming_the_symbol():
-    with FakeKraken([[]], refuse=("BAD/SYM",)) as server:
+    with fake_kraken([[]], refuse=("BAD/SYM",)) as server:
         run = Run(source(server, symbols=("BTC/USD", "BAD/SYM")))
         with pytest.raises(SourceError) as err:
             run.wait()
@@ -307,7 +201,7 @@ def test_malformed_trades_are_flagged_for_quarantine_not_crashed_on():
         trade_msg("update", bad),
     ]
     events: list[str] = []
-    with FakeKraken([script]) as server:
+    with fake_kraken([script]) as server:
         run = Run(source(server, on_event=events.append), until=rows_at_least(7)).wait()
     df = run.frame
     assert df["_parse_problem"].to_list() == [
@@ -331,7 +225,7 @@ def test_malformed_trades_are_flagged_for_quarantine_not_crashed_on():
 
 @pytest.mark.slow
 def test_stop_ends_the_stream_promptly_and_empty_batches_keep_coming_when_the_market_is_silent():
-    with FakeKraken([[]]) as server:
+    with fake_kraken([[]]) as server:
         run = Run(source(server, batch_interval=0.05))
         time.sleep(0.5)
         stopped = time.monotonic()
@@ -362,7 +256,7 @@ def test_a_silent_connection_is_treated_as_dead_and_replaced():
     first = [trade_msg("snapshot", [trade(1)]), 0.8]  # no heartbeats: a link that died quietly
     second = [trade_msg("snapshot", [trade(1), trade(2)])]
     events: list[str] = []
-    with FakeKraken([first, second]) as server:
+    with fake_kraken([first, second]) as server:
         run = Run(source(server, idle_timeout=0.3, on_event=events.append), until=rows_at_least(2)).wait()
         assert server.connections == 2
     assert run.frame["trade_id"].to_list() == ["1", "2"]
@@ -386,7 +280,7 @@ def test_failed_connects_back_off_exponentially_with_full_jitter_up_to_the_cap()
 
 def test_backoff_starts_over_after_each_successful_subscription():
     events: list[str] = []
-    with FakeKraken([[DROP]] * 4) as server:
+    with fake_kraken([[DROP]] * 4) as server:
         src = source(server, backoff_initial=0.05, backoff_max=5.0, rng_seed=7, on_event=events.append)
         Run(src, until=lambda batches: server.connections >= 4).wait()
     rng = random.Random(7)
@@ -411,7 +305,7 @@ def test_rtml_ingest_from_kraken_writes_good_trades_and_quarantines_bad_ones(rtm
         DROP,
     ]
     again = [trade_msg("snapshot", [trade(103, "BTC/USD", 65010.0), trade(104, "BTC/USD", 65011.0)])]
-    with FakeKraken([script, again]) as server:
+    with fake_kraken([script, again]) as server:
         r = rtml(
             "ingest",
             "--source",
@@ -439,7 +333,7 @@ def test_rtml_ingest_from_kraken_writes_good_trades_and_quarantines_bad_ones(rtm
 
 
 def test_rtml_ingest_from_kraken_with_an_unknown_pair_is_a_clear_error(rtml):
-    with FakeKraken([[]], refuse=("NOPE/USD",)) as server:
+    with fake_kraken([[]], refuse=("NOPE/USD",)) as server:
         r = rtml("ingest", "--source", "kraken", "--url", server.url, "--symbols", "NOPE/USD", "--duration", "5")
     assert_clean_error(r, "refused the subscription for NOPE/USD")
 

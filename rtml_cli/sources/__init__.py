@@ -44,6 +44,25 @@ class Source(Protocol):
     def batches(self, stop: Event) -> Iterator[TickBatch]: ...
 
 
+# The live exchange feeds, by --source name: (module, class), imported only when used; their
+# symbols' spelling and default, for the help.
+LIVE = {
+    "kraken": ("rtml_cli.sources.kraken", "KrakenSource"),
+    "binance": ("rtml_cli.sources.binance", "BinanceSource"),
+    "binance-futures": ("rtml_cli.sources.binance", "BinanceFuturesSource"),
+    "coinbase": ("rtml_cli.sources.coinbase", "CoinbaseSource"),
+}
+SOURCES = ("synthetic", "replay", *LIVE)
+
+
+def live_source(kind: str) -> type:
+    """The class of a live feed (a `rtml_cli.sources.live.LiveSource`)."""
+    import importlib
+
+    module, cls = LIVE[kind]
+    return getattr(importlib.import_module(module), cls)
+
+
 IDLE_BATCH_S = 0.25  # while pacing waits for a trade, an empty batch this often
 
 
