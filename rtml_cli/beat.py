@@ -28,6 +28,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ class Beat:
     running: bool
     offsets: dict[str, int] = field(default_factory=dict)  # each symbol's newest offset written
     watermark: int | None = None  # newest tick time (ns) of the last complete flush
+    feed: str | None = None  # a live feed's connection: "subscribed", "retrying in 2 s: ...", ...
 
     def alive_between(self, since: float, now: float) -> float:
         """Seconds of [since, now] during which ingest delivered (as far as its beats tell)."""
@@ -73,6 +75,7 @@ def read_beat(data_dir: Path, logs: Any = None) -> Beat | None:
             bool(doc["running"]),
             {str(s): int(o) for s, o in doc["offsets"].items()},
             None if doc.get("watermark") is None else int(doc["watermark"]),
+            None if doc.get("feed") is None else str(doc["feed"]),
         )
     except FileNotFoundError:
         return None
@@ -106,13 +109,21 @@ def missing_tail(log_name: str, symbol: str, last: int, expected: int, data_dir:
 class Heartbeat:
     """Beats for one ingest run, from a background thread, so a paced wait still beats."""
 
-    def __init__(self, data_dir: Path, offsets: dict[str, int], watermark: int | None = None, logs: Any = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        offsets: dict[str, int],
+        watermark: int | None = None,
+        logs: Any = None,
+        feed: Callable[[], str | None] = lambda: None,
+    ):
         self.path = Path(data_dir) / BEAT_FILE
         self.logs = logs if logs is not None and logs.is_kafka else None
         self._sink: Any = None  # Kafka: the heartbeats topic's writer
         self.started: float | None = None  # the first write: until then the features clock waits
         self.offsets = dict(offsets)
         self.watermark = watermark  # carried over a restart: what was published stays published
+        self.feed = feed  # what a live source's connection is doing
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rtml-heartbeat", daemon=True)
@@ -154,6 +165,7 @@ class Heartbeat:
                 "running": running,
                 "offsets": dict(sorted(self.offsets.items())),
                 "watermark": self.watermark,
+                "feed": self.feed(),
             }
         if self._sink is None:
             atomic.write_json(self.path, doc)

@@ -399,7 +399,9 @@ def ingest_loop(
     store = store_for(data_dir, logs)
     log = store.open(TICKS)
     deadline = time.monotonic() + opts.duration if opts.duration else None
-    with log.writer() as writer, Heartbeat(data_dir, *_written_offsets(log, data_dir, store), logs=store) as beat:
+    feed = lambda: getattr(source, "state", None)  # noqa: E731 (a live feed's connection)
+    beat = Heartbeat(data_dir, *_written_offsets(log, data_dir, store), logs=store, feed=feed)
+    with log.writer() as writer, beat:
         pipe = _Pipeline(writer, Quarantine(data_dir, TICKS), opts, summary, beat)
         stream = batches if batches is not None else source.batches(stop)
         try:

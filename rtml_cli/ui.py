@@ -884,6 +884,10 @@ def status_view(snap: dict):
     from rich.text import Text
 
     if snap["empty"]:
+        ingest = snap["stages"]["ingest"]
+        if ingest["running"]:  # started, nothing written yet: say what it is doing
+            feed = f"; feed {ingest['feed']}" if ingest.get("feed") else ""
+            return Text(f"{snap['data_dir']} has no data yet; ingest is running (pid {ingest['pid']}){feed}")
         return Text(f"{snap['data_dir']} has no data yet: start with `rtml ingest`")
     logs = _table("logs", [("log", "left"), ("symbols", "right"), ("rows", "right"), ("newest time (UTC)", "left")])
     for name, log in snap["logs"].items():
@@ -891,6 +895,8 @@ def status_view(snap: dict):
     stages = _table("stages", [("stage", "left"), ("running", "left"), ("detail", "left")])
     for name, st in snap["stages"].items():
         detail = f"heartbeat {st['heartbeat_age_s']:,.1f} s ago" if "heartbeat_age_s" in st else ""
+        if st.get("feed"):
+            detail += f"; feed {esc(st['feed'])}"
         stages.add_row(name, f"pid {st['pid']}" if st["running"] else "[dim]no[/]", detail)
     consumers = _table(
         "consumers (behind their input)",

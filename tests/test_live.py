@@ -414,3 +414,25 @@ def test_coinbase_side_is_the_makers_and_an_unknown_side_is_null():
     with coinbase_server([[json.dumps(msg)]]) as server:
         run = Run(EXCHANGES["coinbase"].open(server), until=rows_at_least(3)).wait()
     assert run.frame["side"].to_list() == ["buy", "sideways", None]  # validation reports "sideways" as bad_side
+
+
+@pytest.mark.slow
+def test_rtml_status_shows_what_a_live_feed_is_doing(rtml, data_dir):
+    url = f"ws://127.0.0.1:{free_port()}"
+    p = rtml_process(["ingest", "--source", "coinbase", "--url", url, "--data-dir", str(data_dir)])
+    try:
+        deadline = time.monotonic() + 30
+        feed = None
+        while time.monotonic() < deadline and not (feed or "").startswith("retrying in"):
+            r = rtml("status", "--json")  # (an error until ingest has made the data directory)
+            if r.exit_code == 0 and "stages" in (snap := json.loads(r.stdout)):
+                feed = snap["stages"]["ingest"].get("feed")
+            time.sleep(0.2)
+        assert feed is not None and feed.startswith("retrying in ") and f"{url}" not in feed, feed
+        human = " ".join(rtml("status").output.split())  # (rich wraps the line)
+        assert "has no data yet; ingest is running (pid " in human and "; feed retrying in " in human, human
+    finally:
+        p.terminate()
+        p.communicate(timeout=30)
+    done = json.loads(rtml("status", "--json").stdout)["stages"]["ingest"]
+    assert "feed" not in done  # not running: no feed to speak of
