@@ -1,8 +1,9 @@
 """Bad input, property-based: generated trade files in every replay layout, with malformed
-values in every field, rows cut short or too long, and garbage in the fields rtml does not
-read. Whatever is generated, `rtml ingest --source replay` either writes every good row
-exactly and quarantines every bad one with a reason, or (a file mostly bad) stops with a
-clear error having written nothing. Never a traceback, never a lost good row.
+values in every field, rows cut short or too long, the header again in the middle, and
+garbage in the fields rtml does not read. Whatever is generated, `rtml ingest --source
+replay` either writes every good row exactly and quarantines every bad one with a reason, or
+(a file mostly bad) stops with a clear error having written nothing. Never a traceback,
+never a lost good row.
 
 `RTML_PROPERTY_EXAMPLES=2000 pytest tests/test_properties.py` explores further (the default
 run is derandomized, so CI sees the same cases every time)."""
@@ -260,7 +261,7 @@ def trade_files(draw, layout: Layout, bad_share: float = 0.4):
     targets = bad_values(layout)
     for j in range(n_bad):
         fields = layout.good(n_good + j, "100", "1", "buy", 0)  # a bad row's other fields are fine
-        how = draw(st.sampled_from(["value", "value", "value", "short", "extra", "duplicate"]))
+        how = draw(st.sampled_from(["value", "value", "value", "short", "extra", "duplicate", "header"]))
         if how == "value":
             name = draw(st.sampled_from(sorted(targets)))
             fields[name] = draw(targets[name])
@@ -270,6 +271,8 @@ def trade_files(draw, layout: Layout, bad_share: float = 0.4):
             line = ",".join(list(fields.values())[:keep])
         elif how == "extra":
             line = ",".join([*fields.values(), draw(st.sampled_from(["x", "1", "0.5", "true", ",x", ",,1", "x,"]))])
+        elif how == "header":  # the header again: files joined with `cat`
+            line = ",".join(name for name, _ in layout.columns)
         pos = draw(st.integers(1, len(rows)))  # the first row stays good
         if how == "duplicate" and any(k == "id" for _, k in layout.columns):  # an id seen before
             ids = next(n for n, k in layout.columns if k == "id")

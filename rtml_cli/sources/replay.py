@@ -554,7 +554,9 @@ class ReplaySource:
                     parsed.frame = parsed.frame.with_columns(
                         _parse_problem=pl.when(too_long).then(pl.lit("line_too_long")).otherwise("_parse_problem")
                     )
-                again = _repeated_header(chunk, LAYOUTS[fmt])  # dumps joined with `cat`
+                # dumps joined with `cat` (looked for only where a row failed to parse: headers do)
+                failed = parsed.frame["_parse_problem"].is_not_null().any()
+                again = _repeated_header(chunk, LAYOUTS[fmt]) if failed else None
                 if again is not None and again.any():
                     parsed.frame = parsed.frame.with_columns(
                         _parse_problem=pl.when(again).then(pl.lit("repeated_header")).otherwise("_parse_problem")
