@@ -436,3 +436,14 @@ def test_rtml_status_shows_what_a_live_feed_is_doing(rtml, data_dir):
         p.communicate(timeout=30)
     done = json.loads(rtml("status", "--json").stdout)["stages"]["ingest"]
     assert "feed" not in done  # not running: no feed to speak of
+
+
+def test_coinbase_an_error_after_the_subscription_reconnects():
+    first = [coinbase_trades([T("BTC-USD", 1)], "snapshot"), '{"type":"error","message":"slow consumer"}']
+    second = [coinbase_trades([T("BTC-USD", 1), T("BTC-USD", 2)], "snapshot")]
+    events: list[str] = []
+    with coinbase_server([first, second]) as server:
+        run = Run(EXCHANGES["coinbase"].open(server, on_event=events.append), until=rows_at_least(2)).wait()
+        assert server.connections == 2
+    assert run.frame["trade_id"].to_list() == ["1", "2"]
+    assert events[0].startswith(f"disconnected from {server.url}: Coinbase sent an error: slow consumer; reconnecting")

@@ -46,10 +46,10 @@ class CoinbaseSource(LiveSource):
         if not isinstance(msg, dict):
             return []
         if msg.get("type") == "error":
-            self.refused(
-                f"Coinbase refused the market_trades subscription for {', '.join(self.symbols)}: "
-                f"{text(msg.get('message')) or 'no reason given'}"
-            )
+            reason = text(msg.get("message")) or "no reason given"
+            if not self._acknowledged:  # the answer to the subscription: asking again gets the same
+                self.refused(f"Coinbase refused the market_trades subscription for {', '.join(self.symbols)}: {reason}")
+            raise ConnectionError(f"Coinbase sent an error: {reason}")  # mid-stream: reconnect
         events: list = msg["events"] if isinstance(msg.get("events"), list) else []
         channel = msg.get("channel")
         if channel == "subscriptions" and not self._acknowledged:
