@@ -254,7 +254,7 @@ def test_malformed_trades_are_flagged_for_quarantine_not_crashed_on(ex: Exchange
 
 
 @EACH
-def test_stop_while_connecting_ends_the_source_promptly_and_batches_keep_coming(ex: Exchange):
+def test_while_it_cannot_connect_it_says_retrying_batches_keep_coming_and_stop_ends_it(ex: Exchange):
     events: list[str] = []
     src = ex.open(f"ws://127.0.0.1:{free_port()}", on_event=events.append)
     run = Run(src, until=lambda batches: len(events) >= 2)
