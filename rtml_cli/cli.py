@@ -483,7 +483,7 @@ def ingest(
         total = src.total if pace is None else None
         ui.show_ingest(summary, events, total, "bytes" if source == "replay" else "ticks", console, as_json, src)
     if source in LIVE and not getattr(src, "subscribed_once", True):
-        why = getattr(src, "last_problem", None) or "stopped before a connection was made"
+        why = getattr(src, "last_problem", None) or "stopped before the exchange acknowledged the subscription"
         raise SourceError(f"never connected to the feed ({why}); nothing was received. Check the network and --url")
     if as_json:
         click.echo(json.dumps(summary.to_json(), indent=2))

@@ -22,7 +22,7 @@ from rtml_cli.errors import LogError, SymbolError
 from rtml_cli.log import LogWriter, check_symbol
 from rtml_cli.logs import LogStore, store_for
 from rtml_cli.schema import MAX_JUMP_SECONDS, TICK_COLUMNS, isolated_in_time, problems, tick_schema
-from rtml_cli.sources import Source, TickBatch
+from rtml_cli.sources import Source, TickBatch, feed_state
 
 if TYPE_CHECKING:
     import polars as pl
@@ -399,8 +399,7 @@ def ingest_loop(
     store = store_for(data_dir, logs)
     log = store.open(TICKS)
     deadline = time.monotonic() + opts.duration if opts.duration else None
-    feed = lambda: getattr(source, "state", None)  # noqa: E731 (a live feed's connection)
-    beat = Heartbeat(data_dir, *_written_offsets(log, data_dir, store), logs=store, feed=feed)
+    beat = Heartbeat(data_dir, *_written_offsets(log, data_dir, store), logs=store, feed=lambda: feed_state(source))
     with log.writer() as writer, beat:
         pipe = _Pipeline(writer, Quarantine(data_dir, TICKS), opts, summary, beat)
         stream = batches if batches is not None else source.batches(stop)

@@ -99,6 +99,19 @@ def problems(frame: pl.DataFrame, max_future_seconds: float = MAX_FUTURE_SECONDS
     )
 
 
+MAX_NS = 2**63 - 1  # the last instant a timestamp[ns] holds (2262-04-11)
+
+
+def ms_or_us_to_ns(t: pl.Expr) -> pl.Expr:
+    """Integer milliseconds since the epoch, or microseconds (Binance's since 2025), told apart
+    by magnitude (10^14 ms is in the year 5138) -> nanoseconds; null (unparseable) when negative
+    or past 2262, where the product would wrap around into a plausible but wrong instant."""
+    import polars as pl
+
+    us = pl.when(t >= 10**14).then(t).when(t >= 0).then(t * 1_000)
+    return pl.when(us <= MAX_NS // 1_000).then(us * 1_000)
+
+
 def ns_to_utc(expr: pl.Expr) -> pl.Expr:
     """Int64 nanoseconds since the epoch -> timestamp[ns, UTC]."""
     import polars as pl

@@ -112,7 +112,7 @@ def _stages(data_dir: Path, store: LogStore, now_ns: int) -> dict[str, Any]:
     ingest: dict[str, Any] = {"pid": atomic.holder(store.lock_path("ticks"))}
     if beat is not None:
         ingest["heartbeat_age_s"] = round(now_ns / NS - beat.beat, 1)
-        if beat.running and beat.feed is not None:
+        if beat.running and beat.feed is not None and ingest["pid"] is not None:  # (not a killed one's)
             ingest["feed"] = beat.feed
     stages["ingest"] = ingest
     stages["features"] = {"pid": atomic.holder(store.lock_path("features"))}

@@ -8,7 +8,7 @@ from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from rtml_cli.sources import LIVE
+from rtml_cli.sources import LIVE, feed_state
 
 if TYPE_CHECKING:
     from rich.console import Console, JustifyMethod
@@ -158,7 +158,7 @@ def show_ingest(
         return
     if total is None:
         rate = Rate(lambda: summary.written)
-        connection = lambda: getattr(source, "state", None)  # noqa: E731
+        connection = lambda: feed_state(source)  # noqa: E731
         screen = Screen(
             console,
             lambda: ingest_view(summary, rate(), connection()),

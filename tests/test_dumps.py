@@ -184,9 +184,36 @@ def test_aggtrades_parquet_with_binance_column_names(rtml, data_dir, tmp_path):
             "is_buyer_maker": [False, True],
         }
     ).write_parquet(f)
+    assert ReplaySource(str(f), now_ns=NOW_NS)._plans[0].fmt == "binance-futures-agg"  # no is_best_match
     s = ingest(rtml, f)
     assert s["written"] == 2 and list(s["symbols"]) == ["BTCUSDT"]
     assert as_ticks(ParquetLog(data_dir, "ticks").read_all()) == list(DUMPS["futures-agg"].ticks[:2])
+    # the same layout as its CSV dumps: one glob takes both
+    write(tmp_path / "BTCUSDT-aggTrades-2024-01-02.csv", DUMPS["futures-agg"].text().replace("2013000", "2014000"))
+    assert ingest(rtml, tmp_path / "BTCUSDT-aggTrades-*")["written"] == 3
+    # two columns that name one field are an error, not a guess
+    pl.DataFrame(
+        {
+            "agg_trade_id": [1],
+            "price": [1.0],
+            "quantity": [1.0],
+            "qty": [1.0],
+            "transact_time": [MS_2024],
+            "is_buyer_maker": [True],
+        }
+    ).write_parquet(tmp_path / "two" / "X-aggTrades-1.parquet", mkdir=True)
+    r = rtml("ingest", "--source", "replay", "--path", str(tmp_path / "two" / "X-aggTrades-1.parquet"))
+    assert_clean_error(r, "the columns qty, quantity name the same field; keep one of them")
+
+
+@pytest.mark.parametrize("fmt", ["auto", "binance-futures"])
+def test_an_odd_first_record_is_quarantined_not_taken_for_the_layout(rtml, data_dir, tmp_path, fmt):
+    """One short (or long) first row among good ones: the file is still in its layout."""
+    rows = [f"{4300000000 + i},42000,0.5,21000,{MS_2024 + i},false" for i in range(1, 21)]
+    for symbol, first in (("BTCUSDT", "4300000000,42000,0.5,21000"), ("ETHUSDT", "4300000000,1,1,1,1,false,true")):
+        f = write(tmp_path / f"{symbol}-trades-2024-01.csv", "\n".join([first, *rows]) + "\n")
+        s = ingest(rtml, f, "--format", fmt)
+        assert s["written"] == 20 and s["quarantined"] == {"missing_ts" if symbol == "BTCUSDT" else "extra_fields": 1}
 
 
 def test_the_reported_case_futures_aggtrades_under_format_binance_stops_naming_its_layout(rtml, data_dir, tmp_path):

@@ -135,6 +135,13 @@ LAYOUTS = {
         "BTCUSDT-aggTrades-2025-01-01.csv",
         7,
     ),
+    "binance-agg-header": Layout(
+        "binance-agg",
+        (*AGG[:5], ("transact_time", "ts_ms"), AGG[6], ("is_best_match", "unread")),
+        True,
+        "BTCUSDT-aggTrades-2024-01-01.csv",
+        7,
+    ),
     "binance-futures-agg": BINANCE_FUTURES_AGG,
     "binance-futures-agg-header": replace(BINANCE_FUTURES_AGG, header=True),
     "tardis": Layout(
@@ -238,6 +245,7 @@ class Row:
     qty: str = ""
     side: str = ""
     micros: int = 0
+    reason: str | None = None  # a bad row's reason, where it is known for sure
 
 
 @st.composite
@@ -262,6 +270,7 @@ def trade_files(draw, layout: Layout, bad_share: float = 0.4):
     for j in range(n_bad):
         fields = layout.good(n_good + j, "100", "1", "buy", 0)  # a bad row's other fields are fine
         how = draw(st.sampled_from(["value", "value", "value", "short", "extra", "duplicate", "header"]))
+        reason = None
         if how == "value":
             name = draw(st.sampled_from(sorted(targets)))
             fields[name] = draw(targets[name])
@@ -273,6 +282,7 @@ def trade_files(draw, layout: Layout, bad_share: float = 0.4):
             line = ",".join([*fields.values(), draw(st.sampled_from(["x", "1", "0.5", "true", ",x", ",,1", "x,"]))])
         elif how == "header":  # the header again: files joined with `cat`
             line = ",".join(name for name, _ in layout.columns)
+            reason = "repeated_header" if layout.fmt not in ("tardis", "rtml") else None  # (fixed layouts)
         pos = draw(st.integers(1, len(rows)))  # the first row stays good
         if how == "duplicate" and any(k == "id" for _, k in layout.columns):  # an id seen before
             ids = next(n for n, k in layout.columns if k == "id")
@@ -282,7 +292,7 @@ def trade_files(draw, layout: Layout, bad_share: float = 0.4):
         elif how == "duplicate":  # kraken has no ids: the same record twice is two trades
             fields["price"] = "nan"
             line = ",".join(fields.values())
-        rows.insert(pos, Row(line, False))
+        rows.insert(pos, Row(line, False, reason=reason))
     header = [",".join(n for n, _ in layout.columns)] if layout.header else []
     return rows, "\n".join([*header, *(r.line for r in rows)]) + "\n"
 
@@ -325,6 +335,9 @@ def check_file(layout: Layout, rows: list[Row], text: str, fmt: str) -> None:
             where = q["where"].str.extract(r":(\d+)$").cast(pl.Int64).sort().to_list()
             assert where == bad_lines, (text, q)
             assert q["reason"].null_count() == 0 and (q["reason"] != "").all()
+            reasons = dict(zip(q["where"].str.extract(r":(\d+)$").cast(pl.Int64), q["reason"], strict=True))
+            known = {n: x.reason for n, x in enumerate(rows, first_line) if x.reason}
+            assert {n: reasons[n] for n in known} == known, text
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -63,6 +63,12 @@ def live_source(kind: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
+def feed_state(source: Any) -> str | None:
+    """What a live feed's connection is doing ("subscribed", "retrying in 2 s: ..."); None
+    for the other sources."""
+    return getattr(source, "state", None)
+
+
 IDLE_BATCH_S = 0.25  # while pacing waits for a trade, an empty batch this often
 
 

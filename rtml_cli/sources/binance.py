@@ -27,18 +27,18 @@ class BinanceSource(LiveSource):
     """
 
     name = "binance"
-    exchange = "Binance"
     default_url = SPOT_URL
     default_symbols = ("BTCUSDT",)
     epoch_time = True
     quiet_warning = QUIET_WARNING
 
-    def check_symbols(self, symbols: list[str]) -> None:
+    def spelled(self, symbols: list[str]) -> list[str]:
         bad = [s for s in symbols if not _SYMBOL.fullmatch(s)]
         if bad:
             raise ConfigError(
                 f"{bad[0]!r} is not a Binance symbol; Binance writes them without a separator, like BTCUSDT"
             )
+        return [s.upper() for s in symbols]  # as its events name them (stream names are lower case)
 
     def on_session(self) -> None:
         self._since = time.monotonic()
@@ -68,9 +68,9 @@ class BinanceSource(LiveSource):
             return []
         symbol = text(msg.get("s"))
         if symbol is not None:
-            self._heard.add(symbol.upper())
-        maker = msg.get("m")
-        side = "sell" if maker is True else "buy" if maker is False else text(maker)  # the buyer made: the taker sold
+            self._heard.add(symbol)
+        maker = msg.get("m")  # the buyer was the maker: the taker sold
+        side = "sell" if maker is True else "buy" if maker is False else text(maker) or ""  # else bad_side
         kind = msg.get("X")  # futures only: MARKET, or a fill that was not a market trade
         problem = None if kind is None or kind == "MARKET" else "not_market_trade"
         return [
@@ -90,7 +90,7 @@ class BinanceSource(LiveSource):
         if self.state != "subscribed" or time.monotonic() - self._since < self.quiet_warning:
             return
         for symbol in self.symbols:
-            if symbol.upper() not in self._heard and symbol not in self._warned:
+            if symbol not in self._heard and symbol not in self._warned:
                 self._warned.add(symbol)
                 self.on_event(
                     f"no {symbol} trade in {self.quiet_warning:g} s since subscribing; Binance accepts a symbol "
@@ -104,5 +104,4 @@ class BinanceFuturesSource(BinanceSource):
     quarantined as `not_market_trade`."""
 
     name = "binance-futures"
-    exchange = "Binance USD-M futures"
     default_url = FUTURES_URL

@@ -26,15 +26,15 @@ class CoinbaseSource(LiveSource):
     """
 
     name = "coinbase"
-    exchange = "Coinbase"
     default_url = DEFAULT_URL
     default_symbols = ("BTC-USD",)
     idle_default = 15.0
 
-    def check_symbols(self, symbols: list[str]) -> None:
+    def spelled(self, symbols: list[str]) -> list[str]:
         bad = [s for s in symbols if not _PRODUCT.fullmatch(s)]
         if bad:
             raise ConfigError(f"{bad[0]!r} is not a Coinbase product id; Coinbase writes them like BTC-USD, ETH-EUR")
+        return [s.upper() for s in symbols]
 
     def on_session(self) -> None:
         self._acknowledged = False
@@ -76,11 +76,11 @@ class CoinbaseSource(LiveSource):
             trades = event.get("trades") if isinstance(event, dict) else None
             for entry in trades if isinstance(trades, list) else []:
                 trade = entry if isinstance(entry, dict) else {}  # anything else goes to quarantine
-                side = text(trade.get("side"))
+                side = text(trade.get("side")) or ""  # missing: quarantined as bad_side
                 out.append(
                     Trade(
                         text(trade.get("product_id")),
-                        _TAKER.get((side or "").upper(), side),
+                        _TAKER.get(side.upper(), side),
                         text(trade.get("price")),
                         text(trade.get("size")),
                         text(trade.get("trade_id")),

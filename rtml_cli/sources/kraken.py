@@ -18,15 +18,15 @@ class KrakenSource(LiveSource):
     """
 
     name = "kraken"
-    exchange = "Kraken"
     default_url = DEFAULT_URL
     default_symbols = ("BTC/USD",)
     idle_default = 15.0
 
-    def check_symbols(self, symbols: list[str]) -> None:
+    def spelled(self, symbols: list[str]) -> list[str]:
         bad = [s for s in symbols if "/" not in s]
         if bad:
             raise ConfigError(f"{bad[0]!r} is not a Kraken v2 pair; Kraken writes them like BTC/USD, ETH/EUR")
+        return symbols
 
     def subscribe(self, send: Send) -> None:
         send({"method": "subscribe", "params": {"channel": "trade", "symbol": self.symbols, "snapshot": True}})
@@ -54,5 +54,6 @@ class KrakenSource(LiveSource):
         for entry in data if isinstance(data, list) else []:
             trade = entry if isinstance(entry, dict) else {}  # anything else goes to quarantine
             symbol, side, price, qty, trade_id, timestamp = (text(trade.get(k)) for k in _FIELDS)
+            side = "" if side is None else side  # missing: quarantined as bad_side
             trades.append(Trade(symbol, side, price, qty, trade_id, timestamp, dumps(entry)))
         return trades

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 _INTEGER = re.compile(r"^\s*\d+\s*$")
-NUMBER = re.compile(r"^\s*-?\d+(\.\d*)?([eE][-+]?\d+)?\s*$")
+_NUMBER = re.compile(r"^\s*-?\d+(\.\d*)?([eE][-+]?\d+)?\s*$")
 _BOOL = ("true", "false")
 
 
@@ -72,7 +72,7 @@ def _holds(kind: str, cell: str) -> bool:
     if kind == "i":
         return bool(_INTEGER.match(cell))
     if kind == "n":
-        return bool(NUMBER.match(cell))
+        return bool(_NUMBER.match(cell))
     if kind == "b":
         return cell.lower() in _BOOL
     return True
@@ -163,9 +163,9 @@ def parquet_layout(names: list[str]) -> Layout | None:
     if all(c in lowered for c in RTML_REQUIRED):
         return RTML
     got = {normalise(n) for n in names}
-    for lay in (BINANCE, BINANCE_AGG):  # spot or futures read alike: the futures ones are not told apart
-        if any(set(_read(lay, header)) <= got for header in lay.headers):
-            return lay
+    for spot, futures in ((BINANCE, BINANCE_FUTURES), (BINANCE_AGG, BINANCE_FUTURES_AGG)):
+        if any(set(_read(spot, header)) <= got for header in spot.headers):
+            return spot if "isbestmatch" in got else futures
     if all(c in lowered for c in ("timestamp", "price", "amount", "side")):
         return TARDIS
     return None
@@ -178,6 +178,10 @@ def parquet_columns(names: list[str], lay: Layout) -> tuple[dict[str, str], list
     for header in lay.headers:
         wanted |= {normalise(h): col for h, col in zip(header, lay.columns, strict=True)}
     rename = {n: wanted[normalise(n)] for n in names if normalise(n) in wanted}
+    named = [rename.get(n, n) for n in names]  # every column's name once renamed
+    twice = sorted(n for n in names if named.count(rename.get(n, n)) > 1)
+    if twice:
+        raise ValueError(f"the columns {', '.join(twice)} name the same field")
     got = {normalise(n) for n in names}
     missing = [h for h in _read(lay, lay.headers[0]) if h not in got]
     return rename, [h for h in lay.headers[0] if normalise(h) in missing]

@@ -17,7 +17,7 @@ from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, NoReturn
 
 from rtml_cli.errors import SourceError
-from rtml_cli.schema import Field, ns_to_utc, parse_problems
+from rtml_cli.schema import Field, ms_or_us_to_ns, ns_to_utc, parse_problems
 from rtml_cli.sources import TickBatch
 
 if TYPE_CHECKING:
@@ -25,13 +25,13 @@ if TYPE_CHECKING:
     from websockets.sync.client import ClientConnection
 
 POLL = 0.25  # the longest the source blocks without looking at `stop`
-MAX_NS = 2**63 - 1  # the last instant a timestamp[ns] holds (2262-04-11)
 _UNSIGNED = re.compile(r"\d+")
 
 
 class Trade(NamedTuple):
     """One trade as the exchange sent it: text fields (None when missing), the taker side as
-    'buy'/'sell' (anything else is passed on for validation to report), the message it came in."""
+    'buy'/'sell' (None when the exchange says it is unknown; anything else, "" for a missing
+    one, is passed on for validation to report as bad_side), the message it came in."""
 
     symbol: str | None
     side: str | None
@@ -57,7 +57,6 @@ class LiveSource:
     """
 
     name: ClassVar[str]
-    exchange: ClassVar[str]  # as people write it, for messages
     default_url: ClassVar[str]
     default_symbols: ClassVar[tuple[str, ...]]
     idle_default: ClassVar[float | None] = None  # seconds of silence that mean a dead link
@@ -76,8 +75,7 @@ class LiveSource:
         on_event: Callable[[str], None] | None = None,
         idle_timeout: float | None = None,
     ):
-        self.symbols = list(symbols or self.default_symbols)
-        self.check_symbols(self.symbols)
+        self.symbols = self.spelled(list(symbols or self.default_symbols))
         self.url = url or self.default_url
         self.batch_interval = batch_interval
         self.backoff_initial = backoff_initial
@@ -97,8 +95,10 @@ class LiveSource:
 
     # -- what an exchange's module says --------------------------------------------------------
 
-    def check_symbols(self, symbols: list[str]) -> None:
-        """A clear error for symbols not in the exchange's spelling, before connecting."""
+    def spelled(self, symbols: list[str]) -> list[str]:
+        """The symbols as the exchange writes them; a clear error, before connecting, for one
+        written another exchange's way."""
+        return symbols
 
     def subscribe(self, send: Send) -> None:
         raise NotImplementedError
@@ -256,15 +256,8 @@ def _parse(raw: pl.DataFrame, epoch_time: bool) -> pl.DataFrame:
     import polars as pl
 
     if epoch_time:
-        # milliseconds, or microseconds (Binance's timeUnit=MICROSECOND) told apart by magnitude;
-        # null (unparseable) where the product would wrap around past 2262
-        t = pl.col("time").cast(pl.Int64, strict=False)
-        ts = ns_to_utc(
-            pl.when((t >= 0) & (t <= MAX_NS // 1_000_000))
-            .then(t * 1_000_000)
-            .when((t >= 10**14) & (t <= MAX_NS // 1_000))
-            .then(t * 1_000)
-        )
+        # milliseconds, or microseconds (Binance's timeUnit=MICROSECOND)
+        ts = ns_to_utc(ms_or_us_to_ns(pl.col("time").cast(pl.Int64, strict=False)))
     else:
         # RFC 3339; `%#z` takes both "Z" and "+01:00".
         ts = pl.col("time").str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%#z", time_unit="ns", time_zone="UTC", strict=False)

@@ -24,7 +24,7 @@ from threading import Event
 from typing import TYPE_CHECKING, BinaryIO
 
 from rtml_cli.errors import InputFormatError, RtmlError
-from rtml_cli.schema import Field, parse_problems, problems
+from rtml_cli.schema import MAX_NS, Field, ms_or_us_to_ns, parse_problems, problems
 from rtml_cli.sources import TickBatch
 from rtml_cli.sources.layouts import (
     FORMATS,
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     import polars as pl
 
 CHUNK_BYTES = 8 << 20
-MAX_NS = 2**63 - 1  # the last instant a timestamp[ns] holds (2262-04-11)
 CARRY_ROWS = 1000  # occurrence counts are carried for the timestamps of the last rows read
 EXTRA_FIELDS_SEEN = 8  # fields past a CSV layout's read to tell a row with extra fields
 
@@ -207,7 +206,7 @@ def _csv_layout(fmt: str, first_line: str, path: Path, looks: Layout | None) -> 
     header = by_header(first_line)
     if header is not None:  # another layout's header: its columns mean something else
         raise InputFormatError(f"{path} starts with the header of {header.title}, not of {lay.title}; {hint(header)}")
-    if len(cells) != lay.width:
+    if len(cells) != lay.width and not (looks is not None and looks.name == fmt):  # (else one odd first record)
         raise InputFormatError(
             f"{path} has {len(cells)} columns on its first line; {lay.shown()} has {lay.width}; {hint(looks, fmt)}"
         )
@@ -497,7 +496,7 @@ class ReplaySource:
                     parsed, carry = self._parse(chunk, fmt, symbol, carry)
                     rows_done += chunk.height
                     pos = inp.size * rows_done // rows_total
-                    if not checked:
+                    if not checked and parsed.frame.height:
                         _check_mostly_parses(parsed.frame, plan)
                         checked = True
                     yield TickBatch(parsed.frame, parsed.raw, pl.format(f"{path.name}:row {{}}", "_line"), pos - done)
@@ -563,7 +562,7 @@ class ReplaySource:
                     )
                 if chunk["_extra"].is_not_null().any():  # more fields than the layout: not this layout's row
                     parsed = _with_extra_fields(parsed, chunk["_extra"])
-                if not checked:
+                if not checked and parsed.frame.height:  # (a chunk of blank lines says nothing)
                     _check_mostly_parses(parsed.frame, plan)
                     checked = True
                 yield TickBatch(parsed.frame, parsed.raw, pl.format(f"{path.name}:{{}}", "_line"), pos - done)
@@ -593,9 +592,8 @@ class ReplaySource:
                 trade_id=pl.format("k{}", "_id"),
             )
         elif fmt.startswith("binance"):  # every Binance layout: its columns have the same names here
-            t = pl.col("time").cast(pl.Int64, strict=False)
             # Binance switched spot dumps from milliseconds to microseconds in 2025.
-            ts_ns = _us_to_ns(pl.when(t >= 10**14).then(t).when(t >= 0).then(t * 1_000))
+            ts_ns = ms_or_us_to_ns(pl.col("time").cast(pl.Int64, strict=False))
             maker = pl.col("isBuyerMaker").str.to_lowercase()
             # anything else, a missing value too, is reported as bad_side
             side = (
@@ -785,7 +783,7 @@ def _parquet_format(names: list[str], path: Path, looks: Layout | None) -> str:
     return looks.name
 
 
-_TARDIS_NEEDS = ["timestamp", "local_timestamp", "id", "side", "price", "amount"]
+_TARDIS_NEEDS = [c for c in LAYOUTS["tardis"].columns if c not in ("exchange", "symbol")]
 
 
 def _check_parquet_columns(names: list[str], fmt: str, path: Path, looks: Layout | None) -> dict[str, str]:
@@ -800,7 +798,10 @@ def _check_parquet_columns(names: list[str], fmt: str, path: Path, looks: Layout
     elif fmt == "tardis":
         missing = [c for c in _TARDIS_NEEDS if c not in names]
     else:
-        rename, missing = parquet_columns(names, LAYOUTS[fmt])
+        try:
+            rename, missing = parquet_columns(names, LAYOUTS[fmt])
+        except ValueError as exc:
+            raise InputFormatError(f"{path}: {exc}; keep one of them") from None
     if missing:
         raise InputFormatError(
             f"{path} lacks the column(s) {', '.join(missing)} of {LAYOUTS[fmt].title} (it has "
