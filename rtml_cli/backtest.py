@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, cast
 from rtml_cli import stats
 from rtml_cli.build_state import read_build
 from rtml_cli.errors import ConfigError, RtmlError
-from rtml_cli.learner import DIVERGENCE_FACTOR, MIN_TARGETS, Learner, feature_columns, model_inputs, predict_value
+from rtml_cli.inputs import Rows, frame_to_parquet, scratch, write_rows
+from rtml_cli.learner import DIVERGENCE_FACTOR, MIN_TARGETS, Learner, feature_columns, predict_value
 from rtml_cli.log import OFFSET
 from rtml_cli.logs import LogStore, store_for
 from rtml_cli.models import CLASSIFIER, resolve
@@ -69,9 +70,9 @@ class Dataset:
     that trading is marked to."""
 
     source: str
-    xs: list[dict[str, float]]
+    rows: Rows  # the model inputs, streamed from disk in replay order
     y: np.ndarray
-    stream: list[int]  # stream number per row; labels are delayed within a stream
+    stream: np.ndarray  # int64 stream number per row; labels are delayed within a stream
     stream_names: list[str]
     ts: np.ndarray | None  # int64 ns, or None
     delay: int
@@ -81,15 +82,16 @@ class Dataset:
     period: np.ndarray | None = None  # int64 per row: its bar, its time's rank, or its place in the stream
     target_kind: str = "regressor"
     dropped: int = 0  # rows without a target
-    clock: list[int] | None = None  # what --refresh counts per row: bars for the examples log; None: rows
+    clock: np.ndarray | None = None  # what --refresh counts per row: bars for the examples log; None: rows
     tape: Tape | None = None  # prices (or returns) that positions are marked to
     point: np.ndarray | None = None  # each row's point on the tape
     trades_on: str | None = None  # what the tape is, in words
     no_trading: str | None = None  # why there are no trading figures, when there are none
+    scratch: Any = None  # the temporary directory `rows` lives in, removed with the dataset
 
     @property
     def n(self) -> int:
-        return len(self.xs)
+        return len(self.y)
 
     @property
     def periods(self) -> np.ndarray:
@@ -138,22 +140,42 @@ def load_examples(data_dir: Path, opts: BacktestOptions, logs: LogStore | None =
         raise ConfigError(f"there is no examples log in {store.where}; run `rtml features` first, or give --table")
     horizon, bar_s, target = build.horizon, build.bar_s, build.target
     symbols = [s for s in log.partitions() if opts.symbols is None or s in opts.symbols]
-    frames = [log.read_after(s) for s in symbols]
-    frames = [f for f in frames if f.height]
-    if not frames:
+    # One symbol in memory at a time: its features go to a file of their own, the columns
+    # the replay orders by stay here.
+    tmp = scratch()
+    files: list[Path] = []
+    metas: list[pl.DataFrame] = []
+    columns: dict[str, None] = {}  # every symbol's columns, in order of appearance
+    rows = 0
+    for s in symbols:
+        part = _between(log.read_after(s), "ts", opts)
+        if part.height == 0:
+            continue
+        columns |= dict.fromkeys(part.columns)
+        files.append(Path(tmp.name) / f"examples-{len(files)}.parquet")
+        frame_to_parquet(iter([part]), feature_columns(part.columns), files[-1])
+        metas.append(
+            part.select("ts", "symbol", OFFSET, "target").with_columns(
+                _file_row=pl.int_range(rows, rows + part.height, dtype=pl.Int64)
+            )
+        )
+        rows += part.height
+    if not metas:
+        if any(log.last_offset(s) >= 0 for s in symbols):
+            raise ConfigError("no examples between --from and --to")
         raise ConfigError(f"the examples log in {store.where} has no rows{' for --symbols' if opts.symbols else ''}")
-    frame = pl.concat(frames, how="diagonal_relaxed").sort("ts", "symbol", OFFSET)
-    frame = _between(frame, "ts", opts)
-    if frame.height == 0:
-        raise ConfigError("no examples between --from and --to")
+    frame = pl.concat(metas).sort("ts", "symbol", OFFSET)
+    del metas
     bars = _bar_closes(store.open("features"), frame, horizon)
     ds = _dataset(
         frame,
         "target",
         "symbol",
         "ts",
-        feature_columns(frame.columns),
+        feature_columns(list(columns)),
         f"examples log of {store.where}",
+        files,
+        tmp,
         delay=horizon,
         hold=horizon,
         periods_per_year=opts.periods_per_year or YEAR_S / bar_s,
@@ -187,11 +209,15 @@ def load_table(opts: BacktestOptions) -> Dataset:
     path = Path(opts.table)
     if not path.is_file():
         raise ConfigError(f"--table {path} is not a file")
+    tmp = scratch()
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
-            frame = pl.read_parquet(path)
-        else:
-            frame = pl.read_csv(path, try_parse_dates=True, infer_schema_length=10_000)
+            src = path
+            schema = pl.read_parquet_schema(path)
+        else:  # a CSV is read whole once, and kept as Parquet for the replay to stream
+            src = Path(tmp.name) / "table.parquet"
+            pl.read_csv(path, try_parse_dates=True, infer_schema_length=10_000).write_parquet(src)
+            schema = pl.read_parquet_schema(src)
     except Exception as exc:
         raise ConfigError(
             f"cannot read --table {path} ({type(exc).__name__}: {str(exc)[:200]}); "
@@ -200,8 +226,11 @@ def load_table(opts: BacktestOptions) -> Dataset:
     if not opts.target:
         raise ConfigError("--table needs --target COLUMN: the column to predict")
     for name, col in (("--target", opts.target), ("--ts", opts.ts), ("--price", opts.price)):
-        if col is not None and col not in frame.columns:
-            raise ConfigError(f"{name} {col!r} is not a column of {path.name}; it has {', '.join(frame.columns[:30])}")
+        if col is not None and col not in schema:
+            raise ConfigError(f"{name} {col!r} is not a column of {path.name}; it has {', '.join(list(schema)[:30])}")
+    # Only the columns that order, filter and score the rows are held; the features stay on disk.
+    held = [c for c in dict.fromkeys([opts.target, opts.ts, opts.price, "symbol"]) if c is not None and c in schema]
+    frame = pl.read_parquet(src, columns=held).with_row_index("_file_row")
     if not frame[opts.target].dtype.is_numeric():
         raise ConfigError(f"--target {opts.target!r} is {frame[opts.target].dtype}, not numbers")
     if opts.price is not None:
@@ -257,10 +286,10 @@ def load_table(opts: BacktestOptions) -> Dataset:
     elif opts.symbols is not None:
         raise ConfigError(f"--symbols needs a symbol column, and {path.name} has none")
     skip = {opts.target, opts.ts, stream, opts.price}
-    features = [c for c, t in frame.schema.items() if c not in skip and t.is_numeric()]
+    features = [c for c, t in schema.items() if c not in skip and t.is_numeric()]
     if not features:
         raise ConfigError(f"{path.name} has no numeric feature columns besides the target")
-    frame = frame.with_columns(pl.col(*features, opts.target).cast(pl.Float64))  # decimals and integers alike
+    frame = frame.with_columns(pl.col(opts.target).cast(pl.Float64))  # decimals and integers alike
     longest = cast(int, frame.group_by(stream).len()["len"].max()) if stream else frame.height
     if frame.height and opts.delay >= longest:
         raise ConfigError(
@@ -279,6 +308,8 @@ def load_table(opts: BacktestOptions) -> Dataset:
         opts.ts,
         features,
         f"table {path}",
+        [src],
+        tmp,
         delay=opts.delay,
         hold=hold,
         periods_per_year=ppy,
@@ -354,6 +385,8 @@ def _dataset(
     ts: str | None,
     features: list[str],
     source: str,
+    files: list[Path],
+    tmp: Any,
     prices: pl.DataFrame | None = None,
     by_bar: bool = False,
     returns: str = "none",
@@ -362,7 +395,11 @@ def _dataset(
 ) -> Dataset:
     """The rows with a target, their periods, and the tape trading is marked to: `prices`
     (symbol, ts, close), or, without them, the target itself as the next row's return when
-    the holding period is one row and `returns` says what kind of return it is."""
+    the holding period is one row and `returns` says what kind of return it is.
+
+    `frame` holds the columns that order and score the rows, in replay order, and `_file_row`:
+    each row's number in `files` (Parquet, read one after the other), which hold the
+    features; those are written in replay order to a file in `tmp`, to be streamed."""
     import numpy as np
     import polars as pl
 
@@ -375,9 +412,11 @@ def _dataset(
     dropped = frame.height - keep.height
     if keep.height == 0:
         raise ConfigError(f"{source} has no rows with a target")
-    xs = [x for x, _ in model_inputs(keep, features)]
-    index: dict[str, int] = {}
-    stream_arr = np.asarray([index.setdefault(s, len(index)) for s in keep["_stream"].to_list()], dtype=np.int64)
+    rows = write_rows(files, keep["_file_row"].to_numpy(), features, Path(tmp.name) / "rows.parquet")
+    # stream numbers in order of first appearance
+    names = keep["_stream"].unique(maintain_order=True)
+    index: dict[str, int] = {s: i for i, s in enumerate(names.to_list())}
+    stream_arr = keep["_stream"].replace_strict(index, return_dtype=pl.Int64).to_numpy()
     row_t = keep["_t"].to_numpy()
     y = keep[target].cast(pl.Float64).to_numpy()
     if prices is not None:
@@ -388,15 +427,16 @@ def _dataset(
     period = np.searchsorted(times, row_t).astype(np.int64) if times is not None else row_t.astype(np.int64)
     ds = Dataset(
         source,
-        xs,
+        rows,
         y,
-        stream_arr.tolist(),
+        stream_arr,
         list(index),
         row_t if ts else None,
         features=features,
         dropped=dropped,
         period=period,
-        clock=period.tolist() if by_bar else None,
+        clock=period if by_bar else None,
+        scratch=tmp,
         **kw,
     )
     if prices is not None:
@@ -449,7 +489,7 @@ class Replay:
 
     model: str
     kind: str
-    preds: dict[str, list[float]]
+    preds: dict[str, np.ndarray]  # float64 per row
     drift_rows: list[int]
     learned: int
     seconds: float
@@ -482,8 +522,9 @@ def replay(
 
     learner = Learner(build(), spec.kind, build, window=0)  # scored from the predictions afterwards
     kind = spec.kind
-    live: list[float] = []
-    stale: list[tuple[int, list[float]]] = [(r, []) for r in refresh if r not in (1, NEVER)]
+    # (8 bytes a prediction: a Python list of floats would take 32)
+    live = array("d")
+    stale: list[tuple[int, array]] = [(r, array("d")) for r in refresh if r not in (1, NEVER)]
     drift_rows: list[int] = []
     frozen_at: list[_PredictRest] = []
     try:
@@ -493,7 +534,10 @@ def replay(
         for f in frozen_at:
             f.abandon()
         raise
-    preds = {"1": live, **{str(r): p for r, p in stale}, "never": live[:warmup] + frozen}
+    import numpy as np
+
+    never = np.concatenate([np.frombuffer(live, dtype=np.float64, count=warmup), frozen])
+    preds = {"1": np.frombuffer(live, dtype=np.float64), **{str(r): np.frombuffer(p) for r, p in stale}, "never": never}
     return Replay(
         model,
         kind,
@@ -509,23 +553,25 @@ def _replay_rows(
     kind: str,
     ds: Dataset,
     warmup: int,
-    live: list[float],
-    stale: list[tuple[int, list[float]]],
+    live: array,
+    stale: list[tuple[int, array]],
     drift_rows: list[int],
     frozen_at: list[_PredictRest],
     stop: Event | None = None,
 ) -> None:
-    """The replay's loop, row by row: see `replay`."""
+    """The replay's loop, row by row: see `replay`. The inputs are streamed from disk; a row
+    whose label is not yet due keeps its input in `pending` (at most `delay` per stream)."""
     serving: list[Any] = [None] * len(stale)
     block = [-1] * len(stale)  # the refresh period each serving copy is from
-    clock = ds.clock or range(ds.n)
-    pending: list[deque[int]] = [deque() for _ in ds.stream_names]
-    xs, y, stream, delay = ds.xs, ds.y.tolist(), ds.stream, ds.delay  # Python floats: what River is fastest with
-    for i, x in enumerate(xs):
+    clock = ds.clock.tolist() if ds.clock is not None else range(ds.n)
+    pending: list[deque[tuple[int, dict[str, float]]]] = [deque() for _ in ds.stream_names]
+    # Python numbers: what River is fastest with
+    y, stream, delay = ds.y.tolist(), ds.stream.tolist(), ds.delay
+    for i, x in enumerate(ds.rows):
         if stop is not None and i & 1023 == 0 and stop.is_set():
             raise Stopped(f"stopped by a signal at row {i:,} of {ds.n:,}; nothing was written")
         if i == warmup:  # the model as it is now serves the rest of the rows: the frozen baseline
-            frozen_at.append(_PredictRest(learner.model, kind, xs, warmup))
+            frozen_at.append(_PredictRest(learner.model, kind, ds.rows, warmup))
         y_pred = predict_value(learner.model, kind, x)  # what Learner.predict does, one call less
         live.append(y_pred)
         for k, (every, preds) in enumerate(stale):
@@ -542,10 +588,10 @@ def _replay_rows(
                 drift_rows.append(i)
             continue
         queue = pending[stream[i]]
-        queue.append(i)
+        queue.append((i, x))
         if len(queue) > delay:  # this row's stream has predicted `delay` rows since row j: its label is due
-            j = queue.popleft()
-            if learner.learn(xs[j], y[j], live[j]):
+            j, xj = queue.popleft()
+            if learner.learn(xj, y[j], live[j]):
                 drift_rows.append(i)
 
 
@@ -557,11 +603,11 @@ class _PredictRest:
     the replay little; the result is the same as predicting here, now.
     """
 
-    def __init__(self, model: Any, kind: str, xs: list[dict[str, float]], start: int):
-        self.n = len(xs) - start
+    def __init__(self, model: Any, kind: str, rows: Rows, start: int):
+        self.n = rows.n - start
         self.pid = None
         if not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
-            self.preds = [predict_value(model, kind, x) for x in xs[start:]]
+            self.preds = array("d", (predict_value(model, kind, x) for x in rows.iter(start)))
             return
         read_fd, write_fd = os.pipe()
         pid = os.fork()
@@ -569,7 +615,8 @@ class _PredictRest:
             code = 1
             try:
                 os.close(read_fd)
-                data = memoryview(array("d", (predict_value(model, kind, x) for x in xs[start:])).tobytes())
+                # (the rows are read with pyarrow alone: polars' threads do not survive a fork)
+                data = memoryview(array("d", (predict_value(model, kind, x) for x in rows.iter(start))).tobytes())
                 while data:
                     data = data[os.write(write_fd, data) :]
                 code = 0
@@ -578,16 +625,18 @@ class _PredictRest:
         os.close(write_fd)
         self.pid, self.pipe = pid, os.fdopen(read_fd, "rb")
 
-    def result(self) -> list[float]:
+    def result(self) -> np.ndarray:
+        import numpy as np
+
         if self.pid is None:
-            return self.preds
+            return np.frombuffer(self.preds, dtype=np.float64)
         with self.pipe:
             data = self.pipe.read()
         _, status = os.waitpid(self.pid, 0)
         self.pid = None
         if status != 0 or len(data) != 8 * self.n:
             raise RtmlError("the process predicting with the frozen model failed; run the backtest again")
-        return array("d", data).tolist()
+        return np.frombuffer(data, dtype=np.float64)
 
     def abandon(self) -> None:
         """The replay failed or was interrupted: stop the child and collect it."""

@@ -50,7 +50,7 @@ def _predictions(result: dict[str, Any], ds, path: Path) -> None:
             "ts": pl.Series(ds.ts).cast(pl.Datetime("ns", "UTC"))
             if ds.ts is not None
             else pl.repeat(None, ds.n, eager=True),
-            "symbol": pl.Series([ds.stream_names[s] for s in ds.stream], dtype=pl.String),
+            "symbol": pl.Series(ds.stream_names, dtype=pl.String).gather(ds.stream),
             "target": ds.y,
         }
     )

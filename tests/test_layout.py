@@ -28,6 +28,7 @@ LAYERS = {
     "stats": 2,
     "sources": 2,
     "learner": 3,
+    "inputs": 3,
     "serving": 3,
     "ingest": 4,
     "features": 4,
