@@ -72,7 +72,7 @@ class Dataset:
     source: str
     rows: Rows  # the model inputs, streamed from disk in replay order
     y: np.ndarray
-    stream: np.ndarray  # int64 stream number per row; labels are delayed within a stream
+    stream: np.ndarray  # int32 stream number per row; labels are delayed within a stream
     stream_names: list[str]
     ts: np.ndarray | None  # int64 ns, or None
     delay: int
@@ -140,6 +140,7 @@ def load_examples(data_dir: Path, opts: BacktestOptions, logs: LogStore | None =
         raise ConfigError(f"there is no examples log in {store.where}; run `rtml features` first, or give --table")
     horizon, bar_s, target = build.horizon, build.bar_s, build.target
     symbols = [s for s in log.partitions() if opts.symbols is None or s in opts.symbols]
+    names = pl.Enum(sorted(symbols))  # compact, and sorted as the names are
     # One symbol in memory at a time: its features go to a file of their own, the columns
     # the replay orders by stay here.
     tmp = scratch()
@@ -155,7 +156,7 @@ def load_examples(data_dir: Path, opts: BacktestOptions, logs: LogStore | None =
         files.append(Path(tmp.name) / f"examples-{len(files)}.parquet")
         frame_to_parquet(iter([part]), feature_columns(part.columns), files[-1])
         metas.append(
-            part.select("ts", "symbol", OFFSET, "target").with_columns(
+            part.select("ts", pl.col("symbol").cast(names), OFFSET, "target").with_columns(
                 _file_row=pl.int_range(rows, rows + part.height, dtype=pl.Int64)
             )
         )
@@ -230,7 +231,14 @@ def load_table(opts: BacktestOptions) -> Dataset:
             raise ConfigError(f"{name} {col!r} is not a column of {path.name}; it has {', '.join(list(schema)[:30])}")
     # Only the columns that order, filter and score the rows are held; the features stay on disk.
     held = [c for c in dict.fromkeys([opts.target, opts.ts, opts.price, "symbol"]) if c is not None and c in schema]
-    frame = pl.read_parquet(src, columns=held).with_row_index("_file_row")
+    import pyarrow.parquet as pq
+
+    # (symbols as a dictionary, so that ten million of them take four bytes each)
+    words = [c for c in held if c == "symbol" and schema[c] == pl.String]
+    read = pl.from_arrow(pq.read_table(src, columns=held, read_dictionary=words or None))
+    assert isinstance(read, pl.DataFrame)
+    frame = read.with_row_index("_file_row")
+    del read
     if not frame[opts.target].dtype.is_numeric():
         raise ConfigError(f"--target {opts.target!r} is {frame[opts.target].dtype}, not numbers")
     if opts.price is not None:
@@ -261,9 +269,9 @@ def load_table(opts: BacktestOptions) -> Dataset:
             frame = frame.with_columns(
                 pl.col(opts.ts).dt.convert_time_zone("UTC") if zoned else pl.col(opts.ts).dt.replace_time_zone("UTC")
             )
-            frame = frame.with_columns(pl.col(opts.ts).cast(pl.Datetime("ns", "UTC"))).sort(
-                opts.ts, maintain_order=True
-            )
+            frame = frame.with_columns(pl.col(opts.ts).cast(pl.Datetime("ns", "UTC")))
+            if not frame[opts.ts].is_sorted():  # (a stable sort of sorted rows would only copy them)
+                frame = frame.sort(opts.ts, maintain_order=True)
         except pl.exceptions.PolarsError as exc:
             raise ConfigError(
                 f"--ts {opts.ts!r} holds times rtml cannot use (years 1678-2261 only): {str(exc).splitlines()[0][:160]}"
@@ -278,18 +286,20 @@ def load_table(opts: BacktestOptions) -> Dataset:
             raise ConfigError(
                 f"{path.name} has a symbol column: give --ts COLUMN, so that rows are replayed in time order"
             )
-        frame = frame.with_columns(pl.col("symbol").cast(pl.String))
+        if frame["symbol"].dtype not in (pl.String, pl.Categorical):
+            frame = frame.with_columns(pl.col("symbol").cast(pl.String))
         if frame["symbol"].null_count():
             raise ConfigError(f"{path.name} has {frame['symbol'].null_count():,} rows without a symbol")
         if opts.symbols is not None:
-            frame = frame.filter(pl.col("symbol").is_in(opts.symbols))
+            frame = frame.filter(pl.col("symbol").cast(pl.String).is_in(opts.symbols))
     elif opts.symbols is not None:
         raise ConfigError(f"--symbols needs a symbol column, and {path.name} has none")
     skip = {opts.target, opts.ts, stream, opts.price}
     features = [c for c, t in schema.items() if c not in skip and t.is_numeric()]
     if not features:
         raise ConfigError(f"{path.name} has no numeric feature columns besides the target")
-    frame = frame.with_columns(pl.col(opts.target).cast(pl.Float64))  # decimals and integers alike
+    if frame[opts.target].dtype != pl.Float64:  # decimals and integers alike
+        frame = frame.with_columns(pl.col(opts.target).cast(pl.Float64))
     longest = cast(int, frame.group_by(stream).len()["len"].max()) if stream else frame.height
     if frame.height and opts.delay >= longest:
         raise ConfigError(
@@ -404,21 +414,28 @@ def _dataset(
     import polars as pl
 
     timed = ts is not None or by_bar  # periods are times; else a table's rows (one stream)
-    frame = frame.with_columns(
-        (pl.col(stream).cast(pl.String) if stream else pl.lit("all")).alias("_stream"),
-        (pl.col(ts).dt.epoch("ns") if ts else pl.int_range(pl.len())).alias("_t"),
-    )
-    keep = frame.filter(pl.col(target).is_not_null() & pl.col(target).cast(pl.Float64).is_finite())
-    dropped = frame.height - keep.height
-    if keep.height == 0:
+    # (column by column into numpy, no copy of the frame: a year of bars is ten million rows)
+    labelled = (pl.col(target).is_not_null() & pl.col(target).cast(pl.Float64).is_finite()).alias("_keep")
+    mask = frame.select(labelled).to_series()
+    dropped = frame.height - int(mask.sum())
+    if dropped == frame.height:
         raise ConfigError(f"{source} has no rows with a target")
-    rows = write_rows(files, keep["_file_row"].to_numpy(), features, Path(tmp.name) / "rows.parquet")
-    # stream numbers in order of first appearance
-    names = keep["_stream"].unique(maintain_order=True)
-    index: dict[str, int] = {s: i for i, s in enumerate(names.to_list())}
-    stream_arr = keep["_stream"].replace_strict(index, return_dtype=pl.Int64).to_numpy()
-    row_t = keep["_t"].to_numpy()
-    y = keep[target].cast(pl.Float64).to_numpy()
+
+    def column(expr: pl.Expr) -> np.ndarray:
+        return frame.select(expr).to_series().filter(mask).to_numpy()
+
+    rows = write_rows(files, column(pl.col("_file_row")), features, Path(tmp.name) / "rows.parquet")
+    if stream:  # stream numbers in order of first appearance (symbols may be categorical)
+        symbols = frame.get_column(stream).filter(mask)
+        firsts = symbols.unique(maintain_order=True)
+        index: dict[str, int] = {s: i for i, s in enumerate(firsts.cast(pl.String).to_list())}
+        stream_arr = symbols.replace_strict(firsts, list(range(len(index))), return_dtype=pl.Int32).to_numpy()
+        del symbols
+    else:
+        index = {"all": 0}
+        stream_arr = np.zeros(frame.height - dropped, dtype=np.int32)
+    row_t = column(pl.col(ts).dt.epoch("ns")) if ts else np.arange(frame.height, dtype=np.int64)[mask.to_numpy()]
+    y = column(pl.col(target).cast(pl.Float64))
     if prices is not None:
         prices = prices.filter(pl.col("symbol").is_in(list(index)))
         p_t = (prices["ts"].dt.epoch("ns") if timed else prices["ts"]).to_numpy()
@@ -564,10 +581,10 @@ def _replay_rows(
     serving: list[Any] = [None] * len(stale)
     block = [-1] * len(stale)  # the refresh period each serving copy is from
     clock = ds.clock.tolist() if ds.clock is not None else range(ds.n)
-    pending: list[deque[tuple[int, dict[str, float]]]] = [deque() for _ in ds.stream_names]
-    # Python numbers: what River is fastest with
-    y, stream, delay = ds.y.tolist(), ds.stream.tolist(), ds.delay
-    for i, x in enumerate(ds.rows):
+    pending: list[deque[tuple[dict[str, float], float, float]]] = [deque() for _ in ds.stream_names]
+    delay = ds.delay
+    # labels and streams as Python numbers (what River is fastest with), a chunk at a time
+    for i, (x, y_i, s_i) in enumerate(zip(ds.rows, _pieces(ds.y), _pieces(ds.stream), strict=True)):
         if stop is not None and i & 1023 == 0 and stop.is_set():
             raise Stopped(f"stopped by a signal at row {i:,} of {ds.n:,}; nothing was written")
         if i == warmup:  # the model as it is now serves the rest of the rows: the frozen baseline
@@ -584,15 +601,21 @@ def _replay_rows(
                 serving[k] = copy.deepcopy(learner.model)
             preds.append(predict_value(serving[k], kind, x))
         if delay == 0:  # the label is known at once
-            if learner.learn(x, y[i], y_pred):
+            if learner.learn(x, y_i, y_pred):
                 drift_rows.append(i)
             continue
-        queue = pending[stream[i]]
-        queue.append((i, x))
-        if len(queue) > delay:  # this row's stream has predicted `delay` rows since row j: its label is due
-            j, xj = queue.popleft()
-            if learner.learn(xj, y[j], live[j]):
+        queue = pending[s_i]
+        queue.append((x, y_i, y_pred))
+        if len(queue) > delay:  # this row's stream has predicted `delay` rows since that row: its label is due
+            xj, yj, pj = queue.popleft()
+            if learner.learn(xj, yj, pj):
                 drift_rows.append(i)
+
+
+def _pieces(values: np.ndarray, size: int = 65_536) -> Iterator[Any]:
+    """The values one by one as Python numbers, converted a chunk at a time."""
+    for at in range(0, len(values), size):
+        yield from values[at : at + size].tolist()
 
 
 class _PredictRest:

@@ -111,13 +111,17 @@ def _cast_copy(src: Path, rows: np.ndarray | None, features: list[str], out: Pat
         at = 0
         have = set(pq.read_schema(src).names)
         with pq.ParquetFile(src) as pf:
-            for batch in pf.iter_batches(batch_size=CHUNK_ROWS, columns=[c for c in features if c in have]):
-                frame = pl.from_arrow(batch)
+            # a row group at a time (iter_batches keeps what it has read: memory would grow with the file)
+            for g in range(pf.num_row_groups):
+                table = pf.read_row_group(g, columns=[c for c in features if c in have])
+                frame = pl.from_arrow(table)
                 assert isinstance(frame, pl.DataFrame)
                 if keep is not None:
-                    frame = frame.filter(pl.Series(keep[at : at + batch.num_rows]))
-                at += batch.num_rows
-                yield frame
+                    frame = frame.filter(pl.Series(keep[at : at + table.num_rows]))
+                at += table.num_rows
+                del table
+                for piece in range(0, frame.height, CHUNK_ROWS):
+                    yield frame.slice(piece, CHUNK_ROWS)
 
     frame_to_parquet(frames(), features, out)
 

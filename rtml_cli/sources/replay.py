@@ -21,7 +21,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from rtml_cli.errors import InputFormatError, RtmlError
 from rtml_cli.schema import MAX_NS, Field, ms_or_us_to_ns, parse_problems, problems
@@ -480,7 +480,7 @@ class ReplaySource:
                 pf = pq.ParquetFile(path)
                 rows_total = max(pf.metadata.num_rows, 1)
                 rows_done = 0
-                for rb in pf.iter_batches(batch_size=parquet_rows):
+                for rb in _row_group_slices(pf, parquet_rows):
                     if stop.is_set():
                         return
                     chunk = pl.from_arrow(rb)
@@ -731,6 +731,15 @@ def _temporal_utc(col: str, dtype: pl.DataType) -> pl.Expr:
         expr = expr.dt.cast_time_unit("ns")
         return expr.dt.convert_time_zone("UTC") if dtype.time_zone else expr.dt.replace_time_zone("UTC")
     return expr.cast(pl.Datetime("ns")).dt.replace_time_zone("UTC")
+
+
+def _row_group_slices(pf: Any, rows: int) -> Iterator[Any]:
+    """A Parquet file's rows, a row group at a time, in slices of at most `rows`. (pyarrow's
+    iter_batches keeps what it has read, so its memory grows with the file.)"""
+    for g in range(pf.num_row_groups):
+        table = pf.read_row_group(g)
+        for at in range(0, table.num_rows, rows):
+            yield table.slice(at, rows)
 
 
 def _repeated_header(chunk: pl.DataFrame, lay: Layout) -> pl.Series | None:
