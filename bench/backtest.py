@@ -1,6 +1,8 @@
-"""Backtest benchmark: rtml backtest against River's progressive_val_score; parallel models.
+"""Backtest benchmark: rtml backtest against River's progressive_val_score; parallel models;
+a 10M-row table (20 symbols) against its first 1M rows: memory and time per row.
 
-Run: `.venv/bin/python bench/backtest.py [--rows 1000000]` (also part of `make bench`).
+Run: `.venv/bin/python bench/backtest.py [--rows 1000000] [--big-rows 10000000]` (also part of
+`make bench`; `--big-rows 0` skips the big table, which takes about a quarter of an hour).
 The table is synthetic: 12 features, a target that is a drifting linear function of them plus
 noise, one row a minute. Everything timed is a fresh process that reads the Parquet file
 (interpreter start and imports included): (a) the `rtml backtest` command, (b) a script
@@ -42,6 +44,40 @@ def make_table(path: Path, n: int, seed: int = 3) -> None:
     frame.write_parquet(path)
 
 
+def make_big_table(path: Path, n: int, symbols: int = 20, seed: int = 5) -> None:
+    """`n` rows of `symbols` symbols, a row per symbol a minute (so in time order), 12
+    features and a drifting target as in `make_table`; written a million rows at a time."""
+    import numpy as np
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    w0 = rng.normal(size=12)
+    writer = None
+    for start in range(0, n, 1_000_000):
+        m = min(1_000_000, n - start)
+        x = rng.normal(size=(m, 12))
+        w = np.cumsum(rng.normal(scale=0.002, size=(m, 12)), axis=0) + w0
+        w0 = w[-1]
+        row = np.arange(start, start + m)
+        table = (
+            pl.DataFrame({f"f{i}": x[:, i] for i in range(12)})
+            .with_columns(
+                target=pl.Series((x * w).sum(axis=1) * 1e-3 + rng.normal(scale=2e-3, size=m)),
+                symbol=pl.Series([f"S{k:02d}" for k in row % symbols]),
+                ts=pl.Series(1_767_225_600_000_000_000 + (row // symbols) * 60_000_000_000).cast(
+                    pl.Datetime("ns", "UTC")
+                ),
+            )
+            .to_arrow()
+        )
+        if writer is None:
+            writer = pq.ParquetWriter(path, table.schema)
+        writer.write_table(table, row_group_size=250_000)
+    assert writer is not None
+    writer.close()
+
+
 PEAK_MB: dict[str, float] = {}
 
 
@@ -64,7 +100,7 @@ def run_floor(table: str) -> None:
     from river import evaluate, linear_model, metrics, optim, preprocessing, stream
 
     frame = pl.read_parquet(table)
-    X, y = frame.drop("target", "ts"), frame["target"]
+    X, y = frame.drop("target", "ts", "symbol", strict=False), frame["target"]
     # rtml's `sgd` spec, exactly (tests/test_train.py checks it is)
     model = preprocessing.TargetStandardScaler(
         regressor=preprocessing.StandardScaler()
@@ -76,6 +112,7 @@ def run_floor(table: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--big-rows", type=int, default=10_000_000)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--floor", metavar="TABLE", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -126,6 +163,29 @@ def main() -> None:
         assert all(p.wait() == 0 for p in both)
         two_at_once_s = time.perf_counter() - t0
 
+        # a big table against its first million rows: `linear`, 20 symbols, times in order
+        big: dict[str, float] = {}
+        if args.big_rows:
+            import polars as pl
+
+            big_path, small_path = Path(tmp) / "big.parquet", Path(tmp) / "big_1m.parquet"
+            make_big_table(big_path, args.big_rows)
+            pl.scan_parquet(big_path).head(1_000_000).sink_parquet(small_path)
+            table.unlink()  # (disk: the big table is a gigabyte)
+            small_args = ["--table", str(small_path), "--target", "target", "--ts", "ts"]
+            big["rows_small"], big["rows_big"] = 1_000_000, args.big_rows
+            big["small_s"] = command(*small_args)
+            big["small_peak_mb"] = PEAK_MB[" ".join(a for a in small_args if not a.startswith("/"))]
+            t0 = time.perf_counter()
+            floor_small = subprocess.run(
+                [sys.executable, __file__, "--floor", str(small_path)], check=True, capture_output=True, text=True
+            )
+            big["floor_small_s"] = time.perf_counter() - t0
+            assert floor_small.returncode == 0
+            big_args = ["--table", str(big_path), "--target", "target", "--ts", "ts"]
+            big["big_s"] = command(*big_args)
+            big["big_peak_mb"] = PEAK_MB[" ".join(a for a in big_args if not a.startswith("/"))]
+
     results = {
         "rows": n,
         "floor_progressive_val_score_s": round(floor_s, 2),
@@ -143,12 +203,31 @@ def main() -> None:
         "sgd_and_pa_commands_at_once_s": round(two_at_once_s, 2),
         "two_at_once_over_one_after_another": round(two_at_once_s / (one_s + pa_s), 2),
     }
+    if big:
+        per_row_small = big["small_s"] / big["rows_small"]
+        per_row_big = big["big_s"] / big["rows_big"]
+        results |= {
+            f"big_table_rows ({int(big['rows_big']):,}, 20 symbols)": int(big["rows_big"]),
+            "linear_first_1m_rows_s": round(big["small_s"], 1),
+            "linear_first_1m_rows_peak_rss_mb": round(big["small_peak_mb"]),
+            "river_floor_sgd_first_1m_rows_s": round(big["floor_small_s"], 1),
+            "linear_big_table_s": round(big["big_s"], 1),
+            "linear_big_table_peak_rss_mb": round(big["big_peak_mb"]),
+            "big_over_1m_peak_rss": round(big["big_peak_mb"] / big["small_peak_mb"], 2),
+            "big_over_1m_time_per_row": round(per_row_big / per_row_small, 3),
+        }
     if not show(results, args.json):
         return
     print(
         f"target: (b)/(a) >= 0.8 -> {results['floor_over_backtest (b/a)']}; "
         f"3 models with --jobs 2 <= 2x one model -> {results['three_over_one']}x"
     )
+    if big:
+        print(
+            f"target: big table peak RSS < 1500 MB -> {results['linear_big_table_peak_rss_mb']} MB, "
+            f"and <= 1.5x the 1M-row run's -> {results['big_over_1m_peak_rss']}x; "
+            f"time per row <= 1.2x the 1M-row run's -> {results['big_over_1m_time_per_row']}x"
+        )
 
 
 if __name__ == "__main__":

@@ -238,7 +238,7 @@ def main() -> None:
     }
     if not show(results, args.json):
         return
-    print(f"target: (b)/(a) >= 0.5 -> {results['floor_over_predict (b/a)']}")
+    print(f"target: (b)/(a) >= 0.65 -> {results['floor_over_predict (b/a)']}")
     print(
         f"target: swap latency with notifications median < 100 ms -> {results['swap_ms_notify_median']} ms, "
         f"p99 < 500 ms -> {results['swap_ms_notify_p99']} ms (polling every 0.5 s: median "

@@ -20,7 +20,7 @@ import os
 import time
 from array import array
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -523,8 +523,10 @@ def replay(
     warmup: int,
     params: dict[str, Any] | None = None,
     stop: Event | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Replay:
-    """Predict every row, learn each label when it is due, for every serving refresh interval."""
+    """Predict every row, learn each label when it is due, for every serving refresh interval
+    in `refresh` (only those). `progress` is told the rows done now and then."""
     spec = resolve(model)
     if spec.kind == CLASSIFIER and ds.target_kind != CLASSIFIER:
         raise ConfigError(f"{spec.name} is a classifier; backtest it on sign targets (`rtml features --target sign`)")
@@ -544,17 +546,19 @@ def replay(
     stale: list[tuple[int, array]] = [(r, array("d")) for r in refresh if r not in (1, NEVER)]
     drift_rows: list[int] = []
     frozen_at: list[_PredictRest] = []
+    only_frozen = refresh == [NEVER]  # then learning stops at the end of the warm-up
     try:
-        _replay_rows(learner, kind, ds, warmup, live, stale, drift_rows, frozen_at, stop)
-        frozen = frozen_at[0].result()
+        _replay_rows(learner, kind, ds, warmup, live, stale, drift_rows, frozen_at, stop, only_frozen, progress)
+        frozen = frozen_at[0].result() if frozen_at else None
     except BaseException:
         for f in frozen_at:
             f.abandon()
         raise
     import numpy as np
 
-    never = np.concatenate([np.frombuffer(live, dtype=np.float64, count=warmup), frozen])
-    preds = {"1": np.frombuffer(live, dtype=np.float64), **{str(r): np.frombuffer(p) for r, p in stale}, "never": never}
+    preds = {"1": np.frombuffer(live, dtype=np.float64), **{str(r): np.frombuffer(p) for r, p in stale}}
+    if frozen is not None:
+        preds["never"] = np.concatenate([np.frombuffer(live, dtype=np.float64, count=warmup), frozen])
     return Replay(
         model,
         kind,
@@ -575,9 +579,12 @@ def _replay_rows(
     drift_rows: list[int],
     frozen_at: list[_PredictRest],
     stop: Event | None = None,
+    only_frozen: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> None:
     """The replay's loop, row by row: see `replay`. The inputs are streamed from disk; a row
-    whose label is not yet due keeps its input in `pending` (at most `delay` per stream)."""
+    whose label is not yet due keeps its input in `pending` (at most `delay` per stream).
+    `only_frozen`: the frozen model is all that is wanted, so the loop ends at the warm-up."""
     serving: list[Any] = [None] * len(stale)
     block = [-1] * len(stale)  # the refresh period each serving copy is from
     clock = ds.clock.tolist() if ds.clock is not None else range(ds.n)
@@ -585,10 +592,15 @@ def _replay_rows(
     delay = ds.delay
     # labels and streams as Python numbers (what River is fastest with), a chunk at a time
     for i, (x, y_i, s_i) in enumerate(zip(ds.rows, _pieces(ds.y), _pieces(ds.stream), strict=True)):
-        if stop is not None and i & 1023 == 0 and stop.is_set():
-            raise Stopped(f"stopped by a signal at row {i:,} of {ds.n:,}; nothing was written")
+        if i & 1023 == 0:
+            if stop is not None and stop.is_set():
+                raise Stopped(f"stopped by a signal at row {i:,} of {ds.n:,}; nothing was written")
+            if progress is not None:
+                progress(i)
         if i == warmup:  # the model as it is now serves the rest of the rows: the frozen baseline
-            frozen_at.append(_PredictRest(learner.model, kind, ds.rows, warmup))
+            frozen_at.append(_PredictRest(learner.model, kind, ds.rows, warmup, progress))
+            if only_frozen:
+                return
         y_pred = predict_value(learner.model, kind, x)  # what Learner.predict does, one call less
         live.append(y_pred)
         for k, (every, preds) in enumerate(stale):
@@ -626,11 +638,15 @@ class _PredictRest:
     the replay little; the result is the same as predicting here, now.
     """
 
-    def __init__(self, model: Any, kind: str, rows: Rows, start: int):
+    def __init__(self, model: Any, kind: str, rows: Rows, start: int, progress: Callable[[int], None] | None = None):
         self.n = rows.n - start
         self.pid = None
         if not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
-            self.preds = array("d", (predict_value(model, kind, x) for x in rows.iter(start)))
+            self.preds = array("d")
+            for i, x in enumerate(rows.iter(start), start):
+                self.preds.append(predict_value(model, kind, x))
+                if progress is not None and i & 1023 == 0:
+                    progress(i)
             return
         read_fd, write_fd = os.pipe()
         pid = os.fork()
@@ -786,11 +802,56 @@ def diverged_at(ds: Dataset, pred: np.ndarray, start: int) -> int | None:
 # -- the whole run ------------------------------------------------------------------------------
 
 
-def _replay_job(args: tuple) -> Replay:
-    ds, model, refresh, warmup, params = args
-    data = _JOB_DATA if ds is None else ds
-    assert data is not None  # the parent set it before forking
-    return replay(data, model, refresh, warmup, params)
+@dataclass(frozen=True)
+class Job:
+    """One process's share of a backtest: a model, and the refresh intervals it serves."""
+
+    model: str
+    refresh: tuple[int | None, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} (refresh {', '.join(refresh_label(r) for r in self.refresh)})"
+
+
+def plan_jobs(opts: BacktestOptions) -> list[Job]:
+    """A job per model; with more --jobs than models, the refresh intervals of the models
+    with the most are split among more jobs (each of them learns the model again: it is
+    parallel, not less work; a job of only `never` learns just the warm-up)."""
+    jobs = [Job(m, tuple(opts.refresh)) for m in opts.models]
+    while len(jobs) < opts.jobs:
+        k = max(range(len(jobs)), key=lambda i: len(jobs[i].refresh))
+        r = jobs[k].refresh
+        if len(r) < 2:
+            break
+        jobs[k : k + 1] = [Job(jobs[k].model, r[: len(r) // 2]), Job(jobs[k].model, r[len(r) // 2 :])]
+    return jobs
+
+
+def _merge(parts: list[Replay], opts: BacktestOptions) -> Replay:
+    """A model's replay from its jobs' (each learned it the same way), in --refresh order."""
+    whole = max(parts, key=lambda p: p.learned)  # one that replayed every row, if any did
+    preds = {label: pred for p in parts for label, pred in p.preds.items()}
+    return Replay(
+        whole.model,
+        whole.kind,
+        {refresh_label(r): preds[refresh_label(r)] for r in opts.refresh},
+        whole.drift_rows,
+        whole.learned,
+        max(p.seconds for p in parts),
+    )
+
+
+def _replay_job(args: tuple) -> tuple[int, Replay]:
+    k, job, warmup, params = args
+    assert _JOB_DATA is not None  # the parent set it before forking
+    done = _JOB_PROGRESS
+
+    def progress(i: int) -> None:
+        if done is not None:
+            done[k] = i
+
+    return k, replay(_JOB_DATA, job.model, list(job.refresh), warmup, params, progress=progress)
 
 
 def _worker_signals() -> None:
@@ -803,6 +864,7 @@ def _worker_signals() -> None:
 
 
 _JOB_DATA: Dataset | None = None  # the dataset, inherited by forked workers instead of pickled
+_JOB_PROGRESS: Any = None  # rows done per job, in memory shared with the forked workers
 
 
 def check_models(opts: BacktestOptions) -> None:
@@ -820,42 +882,73 @@ def run_backtest(ds: Dataset, opts: BacktestOptions, stop: Event | None = None) 
     return result_of(ds, opts, list(replay_all(ds, opts, stop)), time.perf_counter() - started)
 
 
-def replay_all(ds: Dataset, opts: BacktestOptions, stop: Event | None = None) -> Iterator[Replay]:
-    """The stage: replay every model (in `opts.jobs` processes), yielding each replay as it
-    ends. `stop` (Ctrl-C, SIGTERM) ends it within about a second with `Stopped`."""
+def replay_all(
+    ds: Dataset,
+    opts: BacktestOptions,
+    stop: Event | None = None,
+    progress: Callable[[list[Job], list[int]], None] | None = None,
+) -> Iterator[Replay]:
+    """The stage: replay every model (the jobs of `plan_jobs`, in `opts.jobs` processes),
+    yielding each model's replay as its last job ends; `progress(jobs, rows done by each)` is
+    called now and then. `stop` (Ctrl-C, SIGTERM) ends it within about a second with `Stopped`."""
     check_models(opts)
     if opts.warmup >= ds.n:
         raise ConfigError(f"--warmup {opts.warmup} leaves none of the {ds.n:,} rows to score; lower it")
-    jobs = [(None, m, opts.refresh, opts.warmup, opts.params) for m in opts.models]
-    if opts.jobs > 1 and len(opts.models) > 1:
+    jobs = plan_jobs(opts)
+    parts: dict[str, list[Replay]] = {m: [] for m in opts.models}
+    left = {m: sum(j.model == m for j in jobs) for m in opts.models}
+
+    def finished(rep: Replay) -> Iterator[Replay]:
+        parts[rep.model].append(rep)
+        if len(parts[rep.model]) == left[rep.model]:
+            yield _merge(parts[rep.model], opts)
+
+    if opts.jobs > 1 and len(jobs) > 1:
         import multiprocessing
 
-        global _JOB_DATA
-        _JOB_DATA = ds
+        global _JOB_DATA, _JOB_PROGRESS
+        ctx = multiprocessing.get_context("fork")
+        _JOB_DATA, _JOB_PROGRESS = ds, ctx.Array("q", len(jobs), lock=False)
         try:
-            ctx = multiprocessing.get_context("fork")
-            with ctx.Pool(min(opts.jobs, len(opts.models)), initializer=_worker_signals) as pool:
-                results = pool.imap(_replay_job, jobs)
-                done = 0
-                while done < len(jobs):
+            with ctx.Pool(min(opts.jobs, len(jobs)), initializer=_worker_signals) as pool:
+                args = [(k, job, opts.warmup, opts.params) for k, job in enumerate(jobs)]
+                results = pool.imap_unordered(_replay_job, args)
+                ended: set[int] = set()
+                while len(ended) < len(jobs):
+                    if progress is not None:
+                        progress(jobs, [ds.n if k in ended else _JOB_PROGRESS[k] for k in range(len(jobs))])
                     try:
-                        rep = results.next(timeout=0.2)
+                        k, rep = results.next(timeout=0.2)
                     except multiprocessing.TimeoutError:
                         if stop is not None and stop.is_set():
                             pool.terminate()
                             raise Stopped("stopped by a signal; nothing was written") from None
                         continue
-                    done += 1
-                    yield rep
+                    ended.add(k)
+                    if len(ended) == len(jobs) and progress is not None:
+                        progress(jobs, [ds.n] * len(jobs))
+                    yield from finished(rep)
         finally:
-            _JOB_DATA = None
+            _JOB_DATA, _JOB_PROGRESS = None, None
     else:
-        for job in jobs:
-            yield replay(ds, *job[1:], stop=stop)
+        done = [0] * len(jobs)
+        for k, job in enumerate(jobs):
+
+            def report(i: int, k: int = k) -> None:
+                done[k] = i
+                if progress is not None:
+                    progress(jobs, done)
+
+            rep = replay(ds, job.model, list(job.refresh), opts.warmup, opts.params, stop, report)
+            done[k] = ds.n
+            if progress is not None:
+                progress(jobs, done)
+            yield from finished(rep)
 
 
 def result_of(ds: Dataset, opts: BacktestOptions, replays: list[Replay], elapsed_s: float) -> dict[str, Any]:
     """The backtest's result: every replay scored against the baselines, with its timings."""
+    replays = sorted(replays, key=lambda r: opts.models.index(r.model))  # (jobs end in any order)
     result = score_all(ds, opts, replays)
     result["model_seconds"] = {r.model: round(r.seconds, 3) for r in replays}
     result["elapsed_s"] = round(elapsed_s, 3)

@@ -1138,7 +1138,11 @@ def predict(names, follow, start, poll, no_notify, symbols, jsonl, data_dir, log
     help="Override a parameter of every --model (repeatable), as for `rtml train`.",
 )
 @click.option(
-    "--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Models replayed in parallel processes."
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Parallel processes: one per model, and beyond that a model's refresh intervals split among them.",
 )
 @data_dir_option
 @log_option
@@ -1215,7 +1219,9 @@ def backtest(
     with _Stopper(console, "stopping the backtest...") as stop:
         ds = bt.load_table(opts) if table is not None else bt.load_examples(data_dir, opts, _logs(data_dir, log_url))
         try:
-            result = ui.show_backtest(ds, opts, bt.replay_all(ds, opts, stop), console, as_json)
+            result = ui.show_backtest(
+                ds, opts, lambda progress: bt.replay_all(ds, opts, stop, progress), console, as_json
+            )
         except bt.Stopped as exc:  # asked to stop: not an error
             click.echo(str(exc), err=True)
             return

@@ -783,8 +783,8 @@ def predict_table(summary: dict):
 
 
 def show_backtest(ds, opts, replays, console: Console, as_json: bool) -> dict:
-    """Render `backtest.replay_all(...)` (a line per model replayed: they can take minutes)
-    and return the scored result."""
+    """Render `replays(progress)` (`backtest.replay_all` with a progress callback): a progress
+    bar per job, with the time left, and a line per model replayed; return the scored result."""
     from rtml_cli.backtest import result_of
 
     started = time.perf_counter()
@@ -795,10 +795,19 @@ def show_backtest(ds, opts, replays, console: Console, as_json: bool) -> dict:
             f"{ds.delay} rows; models {', '.join(opts.models)}",
             highlight=False,
         )
-    with (
-        console.status(f"replaying {len(opts.models)} model(s) over {ds.n:,} rows...") if not as_json else nullcontext()
-    ):
-        for rep in replays:
+    bars = progress_bar(console, "rows") if not as_json else None
+    tasks: list[Any] = []
+
+    def progress(jobs, rows: list[int]) -> None:
+        if bars is None:
+            return
+        if not tasks:
+            tasks.extend(bars.add_task(job.label, total=ds.n, status="") for job in jobs)
+        for task, n in zip(tasks, rows, strict=True):
+            bars.update(task, completed=n)
+
+    with bars if bars is not None else nullcontext():
+        for rep in replays(progress):
             done.append(rep)
             if not as_json:
                 console.print(

@@ -291,6 +291,26 @@ def test_models_in_parallel_jobs_give_the_same_results(rtml, sp500):
     assert {r["model"] for r in one["results"]} == {"zero", "persistence", "linear", "pa", "bayes"}
 
 
+def test_a_models_refresh_intervals_split_among_jobs_give_the_same_results(rtml, sp500):
+    """More --jobs than models: each job learns the model again and serves some intervals
+    (one of only `never` learns just the warm-up); the results are the same."""
+    from rtml_cli.backtest import BacktestOptions, Job, plan_jobs
+
+    assert plan_jobs(BacktestOptions(models=["a", "b"], refresh=[1, 5, 20, None], jobs=3)) == [
+        Job("a", (1, 5)),
+        Job("a", (20, None)),
+        Job("b", (1, 5, 20, None)),
+    ]
+    assert plan_jobs(BacktestOptions(models=["a"], refresh=[1, None], jobs=8)) == [Job("a", (1,)), Job("a", (None,))]
+    args = ["--table", str(sp500), "--target", "target", "--warmup", "100", "--refresh", "1,5,20,never"]
+    one = backtest(rtml, *args, "--jobs", "1", data=False)
+    four = backtest(rtml, *args, "--jobs", "4", data=False)
+    assert one["results"] == four["results"]
+    # (four jobs: 1, 5, 20 and never each on its own, the last one learning only the warm-up)
+    assert [r["refresh"] for r in four["results"] if r["model"] == "linear"] == ["1", "5", "20", "never"]
+    assert one["model_seconds"].keys() == four["model_seconds"].keys() == {"linear"}
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [
