@@ -472,7 +472,9 @@ def _dataset(
         )
     if ds.tape is not None:
         width = int(max(ds.tape.period.max(), period.max())) + 1
-        ds.point = np.searchsorted(ds.tape.stream * width + ds.tape.period, stream_arr * width + period)
+        # (int64: streams x periods exceed int32 for a year of minute bars of 100 symbols)
+        rows_at = stream_arr.astype(np.int64) * width + period
+        ds.point = np.searchsorted(ds.tape.stream * width + ds.tape.period, rows_at)
     return ds
 
 
@@ -711,7 +713,9 @@ def score(y: np.ndarray, pred: np.ndarray, zero_mae: float | None) -> dict[str, 
     mae = float(np.mean(np.abs(err)))
     sst = float(np.sum((y - y.mean()) ** 2))
     nz = y != 0
-    hits = (np.sign(pred[nz]) == np.sign(y[nz])) & (pred[nz] != 0)
+    p, t = pred[nz], y[nz]
+    hits = ((p > 0) & (t > 0)) | ((p < 0) & (t < 0))  # same sign, and p not 0 (NaN: a miss)
+    del p, t
     return {
         "n": n,
         "mae": _finite(mae),
@@ -725,12 +729,14 @@ def score(y: np.ndarray, pred: np.ndarray, zero_mae: float | None) -> dict[str, 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     import numpy as np
-    import polars as pl
 
     if len(a) < 3 or not np.all(np.isfinite(a)):
         return None
-    ra = pl.Series(a).rank("average").to_numpy()
-    rb = pl.Series(b).rank("average").to_numpy()
+    from scipy.stats import rankdata
+
+    # (average ranks are exact, whoever computes them; scipy's in NumPy memory, not in polars')
+    ra = rankdata(a)
+    rb = rankdata(b)
     if ra.std() == 0 or rb.std() == 0:
         return None
     return float(np.corrcoef(ra, rb)[0, 1])
@@ -774,26 +780,42 @@ def period_times(ds: Dataset, periods: np.ndarray) -> np.ndarray:
     return out.astype("datetime64[ns]")
 
 
-def diverged_at(ds: Dataset, pred: np.ndarray, start: int) -> int | None:
-    """The first row from `start` on whose prediction is not finite or is more than
-    DIVERGENCE_FACTOR times the mean absolute target known when it was made (the check the
-    live `Learner` makes), or None."""
+def divergence_bounds(ds: Dataset) -> np.ndarray:
+    """Per row, the largest |prediction| the live `Learner` takes as sane when the row is
+    predicted: DIVERGENCE_FACTOR times the mean absolute target known by then (infinite
+    before MIN_TARGETS are). Computed in place: ten million rows are 80 MB an array."""
     import numpy as np
 
     known_at = np.arange(ds.n)  # the row after which each label is known
     if ds.delay:
-        stream = np.asarray(ds.stream)
         for s in range(len(ds.stream_names)):
-            at = np.flatnonzero(stream == s)
+            at = np.flatnonzero(ds.stream == s)
             known_at[at] = np.concatenate([at[ds.delay :], np.full(min(ds.delay, len(at)), ds.n)])
-    size = np.zeros(ds.n + 1)
-    count = np.zeros(ds.n + 1)
     valid = known_at < ds.n
-    np.add.at(size, known_at[valid] + 1, np.abs(ds.y[valid]))
-    np.add.at(count, known_at[valid] + 1, 1)
-    size, count = np.cumsum(size)[:-1], np.cumsum(count)[:-1]  # targets known before row i is predicted
+    after = known_at[valid]
+    after += 1
+    del known_at
+    size = np.zeros(ds.n + 1)
+    np.add.at(size, after, np.abs(ds.y[valid]))
+    count = np.zeros(ds.n + 1)
+    np.add.at(count, after, 1)
+    del after, valid
+    np.cumsum(size, out=size)  # targets known before row i is predicted
+    np.cumsum(count, out=count)
+    bound, count = size[:-1], count[:-1]
+    sane = (count >= MIN_TARGETS) & (bound > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        bound = np.where((count >= MIN_TARGETS) & (size > 0), DIVERGENCE_FACTOR * size / count, np.inf)
+        bound *= DIVERGENCE_FACTOR
+        bound /= count
+    bound[~sane] = np.inf
+    return bound
+
+
+def diverged_at(bound: np.ndarray, pred: np.ndarray, start: int) -> int | None:
+    """The first row from `start` on whose prediction is not finite or is beyond its
+    `divergence_bounds`, or None."""
+    import numpy as np
+
     p = np.asarray(pred, dtype=np.float64)
     bad = np.flatnonzero(~(np.abs(p[start:]) <= bound[start:]))
     return int(bad[0]) + start if len(bad) else None
@@ -965,8 +987,9 @@ def score_all(ds: Dataset, opts: BacktestOptions, replays: list[Replay]) -> dict
     w = opts.warmup
     y = ds.y[w:]
     periods = ds.periods[w:]
-    zero = np.zeros(ds.n)
+    zero = np.broadcast_to(np.float64(0.0), ds.n)  # (no memory: every row reads the one zero)
     naive = persistence(ds)
+    bound = divergence_bounds(ds)
     zero_mae = float(np.mean(np.abs(y))) or None
     rows: list[dict[str, Any]] = []
     books: dict[tuple[str, str], Book] = {}
@@ -985,7 +1008,7 @@ def score_all(ds: Dataset, opts: BacktestOptions, replays: list[Replay]) -> dict
         if model in frozen and refresh != "never":
             vs = stats.diebold_mariano(np.abs(pred[w:] - y), np.abs(frozen[model][w:] - y), periods, ds.hold)
             row["vs_frozen_mae_diff"], row["vs_frozen_p"] = vs["diff"], vs["p"]
-        row["diverged_at_row"] = diverged_at(ds, pred, w) if model not in ("zero", "persistence") else None
+        row["diverged_at_row"] = diverged_at(bound, pred, w) if model not in ("zero", "persistence") else None
         rows.append({**row, **extra})
 
     add("zero", "-", zero, True)
