@@ -732,11 +732,10 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
 
     if len(a) < 3 or not np.all(np.isfinite(a)):
         return None
-    from scipy.stats import rankdata
+    import polars as pl
 
-    # (average ranks are exact, whoever computes them; scipy's in NumPy memory, not in polars')
-    ra = rankdata(a)
-    rb = rankdata(b)
+    ra = pl.Series(a).rank("average").to_numpy()
+    rb = pl.Series(b).rank("average").to_numpy()
     if ra.std() == 0 or rb.std() == 0:
         return None
     return float(np.corrcoef(ra, rb)[0, 1])
