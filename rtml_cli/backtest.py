@@ -549,8 +549,11 @@ def replay(
     drift_rows: list[int] = []
     frozen_at: list[_PredictRest] = []
     only_frozen = refresh == [NEVER]  # then learning stops at the end of the warm-up
+    frozen_too = NEVER in refresh  # (a job of other intervals leaves the frozen model to another)
     try:
-        _replay_rows(learner, kind, ds, warmup, live, stale, drift_rows, frozen_at, stop, only_frozen, progress)
+        _replay_rows(
+            learner, kind, ds, warmup, live, stale, drift_rows, frozen_at, stop, only_frozen, progress, frozen_too
+        )
         frozen = frozen_at[0].result() if frozen_at else None
     except BaseException:
         for f in frozen_at:
@@ -583,6 +586,7 @@ def _replay_rows(
     stop: Event | None = None,
     only_frozen: bool = False,
     progress: Callable[[int], None] | None = None,
+    frozen_too: bool = True,
 ) -> None:
     """The replay's loop, row by row: see `replay`. The inputs are streamed from disk; a row
     whose label is not yet due keeps its input in `pending` (at most `delay` per stream).
@@ -599,7 +603,7 @@ def _replay_rows(
                 raise Stopped(f"stopped by a signal at row {i:,} of {ds.n:,}; nothing was written")
             if progress is not None:
                 progress(i)
-        if i == warmup:  # the model as it is now serves the rest of the rows: the frozen baseline
+        if i == warmup and frozen_too:  # the model as it is now serves the rest of the rows: the frozen baseline
             frozen_at.append(_PredictRest(learner.model, kind, ds.rows, warmup, progress))
             if only_frozen:
                 return
