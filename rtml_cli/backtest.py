@@ -120,6 +120,7 @@ class BacktestOptions:
     window: int = 500
     price: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    by_symbol: bool = False  # one model per symbol instead of one for all
 
 
 # -- input --------------------------------------------------------------------------------------
@@ -508,10 +509,11 @@ class Replay:
 
     model: str
     kind: str
-    preds: dict[str, np.ndarray]  # float64 per row
+    preds: dict[str, np.ndarray]  # float64 per row (per row of `streams`, when a job has only some)
     drift_rows: list[int]
     learned: int
     seconds: float
+    streams: tuple[int, ...] | None = None  # the streams replayed; None: all
 
 
 class Stopped(RtmlError):
@@ -526,9 +528,16 @@ def replay(
     params: dict[str, Any] | None = None,
     stop: Event | None = None,
     progress: Callable[[int], None] | None = None,
+    by_symbol: bool = False,
+    streams: tuple[int, ...] | None = None,
 ) -> Replay:
     """Predict every row, learn each label when it is due, for every serving refresh interval
-    in `refresh` (only those). `progress` is told the rows done now and then."""
+    in `refresh` (only those). `progress` is told the row reached now and then.
+
+    `by_symbol`: each stream has a model of its own, which learns only that stream's rows
+    (its serving copies and frozen model are its own too; refreshes and the warm-up still
+    count the rows, or bars, of all streams, so they happen at the same moments as with one
+    model). `streams`: replay only these streams' rows (a job's share, with `by_symbol`)."""
     spec = resolve(model)
     if spec.kind == CLASSIFIER and ds.target_kind != CLASSIFIER:
         raise ConfigError(f"{spec.name} is a classifier; backtest it on sign targets (`rtml features --target sign`)")
@@ -538,11 +547,21 @@ def replay(
         )
     started = time.perf_counter()
 
+    import numpy as np
+
     def build() -> Any:
         return spec.build(params)
 
-    learner = Learner(build(), spec.kind, build, window=0)  # scored from the predictions afterwards
     kind = spec.kind
+    every = len(ds.stream_names)
+    if streams is not None and len(streams) == every:
+        streams = None
+    part = _Part(ds, streams, by_symbol, warmup)
+    # a Learner per slot: one for all streams, or one per stream (by_symbol)
+    learners = [
+        Learner(build(), kind, build, window=0) if s in part.slots else None  # scored from the predictions afterwards
+        for s in range(every if by_symbol else 1)
+    ]
     # (8 bytes a prediction: a Python list of floats would take 32)
     live = array("d")
     stale: list[tuple[int, array]] = [(r, array("d")) for r in refresh if r not in (1, NEVER)]
@@ -552,30 +571,65 @@ def replay(
     frozen_too = NEVER in refresh  # (a job of other intervals leaves the frozen model to another)
     try:
         _replay_rows(
-            learner, kind, ds, warmup, live, stale, drift_rows, frozen_at, stop, only_frozen, progress, frozen_too
+            learners,
+            part,
+            kind,
+            ds,
+            warmup,
+            live,
+            stale,
+            drift_rows,
+            frozen_at,
+            stop,
+            only_frozen,
+            progress,
+            frozen_too,
         )
-        frozen = frozen_at[0].result() if frozen_at else None
+        frozen = frozen_at[0].result() if frozen_at else np.empty(0) if frozen_too else None
     except BaseException:
         for f in frozen_at:
             f.abandon()
         raise
-    import numpy as np
-
     preds = {"1": np.frombuffer(live, dtype=np.float64), **{str(r): np.frombuffer(p) for r, p in stale}}
     if frozen is not None:
-        preds["never"] = np.concatenate([np.frombuffer(live, dtype=np.float64, count=warmup), frozen])
+        preds["never"] = np.concatenate([np.frombuffer(live, dtype=np.float64, count=part.before), frozen])
     return Replay(
         model,
         kind,
         {refresh_label(r): preds[refresh_label(r)] for r in refresh},
         drift_rows,
-        learner.learned,
+        sum(learner.learned for learner in learners if learner is not None),
         time.perf_counter() - started,
+        streams,
     )
 
 
+class _Part:
+    """The rows one replay goes through: all, or those of some streams; and which model
+    (slot) each stream's rows use: the one model, or their stream's own (by_symbol)."""
+
+    def __init__(self, ds: Dataset, streams: tuple[int, ...] | None, by_symbol: bool, warmup: int):
+        import numpy as np
+
+        self.mask = None if streams is None else np.isin(ds.stream, streams)
+        self.index = None if self.mask is None else np.flatnonzero(self.mask)  # its rows' numbers
+        self.owner = list(range(len(ds.stream_names))) if by_symbol else [0] * len(ds.stream_names)
+        self.slots = {self.owner[s] for s in (range(len(ds.stream_names)) if streams is None else streams)}
+        # its rows before the warm-up's end, and its first row after it (-1: none), where the frozen model is taken
+        self.before = min(warmup, ds.n) if self.index is None else int(np.searchsorted(self.index, warmup))
+        if self.index is None:
+            self.first_scored = self.before if self.before < ds.n else -1
+        else:
+            self.first_scored = int(self.index[self.before]) if self.before < len(self.index) else -1
+
+    def of(self, values: np.ndarray) -> np.ndarray:
+        """`values` (one per row of the dataset) of this part's rows."""
+        return values if self.mask is None else values[self.mask]
+
+
 def _replay_rows(
-    learner: Learner,
+    learners: list[Learner | None],
+    part: _Part,
     kind: str,
     ds: Dataset,
     warmup: int,
@@ -591,20 +645,30 @@ def _replay_rows(
     """The replay's loop, row by row: see `replay`. The inputs are streamed from disk; a row
     whose label is not yet due keeps its input in `pending` (at most `delay` per stream).
     `only_frozen`: the frozen model is all that is wanted, so the loop ends at the warm-up."""
-    serving: list[Any] = [None] * len(stale)
-    block = [-1] * len(stale)  # the refresh period each serving copy is from
+    owner = part.owner
+    serving: list[list[Any]] = [[None] * len(stale) for _ in learners]  # per slot
+    block = [[-1] * len(stale) for _ in learners]  # the refresh period each serving copy is from
     clock = ds.clock.tolist() if ds.clock is not None else range(ds.n)
     pending: list[deque[tuple[dict[str, float], float, float]]] = [deque() for _ in ds.stream_names]
     delay = ds.delay
+    frozen_row = part.first_scored if frozen_too else -1
+    check = 0  # the row from which to look at `stop` and report progress again
+    numbers = range(ds.n) if part.index is None else _pieces(part.index)
     # labels and streams as Python numbers (what River is fastest with), a chunk at a time
-    for i, (x, y_i, s_i) in enumerate(zip(ds.rows, _pieces(ds.y), _pieces(ds.stream), strict=True)):
-        if i & 1023 == 0:
+    for i, x, y_i, s_i in zip(
+        numbers, ds.rows.iter(0, part.mask), _pieces(part.of(ds.y)), _pieces(part.of(ds.stream)), strict=True
+    ):
+        if i >= check:
+            check = i + 1024
             if stop is not None and stop.is_set():
                 raise Stopped(f"stopped by a signal at row {i:,} of {ds.n:,}; nothing was written")
             if progress is not None:
                 progress(i)
-        if i == warmup and frozen_too:  # the model as it is now serves the rest of the rows: the frozen baseline
-            frozen_at.append(_PredictRest(learner.model, kind, ds.rows, warmup, progress))
+        slot = owner[s_i]
+        learner = learners[slot]
+        assert learner is not None
+        if i == frozen_row:  # the models as they are now serve the rest of the rows: the frozen baseline
+            frozen_at.append(_PredictRest([m.model if m else None for m in learners], part, kind, ds, i, progress))
             if only_frozen:
                 return
         y_pred = predict_value(learner.model, kind, x)  # what Learner.predict does, one call less
@@ -614,10 +678,10 @@ def _replay_rows(
                 preds.append(y_pred)
                 continue
             period = (clock[i] - clock[warmup]) // every
-            if period != block[k]:  # a new period: the serving copy is refreshed from the learner
-                block[k] = period
-                serving[k] = copy.deepcopy(learner.model)
-            preds.append(predict_value(serving[k], kind, x))
+            if period != block[slot][k]:  # a new period: the serving copy is refreshed from the learner
+                block[slot][k] = period
+                serving[slot][k] = copy.deepcopy(learner.model)
+            preds.append(predict_value(serving[slot][k], kind, x))
         if delay == 0:  # the label is known at once
             if learner.learn(x, y_i, y_pred):
                 drift_rows.append(i)
@@ -637,22 +701,43 @@ def _pieces(values: np.ndarray, size: int = 65_536) -> Iterator[Any]:
 
 
 class _PredictRest:
-    """Predictions of rows `start`.. by `model` as it is now, while the caller goes on learning.
+    """Predictions of a part's rows from row `start` on by `models` (one per slot) as they
+    are now, while the caller goes on learning.
 
-    With a second core, a forked child holds the model as it was (copy-on-write: no copy
+    With a second core, a forked child holds the models as they were (copy-on-write: no copy
     made), predicts, and sends the numbers back through a pipe, so the frozen baseline costs
     the replay little; the result is the same as predicting here, now.
     """
 
-    def __init__(self, model: Any, kind: str, rows: Rows, start: int, progress: Callable[[int], None] | None = None):
-        self.n = rows.n - start
+    def __init__(
+        self,
+        models: list[Any],
+        part: _Part,
+        kind: str,
+        ds: Dataset,
+        start: int,
+        progress: Callable[[int], None] | None = None,
+    ):
+        import numpy as np
+
+        only = None if part.mask is None else part.mask[start:]
+        self.n = ds.n - start if only is None else int(np.count_nonzero(only))
         self.pid = None
+
+        def predictions() -> Iterator[float]:
+            rows = ds.rows.iter(start, part.mask)
+            if len(models) == 1:  # one model for every row
+                model = models[0]
+                return (predict_value(model, kind, x) for x in rows)
+            owner, streams = part.owner, _pieces(ds.stream[start:] if only is None else ds.stream[start:][only])
+            return (predict_value(models[owner[s]], kind, x) for x, s in zip(rows, streams, strict=True))
+
         if not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
             self.preds = array("d")
-            for i, x in enumerate(rows.iter(start), start):
-                self.preds.append(predict_value(model, kind, x))
-                if progress is not None and i & 1023 == 0:
-                    progress(i)
+            for k, p in enumerate(predictions()):
+                self.preds.append(p)
+                if progress is not None and k & 1023 == 0:
+                    progress(start + k)
             return
         read_fd, write_fd = os.pipe()
         pid = os.fork()
@@ -661,7 +746,7 @@ class _PredictRest:
             try:
                 os.close(read_fd)
                 # (the rows are read with pyarrow alone: polars' threads do not survive a fork)
-                data = memoryview(array("d", (predict_value(model, kind, x) for x in rows.iter(start))).tobytes())
+                data = memoryview(array("d", predictions()).tobytes())
                 while data:
                     data = data[os.write(write_fd, data) :]
                 code = 0
@@ -829,46 +914,86 @@ def diverged_at(bound: np.ndarray, pred: np.ndarray, start: int) -> int | None:
 
 @dataclass(frozen=True)
 class Job:
-    """One process's share of a backtest: a model, and the refresh intervals it serves."""
+    """One process's share of a backtest: a model, the refresh intervals it serves, and
+    (with --by-symbol) the streams whose models it learns."""
 
     model: str
     refresh: tuple[int | None, ...]
+    streams: tuple[int, ...] | None = None  # None: every stream
+    symbols: str = ""  # the streams' names, for the progress bar
 
     @property
     def label(self) -> str:
-        return f"{self.model} (refresh {', '.join(refresh_label(r) for r in self.refresh)})"
+        of = f", {self.symbols}" if self.symbols else ""
+        return f"{self.model} (refresh {', '.join(refresh_label(r) for r in self.refresh)}{of})"
 
 
-def plan_jobs(opts: BacktestOptions) -> list[Job]:
-    """A job per model; with more --jobs than models, the refresh intervals of the models
-    with the most are split among more jobs (each of them learns the model again: it is
-    parallel, not less work; a job of only `never` learns just the warm-up)."""
-    jobs = [Job(m, tuple(opts.refresh)) for m in opts.models]
+def plan_jobs(opts: BacktestOptions, names: list[str] | None = None, sizes: list[int] | None = None) -> list[Job]:
+    """A job per model; with --by-symbol and more --jobs than models, each model's streams
+    (`names`, of `sizes` rows) are split among jobs of about equal rows (independent work:
+    no row is learned twice). Beyond that, the refresh intervals of the models with the
+    most are split among more jobs (each of them learns the model again: it is parallel,
+    not less work; a job of only `never` learns just the warm-up)."""
+    groups: list[tuple[int, ...] | None] = [None]
+    if opts.by_symbol and names and sizes and opts.jobs > len(opts.models):
+        count = min(len(names), -(-opts.jobs // len(opts.models)))
+        load = [0] * count
+        members: list[list[int]] = [[] for _ in range(count)]
+        for s in sorted(range(len(names)), key=lambda s: -sizes[s]):  # the biggest first, each to the lightest
+            g = load.index(min(load))
+            members[g].append(s)
+            load[g] += sizes[s]
+        groups = [tuple(sorted(m)) for m in members] if count > 1 else [None]
+
+    def symbols(group: tuple[int, ...] | None) -> str:
+        if group is None or names is None:
+            return ""
+        shown = ", ".join(names[s] for s in group[:3])
+        return shown + (f" +{len(group) - 3}" if len(group) > 3 else "")
+
+    jobs = [Job(m, tuple(opts.refresh), g, symbols(g)) for m in opts.models for g in groups]
     while len(jobs) < opts.jobs:
         k = max(range(len(jobs)), key=lambda i: len(jobs[i].refresh))
-        r = jobs[k].refresh
-        if len(r) < 2:
+        j = jobs[k]
+        if len(j.refresh) < 2:
             break
-        jobs[k : k + 1] = [Job(jobs[k].model, r[: len(r) // 2]), Job(jobs[k].model, r[len(r) // 2 :])]
+        half = len(j.refresh) // 2
+        jobs[k : k + 1] = [
+            Job(j.model, j.refresh[:half], j.streams, j.symbols),
+            Job(j.model, j.refresh[half:], j.streams, j.symbols),
+        ]
     return jobs
 
 
-def _merge(parts: list[Replay], opts: BacktestOptions) -> Replay:
-    """A model's replay from its jobs' (each learned it the same way), in --refresh order."""
-    whole = max(parts, key=lambda p: p.learned)  # one that replayed every row, if any did
-    preds = {label: pred for p in parts for label, pred in p.preds.items()}
+def _merge(parts: list[Replay], opts: BacktestOptions, ds: Dataset) -> Replay:
+    """A model's replay from its jobs' (each learned its streams the same way), in --refresh order."""
+    import numpy as np
+
+    by_streams: dict[tuple[int, ...] | None, Replay] = {}
+    for p in parts:  # per set of streams, one that replayed every row, if any did
+        if p.streams not in by_streams or p.learned > by_streams[p.streams].learned:
+            by_streams[p.streams] = p
+    preds: dict[str, np.ndarray] = {}
+    for p in parts:
+        for label, pred in p.preds.items():
+            if p.streams is None:
+                preds[label] = pred
+            else:
+                whole = preds.setdefault(label, np.full(ds.n, np.nan))
+                whole[np.isin(ds.stream, p.streams)] = pred
+    first = parts[0]
     return Replay(
-        whole.model,
-        whole.kind,
+        first.model,
+        first.kind,
         {refresh_label(r): preds[refresh_label(r)] for r in opts.refresh},
-        whole.drift_rows,
-        whole.learned,
+        sorted(i for p in by_streams.values() for i in p.drift_rows),
+        sum(p.learned for p in by_streams.values()),
         max(p.seconds for p in parts),
     )
 
 
 def _replay_job(args: tuple) -> tuple[int, Replay]:
-    k, job, warmup, params = args
+    k, job, warmup, params, by_symbol = args
     assert _JOB_DATA is not None  # the parent set it before forking
     done = _JOB_PROGRESS
 
@@ -876,7 +1001,8 @@ def _replay_job(args: tuple) -> tuple[int, Replay]:
         if done is not None:
             done[k] = i
 
-    return k, replay(_JOB_DATA, job.model, list(job.refresh), warmup, params, progress=progress)
+    data = _JOB_DATA
+    return k, replay(data, job.model, list(job.refresh), warmup, params, None, progress, by_symbol, job.streams)
 
 
 def _worker_signals() -> None:
@@ -919,14 +1045,19 @@ def replay_all(
     check_models(opts)
     if opts.warmup >= ds.n:
         raise ConfigError(f"--warmup {opts.warmup} leaves none of the {ds.n:,} rows to score; lower it")
-    jobs = plan_jobs(opts)
+    if opts.by_symbol and ds.stream_names == ["all"]:
+        raise ConfigError("--by-symbol needs a symbol column in the --table: there is one stream of rows")
+    import numpy as np
+
+    sizes = np.bincount(ds.stream, minlength=len(ds.stream_names)).tolist()
+    jobs = plan_jobs(opts, ds.stream_names, sizes)
     parts: dict[str, list[Replay]] = {m: [] for m in opts.models}
     left = {m: sum(j.model == m for j in jobs) for m in opts.models}
 
     def finished(rep: Replay) -> Iterator[Replay]:
         parts[rep.model].append(rep)
         if len(parts[rep.model]) == left[rep.model]:
-            yield _merge(parts[rep.model], opts)
+            yield _merge(parts[rep.model], opts, ds)
 
     if opts.jobs > 1 and len(jobs) > 1:
         import multiprocessing
@@ -936,7 +1067,7 @@ def replay_all(
         _JOB_DATA, _JOB_PROGRESS = ds, ctx.Array("q", len(jobs), lock=False)
         try:
             with ctx.Pool(min(opts.jobs, len(jobs)), initializer=_worker_signals) as pool:
-                args = [(k, job, opts.warmup, opts.params) for k, job in enumerate(jobs)]
+                args = [(k, job, opts.warmup, opts.params, opts.by_symbol) for k, job in enumerate(jobs)]
                 results = pool.imap_unordered(_replay_job, args)
                 ended: set[int] = set()
                 while len(ended) < len(jobs):
@@ -964,7 +1095,9 @@ def replay_all(
                 if progress is not None:
                     progress(jobs, done)
 
-            rep = replay(ds, job.model, list(job.refresh), opts.warmup, opts.params, stop, report)
+            rep = replay(
+                ds, job.model, list(job.refresh), opts.warmup, opts.params, stop, report, opts.by_symbol, job.streams
+            )
             done[k] = ds.n
             if progress is not None:
                 progress(jobs, done)
@@ -1037,6 +1170,7 @@ def score_all(ds: Dataset, opts: BacktestOptions, replays: list[Replay]) -> dict
         "symbols": ds.stream_names,
         "features": ds.features,
         "models": {rep.model: {"kind": rep.kind, "params": _params_doc(rep.model, opts.params)} for rep in replays},
+        "model_per_symbol": opts.by_symbol,
         "label_delay_rows": ds.delay,
         "holding_rows": ds.hold,
         "warmup": w,

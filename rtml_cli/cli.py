@@ -1142,7 +1142,14 @@ def predict(names, follow, start, poll, no_notify, symbols, jsonl, data_dir, log
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Parallel processes: one per model, and beyond that a model's refresh intervals split among them.",
+    help="Parallel processes: one per model; beyond that, with --by-symbol, a model's symbols split among "
+    "them, and then its refresh intervals.",
+)
+@click.option(
+    "--by-symbol",
+    is_flag=True,
+    help="One model per symbol, learning only that symbol's rows: a different experiment from the default "
+    "(one model learns every symbol), with its own results.",
 )
 @data_dir_option
 @log_option
@@ -1166,6 +1173,7 @@ def backtest(
     report_dir,
     params,
     jobs,
+    by_symbol,
     data_dir,
     log_url,
     as_json,
@@ -1181,6 +1189,7 @@ def backtest(
     Examples:
         rtml backtest --refresh 1,60,1440,never
         rtml backtest --model linear --model arf --jobs 2 --report out/
+        rtml backtest --by-symbol --jobs 2
         rtml backtest --table returns.parquet --target next_ret --ts date \\
             --returns simple
         rtml backtest --table bars.parquet --target fwd_5 --ts time --delay 5 \\
@@ -1213,6 +1222,7 @@ def backtest(
         jobs,
         price=price,
         params=parse_params(params),
+        by_symbol=by_symbol,
     )
     bt.check_models(opts)
     console = ui.err_console()

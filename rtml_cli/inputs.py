@@ -35,9 +35,10 @@ class Rows:
     def __iter__(self) -> Iterator[dict[str, float]]:
         return self.iter(0)
 
-    def iter(self, start: int = 0) -> Iterator[dict[str, float]]:
+    def iter(self, start: int = 0, only: np.ndarray | None = None) -> Iterator[dict[str, float]]:
         """Each row from `start` on as the model's input: the finite feature values, as the
-        trainer and the predictor build them (`learner.model_inputs`)."""
+        trainer and the predictor build them (`learner.model_inputs`). `only` (booleans, one
+        per row of the file) keeps just the rows it marks, and builds no input for the others."""
         import numpy as np
         import pyarrow.parquet as pq
 
@@ -46,15 +47,15 @@ class Rows:
         with pq.ParquetFile(self.path) as pf:
             for g in range(pf.num_row_groups):
                 size = pf.metadata.row_group(g).num_rows
-                if at + size <= start:
-                    at += size
+                skip = max(0, start - at)
+                keep = only[at + skip : at + size] if only is not None else None
+                at += size
+                if skip >= size or (keep is not None and not keep.any()):
                     continue
                 batch = pf.read_row_group(g, columns=features, use_threads=False)
                 columns = [batch.column(c).to_numpy() for c in features]  # nulls come as NaN
                 mat = np.column_stack(columns) if columns else np.empty((size, 0))
-                skip = max(0, start - at)
-                at += size
-                mat = mat[skip:]
+                mat = mat[skip:] if keep is None else mat[skip:][keep]
                 finite = np.isfinite(mat)
                 whole = np.asarray(finite.all(axis=1)).tolist()
                 for r, row in enumerate(mat.tolist()):

@@ -265,6 +265,8 @@ class Section:
 def header_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
     """What was backtested: data, models, horizon, fees, version."""
     models = "; ".join(f"{m} {json.dumps(v['params'], sort_keys=True)}" for m, v in result["models"].items())
+    if result.get("model_per_symbol") and models:
+        models += " (--by-symbol: one model per symbol, each learning only its own rows)"
     span = f"{result['scored_from'][:19]} .. {result['scored_to'][:19]} UTC, " if result.get("scored_from") else ""
     fees = f"{result['fee_bps']:g} bp per unit of position changed"
     if not result["fee_bps"]:

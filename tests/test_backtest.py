@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import signal
 import subprocess
 import threading
@@ -309,6 +310,112 @@ def test_a_models_refresh_intervals_split_among_jobs_give_the_same_results(rtml,
     # (four jobs: 1, 5, 20 and never each on its own, the last one learning only the warm-up)
     assert [r["refresh"] for r in four["results"] if r["model"] == "linear"] == ["1", "5", "20", "never"]
     assert one["model_seconds"].keys() == four["model_seconds"].keys() == {"linear"}
+
+
+# -- one model per symbol ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def panel(tmp_path) -> Path:
+    """Three symbols of unequal length in time order (some times shared), whose targets
+    depend on a feature with opposite signs; heavy tails, missing targets and features."""
+    rng = np.random.default_rng(7)
+    n = 1500
+    symbol = rng.choice(["A", "B", "C"], n, p=[0.5, 0.35, 0.15])
+    x1, x2 = rng.standard_t(3, n), rng.normal(size=n)
+    y = np.where(symbol == "A", 0.5, -0.4) * x1 + 0.1 * x2 + 0.3 * rng.standard_t(2, n)
+    y[::97] = np.nan  # rows without a target are left out
+    x2[5::41] = np.nan  # a missing feature is left out of the row's input
+    ts = np.sort(rng.integers(0, 400_000, n)) * 1_000_000_000
+    path = tmp_path / "panel.parquet"
+    pl.DataFrame(
+        {"ts": pl.Series(ts).cast(pl.Datetime("ns")), "symbol": symbol, "x1": x1, "x2": x2, "target": y}
+    ).write_parquet(path)
+    return path
+
+
+def test_by_symbol_gives_each_symbol_a_model_that_learns_only_its_rows(rtml, panel, tmp_path):
+    """Each symbol's own River model, by hand: predicted live, served by a copy refreshed
+    every 50 rows of the table, and frozen where the warm-up ends, with labels 2 rows of the
+    symbol late. In three jobs (split by symbol), the same predictions."""
+    delay, warmup, every = 2, 300, 50
+    args = ["--table", str(panel), "--target", "target", "--ts", "ts", "--delay", str(delay), "--warmup", str(warmup)]
+    args += ["--refresh", f"1,{every}", "--model", "sgd", "--by-symbol"]
+    report = tmp_path / "r"
+    three = backtest(rtml, *args, "--jobs", "3", "--report", str(report), data=False)
+    one = backtest(rtml, *args, data=False)
+    assert one["results"] == three["results"] and one["model_per_symbol"] is True
+    shared = backtest(rtml, *args[:-1], data=False)
+    assert shared["model_per_symbol"] is False and shared["results"] != one["results"]
+
+    rows = pl.read_parquet(panel).filter(pl.col("target").is_not_nan()).sort("ts", maintain_order=True)
+    models = {s: river_sgd() for s in "ABC"}
+    serving, block, frozen, queue = {}, {}, {}, {s: [] for s in "ABC"}
+    live, stale, still = [], [], []
+    for i, r in enumerate(rows.iter_rows(named=True)):
+        s = r["symbol"]
+        x = {k: r[k] for k in ("x1", "x2") if not math.isnan(r[k])}
+        if i == warmup:
+            frozen = {k: copy.deepcopy(m) for k, m in models.items()}
+        live.append(models[s].predict_one(x))
+        if i >= warmup and block.get(s) != (i - warmup) // every:
+            block[s], serving[s] = (i - warmup) // every, copy.deepcopy(models[s])
+        stale.append(serving[s].predict_one(x) if i >= warmup else live[-1])
+        still.append(frozen[s].predict_one(x) if i >= warmup else live[-1])
+        queue[s].append((x, r["target"]))
+        if len(queue[s]) > delay:
+            models[s].learn_one(*queue[s].pop(0))
+    preds = pl.read_parquet(report / "predictions.parquet").filter(pl.col("model") == "sgd")
+    assert preds.filter(pl.col("refresh") == "1")["symbol"].to_list() == rows["symbol"].to_list()
+    for label, want in (("1", live), (str(every), stale), ("never", still)):
+        got = preds.filter(pl.col("refresh") == label).sort("row")["prediction"].to_list()
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-15), label
+
+
+def test_by_symbol_jobs_split_the_symbols_by_rows(rtml, tmp_path, sp500):
+    from rtml_cli.backtest import BacktestOptions, Job, plan_jobs
+
+    names, sizes = ["A", "B", "C", "D"], [100, 60, 50, 10]
+    opts = BacktestOptions(models=["m"], refresh=[1, None], jobs=2, by_symbol=True)
+    assert plan_jobs(opts, names, sizes) == [
+        Job("m", (1, None), (0, 3), "A, D"),
+        Job("m", (1, None), (1, 2), "B, C"),
+    ]
+    opts.jobs = 5  # four symbols; the fifth job splits the first group's refresh intervals
+    assert [(j.streams, j.refresh) for j in plan_jobs(opts, names, sizes)] == [
+        ((0,), (1,)),
+        ((0,), (None,)),
+        ((1,), (1, None)),
+        ((2,), (1, None)),
+        ((3,), (1, None)),
+    ]
+    opts.by_symbol = False  # without --by-symbol one model learns every symbol: never split by symbol
+    assert plan_jobs(opts, names, sizes) == [Job("m", (1,)), Job("m", (None,))]
+    assert_clean_error(
+        rtml("backtest", "--table", str(sp500), "--target", "target", "--by-symbol", data=False),
+        "needs a symbol column",
+    )
+
+
+@pytest.mark.slow
+def test_by_symbol_on_the_examples_log_is_each_symbol_backtested_alone(rtml, examples_dir):
+    """The live model of a symbol with --by-symbol is the model of a backtest of that symbol
+    alone: the same rows, the same labels, learned at the same moments."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        both = Path(tmp) / "both"
+        backtest(rtml, "--by-symbol", "--jobs", "2", "--warmup", "50", "--report", str(both))
+        mine = pl.read_parquet(both / "predictions.parquet").filter(pl.col("refresh") == "1")
+        symbols = mine["symbol"].unique().sort().to_list()
+        assert len(symbols) == 3
+        for sym in symbols:
+            alone = Path(tmp) / "alone"
+            backtest(rtml, "--symbols", sym, "--warmup", "50", "--report", str(alone))
+            want = pl.read_parquet(alone / "predictions.parquet").filter(pl.col("refresh") == "1")
+            got = mine.filter(pl.col("symbol") == sym)
+            assert got["ts"].to_list() == want["ts"].to_list()
+            assert got["prediction"].to_list() == pytest.approx(want["prediction"].to_list(), rel=1e-12, abs=1e-15)
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,10 @@ def test_the_rows_streamed_back_are_the_trainers_dicts(tmp_path, kind):
     assert got == want  # NaN and infinities are dropped from a dict, so == is exact here
     assert [list(x) for x in got] == [list(x) for x in want]  # and the keys in the same order
     assert list(rows.iter(CHUNK_ROWS + 7)) == want[CHUNK_ROWS + 7 :]  # from the middle of a row group
+    # only some rows (one job's symbols), none of them in the second row group, from the middle of the first
+    only = rng.random(rows.n) < 0.3
+    only[CHUNK_ROWS : 2 * CHUNK_ROWS] = False
+    assert list(rows.iter(77, only)) == [x for k, x in enumerate(want) if k >= 77 and only[k]]
     assert any(x["a"] == 0.0 and np.copysign(1, x["a"]) < 0 for x in got if "a" in x)  # -0.0 kept
 
 
