@@ -791,43 +791,93 @@ def persistence(ds: Dataset) -> np.ndarray:
 # -- scores -------------------------------------------------------------------------------------
 
 
-def score(y: np.ndarray, pred: np.ndarray, zero_mae: float | None) -> dict[str, float | None]:
-    """Error and ranking metrics of predictions `pred` of targets `y`."""
+RANK_CHUNK = 1 << 20  # rows scored (and ranked, past the sort) at a time
+
+
+def score(
+    y: np.ndarray, pred: np.ndarray, zero_mae: float | None, y_ranks: np.ndarray | None = None
+) -> dict[str, float | None]:
+    """Error and ranking metrics of predictions `pred` of targets `y`. Sums are taken a
+    chunk (RANK_CHUNK) of rows at a time (no temporary array as long as the rows); `y_ranks`:
+    `centred_ranks(y)`, when the caller scores many predictions of the same targets."""
     import numpy as np
 
-    err = pred - y
     n = len(y)
     if n == 0:
         return {"n": 0}
-    mae = float(np.mean(np.abs(err)))
-    sst = float(np.sum((y - y.mean()) ** 2))
-    nz = y != 0
-    p, t = pred[nz], y[nz]
-    hits = ((p > 0) & (t > 0)) | ((p < 0) & (t < 0))  # same sign, and p not 0 (NaN: a miss)
-    del p, t
+    y_mean = float(np.mean(y))
+    abs_err = sq_err = sst = 0.0
+    hits = nonzero = 0
+    chunk = RANK_CHUNK
+    for at in range(0, n, chunk):
+        t, p = y[at : at + chunk], pred[at : at + chunk]
+        err = p - t
+        abs_err += float(np.abs(err).sum())
+        sq_err += float(err @ err)
+        err = t - y_mean
+        sst += float(err @ err)
+        # same sign, and neither 0 (a zero prediction, or NaN, is a miss; a zero target is left out)
+        hits += int(np.count_nonzero(((p > 0) & (t > 0)) | ((p < 0) & (t < 0))))
+        nonzero += int(np.count_nonzero(t))
+    mae = abs_err / n
     return {
         "n": n,
         "mae": _finite(mae),
-        "rmse": _finite(math.sqrt(float(np.mean(err * err)))),
-        "r2": _finite(1 - float(np.sum(err * err)) / sst) if sst > 0 else None,
+        "rmse": _finite(math.sqrt(sq_err / n)),
+        "r2": _finite(1 - sq_err / sst) if sst > 0 else None,
         "mae_vs_zero": _finite(mae / zero_mae) if zero_mae else None,
-        "hit_rate": float(hits.mean()) if nz.any() else None,
-        "ic": _spearman(pred, y),
+        "hit_rate": hits / nonzero if nonzero else None,
+        "ic": _spearman(pred, y if y_ranks is None else y_ranks, y_ranks is not None),
     }
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+def _ranked_chunks(a: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(rows, their average ranks less the mean rank (n + 1) / 2), a chunk of `a` in sorted
+    order at a time. Memory: the sort order, a flag per row and a number per distinct
+    value; no array of ranks as long as `a` (ten million rows would need several)."""
+    import numpy as np
+
+    n, chunk = len(a), RANK_CHUNK
+    order = np.argsort(a, kind="stable")
+    new = np.ones(n, dtype=bool)  # where a run of equal values starts, in sorted order
+    for at in range(1, n, chunk):
+        sorted_ = a[order[at - 1 : at + chunk]]
+        np.not_equal(sorted_[1:], sorted_[:-1], out=new[at : at + chunk])
+    starts = np.flatnonzero(new)
+    del new
+    ends = np.append(starts[1:], n)
+    mean_rank = (starts + ends + 1) / 2 - (n + 1) / 2  # ranks start..end-1 + 1, averaged, centred
+    for at in range(0, n, chunk):
+        group = np.searchsorted(starts, np.arange(at, min(at + chunk, n)), side="right") - 1
+        yield order[at : at + chunk], mean_rank[group]
+
+
+def centred_ranks(a: np.ndarray) -> np.ndarray:
+    """The average ranks of `a` (ties share the mean of their ranks), less their mean (n + 1) / 2."""
+    import numpy as np
+
+    out = np.empty(len(a))
+    for rows, ranks in _ranked_chunks(a):
+        out[rows] = ranks
+    return out
+
+
+def _spearman(a: np.ndarray, b: np.ndarray, b_ranked: bool = False) -> float | None:
+    """Spearman's rank correlation: Pearson's of the average ranks (`b` may come ranked
+    already, by `centred_ranks`)."""
     import numpy as np
 
     if len(a) < 3 or not np.all(np.isfinite(a)):
         return None
-    import polars as pl
-
-    ra = pl.Series(a).rank("average").to_numpy()
-    rb = pl.Series(b).rank("average").to_numpy()
-    if ra.std() == 0 or rb.std() == 0:
+    rb = b if b_ranked else centred_ranks(b)
+    sab = saa = 0.0
+    for rows, ranks in _ranked_chunks(a):
+        sab += float(ranks @ rb[rows])
+        saa += float(ranks @ ranks)
+    sbb = float(rb @ rb)
+    if saa == 0 or sbb == 0:
         return None
-    return float(np.corrcoef(ra, rb)[0, 1])
+    return sab / math.sqrt(saa * sbb)
 
 
 def _finite(v: float) -> float | None:
@@ -1126,20 +1176,22 @@ def score_all(ds: Dataset, opts: BacktestOptions, replays: list[Replay]) -> dict
     zero = np.broadcast_to(np.float64(0.0), ds.n)  # (no memory: every row reads the one zero)
     naive = persistence(ds)
     bound = divergence_bounds(ds)
-    zero_mae = float(np.mean(np.abs(y))) or None
+    y_abs = np.abs(y)  # the zero baseline's loss, and the scale of everything
+    zero_mae = float(np.mean(y_abs)) or None
+    y_ranks = centred_ranks(y) if len(y) >= 3 else None
     rows: list[dict[str, Any]] = []
     books: dict[tuple[str, str], Book] = {}
     frozen = {rep.model: np.asarray(rep.preds["never"]) for rep in replays}
 
     def add(model: str, refresh: str, pred: np.ndarray, baseline: bool, **extra: Any) -> None:
-        row = {"model": model, "refresh": refresh, "baseline": baseline, **score(y, pred[w:], zero_mae)}
+        row = {"model": model, "refresh": refresh, "baseline": baseline, **score(y, pred[w:], zero_mae, y_ranks)}
         trading, book = trade(ds, pred, w, opts.fee_bps, opts.band)
         row.update(trading)
         if book is not None:
             books[model, refresh] = book
         if np.any(pred[w:] != 0):
             row["hit_p"] = stats.hit_rate_test(pred[w:], y, periods, ds.hold)
-            vs_zero = stats.diebold_mariano(np.abs(pred[w:] - y), np.abs(y), periods, ds.hold)
+            vs_zero = stats.diebold_mariano(np.abs(pred[w:] - y), y_abs, periods, ds.hold)
             row["vs_zero_mae_diff"], row["vs_zero_p"] = vs_zero["diff"], vs_zero["p"]
         if model in frozen and refresh != "never":
             vs = stats.diebold_mariano(np.abs(pred[w:] - y), np.abs(frozen[model][w:] - y), periods, ds.hold)

@@ -105,13 +105,14 @@ def hit_rate_test(pred: np.ndarray, y: np.ndarray, periods: np.ndarray, overlap:
     nz = y != 0
     if not nz.any():
         return None
-    p, t = pred[nz], y[nz]
-    # sign(p) == sign(t) and p != 0, for t != 0, in booleans (a NaN prediction is a miss)
-    hit = ((p > 0) & (t > 0)) | ((p < 0) & (t < 0))
-    del p, t
-    score = hit.astype(np.float64)
+    # sign(p) == sign(t) and p != 0, for t != 0, in booleans (a NaN prediction is a miss);
+    # over every row, without copies of the rows with a target that moved
+    score = (((pred > 0) & (y > 0)) | ((pred < 0) & (y < 0))).astype(np.float64)
     score -= 0.5
-    _, pv = mean_test(per_period(score, periods[nz]), overlap)
+    score[~nz] = 0.0
+    sums = per_period(score, periods)
+    del score
+    _, pv = mean_test(sums[per_period(nz, periods) > 0], overlap)  # periods with such rows only
     return pv
 
 

@@ -156,6 +156,53 @@ def test_a_label_is_learned_only_after_delay_later_rows_were_predicted(rtml, tmp
     assert learned == list(range(n - delay))  # the last `delay` labels are never due
 
 
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_every_accuracy_figure_equals_a_plain_recomputation_on_messy_data(monkeypatch, chunk):
+    """MAE, RMSE, R², hit rate and the rank IC, taken a chunk of rows at a time, against
+    numpy and scipy over whole arrays: heavy tails, bad prints, zero targets, ties (rounded
+    predictions, a constant one), a NaN prediction."""
+    from scipy import stats as sps
+
+    from rtml_cli import backtest as bt
+
+    monkeypatch.setattr(bt, "RANK_CHUNK", chunk)
+    rng = np.random.default_rng(11)
+    n = 5_003
+    y = rng.standard_t(2, n) * 1e-3
+    y[rng.integers(0, n, 40)] *= 1e3  # bad prints
+    y[rng.random(n) < 0.2] = 0.0  # no move
+    preds = {
+        "noisy": 0.3 * y + rng.standard_t(3, n) * 1e-3,
+        "ties": np.round(y * 1e3) / 1e3,
+        "sign": np.sign(y + rng.normal(size=n) * 1e-3),
+    }
+    zero_mae = float(np.mean(np.abs(y)))
+    y_ranks = bt.centred_ranks(y)
+    for name, p in preds.items():
+        err = p - y
+        nz = y != 0
+        want = {
+            "mae": np.mean(np.abs(err)),
+            "rmse": np.sqrt(np.mean(err**2)),
+            "r2": 1 - np.sum(err**2) / np.sum((y - y.mean()) ** 2),
+            "mae_vs_zero": np.mean(np.abs(err)) / zero_mae,
+            "hit_rate": np.mean(np.sign(p[nz]) == np.sign(y[nz])),
+            "ic": sps.spearmanr(p, y).statistic,
+        }
+        for got in (bt.score(y, p, zero_mae), bt.score(y, p, zero_mae, y_ranks)):
+            assert got["n"] == n
+            for k, v in want.items():
+                assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-15), (name, k)
+    flat = bt.score(y, np.full(n, 0.5), zero_mae, y_ranks)
+    assert flat["ic"] is None and flat["hit_rate"] == pytest.approx(np.mean(y[y != 0] > 0))
+    broken = preds["noisy"].copy()
+    broken[17] = np.nan
+    bad = bt.score(y, broken, zero_mae, y_ranks)
+    assert bad["mae"] is None and bad["rmse"] is None and bad["ic"] is None
+    nz = y != 0  # a NaN prediction is a miss (np.sign(nan) equals no sign)
+    assert bad["hit_rate"] == pytest.approx(np.mean(np.sign(broken[nz]) == np.sign(y[nz])))
+
+
 def test_the_cli_trades_the_model_it_is_given(rtml, tmp_path, user_models):
     table = tmp_path / "t.parquet"
     pl.DataFrame({"signal": [1.0, -1.0, 0.0, 1.0], "target": [0.02, -0.01, 0.03, -0.04]}).write_parquet(table)

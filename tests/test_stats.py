@@ -48,6 +48,33 @@ def test_a_real_difference_is_found():
     assert stats.hit_rate_test(signal.ravel(), y.ravel(), periods, 5) < 0.001
 
 
+@pytest.mark.parametrize("ordered", [True, False])
+def test_the_hit_rate_test_sums_only_the_rows_and_periods_with_a_moving_target(ordered):
+    """Rows with a zero target are left out, and so is a period that has only such rows:
+    the test equals mean_test over per-period sums of hit - 0.5 by a plain polars group-by."""
+    import polars as pl
+
+    rng = np.random.default_rng(9)
+    periods = np.repeat(np.arange(400), 3)
+    if not ordered:
+        periods = rng.permutation(periods)
+    y = rng.standard_t(3, len(periods))
+    y[rng.random(len(y)) < 0.3] = 0.0
+    y[periods < 40] = 0.0  # forty periods without a move
+    pred = np.round(y + rng.standard_normal(len(y)), 1)  # some zero predictions (misses)
+    pred[5] = np.nan
+    frame = pl.DataFrame({"p": pred, "y": y, "period": periods}).filter(pl.col("y") != 0)
+    sums = (
+        frame.with_columns(s=(pl.col("p").sign() == pl.col("y").sign()).fill_null(False).cast(pl.Float64) - 0.5)
+        .group_by("period")
+        .agg(pl.col("s").sum())
+        .sort("period")["s"]
+        .to_numpy()
+    )
+    assert len(sums) == len(np.unique(frame["period"])) <= 360
+    assert stats.hit_rate_test(pred, y, periods, 3) == pytest.approx(stats.mean_test(sums, 3)[1], rel=1e-12)
+
+
 def test_the_diebold_mariano_statistic_equals_its_formula_on_one_stream():
     rng = np.random.default_rng(4)
     d_a, d_b = np.abs(rng.standard_normal(200)), np.abs(rng.standard_normal(200))
