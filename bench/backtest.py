@@ -1,5 +1,6 @@
 """Backtest benchmark: rtml backtest against River's progressive_val_score; parallel models;
-a 10M-row table (20 symbols) against its first 1M rows: memory and time per row.
+a 10M-row table (20 symbols) against its first 1M rows: memory and time per row; one model
+per symbol (`--by-symbol`) on those 1M rows, in one process and split between two.
 
 Run: `.venv/bin/python bench/backtest.py [--rows 1000000] [--big-rows 10000000]` (also part of
 `make bench`; `--big-rows 0` skips the big table, which takes about a quarter of an hour).
@@ -182,6 +183,9 @@ def main() -> None:
             )
             big["floor_small_s"] = time.perf_counter() - t0
             assert floor_small.returncode == 0
+            # one model per symbol: the same rows, the symbols' models in one process, then split in two
+            big["by_symbol_s"] = command(*small_args, "--by-symbol")
+            big["by_symbol_jobs_2_s"] = command(*small_args, "--by-symbol", "--jobs", "2")
             big_args = ["--table", str(big_path), "--target", "target", "--ts", "ts"]
             big["big_s"] = command(*big_args)
             big["big_peak_mb"] = PEAK_MB[" ".join(a for a in big_args if not a.startswith("/"))]
@@ -211,6 +215,9 @@ def main() -> None:
             "linear_first_1m_rows_s": round(big["small_s"], 1),
             "linear_first_1m_rows_peak_rss_mb": round(big["small_peak_mb"]),
             "river_floor_sgd_first_1m_rows_s": round(big["floor_small_s"], 1),
+            "by_symbol_first_1m_rows_s": round(big["by_symbol_s"], 1),
+            "by_symbol_jobs_2_first_1m_rows_s": round(big["by_symbol_jobs_2_s"], 1),
+            "by_symbol_jobs_2_speed_up": round(big["by_symbol_s"] / big["by_symbol_jobs_2_s"], 2),
             "linear_big_table_s": round(big["big_s"], 1),
             "linear_big_table_peak_rss_mb": round(big["big_peak_mb"]),
             "big_over_1m_peak_rss": round(big["big_peak_mb"] / big["small_peak_mb"], 2),
