@@ -38,6 +38,20 @@ def peak_rss(cmd: list[str]) -> tuple[float, float]:
     return time.perf_counter() - t0, int(out.stderr.strip().splitlines()[-1]) / 1024
 
 
+class IdleModel:
+    """A model that does nothing (`train:idle_model`): the loop's own cost, measured."""
+
+    def predict_one(self, x: dict) -> float:
+        return 0.0
+
+    def learn_one(self, x: dict, y: float) -> None:
+        pass
+
+
+def idle_model() -> IdleModel:
+    return IdleModel()
+
+
 def make_examples(data_dir: Path, n: int) -> None:
     # 2 s bars of 3 symbols: 1.5 bars per simulated second, ~16 trades a second (more when
     # stormy): ~11 trades per bar, with room to spare
@@ -77,7 +91,7 @@ def main() -> None:
 
     from rtml_cli.checkpoint import Checkpointer, CheckpointStore
     from rtml_cli.learner import Learner
-    from rtml_cli.models import SPECS
+    from rtml_cli.models import SPECS, resolve
     from rtml_cli.train import Trainer, TrainOptions
 
     with tempfile.TemporaryDirectory(prefix="rtml-bench-") as tmp:
@@ -95,11 +109,12 @@ def main() -> None:
             shutil.copytree(d / "state", target / "state")  # how the examples were built (train checks it)
         del ex
 
-        def train_loop(every: int = TrainOptions.checkpoint_every) -> tuple[float, Trainer]:
+        def train_loop(every: int = TrainOptions.checkpoint_every, model: str = "linear") -> tuple[float, Trainer]:
             """(a) rtml train's own loop, in this process: read, predict, score, learn, checkpoint
             (every `every` examples; by default as the command does)."""
             shutil.rmtree(trimmed / "checkpoints", ignore_errors=True)  # from the first example again
-            with Trainer(trimmed, TrainOptions(checkpoint_every=every)) as trainer:
+            opts = TrainOptions(model=model, name=model.split(":")[-1], checkpoint_every=every)
+            with Trainer(trimmed, opts) as trainer:
                 t0 = time.perf_counter()
                 trainer.run(Event(), follow=False)
                 took = time.perf_counter() - t0
@@ -122,9 +137,9 @@ def main() -> None:
             model.learn_one(x, y)
         floor_s = time.perf_counter() - t0
 
-        def step_alone() -> float:
+        def step_alone(model: str = "linear") -> float:
             """The prequential step alone, over the same dicts: predict, score, drift check, learn."""
-            spec = SPECS["linear"]
+            spec = resolve(model)
             learner = Learner(spec.build(), spec.kind, spec.build)
             t0 = time.perf_counter()
             for x, y in data:
@@ -136,6 +151,10 @@ def main() -> None:
         for _ in range(2):
             train_s = min(train_s, train_loop()[0])
             prequential_s = min(prequential_s, step_alone())
+        # the same with a model that does nothing: what the loop costs beside the model
+        # (reading, inputs, bookkeeping, checkpoints), best of three
+        idle_loop_s = min(train_loop(model="train:idle_model")[0] for _ in range(3))
+        idle_step_s = min(step_alone("train:idle_model") for _ in range(3))
 
         # the whole command, as a user runs it (interpreter start and imports included), and
         # its peak memory on the full log and on one with a tenth of the examples
@@ -179,6 +198,10 @@ def main() -> None:
         "prequential_step_alone_s": round(prequential_s, 3),
         "floor_over_prequential_step": round(floor_s / prequential_s, 3),
         "prequential_step_over_train": round(prequential_s / train_s, 3),
+        "loop_beside_the_model_us_per_example (idle model: loop - step)": round(
+            (idle_loop_s - idle_step_s) / n * 1e6, 2
+        ),
+        "loop_minus_step_us_per_example (linear)": round((train_s - prequential_s) / n * 1e6, 2),
         "rtml_train_loop_checkpoint_every_1000_s": round(often_s, 3),
         "prequential_step_over_train_checkpoint_every_1000": round(prequential_s / often_s, 3),
         "floor_over_train (b/a)": round(floor_s / train_s, 3),
