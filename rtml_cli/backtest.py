@@ -553,14 +553,14 @@ def replay(
         return spec.build(params)
 
     kind = spec.kind
-    every = len(ds.stream_names)
-    if streams is not None and len(streams) == every:
+    n_streams = len(ds.stream_names)
+    if streams is not None and len(streams) == n_streams:
         streams = None
     part = _Part(ds, streams, by_symbol, warmup)
     # a Learner per slot: one for all streams, or one per stream (by_symbol)
     learners = [
         Learner(build(), kind, build, window=0) if s in part.slots else None  # scored from the predictions afterwards
-        for s in range(every if by_symbol else 1)
+        for s in range(n_streams if by_symbol else 1)
     ]
     # (8 bytes a prediction: a Python list of floats would take 32)
     live = array("d")
@@ -1025,12 +1025,12 @@ def _merge(parts: list[Replay], opts: BacktestOptions, ds: Dataset) -> Replay:
             by_streams[p.streams] = p
     preds: dict[str, np.ndarray] = {}
     for p in parts:
+        rows = None if p.streams is None else np.isin(ds.stream, p.streams)  # the rows its arrays hold
         for label, pred in p.preds.items():
-            if p.streams is None:
+            if rows is None:
                 preds[label] = pred
             else:
-                whole = preds.setdefault(label, np.full(ds.n, np.nan))
-                whole[np.isin(ds.stream, p.streams)] = pred
+                preds.setdefault(label, np.full(ds.n, np.nan))[rows] = pred
     first = parts[0]
     return Replay(
         first.model,
